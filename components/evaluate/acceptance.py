@@ -1,0 +1,276 @@
+"""Evaluate step logic: exact acceptance length τ of a draft, by replaying the base model's greedy output.
+
+Greedy speculative decoding emits exactly the base model's greedy tokens, whatever the draft
+proposes. So we generate that sequence once, run the base once over it (which gives the
+hidden states any prefix would have, by causality), and replay decoding: at each base step
+the draft proposes k tokens from the committed prefix, the longest prefix matching the
+greedy sequence is accepted, and the step emits accepted + 1 tokens. τ is tokens per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import modelopt.torch.opt as mto
+import torch
+import transformers
+
+from components.evaluate.config import EvaluateConfig
+from spectrain.data import fingerprint, read_conversations
+from spectrain.models import resolve_base_model
+
+mto.enable_huggingface_checkpointing()
+
+
+@dataclass
+class Tally:
+    """Counts behind τ and the per-position acceptance rates."""
+
+    k: int
+    steps: int = 0
+    tokens: int = 0
+    accepted_at: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.accepted_at = self.accepted_at or [0] * self.k
+
+    def add(self, accepted: int, emitted: int) -> None:
+        self.steps += 1
+        self.tokens += emitted
+        for position in range(accepted):
+            self.accepted_at[position] += 1
+
+    def merge(self, other: "Tally") -> None:
+        self.steps += other.steps
+        self.tokens += other.tokens
+        self.accepted_at = [a + b for a, b in zip(self.accepted_at, other.accepted_at)]
+
+    def summary(self) -> dict:
+        return {"acceptance_length": self.tokens / max(self.steps, 1), "steps": self.steps, "tokens": self.tokens,
+                "acceptance_rate_per_position": [a / max(self.steps, 1) for a in self.accepted_at]}
+
+
+def replay(sequence: list[int], prompt_length: int, propose, k: int) -> Tally:
+    """Replay greedy speculative decoding of ``sequence[prompt_length:]`` with drafts from ``propose``.
+
+    ``propose(n)`` returns up to k draft tokens for positions n+1.. given the committed
+    tokens ``sequence[:n+1]`` (token n is the one the base model just emitted).
+    """
+    tally = Tally(k)
+    n = prompt_length  # the base model's first step emits token n
+    end = len(sequence)
+    while n < end:
+        drafts = propose(n) if n + 1 < end else []
+        accepted = 0
+        for offset, token in enumerate(drafts[:k], start=1):
+            if n + offset < end and sequence[n + offset] == token:
+                accepted += 1
+            else:
+                break
+        tally.add(accepted, accepted + 1)
+        n += accepted + 1
+    return tally
+
+
+def ngram_proposer(sequence: list[int], k: int, ngram_max: int):
+    """Prompt lookup: the k tokens after the latest earlier occurrence of the longest matching suffix."""
+
+    def propose(n: int) -> list[int]:
+        context = sequence[: n + 1]
+        for size in range(min(ngram_max, len(context) - 1), 0, -1):
+            suffix = context[-size:]
+            for start in range(len(context) - size - 1, -1, -1):
+                if context[start:start + size] == suffix:
+                    return context[start + size:start + size + k]
+        return []
+
+    return propose
+
+
+class MedusaProposer:
+    """Top-1 chain of Medusa heads at the last committed position (what vLLM's Medusa proposer does)."""
+
+    def __init__(self, model, k: int):
+        self.model, self.k = model, k
+
+    @torch.no_grad()
+    def for_sequence(self, input_ids: torch.Tensor):
+        hidden = self.model.model(input_ids=input_ids).last_hidden_state[0]
+        heads = self.model.medusa_heads[: self.k]
+        drafts = torch.stack([head(hidden).argmax(-1) for head in heads], dim=-1).tolist()  # [L, k]
+        return lambda n: drafts[n - 1]  # the hidden state that emitted token n is at n-1
+
+
+class EagleProposer:
+    """EAGLE drafting over its own hidden states, with a KV cache for the committed context.
+
+    Matches modelopt's ``pseudo_speculative_generate`` (a test checks it), without recomputing
+    the whole prefix for every draft token.
+    """
+
+    def __init__(self, model, k: int):
+        self.model, self.k = model, k
+        self.module = model.eagle_module
+        self.lm_head = getattr(self.module, "lm_head", None) or model._base_model_lm_head
+        self.reduced_vocab = model.eagle_config.draft_vocab_size != model.eagle_config.vocab_size
+
+    @torch.no_grad()
+    def _step(self, hidden, token_ids, cache, start):
+        from transformers import DynamicCache  # noqa: F401  (the cache type modelopt expects)
+
+        length = hidden.shape[1]
+        mask = self.model._prepare_decoder_attention_mask(None, (1, length), start, hidden.device, hidden.dtype)
+        positions = torch.arange(start, start + length, device=hidden.device).unsqueeze(0)
+        postnorm, prenorm, cache = self.module(hidden, self.model._base_model_embeddings(token_ids),
+                                               attention_mask=mask, position_ids=positions,
+                                               use_cache=True, past_key_values=cache)
+        token = self.lm_head(postnorm[:, -1:]).argmax(-1)
+        if self.reduced_vocab:
+            token = token + self.module.d2t[token]
+        return token, prenorm[:, -1:], cache
+
+    @torch.no_grad()
+    def for_sequence(self, input_ids: torch.Tensor):
+        from transformers import DynamicCache
+
+        model = self.model
+        outputs = model._base_model(input_ids=input_ids, output_hidden_states=True)  # hooks collect aux states
+        if model.eagle_config.use_aux_hidden_state:
+            context_hidden = self.module.fc(model.pop_and_gather_aux_hiddens())
+        else:
+            context_hidden = outputs.hidden_states[-1]
+        model.eagle_module._maybe_init_rope(device=context_hidden.device)
+        # Draft position t reads the base hidden state at t and the token at t+1.
+        next_ids = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+        state = {"cache": DynamicCache(config=self.module.config), "cached": 0}
+
+        def propose(n: int) -> list[int]:
+            cache = state["cache"]
+            if state["cached"] < n - 1:  # extend the true-context cache up to position n-2
+                start = state["cached"]
+                _, _, cache = self._step(context_hidden[:, start:n - 1], next_ids[:, start:n - 1], cache, start)
+                state["cached"] = n - 1
+            token, hidden, cache = self._step(context_hidden[:, n - 1:n], next_ids[:, n - 1:n], cache, n - 1)
+            drafts = [int(token)]
+            for step in range(1, self.k):
+                token, hidden, cache = self._step(hidden, token, cache, n - 1 + step)
+                drafts.append(int(token))
+            cache.crop(n - 1)  # forget this chain; keep the true context
+            return drafts
+
+        return propose
+
+
+def load_prompts(config: EvaluateConfig, tokenizer) -> list[dict]:
+    prompts = []
+    for conversation in read_conversations(config.dataset, split="heldout"):
+        messages = ([{"role": "system", "content": conversation.system}] if conversation.system else [])
+        messages.append({"role": "user", "content": conversation.prompts[0]})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompts.append({"id": conversation.conversation_id, "category": conversation.category or "all",
+                        "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
+    return prompts[: config.num_prompts] if config.num_prompts else prompts
+
+
+def greedy_sequences(base, prompts: list[dict], config: EvaluateConfig, model_path: str) -> list[list[int]]:
+    """The base model's greedy continuations, cached on disk: every mode and baseline replays the same ones."""
+    from spectrain.models import cache_dir
+
+    key = hashlib.sha256(json.dumps([model_path, config.max_new_tokens, [p["input_ids"] for p in prompts]]).encode())
+    path = cache_dir() / "greedy" / f"{key.hexdigest()[:24]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    sequences = []
+    for prompt in prompts:
+        input_ids = torch.tensor([prompt["input_ids"]])
+        output = base.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                               max_new_tokens=config.max_new_tokens)
+        sequences.append(output[0].tolist())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sequences))
+    return sequences
+
+
+def evaluate_proposer(make_propose, prompts, sequences, k) -> tuple[Tally, dict[str, Tally]]:
+    total, by_category = Tally(k), {}
+    for prompt, sequence in zip(prompts, sequences):
+        tally = replay(sequence, len(prompt["input_ids"]), make_propose(sequence), k)
+        total.merge(tally)
+        by_category.setdefault(prompt["category"], Tally(k)).merge(tally)
+    return total, by_category
+
+
+def plot_acceptance(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    k = len(next(iter(results.values()))["acceptance_rate_per_position"])
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        rates = results[name]["acceptance_rate_per_position"]
+        axis.bar([p + index * width for p in range(k)], rates, width=width,
+                 label=f"{name} (τ={results[name]['acceptance_length']:.2f})")
+    axis.set_xticks([p + width * (len(names) - 1) / 2 for p in range(k)], [f"draft {p + 1}" for p in range(k)])
+    axis.set(ylabel="accepted per base step", ylim=(0, 1), title="per-position acceptance")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run(config: EvaluateConfig) -> dict:
+    started = time.monotonic()
+    model_path = resolve_base_model(config.base_model)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    prompts = load_prompts(config, tokenizer)
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    sequences = greedy_sequences(base, prompts, config, model_path)
+    del base
+    model = transformers.AutoModelForCausalLM.from_pretrained(config.checkpoint, dtype=torch.float32,
+                                                              attn_implementation="sdpa").eval()
+    k = config.num_draft_tokens
+    proposer = MedusaProposer(model, k) if config.mode == "medusa" else EagleProposer(model, k)
+
+    draft_started = time.monotonic()
+    candidate, by_category = evaluate_proposer(lambda s: proposer.for_sequence(torch.tensor([s])), prompts,
+                                               sequences, k)
+    draft_seconds = time.monotonic() - draft_started
+    ngram, _ = evaluate_proposer(lambda s: ngram_proposer(s, k, config.ngram_max), prompts, sequences, k)
+    results = {config.mode: candidate.summary(), "ngram": ngram.summary(),
+               "no speculation": {"acceptance_length": 1.0, "acceptance_rate_per_position": [0.0] * k}}
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plot_acceptance(results, output_dir / "acceptance.png")
+    summary = {
+        "mode": config.mode,
+        **candidate.summary(),
+        "ngram_acceptance_length": ngram.summary()["acceptance_length"],
+        "ratio_to_ngram": candidate.summary()["acceptance_length"] / ngram.summary()["acceptance_length"],
+        "by_category": {name: t.summary()["acceptance_length"] for name, t in sorted(by_category.items())},
+        "num_prompts": len(prompts),
+        "num_draft_tokens": k,
+        "max_new_tokens": config.max_new_tokens,
+        "eval_dataset_fingerprint": fingerprint(read_path(config.dataset)),
+        "simulated_tokens_per_s": candidate.tokens / max(draft_seconds, 1e-9),
+        "seconds": time.monotonic() - started,
+        "plot": str(output_dir / "acceptance.png"),
+    }
+    (output_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
+    print(f"[evaluate] {config.mode}: τ = {summary['acceptance_length']:.3f} over {len(prompts)} prompts "
+          f"(per position {', '.join(f'{r:.2f}' for r in summary['acceptance_rate_per_position'])}); "
+          f"ngram τ = {summary['ngram_acceptance_length']:.3f}", flush=True)
+    return summary
+
+
+def read_path(spec: str) -> Path:
+    from spectrain.data import resolve_path
+
+    return resolve_path(spec, "heldout")

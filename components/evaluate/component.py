@@ -1,0 +1,28 @@
+"""KFP component of the evaluate step."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+from spectrain import images
+
+
+@dsl.component(base_image=images.TRAIN)
+def evaluate(base_model: str, draft_checkpoint: Input[Model], mode: str, eval_dataset: str, num_prompts: int,
+             num_draft_tokens: int, max_new_tokens: int, metrics: Output[Metrics], evaluation: Output[Artifact],
+             result: Output[Artifact]) -> float:
+    """Exact acceptance length τ of the draft on held-out prompts; returns τ."""
+    import json
+
+    from spectrain.steps import run_step
+
+    outcome = run_step("evaluate", {
+        "base_model": base_model, "checkpoint": draft_checkpoint.path, "mode": mode, "dataset": eval_dataset,
+        "num_prompts": num_prompts, "num_draft_tokens": num_draft_tokens, "max_new_tokens": max_new_tokens,
+        "output_dir": evaluation.path})
+    metrics.log_metric("acceptance_length", outcome["acceptance_length"])
+    metrics.log_metric("ngram_acceptance_length", outcome["ngram_acceptance_length"])
+    for position, rate in enumerate(outcome["acceptance_rate_per_position"], start=1):
+        metrics.log_metric(f"acceptance_rate_position_{position}", rate)
+    with open(result.path, "w") as handle:
+        json.dump(outcome, handle)
+    return outcome["acceptance_length"]

@@ -1,0 +1,114 @@
+"""evaluate: the replay that defines τ, the n-gram baseline, and the EAGLE drafter against modelopt's own."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from components.evaluate.acceptance import EagleProposer, MedusaProposer, replay, ngram_proposer
+from components.evaluate.config import EvaluateConfig
+from spectrain.models import resolve_base_model
+
+SEQUENCE = list(range(100, 120))  # 5 prompt tokens, 15 generated
+
+
+def test_a_perfect_draft_emits_k_plus_one_tokens_per_step():
+    tally = replay(SEQUENCE, 5, lambda n: SEQUENCE[n + 1:n + 4], k=3)
+    assert tally.tokens == 15  # every generated token counted exactly once
+    assert tally.steps == 4  # 4 + 4 + 4 + 3 (the end cuts the last chain)
+    assert tally.summary()["acceptance_length"] == pytest.approx(15 / 4)
+    assert tally.accepted_at == [4, 4, 3]
+
+
+def test_a_useless_draft_gives_one_token_per_step():
+    tally = replay(SEQUENCE, 5, lambda n: [0, 0, 0], k=3)
+    assert (tally.steps, tally.tokens, tally.summary()["acceptance_length"]) == (15, 15, 1.0)
+    assert tally.summary()["acceptance_rate_per_position"] == [0.0, 0.0, 0.0]
+
+
+def test_acceptance_stops_at_the_first_wrong_draft():
+    tally = replay(SEQUENCE, 5, lambda n: [SEQUENCE[n + 1], -1, SEQUENCE[n + 3]] if n + 3 < 20 else [], k=3)
+    assert tally.accepted_at[1] == tally.accepted_at[2] == 0 and tally.accepted_at[0] > 0
+
+
+def test_ngram_lookup_proposes_what_followed_the_latest_match():
+    sequence = [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4]
+    propose = ngram_proposer(sequence, k=3, ngram_max=3)
+    assert propose(4) == [2, 3, 4]  # context ends with 1: continue as after the earlier 1
+    assert propose(1) == []  # no earlier occurrence of anything
+    assert replay(sequence, 4, propose, k=3).summary()["acceptance_length"] > 2
+
+
+@pytest.fixture(scope="module")
+def base():
+    path = resolve_base_model("embedded")
+    return path, transformers.AutoTokenizer.from_pretrained(path)
+
+
+def greedy(path, tokenizer, prompt: str, new_tokens: int) -> list[int]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    return model.generate(ids, do_sample=False, max_new_tokens=new_tokens)[0].tolist(), ids.shape[1]
+
+
+@pytest.mark.slow
+def test_cached_eagle_drafts_equal_modelopt_pseudo_speculative_generate(base, tiny_checkpoints):
+    path, tokenizer = base
+    sequence, prompt_length = greedy(path, tokenizer, "List three colours.", 12)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoints["eagle3"][0], dtype=torch.float32,
+                                                              attn_implementation="sdpa").eval()
+    propose = EagleProposer(model, k=3).for_sequence(torch.tensor([sequence]))
+    for n in (prompt_length, prompt_length + 1, prompt_length + 5, prompt_length + 6):
+        base_token, drafts = model.pseudo_speculative_generate(torch.tensor([sequence[:n]]), steps=3)
+        assert int(base_token) == sequence[n]
+        assert propose(n) == drafts[0].tolist(), f"position {n}"
+
+
+@pytest.mark.slow
+def test_medusa_drafts_come_from_the_hidden_state_that_emitted_the_token(base, tiny_checkpoints):
+    path, tokenizer = base
+    sequence, prompt_length = greedy(path, tokenizer, "Name a planet.", 6)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoints["medusa"][0], dtype=torch.float32)
+    propose = MedusaProposer(model, k=2).for_sequence(torch.tensor([sequence]))
+    with torch.no_grad():
+        hidden = model.model(input_ids=torch.tensor([sequence[:prompt_length]])).last_hidden_state[0, -1]
+        expected = [int(head(hidden).argmax()) for head in model.medusa_heads]
+    assert propose(prompt_length) == expected
+
+
+@pytest.mark.slow
+def test_untrained_head_gives_tau_near_one_and_a_trained_one_more(base, tmp_path, monkeypatch):
+    """Sanity anchor: a draft trained on the base's own continuations of these prompts must be accepted."""
+    from components.evaluate.acceptance import run as evaluate
+    from components.train_heads.config import TrainHeadsConfig
+    from components.train_heads.train import run as train
+
+    monkeypatch.setenv("SPECTRAIN_MODEL_CACHE", str(tmp_path / "cache"))
+    path, tokenizer = base
+    monkeypatch.setattr("components.evaluate.acceptance.resolve_base_model", lambda spec: path)
+    monkeypatch.setattr("components.train_heads.train.resolve_base_model", lambda spec: path)
+    prompts = ["Name three fruits.", "What is the capital of France?", "Give me a tip for sleeping well."]
+    heldout = tmp_path / "heldout.jsonl"
+    regenerated = tmp_path / "regenerated.jsonl"
+    with open(heldout, "w") as eval_file, open(regenerated, "w") as train_file:
+        for i, prompt in enumerate(prompts):
+            sequence, prompt_length = greedy(path, tokenizer, prompt, 40)
+            reply = tokenizer.decode(sequence[prompt_length:], skip_special_tokens=True)
+            turns = [{"from": "User", "value": prompt}, {"from": "Assistant", "value": reply}]
+            eval_file.write(json.dumps({"id": f"p{i}", "conversations": turns}) + "\n")
+            train_file.write(json.dumps({"id": f"p{i}", "conversations": turns}) + "\n")
+    results = {}
+    for label, steps in (("untrained", 0), ("trained", 40)):
+        output = tmp_path / label
+        train(TrainHeadsConfig(data=str(regenerated), output_dir=str(output), mode="medusa", medusa_num_heads=3,
+                               max_steps=max(steps, 1), lr=3e-3 if steps else 1e-12, batch_size=3, max_length=96,
+                               warmup_steps=0))
+        results[label] = evaluate(EvaluateConfig(checkpoint=str(output), mode="medusa", dataset=str(heldout),
+                                                 max_new_tokens=32, output_dir=str(tmp_path / f"eval-{label}")))
+    untrained, trained = results["untrained"]["acceptance_length"], results["trained"]["acceptance_length"]
+    assert 1.0 <= untrained < 1.15
+    assert trained > untrained + 0.2, results
+    assert results["trained"]["acceptance_rate_per_position"][0] > 0.2

@@ -1,0 +1,20 @@
+"""KFP component of the export step."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model, Output
+
+from spectrain import images
+
+
+@dsl.component(base_image=images.TRAIN)
+def export(draft_checkpoint: Input[Model], mode: str, dtype: str, draft: Output[Model], result: Output[Artifact]):
+    """Write the deployable draft directory (vLLM layout) in ``dtype``."""
+    import json
+
+    from spectrain.steps import run_step
+
+    outcome = run_step("export", {"checkpoint": draft_checkpoint.path, "mode": mode, "dtype": dtype,
+                                  "output_dir": draft.path})
+    draft.metadata.update({"mode": mode, "dtype": dtype})
+    with open(result.path, "w") as handle:
+        json.dump(outcome, handle)

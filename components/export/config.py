@@ -1,0 +1,27 @@
+"""Config of the export step: deployable draft checkpoints for vLLM and TensorRT-LLM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spectrain.config import field
+from spectrain.errors import SpectrainError
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass
+class ExportConfig:
+    """Turn a trained modelopt checkpoint into the draft directory a serving runtime loads."""
+
+    checkpoint: str = field("", "trained draft checkpoint (train_heads output)")
+    mode: str = field("eagle3", "eagle3, eagle1 or medusa")
+    output_dir: str = field("draft", "where the deployable draft directory is written")
+    dtype: str = field("bfloat16", "weights dtype of the exported draft: bfloat16, float16 or float32")
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise SpectrainError(f"unknown dtype {self.dtype!r}", where="export.dtype", fix=f"use one of {DTYPES}")
+        if not self.checkpoint:
+            raise SpectrainError("no checkpoint given", where="export.checkpoint",
+                                 fix="pass the directory written by train_heads")

@@ -1,0 +1,114 @@
+"""Export step logic: EAGLE via modelopt's exporter, Medusa in vLLM's Medusa layout; dtype checked in the file.
+
+Which runtime loads what (see README.md):
+  eagle3/eagle1 -> vLLM `--speculative-config '{"method": "eagle3"|"eagle", "model": DIR, ...}'`
+  medusa        -> vLLM `--speculative-config '{"method": "medusa", "model": DIR, ...}'`
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import modelopt.torch.opt as mto
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from components.export.config import ExportConfig
+from spectrain.errors import SpectrainError
+
+mto.enable_huggingface_checkpointing()
+
+
+def medusa_state_dict(model) -> dict[str, torch.Tensor]:
+    """modelopt's `medusa_heads.{h}.{l}.linear` / `medusa_heads.{h}.{L}` -> vLLM's `blocks.{h}.layers.{l}` / `lm_heads.{h}`.
+
+    vLLM silently skips names it does not know (the heads would stay random), so every name
+    is produced here explicitly and nothing else is written.
+    """
+    tensors = {}
+    for h, head in enumerate(model.medusa_heads):
+        *blocks, lm_head = list(head)
+        for l, block in enumerate(blocks):
+            tensors[f"blocks.{h}.layers.{l}.weight"] = block.linear.weight
+            tensors[f"blocks.{h}.layers.{l}.bias"] = block.linear.bias
+        tensors[f"lm_heads.{h}.weight"] = lm_head.weight
+    return tensors
+
+
+def export_medusa(model, output_dir: Path, dtype: torch.dtype) -> None:
+    tensors = {name: t.detach().to(dtype).contiguous() for name, t in medusa_state_dict(model).items()}
+    save_file(tensors, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
+    heads, layers = model.medusa_num_heads, model.medusa_num_layers
+    config = {
+        "architectures": ["MedusaModel"],
+        "model_type": "medusa",
+        "hidden_size": model.config.hidden_size,
+        "vocab_size": model.config.vocab_size,
+        "num_heads": heads,
+        "num_hidden_layers": layers,
+        "medusa_fc_bias": True,  # modelopt's ResBlock has a bias
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    (output_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def export_eagle(model, output_dir: Path, dtype: torch.dtype) -> None:
+    from modelopt.torch.export import export_speculative_decoding
+
+    model.to(dtype)  # the exporter keeps the module's dtype even when asked for another
+    export_speculative_decoding(model, dtype=dtype, export_dir=output_dir)
+    config_path = output_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    # modelopt layer id i is the *output* of layer i; vLLM's id k is the output of layer k-1.
+    trained_ids = list(model.eagle_config.eagle_aux_hidden_state_layer_ids)
+    if model.eagle_config.use_aux_hidden_state:
+        vllm_ids = [i + 1 for i in trained_ids]
+        config["eagle_aux_hidden_state_layer_ids"] = vllm_ids
+        if isinstance(config.get("eagle_config"), dict):
+            config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] = vllm_ids
+    # The exporter injects yarn rope scaling by default; export the rope the draft was trained with.
+    trained_rope = getattr(model.eagle_config, "rope_parameters", None) or getattr(model.eagle_config, "rope_scaling",
+                                                                                  None)
+    config["rope_scaling"] = dict(trained_rope) if trained_rope else None
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def safetensors_dtypes(output_dir: Path) -> set[str]:
+    dtypes = set()
+    for path in output_dir.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                dtypes.add(str(handle.get_slice(name).get_dtype()))
+    return dtypes
+
+
+def run(config: ExportConfig) -> dict:
+    started = time.monotonic()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, config.dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(config.checkpoint, dtype=torch.float32)
+    if config.mode == "medusa":
+        if not hasattr(model, "medusa_heads"):
+            raise SpectrainError("the checkpoint has no Medusa heads", where=config.checkpoint,
+                                 fix="export it with the mode it was trained with")
+        export_medusa(model, output_dir, dtype)
+    else:
+        if not hasattr(model, "eagle_module"):
+            raise SpectrainError("the checkpoint has no EAGLE module", where=config.checkpoint,
+                                 fix="export it with the mode it was trained with")
+        export_eagle(model, output_dir, dtype)
+    found = safetensors_dtypes(output_dir)
+    expected = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+    wrong = {d for d in found if expected.get(d, d) != config.dtype and d not in ("I64", "I32", "BOOL")}
+    if wrong:
+        raise RuntimeError(f"exported weights are {sorted(found)}, not {config.dtype}")
+    files = sorted(p.name for p in output_dir.iterdir())
+    size = sum(p.stat().st_size for p in output_dir.iterdir() if p.is_file())
+    print(f"[export] {config.mode} draft -> {output_dir} ({size / 1e6:.1f} MB, {config.dtype}): {files}", flush=True)
+    return {"mode": config.mode, "draft_dir": str(output_dir), "files": files, "bytes": size,
+            "dtype": config.dtype, "seconds": time.monotonic() - started}

@@ -1,0 +1,35 @@
+"""Config of the regenerate step: rewrite every assistant turn of a chat dataset with the served base model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spectrain.config import field
+from spectrain.errors import SpectrainError
+
+
+@dataclass
+class RegenerateConfig:
+    """Send each conversation's user turns, in order, to the server; keep the server's replies."""
+
+    dataset: str = field("embedded", "input jsonl (Daring-Anteater, ShareGPT or OpenAI messages), or 'embedded' "
+                                     "for the shipped prompt set")
+    output: str = field("regenerated.jsonl", "output jsonl; re-running with the same output resumes")
+    endpoint: str = field("http://127.0.0.1:8000/v1", "OpenAI-compatible base URL")
+    api_key: str = field("spectrain-local", "API key of the endpoint (the VLLM_API_KEY env var wins)")
+    model: str = field("", "model name to request; empty asks the server (/v1/models)")
+    max_tokens: int = field(256, "max new tokens per assistant turn")
+    temperature: float = field(0.0, "sampling temperature; 0 = greedy, what the draft must imitate")
+    top_p: float = field(1.0, "nucleus sampling")
+    concurrency: int = field(8, "conversations in flight at once")
+    limit: int = field(0, "regenerate only the first N conversations (0 = all)")
+    keep_system_prompt: bool = field(True, "send the dataset's system prompt")
+    request_timeout_s: float = field(120.0, "per-request timeout")
+    max_retries: int = field(4, "retries per request on connection errors, timeouts, 429 and 5xx (with backoff)")
+    max_failure_ratio: float = field(0.1, "fail the step if more than this share of conversations failed")
+
+    def validate(self) -> None:
+        if self.concurrency < 1:
+            raise SpectrainError("concurrency must be at least 1", where="regenerate.concurrency")
+        if self.max_tokens < 1:
+            raise SpectrainError("max_tokens must be at least 1", where="regenerate.max_tokens")

@@ -1,0 +1,134 @@
+"""Regenerate step logic: an async OpenAI-compatible client with bounded concurrency, resumable by conversation id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from components.regenerate.config import RegenerateConfig
+from spectrain.data import Conversation, SkippedLine, append_jsonl, read_conversations
+from spectrain.errors import SpectrainError
+
+
+def finished_ids(output: Path) -> set[str]:
+    """Ids already written by an earlier, possibly interrupted, run of the same output."""
+    skipped: list[SkippedLine] = []
+    if not output.exists():
+        return set()
+    done = {c.conversation_id for c in read_conversations(str(output), skipped=skipped)}
+    for line in skipped:
+        print(f"[regenerate] ignoring {line} (it will be redone)", flush=True)
+    if skipped:
+        _drop_broken_lines(output)
+    return done
+
+
+def _drop_broken_lines(output: Path) -> None:
+    kept = []
+    for line in output.read_text(encoding="utf-8").splitlines():
+        try:
+            json.loads(line)
+            kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, output)
+
+
+async def regenerate_conversation(client, model: str, conversation: Conversation, config: RegenerateConfig) -> dict:
+    """Replace each assistant turn with the model's reply to the conversation so far."""
+    messages = []
+    if conversation.system and config.keep_system_prompt:
+        messages.append({"role": "system", "content": conversation.system})
+    turns, finish_reasons, output_tokens = [], [], 0
+    for prompt in conversation.prompts:
+        messages.append({"role": "user", "content": prompt})
+        response = await client.chat.completions.create(
+            model=model, messages=messages, max_tokens=config.max_tokens,
+            temperature=config.temperature, top_p=config.top_p)
+        choice = response.choices[0]
+        reply = choice.message.content or ""
+        messages.append({"role": "assistant", "content": reply})
+        turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        finish_reasons.append(choice.finish_reason)
+        output_tokens += response.usage.completion_tokens if response.usage else 0
+    regenerated = Conversation(conversation.conversation_id, turns, conversation.system, conversation.category)
+    record = regenerated.to_record()
+    record["finish_reasons"] = finish_reasons
+    record["truncated"] = "length" in finish_reasons
+    return record, output_tokens
+
+
+async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], output: Path, errors: Path) -> dict:
+    from openai import AsyncOpenAI
+
+    api_key = os.environ.get("VLLM_API_KEY") or config.api_key
+    client = AsyncOpenAI(base_url=config.endpoint, api_key=api_key,
+                         timeout=config.request_timeout_s, max_retries=config.max_retries)
+    model = config.model or (await client.models.list()).data[0].id
+    counts = {"done": 0, "truncated": 0, "failed": 0, "output_tokens": 0}
+    semaphore = asyncio.Semaphore(config.concurrency)
+    progress = tqdm(total=len(todo), desc="regenerate", unit="conv", mininterval=2.0)
+
+    async def one(conversation: Conversation) -> None:
+        async with semaphore:
+            try:
+                record, output_tokens = await regenerate_conversation(client, model, conversation, config)
+            except Exception as exc:  # after the client's own retries: record it and go on
+                counts["failed"] += 1
+                with open(errors, "a", encoding="utf-8") as handle:
+                    append_jsonl(handle, {"conversation_id": conversation.conversation_id,
+                                          "error": f"{type(exc).__name__}: {exc}"})
+            else:
+                counts["done"] += 1
+                counts["truncated"] += record["truncated"]
+                counts["output_tokens"] += output_tokens
+                with open(output, "a", encoding="utf-8") as handle:
+                    append_jsonl(handle, record)
+            progress.update(1)
+            progress.set_postfix(failed=counts["failed"], truncated=counts["truncated"])
+
+    try:
+        await asyncio.gather(*(one(c) for c in todo))
+    finally:
+        progress.close()
+        await client.close()
+    return counts
+
+
+def run(config: RegenerateConfig) -> dict:
+    started = time.monotonic()
+    skipped: list[SkippedLine] = []
+    conversations = list(read_conversations(config.dataset, skipped=skipped))
+    for line in skipped:
+        print(f"[regenerate] skipped {line}", flush=True)
+    if config.limit:
+        conversations = conversations[: config.limit]
+    if not conversations:
+        raise SpectrainError("no usable conversations", where=config.dataset, fix="check the file's format")
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    errors = output.with_name(output.stem + ".errors.jsonl")
+    done = finished_ids(output)
+    todo = [c for c in conversations if c.conversation_id not in done]
+    print(f"[regenerate] {len(conversations)} conversations, {len(conversations) - len(todo)} already done, "
+          f"{len(todo)} to go, concurrency {config.concurrency}", flush=True)
+    counts = (asyncio.run(_regenerate_all(config, todo, output, errors)) if todo
+              else {"done": 0, "truncated": 0, "failed": 0, "output_tokens": 0})
+    seconds = time.monotonic() - started
+    summary = {**counts, "output_tokens_per_s": counts["output_tokens"] / seconds, "resumed": len(conversations) - len(todo), "skipped_input_lines": len(skipped),
+               "total": len(conversations), "output": str(output), "seconds": seconds}
+    print(f"[regenerate] done {counts['done']}, truncated {counts['truncated']}, failed {counts['failed']}, "
+          f"skipped input lines {len(skipped)} in {seconds:.0f} s", flush=True)
+    if todo and counts["failed"] / len(todo) > config.max_failure_ratio:
+        raise SpectrainError(f"{counts['failed']} of {len(todo)} conversations failed (over the "
+                             f"{config.max_failure_ratio:.0%} limit); reasons are in {errors}",
+                             where="regenerate.max_failure_ratio",
+                             fix="check the server and re-run: finished conversations are kept and skipped")
+    return summary

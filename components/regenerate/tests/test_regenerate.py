@@ -1,0 +1,70 @@
+"""Regenerate step against a real vLLM server: multi-turn, resume, crash-safe output, failures counted."""
+
+import json
+
+import pytest
+
+from components.regenerate.config import RegenerateConfig
+from components.regenerate.regenerate import run
+from spectrain.errors import SpectrainError
+
+CONVERSATIONS = [
+    {"id": "single", "conversations": [{"from": "User", "value": "Name a fruit."},
+                                       {"from": "Assistant", "value": "An apple."}]},
+    {"id": "multi", "system": "Answer in one sentence.",
+     "conversations": [{"from": "User", "value": "What is rain?"}, {"from": "Assistant", "value": "Water."},
+                       {"from": "User", "value": "Why does it fall?"}, {"from": "Assistant", "value": "Gravity."}]},
+    {"messages": [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "1 2 3"}]},
+    {"conversations": [{"from": "narrator", "value": "broken"}]},
+]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    path = tmp_path / "input.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))
+    return str(path)
+
+
+def records(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.mark.slow
+def test_every_assistant_turn_is_rewritten_and_a_rerun_resumes(vllm_server, dataset, tmp_path):
+    output = tmp_path / "out.jsonl"
+    config = RegenerateConfig(dataset=dataset, output=str(output), endpoint=vllm_server["endpoint"],
+                              api_key="test-key", max_tokens=12, concurrency=4)
+    summary = run(config)
+    assert (summary["done"], summary["failed"], summary["skipped_input_lines"]) == (3, 0, 1)
+    written = {r["conversation_id"]: r for r in records(output)}
+    assert set(written) >= {"single", "multi"} and len(written) == 3
+    multi = written["multi"]
+    assert [t["from"] for t in multi["conversations"]] == ["User", "Assistant", "User", "Assistant"]
+    assert multi["conversations"][2]["value"] == "Why does it fall?"
+    assert multi["conversations"][1]["value"] != "Water."  # the model's words, not the dataset's
+    assert len(multi["finish_reasons"]) == 2
+    assert multi["truncated"] == ("length" in multi["finish_reasons"])
+    assert summary["output_tokens"] > 0
+
+    again = run(config)
+    assert (again["done"], again["resumed"]) == (0, 3)
+    assert len(records(output)) == 3
+
+    # A crash mid-write leaves half a line: the next run drops it and redoes that conversation.
+    lines = output.read_text().splitlines()
+    output.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    repaired = run(config)
+    assert (repaired["done"], repaired["resumed"]) == (1, 2)
+    assert sorted(r["conversation_id"] for r in records(output)) == sorted(written)
+
+
+def test_an_unreachable_server_fails_the_step_and_records_every_conversation(dataset, tmp_path):
+    output = tmp_path / "out.jsonl"
+    config = RegenerateConfig(dataset=dataset, output=str(output), endpoint="http://127.0.0.1:9/v1", model="base",
+                              max_retries=0, request_timeout_s=2)
+    with pytest.raises(SpectrainError, match="3 of 3 conversations failed"):
+        run(config)
+    errors = records(tmp_path / "out.errors.jsonl")
+    assert len(errors) == 3 and all("Connection" in e["error"] for e in errors)
+    assert not output.exists() or not output.read_text()

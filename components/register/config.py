@@ -1,0 +1,24 @@
+"""Config of the register step: MLflow tracking, model registry, and champion promotion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spectrain.config import field
+
+
+@dataclass
+class RegisterConfig:
+    """Log a pipeline run's results to MLflow, register its draft, promote it if it beats the champion."""
+
+    tracking_uri: str = field("", "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else a sqlite store in "
+                                   "$SPECTRAIN_HOME")
+    experiment: str = field("spectrain", "MLflow experiment name")
+    registered_model_name: str = field("", "registry name; empty: spectrain-<base model>-<mode>")
+    run_name: str = field("", "MLflow run name; empty: <mode>-<pipeline run id>")
+    pipeline_run_id: str = field("local", "KFP run id, recorded as a tag")
+    base_model: str = field("embedded", "base model spec the draft was trained for")
+    draft_dir: str = field("", "exported draft directory (export step output)")
+    step_results: dict = field({}, "step name -> result JSON file of that step (train, evaluate, export, ...)")
+    params: dict = field({}, "pipeline parameters to record (keys naming secrets are dropped)")
+    min_acceptance_length: float = field(1.0, "gate: a draft whose τ is not above this is never promoted")

@@ -1,0 +1,143 @@
+"""Register step logic: MLflow run (params, metrics, curves, plots, draft), model version, champion alias."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from components.register.config import RegisterConfig
+from spectrain.errors import SpectrainError
+from spectrain.models import model_slug
+
+SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+CHAMPION = "champion"
+
+
+def home() -> Path:
+    return Path(os.environ.get("SPECTRAIN_HOME", Path.cwd() / "spectrain-runs")).resolve()
+
+
+def tracking_uri(config: RegisterConfig) -> str:
+    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment:
+        return experiment.experiment_id
+    artifact_location = None
+    if client.tracking_uri.startswith("sqlite:"):
+        artifact_location = (home() / "mlartifacts").as_uri()  # not ./mlruns of whatever the cwd is
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def public_params(params: dict) -> dict:
+    return {k: v for k, v in params.items() if not any(word in k.lower() for word in SECRET_WORDS)}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("SPECTRAIN_GIT_COMMIT", "unknown")
+
+
+def load_results(paths: dict) -> dict[str, dict]:
+    results = {}
+    for step, path in paths.items():
+        try:
+            results[step] = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SpectrainError(f"cannot read the {step} step's result ({exc})", where=str(path)) from exc
+    return results
+
+
+def log_run(config: RegisterConfig, results: dict[str, dict], mode: str) -> mlflow.ActiveRun:
+    evaluation, train = results.get("evaluate", {}), results.get("train", {})
+    mlflow.log_params({k: str(v)[:500] for k, v in public_params(config.params).items()})
+    metrics = {f"{step}_seconds": r["seconds"] for step, r in results.items() if "seconds" in r}
+    if evaluation:
+        metrics["acceptance_length"] = evaluation["acceptance_length"]
+        metrics["ngram_acceptance_length"] = evaluation["ngram_acceptance_length"]
+        metrics["ratio_to_ngram"] = evaluation["ratio_to_ngram"]
+        for position, rate in enumerate(evaluation["acceptance_rate_per_position"], start=1):
+            metrics[f"acceptance_rate_position_{position}"] = rate
+    if train:
+        metrics.update({"train_steps": train["steps"], "train_seconds_per_step": train["seconds_per_step"],
+                        "trainable_parameters": train["trainable_parameters"]})
+    mlflow.log_metrics(metrics)
+    for entry in train.get("history", []):  # curves: one point per logging step
+        values = {k: v for k, v in entry.items() if k == "loss" or k.startswith("head_")}
+        if values:
+            mlflow.log_metrics({f"train_{k}": float(v) for k, v in values.items()}, step=int(entry["step"]))
+    for step, result in results.items():
+        mlflow.log_dict({k: v for k, v in result.items() if k != "history"}, f"results/{step}.json")
+        for key in ("plot", "curves"):
+            if result.get(key) and Path(result[key]).exists():
+                mlflow.log_artifact(result[key], "plots")
+    if config.draft_dir:
+        mlflow.log_artifacts(config.draft_dir, "draft")
+    return metrics
+
+
+def promote(client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig) -> tuple[str, str]:
+    """Give the candidate the champion alias if it beats the current champion on the same eval set."""
+    tau = candidate.get("acceptance_length", 0.0)
+    if tau <= config.min_acceptance_length:
+        return "", f"τ {tau:.3f} does not pass the gate min_acceptance_length={config.min_acceptance_length}"
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    if champion is None:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return CHAMPION, "first version to pass the gate"
+    if champion.tags.get("eval_dataset_fingerprint") != candidate.get("eval_dataset_fingerprint"):
+        return "", (f"not compared: champion v{champion.version} was evaluated on a different eval set "
+                    f"({champion.tags.get('eval_dataset_fingerprint')})")
+    champion_tau = float(champion.tags.get("acceptance_length", 0.0))
+    if tau > champion_tau:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return CHAMPION, f"τ {tau:.3f} beats champion v{champion.version} ({champion_tau:.3f})"
+    return "", f"τ {tau:.3f} does not beat champion v{champion.version} ({champion_tau:.3f})"
+
+
+def run(config: RegisterConfig) -> dict:
+    started = time.monotonic()
+    results = load_results(config.step_results)
+    evaluation = results.get("evaluate", {})
+    mode = evaluation.get("mode") or results.get("train", {}).get("mode", "draft")
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    mlflow.set_experiment(experiment_id=experiment_id(client, config.experiment))
+    name = config.registered_model_name or f"spectrain-{model_slug(config.base_model)}-{mode}"
+    with mlflow.start_run(run_name=config.run_name or f"{mode}-{config.pipeline_run_id}") as active:
+        metrics = log_run(config, results, mode)
+        mlflow.set_tags({"mode": mode, "base_model": config.base_model, "pipeline_run_id": config.pipeline_run_id,
+                         "git_commit": git_commit()})
+        run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description="spectrain draft heads (speculative decoding)")
+    tags = {"base_model": config.base_model, "mode": mode, "pipeline_run_id": config.pipeline_run_id,
+            "git_commit": git_commit(),
+            "num_draft_tokens": str(evaluation.get("num_draft_tokens", "")),
+            "eval_dataset_fingerprint": str(evaluation.get("eval_dataset_fingerprint", "")),
+            "acceptance_length": str(evaluation.get("acceptance_length", ""))}
+    # MLflow 3: register from the run's artifact URI (mlflow.register_model needs a logged MLflow Model).
+    version = str(client.create_model_version(name, source=f"{artifact_uri}/draft", run_id=run_id, tags=tags).version)
+    alias, reason = promote(client, name, version, evaluation, config)
+    print(f"[register] {name} v{version} ({'alias ' + alias if alias else 'no alias'}): {reason}", flush=True)
+    return {"registered_model": name, "version": version, "alias": alias, "promotion": reason, "run_id": run_id,
+            "tracking_uri": uri, "metrics": metrics, "mode": mode,
+            "step_seconds": {step: r.get("seconds") for step, r in results.items()},
+            "seconds": time.monotonic() - started}

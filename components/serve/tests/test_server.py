@@ -1,0 +1,71 @@
+"""Serve step: a real vLLM process on the embedded model, its API key, its stop, and clear failures."""
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+import pytest
+
+from components.serve.config import ServeConfig, StopServerConfig
+from components.serve.server import _alive, stop, vllm_command, wait_until_ready
+from spectrain import config as configs
+from spectrain.errors import SpectrainError
+
+
+def test_command_carries_the_seed_flags_and_never_the_api_key():
+    config = ServeConfig(tensor_parallel_size=2, quantization="modelopt", max_model_len=4096, dtype="bfloat16",
+                         extra_args=["--max-num-seqs", "64"], api_key="do-not-leak")
+    command = vllm_command(config, "/models/base", 8000)
+    text = " ".join(command)
+    for flag in ("--tensor-parallel-size 2", "--quantization modelopt", "--max-model-len 4096",
+                 "--dtype bfloat16", "--max-num-seqs 64", "--port 8000", "--enforce-eager"):
+        assert flag in text
+    assert "do-not-leak" not in text  # the key goes through VLLM_API_KEY, not the process list
+
+
+def test_external_mode_needs_a_url():
+    with pytest.raises(SpectrainError, match="endpoint_url"):
+        configs.from_dict(ServeConfig, {"mode": "external"})
+
+
+def test_an_unreachable_endpoint_times_out_with_a_clear_error():
+    with pytest.raises(SpectrainError, match="not ready after 2 s"):
+        wait_until_ready("http://127.0.0.1:9/v1", "key", timeout_s=2)
+
+
+def test_stopping_an_unknown_run_is_harmless(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path))
+    assert stop(StopServerConfig(run_id="never-started")) == {"stopped": False}
+
+
+@pytest.mark.slow
+def test_real_vllm_serves_the_embedded_model_behind_its_api_key(vllm_server):
+    url = vllm_server["endpoint"]
+    assert vllm_server["model"] == "base" and _alive(vllm_server["pid"])
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers={"Authorization": "Bearer wrong"}))
+    assert refused.value.code == 401
+    request = urllib.request.Request(
+        f"{url}/chat/completions", headers={"Authorization": "Bearer test-key", "Content-Type": "application/json"},
+        data=json.dumps({"model": "base", "max_tokens": 8, "temperature": 0,
+                         "messages": [{"role": "user", "content": "Say hello."}]}).encode())
+    reply = json.load(urllib.request.urlopen(request))
+    assert reply["choices"][0]["message"]["content"].strip()
+    with pytest.raises(SpectrainError, match="already running"):
+        from components.serve.server import run
+
+        run(ServeConfig(run_id="pytest"))
+
+
+@pytest.mark.slow
+def test_stop_kills_the_server_and_keeps_its_log(tmp_path, monkeypatch):
+    from components.serve.server import run
+
+    monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path))
+    info = run(ServeConfig(run_id="stop-test", max_model_len=512, kv_cache_gib=1))
+    log_copy = tmp_path / "artifact" / "vllm.log"
+    assert stop(StopServerConfig(run_id="stop-test", log_copy=str(log_copy)))["stopped"]
+    assert not _alive(info["pid"])
+    assert "Application startup complete" in log_copy.read_text()
+    assert not os.path.exists(tmp_path / "stop-test" / "server.json")

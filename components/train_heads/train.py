@@ -1,0 +1,340 @@
+"""Train_heads step logic: modelopt `mtsp.convert` + HF Trainer, base model frozen and checked to stay so."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import modelopt.torch.opt as mto
+import modelopt.torch.speculative as mtsp
+import torch
+import transformers
+
+from components.train_heads.config import TrainHeadsConfig
+from spectrain.data import SkippedLine, read_conversations
+from spectrain.errors import SpectrainError
+from spectrain.models import resolve_base_model
+
+# Without this, from_pretrained silently returns the plain base model and drops the heads.
+mto.enable_huggingface_checkpointing()
+
+IGNORE = -100
+HEAD_PREFIXES = ("eagle_module", "medusa_heads")
+
+
+# ---------------------------------------------------------------- data
+def tokenize_conversation(tokenizer, system: str, turns: list[dict], max_length: int) -> dict[str, list[int]]:
+    """Token ids of the chat-templated conversation and a mask of the assistant replies' tokens.
+
+    Each assistant reply (and its end-of-turn token) is located by rendering the template up to
+    the reply's generation prompt, so the mask follows whatever chat template the model has.
+    """
+    messages = ([{"role": "system", "content": system}] if system else []) + turns
+    ids: list[int] = []
+    mask: list[int] = []
+    rendered = ""
+    for end in range(len(messages)):
+        if messages[end]["role"] == "assistant":
+            prompt = tokenizer.apply_chat_template(messages[:end], tokenize=False, add_generation_prompt=True)
+            piece = prompt[len(rendered):]
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+            mask += [0] * (len(ids) - len(mask))
+            rendered = prompt
+        full = tokenizer.apply_chat_template(messages[: end + 1], tokenize=False)
+        piece = full[len(rendered):]
+        new = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        ids += new
+        mask += [int(messages[end]["role"] == "assistant")] * len(new)
+        rendered = full
+    return {"input_ids": ids[:max_length], "loss_mask": mask[:max_length]}
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Fixed-length examples: modelopt 0.47 caches its TTT masks by step, not by shape."""
+
+    def __init__(self, examples: list[dict], max_length: int, pad_id: int, mode: str):
+        self.examples, self.max_length, self.pad_id, self.mode = examples, max_length, pad_id, mode
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        example = self.examples[index]
+        length = len(example["input_ids"])
+        pad = self.max_length - length
+        input_ids = torch.tensor(example["input_ids"] + [self.pad_id] * pad)
+        loss_mask = torch.tensor(example["loss_mask"] + [0] * pad)
+        item = {"input_ids": input_ids, "attention_mask": torch.tensor([1] * length + [0] * pad)}
+        if self.mode == "medusa":
+            # modelopt's Medusa loss shifts labels once more per head, so labels[t] must already be
+            # token t+1: head h then learns token t+2+h from position t, as vLLM's proposer uses it.
+            labels = torch.full_like(input_ids, IGNORE)
+            labels[:-1] = torch.where(loss_mask[1:].bool(), input_ids[1:], IGNORE)
+            item["labels"] = labels
+        else:
+            item["loss_mask"] = loss_mask
+        return item
+
+
+def load_examples(config: TrainHeadsConfig, tokenizer) -> tuple[list[dict], list[SkippedLine]]:
+    skipped: list[SkippedLine] = []
+    examples = []
+    for conversation in read_conversations(config.data, skipped=skipped):
+        if not any(t["role"] == "assistant" and t["content"] for t in conversation.turns):
+            continue
+        example = tokenize_conversation(tokenizer, conversation.system, conversation.turns, config.max_length)
+        if sum(example["loss_mask"]) > 0:
+            examples.append(example)
+    for line in skipped:
+        print(f"[train] skipped {line}", flush=True)
+    if not examples:
+        raise SpectrainError("no conversation with an assistant reply inside max_length", where=config.data,
+                             fix="check the regenerated data, or raise max_length")
+    return examples, skipped
+
+
+# ---------------------------------------------------------------- model
+def draft_architecture(base_config, config: TrainHeadsConfig) -> dict:
+    """EAGLE draft sized from the base model (modelopt's defaults are for an 8B model)."""
+    text_config = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
+    heads = config.eagle_num_attention_heads or text_config.num_attention_heads
+    rope = dict(getattr(text_config, "rope_parameters", None) or {"rope_type": "default"})
+    rope_theta = rope.get("rope_theta", getattr(text_config, "rope_theta", 10000.0))
+    rope.setdefault("rope_theta", rope_theta)
+    eagle3 = config.mode == "eagle3"
+    return {
+        "num_hidden_layers": config.eagle_num_layers,
+        "intermediate_size": config.eagle_intermediate_size or text_config.intermediate_size,
+        "num_attention_heads": heads,
+        "num_key_value_heads": config.eagle_num_key_value_heads or getattr(text_config, "num_key_value_heads", heads),
+        "head_dim": config.eagle_head_dim or getattr(text_config, "head_dim", None)
+        or text_config.hidden_size // text_config.num_attention_heads,
+        "rms_norm_eps": getattr(text_config, "rms_norm_eps", 1e-5),
+        "rope_theta": rope_theta,
+        "rope_scaling": rope,
+        "use_aux_hidden_state": eagle3,
+        "use_last_layernorm": eagle3,
+        "use_input_layernorm_in_first_layer": not eagle3,
+        **({"draft_vocab_size": config.draft_vocab_size} if config.draft_vocab_size else {}),
+    }
+
+
+def draft_vocabulary(examples: list[dict], draft_vocab_size: int, vocab_size: int) -> torch.Tensor:
+    """EAGLE-3's d2t: draft id i stands for token i + d2t[i]; the N most frequent tokens, in id order.
+
+    Frequencies count the tokens the draft must predict (assistant replies); ties and unseen
+    slots fall back to the lowest ids so the mapping is deterministic.
+    """
+    counts = torch.zeros(vocab_size, dtype=torch.int64)
+    for example in examples:
+        ids = torch.tensor(example["input_ids"])
+        counts.index_add_(0, ids[torch.tensor(example["loss_mask"]).bool()], torch.ones(int(sum(example["loss_mask"])),
+                                                                                         dtype=torch.int64))
+    order = sorted(range(vocab_size), key=lambda token: (-int(counts[token]), token))
+    chosen = torch.tensor(sorted(order[:draft_vocab_size]))
+    return chosen - torch.arange(draft_vocab_size)
+
+
+def convert(model, config: TrainHeadsConfig, examples: list[dict] | None = None, output_dir: Path | None = None):
+    if config.mode == "medusa":
+        mtsp.convert(model, [("medusa", {"medusa_num_heads": config.medusa_num_heads,
+                                         "medusa_num_layers": config.medusa_num_layers})])
+        # modelopt leaves each head's vocab projection random; Medusa's recipe starts it from the
+        # base lm_head (the residual blocks start as identity), which converges in far fewer steps.
+        with torch.no_grad():
+            for head in model.medusa_heads:
+                head[-1].weight.copy_(model.lm_head.weight)
+        # modelopt freezes the base only with no_grad inside forward; make it explicit for the optimizer.
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = name.startswith("medusa_heads")
+    else:
+        mtsp.convert(model, [("eagle", {
+            "eagle_architecture_config": draft_architecture(model.config, config),
+            "eagle_use_torch_compile": False,  # on CPU compile costs minutes and runs slower than eager
+            "eagle_ttt_steps": config.eagle_ttt_steps,
+        })])
+        if config.draft_vocab_size and config.draft_vocab_size < model.config.vocab_size:
+            if examples is None or output_dir is None:
+                raise ValueError("a reduced draft vocabulary needs the training examples")
+            d2t_path = output_dir / "d2t.pt"
+            torch.save(draft_vocabulary(examples, config.draft_vocab_size, model.config.vocab_size), d2t_path)
+            type(model).load_draft_vocab_cache(model, str(d2t_path))
+    return model
+
+
+def base_fingerprint(model) -> str:
+    """Hash of every base-model parameter: proves after training that the base did not move."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith(HEAD_PREFIXES):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------- trainer
+class DraftTrainer(transformers.Trainer):
+    """HF Trainer that also logs per-head (per draft position) top-1 accuracy."""
+
+    def __init__(self, *args, mode: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mode = mode
+        self._accuracy_sums: list[float] = []
+        self._accuracy_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        self._record_accuracy(outputs, inputs)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    @torch.no_grad()
+    def _record_accuracy(self, outputs, inputs) -> None:
+        if self.mode == "medusa":
+            labels = inputs["labels"]
+            accuracies = []
+            for head, logits in enumerate(outputs.medusa_logits):
+                target = labels[:, 1 + head:]
+                predicted = logits[:, : target.shape[1]].argmax(-1)
+                valid = target != IGNORE
+                accuracies.append(((predicted == target) & valid).sum().item() / max(valid.sum().item(), 1))
+        else:
+            accuracies = list(outputs.train_acc[0])
+        if not self._accuracy_sums:
+            self._accuracy_sums = [0.0] * len(accuracies)
+        self._accuracy_sums = [s + a for s, a in zip(self._accuracy_sums, accuracies)]
+        self._accuracy_count += 1
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self._accuracy_count and "loss" in logs:
+            for head, total in enumerate(self._accuracy_sums):
+                logs[f"head_{head}_accuracy"] = round(total / self._accuracy_count, 4)
+            self._accuracy_sums, self._accuracy_count = [], 0
+        super().log(logs, *args, **kwargs)
+
+
+class WallClockBudget(transformers.TrainerCallback):
+    """Stop training (and save) once ``minutes`` of training time are spent."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.started = minutes * 60, time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.started >= self.seconds:
+            print(f"[train] wall-clock budget of {self.seconds / 60:.1f} min reached at step {state.global_step}",
+                  flush=True)
+            control.should_training_stop = True
+        return control
+
+
+def latest_checkpoint(output_dir: Path) -> str | None:
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [h for h in history if "loss" in h]
+    if not rows:
+        return
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [r["step"] for r in rows]
+    loss_axis.plot(steps, [r["loss"] for r in rows], marker=".")
+    loss_axis.set(title="draft loss", xlabel="step", ylabel="loss")
+    for key in sorted(k for k in rows[-1] if k.startswith("head_")):
+        accuracy_axis.plot(steps, [r.get(key, math.nan) for r in rows], marker=".",
+                           label=f"position {int(key.split('_')[1]) + 1}")
+    accuracy_axis.set(title="top-1 agreement with the base", xlabel="step", ylabel="accuracy", ylim=(0, 1))
+    accuracy_axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run(config: TrainHeadsConfig) -> dict:
+    started = time.monotonic()
+    transformers.set_seed(config.seed)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_base_model(config.base_model)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = tokenizer.eos_token_id
+    examples, skipped = load_examples(config, tokenizer)
+    dataset = ConversationDataset(examples, config.max_length, tokenizer.pad_token_id, config.mode)
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                              attn_implementation="sdpa")
+    convert(model, config, examples, output_dir)
+    base_before = base_fingerprint(model)
+    use_cuda = torch.cuda.is_available()
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and use_cuda)
+    args = transformers.TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.lr,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=config.save_steps if config.save_steps > 0 else 500,
+        seed=config.seed,
+        bf16=bf16,
+        use_cpu=not use_cuda,
+        report_to=[],
+        remove_unused_columns=False,
+        label_names=["labels"] if config.mode == "medusa" else [],
+        dataloader_drop_last=False,
+        disable_tqdm=False,
+    )
+    trainer = DraftTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, mode=config.mode)
+    if config.max_minutes > 0:
+        trainer.add_callback(WallClockBudget(config.max_minutes))
+    resume = config.resume_from_checkpoint
+    if resume == "auto":
+        resume = latest_checkpoint(output_dir)
+        print(f"[train] resuming from {resume}" if resume else "[train] no checkpoint to resume from", flush=True)
+    train_started = time.monotonic()
+    trainer.train(resume_from_checkpoint=resume or None)
+    train_seconds = time.monotonic() - train_started
+    if base_fingerprint(model) != base_before:
+        raise RuntimeError("the base model's weights changed during training: the draft must train on a frozen base")
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    plot_history(history, output_dir / "training_curves.png")
+    result = {
+        "mode": config.mode,
+        "checkpoint": str(output_dir),
+        "base_model": config.base_model,
+        "examples": len(examples),
+        "skipped_input_lines": len(skipped),
+        "steps": trainer.state.global_step,
+        "trainable_parameters": trainable_parameters(model),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "seconds_per_step": train_seconds / max(trainer.state.global_step, 1),
+        "history": history,
+        "base_frozen": True,
+        "seconds": time.monotonic() - started,
+    }
+    (output_dir / "train_result.json").write_text(json.dumps(result, indent=2))
+    print(f"[train] {config.mode}: {result['steps']} steps, loss {result['first_loss']} -> {result['final_loss']}, "
+          f"{result['seconds_per_step']:.2f} s/step", flush=True)
+    return result

@@ -1,0 +1,42 @@
+"""Shared test fixtures: a real vLLM server on the embedded model (serve environment only)."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """One real `vllm serve` process for the session; stopped (and checked stopped) at the end."""
+    from components.serve.config import ServeConfig, StopServerConfig
+    from components.serve.server import run, stop
+
+    os.environ["SPECTRAIN_STATE_DIR"] = str(tmp_path_factory.mktemp("servers"))
+    info = run(ServeConfig(run_id="pytest", api_key="test-key", max_model_len=1024, kv_cache_gib=1))
+    yield info
+    stop(StopServerConfig(run_id="pytest"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Eight conversations of the shipped set, as a regenerated-data file."""
+    from spectrain.data import embedded_path
+
+    path = tmp_path_factory.mktemp("data") / "regenerated.jsonl"
+    path.write_text("".join(open(embedded_path("train")).readlines()[:8]))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, tiny_data):
+    """Real modelopt checkpoints of the embedded model after two training steps: mode -> (dir, result)."""
+    from components.train_heads.config import TrainHeadsConfig
+    from components.train_heads.train import run
+
+    checkpoints = {}
+    for mode, extra in (("eagle3", {"draft_vocab_size": 1024}), ("medusa", {"medusa_num_heads": 2})):
+        output = tmp_path_factory.mktemp(mode)
+        result = run(TrainHeadsConfig(data=tiny_data, output_dir=str(output), mode=mode, max_steps=2, batch_size=2,
+                                      max_length=96, logging_steps=1, warmup_steps=0, **extra))
+        checkpoints[mode] = (str(output), result)
+    return checkpoints

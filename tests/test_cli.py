@@ -1,0 +1,38 @@
+"""The `spectrain` command: help that teaches, and user mistakes reported without a traceback."""
+
+import subprocess
+import sys
+
+
+def spectrain(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "spectrain", *args], capture_output=True, text=True, env=env)
+
+
+def test_run_help_lists_every_pipeline_parameter_with_its_meaning():
+    from spectrain.local import pipeline_parameters
+
+    result = spectrain("run", "--help")
+    assert result.returncode == 0
+    for name in pipeline_parameters():
+        assert "--" + name.replace("_", "-") in result.stdout
+    assert "acceptance length" in result.stdout and "laptop preset" in result.stdout
+
+
+def test_step_help_comes_from_the_config_dataclass():
+    result = spectrain("step", "train-heads", "--help")
+    assert result.returncode == 0
+    assert "--medusa-num-heads" in result.stdout and "resume" in result.stdout
+
+
+def test_a_bad_flag_value_is_one_clear_line_not_a_traceback():
+    result = spectrain("run", "--train-max-steps", "many")
+    assert result.returncode == 2
+    assert "--train-max-steps expects int, got 'many'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_step_config_names_the_field_and_the_fix():
+    result = spectrain("step", "train-heads", "--data", "x.jsonl", "--mode", "hydra")
+    assert result.returncode == 2
+    assert "train_heads.mode" in result.stderr and "eagle3" in result.stderr
+    assert "Traceback" not in result.stderr

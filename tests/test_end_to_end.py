@@ -1,0 +1,43 @@
+"""The whole DAG on this machine: real vLLM, real model, real modelopt training, real MLflow store."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+TINY = ["--regenerate-limit", "6", "--regenerate-max-tokens", "24", "--train-max-steps", "2",
+        "--train-max-minutes", "0", "--max-length", "96", "--batch-size", "2", "--draft-vocab-size", "1024",
+        "--eval-num-prompts", "3", "--eval-max-new-tokens", "12"]
+
+
+@pytest.mark.slow
+def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY],
+                            capture_output=True, text=True, timeout=1500,
+                            env={**os.environ, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| eagle3 |" in result.stdout and "| medusa |" in result.stdout  # the summary table
+
+    (run_dir,) = (tmp_path / "pipeline-root").glob("speculative-decoding-*")
+    regenerated = [json.loads(line) for line in open(run_dir / "regenerate" / "regenerated_conversations")]
+    assert len(regenerated) == 6 and len({r["conversation_id"] for r in regenerated}) == 6
+    assert all(r["conversations"][-1]["from"] == "Assistant" and "finish_reasons" in r for r in regenerated)
+
+    registered = [json.loads(p.read_text()) for p in run_dir.glob("for-loop-2-iteration-*/register/result")]
+    assert sorted(r["mode"] for r in registered) == ["eagle3", "medusa"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for outcome in registered:
+        assert outcome["metrics"]["acceptance_length"] >= 1.0
+        version = client.get_model_version(outcome["registered_model"], outcome["version"])
+        assert version.tags["mode"] == outcome["mode"]
+        files = {a.path for a in client.list_artifacts(outcome["run_id"], "draft")}
+        assert "draft/config.json" in files and "draft/model.safetensors" in files
+
+    server_log = run_dir / "stop-server" / "server_log"
+    assert "Application startup complete" in server_log.read_text()
+    serve = json.loads((run_dir / "serve-base-model" / "result").read_text())
+    assert not Path(f"/proc/{serve['pid']}").exists(), "the exit handler left vLLM running"
