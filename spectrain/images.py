@@ -1,7 +1,9 @@
 """Container images of the pipeline's steps: one place, pinned defaults, overridable at compile time.
 
 Set SPECTRAIN_IMAGE_<NAME> (e.g. SPECTRAIN_IMAGE_TRAIN=registry.example.com/spectrain-train:1.2)
-before `spectrain compile` to point the compiled pipeline at your registry.
+before `spectrain compile` to point the compiled pipeline at your registry. Every image bakes in
+kfp (docker/kfp-runtime.txt), so components are declared with install_kfp_package=False: nothing is
+pip-installed when a step starts, on a cluster or on a laptop.
 """
 
 from __future__ import annotations

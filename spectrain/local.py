@@ -16,12 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = ROOT / "pipelines" / "speculative_decoding.yaml"
 
 # What `spectrain run` changes from the pipeline's own defaults so that the whole DAG fits a laptop
-# (2 CPU cores: ~13 minutes). `--preset full` runs the pipeline defaults instead.
+# (2 CPU cores: ~12 minutes). `--preset full` runs the pipeline defaults instead.
 LAPTOP_PRESET = {
-    "regenerate_limit": 100,
+    "regenerate_limit": 80,
     "regenerate_max_tokens": 96,
     "num_epochs": 2.0,
-    "train_max_minutes": 2.5,
+    "train_max_minutes": 2.0,
     "eval_num_prompts": 20,
     "eval_max_new_tokens": 48,
 }
@@ -112,24 +112,31 @@ def run_command(args: argparse.Namespace) -> int:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline-root"),
                raise_on_error=True)
     started = time.monotonic()
-    summary = None
     try:
-        outcome = speculative_decoding(**arguments)
-        summary = _find_summary(workdir / "pipeline-root", started)
-    finally:
+        speculative_decoding(**arguments)
+    except RuntimeError as failure:  # kfp.local: a task failed; its own log is above
         minutes = (time.monotonic() - started) / 60
-        print(f"\n[spectrain] pipeline finished in {minutes:.1f} min" if summary else
-              f"\n[spectrain] pipeline stopped after {minutes:.1f} min", flush=True)
-    del outcome
-    print(summary)
+        raise SpectrainError(f"the pipeline failed after {minutes:.1f} min: {_plain(str(failure))}",
+                             fix="read the failed task's log above; fix and re-run (regeneration resumes only "
+                                 "within one output, so a new run starts fresh)") from None
+    minutes = (time.monotonic() - started) / 60
+    print(f"\n[spectrain] pipeline finished in {minutes:.1f} min\n", flush=True)
+    print(_find_summary(workdir / "pipeline-root"))
     print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}")
     return 0
 
 
-def _find_summary(root: Path, since: float) -> str | None:
+def _plain(text: str) -> str:
+    """kfp.local colours task names with ANSI escapes."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _find_summary(root: Path) -> str:
     """The summary of the run that just finished: the newest summarize output under the pipeline root."""
     candidates = sorted(root.glob("speculative-decoding-*/summarize/summary"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1].read_text() if candidates else None
+    return candidates[-1].read_text() if candidates else "(no summary was written)"
 
 
 def compile_command(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Input, Metrics, Model, Output
 from spectrain import images
 
 
-@dsl.component(base_image=images.TRAIN)
+@dsl.component(base_image=images.TRAIN, install_kfp_package=False)
 def evaluate(base_model: str, draft_checkpoint: Input[Model], mode: str, eval_dataset: str, num_prompts: int,
              num_draft_tokens: int, max_new_tokens: int, metrics: Output[Metrics], evaluation: Output[Artifact],
              result: Output[Artifact]) -> float:

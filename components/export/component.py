@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Input, Model, Output
 from spectrain import images
 
 
-@dsl.component(base_image=images.TRAIN)
+@dsl.component(base_image=images.TRAIN, install_kfp_package=False)
 def export(draft_checkpoint: Input[Model], mode: str, dtype: str, draft: Output[Model], result: Output[Artifact]):
     """Write the deployable draft directory (vLLM layout) in ``dtype``."""
     import json

@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Dataset, Output
 from spectrain import images
 
 
-@dsl.component(base_image=images.SERVE)
+@dsl.component(base_image=images.SERVE, install_kfp_package=False)
 def regenerate(endpoint: str, dataset: str, max_tokens: int, concurrency: int, limit: int,
                regenerated_conversations: Output[Dataset], result: Output[Artifact]):
     """Rewrite every assistant turn of ``dataset`` with the served base model."""

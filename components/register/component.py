@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Input, Model, Output
 from spectrain import images
 
 
-@dsl.component(base_image=images.ORCHESTRATE)
+@dsl.component(base_image=images.ORCHESTRATE, install_kfp_package=False)
 def register(base_model: str, mode: str, draft: Input[Model], serve_result: Input[Artifact],
              regenerate_result: Input[Artifact], train_result: Input[Artifact], evaluate_result: Input[Artifact],
              export_result: Input[Artifact], registered_model_name: str, mlflow_tracking_uri: str,

@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Output
 from spectrain import images
 
 
-@dsl.component(base_image=images.SERVE)
+@dsl.component(base_image=images.SERVE, install_kfp_package=False)
 def serve_base_model(base_model: str, run_id: str, serve_mode: str, endpoint_url: str, max_model_len: int,
                      result: Output[Artifact]) -> str:
     """Start vLLM on the base model (or check an external endpoint); returns the OpenAI base URL."""
@@ -21,7 +21,7 @@ def serve_base_model(base_model: str, run_id: str, serve_mode: str, endpoint_url
     return outcome["endpoint"]
 
 
-@dsl.component(base_image=images.SERVE)
+@dsl.component(base_image=images.SERVE, install_kfp_package=False)
 def stop_server(run_id: str, server_log: Output[Artifact]):
     """Exit handler: stop the run's vLLM server (even after a failed step) and keep its log."""
     from spectrain.steps import run_step

@@ -6,7 +6,7 @@ from kfp.dsl import Artifact, Dataset, Input, Model, Output
 from spectrain import images
 
 
-@dsl.component(base_image=images.TRAIN)
+@dsl.component(base_image=images.TRAIN, install_kfp_package=False)
 def train_heads(base_model: str, regenerated_conversations: Input[Dataset], mode: str, max_steps: int,
                 max_minutes: float, num_epochs: float, lr: float, batch_size: int, max_length: int, draft_vocab_size: int,
                 draft_checkpoint: Output[Model], result: Output[Artifact]):

@@ -1,0 +1,30 @@
+"""The run summary: what each step took and what each draft reached (no kfp import: steps use it too)."""
+
+from __future__ import annotations
+
+
+def summary_table(register_results: list[dict]) -> str:
+    """Markdown: a row per step with its time, then a row per draft with τ and its registry entry."""
+    steps = ["serve", "regenerate", "train", "evaluate", "export"]
+    lines = ["| step | mode | seconds |", "|---|---|---:|"]
+    shared_done = set()
+    for result in register_results:
+        for step in steps:
+            seconds = result["step_seconds"].get(step)
+            if seconds is None:
+                continue
+            shared = step in ("serve", "regenerate")
+            if shared and step in shared_done:
+                continue
+            shared_done.add(step) if shared else None
+            lines.append(f"| {step} | {'all' if shared else result['mode']} | {seconds:.0f} |")
+        lines.append(f"| register | {result['mode']} | {result['seconds']:.0f} |")
+    lines += ["", "| draft | τ (tokens/base step) | ngram τ | per-position acceptance | registry | alias |",
+              "|---|---:|---:|---|---|---|"]
+    for result in register_results:
+        m = result["metrics"]
+        per_position = " / ".join(f"{m[k]:.2f}" for k in sorted(m) if k.startswith("acceptance_rate_position_"))
+        lines.append(f"| {result['mode']} | {m['acceptance_length']:.3f} | {m['ngram_acceptance_length']:.3f} | "
+                     f"{per_position} | {result['registered_model']} v{result['version']} | "
+                     f"{result['alias'] or '-'} ({result['promotion']}) |")
+    return "\n".join(lines) + "\n"
