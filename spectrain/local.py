@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from spectrain.errors import SpectrainError
@@ -109,6 +110,8 @@ def run_command(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     configure_environments(workdir)
     print(f"[spectrain] workdir {workdir}; arguments {json.dumps(arguments)}", flush=True)
+    # The Kubernetes settings (GPUs, PVC, secrets) are for the cluster; kfp.local says so once per task.
+    warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline-root"),
                raise_on_error=True)
     started = time.monotonic()

@@ -15,7 +15,8 @@ class RegenerateConfig:
     dataset: str = field("embedded", "input jsonl (Daring-Anteater, ShareGPT or OpenAI messages), or 'embedded' "
                                      "for the shipped prompt set")
     output: str = field("regenerated.jsonl", "output jsonl; re-running with the same output resumes")
-    endpoint: str = field("http://127.0.0.1:8000/v1", "OpenAI-compatible base URL")
+    endpoint: str = field("http://127.0.0.1:8000/v1", "OpenAI-compatible base URL; several, comma-separated, "
+                                                      "spread the conversations over replicas")
     api_key: str = field("spectrain-local", "API key of the endpoint (the VLLM_API_KEY env var wins)")
     model: str = field("", "model name to request; empty asks the server (/v1/models)")
     max_tokens: int = field(256, "max new tokens per assistant turn")
@@ -23,7 +24,12 @@ class RegenerateConfig:
     top_p: float = field(1.0, "nucleus sampling")
     concurrency: int = field(8, "conversations in flight at once")
     limit: int = field(0, "regenerate only the first N conversations (0 = all)")
+    sample: int = field(0, "regenerate a random sample of N conversations, drawn with `seed` (0 = no sampling)")
+    seed: int = field(0, "seed of the random sample")
+    dedupe: bool = field(True, "drop conversations whose prompts repeat an earlier one")
     keep_system_prompt: bool = field(True, "send the dataset's system prompt")
+    system_prompt: str = field("", "send this system prompt instead of the dataset's")
+    chat_template_kwargs: dict = field({}, "passed to the server's chat template, e.g. {\"enable_thinking\": false}")
     request_timeout_s: float = field(120.0, "per-request timeout")
     max_retries: int = field(4, "retries per request on connection errors, timeouts, 429 and 5xx (with backoff)")
     max_failure_ratio: float = field(0.1, "fail the step if more than this share of conversations failed")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from components.regenerate.config import RegenerateConfig
-from spectrain.data import Conversation, SkippedLine, append_jsonl, read_conversations
+from spectrain.data import Conversation, SkippedLine, append_jsonl, content_id, read_conversations
 from spectrain.errors import SpectrainError
 
 
@@ -44,21 +45,23 @@ def _drop_broken_lines(output: Path) -> None:
 async def regenerate_conversation(client, model: str, conversation: Conversation, config: RegenerateConfig) -> dict:
     """Replace each assistant turn with the model's reply to the conversation so far."""
     messages = []
-    if conversation.system and config.keep_system_prompt:
-        messages.append({"role": "system", "content": conversation.system})
+    system = config.system_prompt or (conversation.system if config.keep_system_prompt else "")
+    if system:
+        messages.append({"role": "system", "content": system})
+    extra_body = {"chat_template_kwargs": config.chat_template_kwargs} if config.chat_template_kwargs else None
     turns, finish_reasons, output_tokens = [], [], 0
     for prompt in conversation.prompts:
         messages.append({"role": "user", "content": prompt})
         response = await client.chat.completions.create(
             model=model, messages=messages, max_tokens=config.max_tokens,
-            temperature=config.temperature, top_p=config.top_p)
+            temperature=config.temperature, top_p=config.top_p, extra_body=extra_body)
         choice = response.choices[0]
         reply = choice.message.content or ""
         messages.append({"role": "assistant", "content": reply})
         turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
         finish_reasons.append(choice.finish_reason)
         output_tokens += response.usage.completion_tokens if response.usage else 0
-    regenerated = Conversation(conversation.conversation_id, turns, conversation.system, conversation.category)
+    regenerated = Conversation(conversation.conversation_id, turns, system, conversation.category)
     record = regenerated.to_record()
     record["finish_reasons"] = finish_reasons
     record["truncated"] = "length" in finish_reasons
@@ -69,16 +72,17 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
     from openai import AsyncOpenAI
 
     api_key = os.environ.get("VLLM_API_KEY") or config.api_key
-    client = AsyncOpenAI(base_url=config.endpoint, api_key=api_key,
-                         timeout=config.request_timeout_s, max_retries=config.max_retries)
-    model = config.model or (await client.models.list()).data[0].id
+    clients = [AsyncOpenAI(base_url=url.strip(), api_key=api_key, timeout=config.request_timeout_s,
+                           max_retries=config.max_retries) for url in config.endpoint.split(",") if url.strip()]
+    model = config.model or (await clients[0].models.list()).data[0].id
     counts = {"done": 0, "truncated": 0, "failed": 0, "output_tokens": 0}
     semaphore = asyncio.Semaphore(config.concurrency)
     progress = tqdm(total=len(todo), desc="regenerate", unit="conv", mininterval=2.0)
 
-    async def one(conversation: Conversation) -> None:
+    async def one(index: int, conversation: Conversation) -> None:
         async with semaphore:
             try:
+                client = clients[index % len(clients)]  # data parallel over replicas
                 record, output_tokens = await regenerate_conversation(client, model, conversation, config)
             except Exception as exc:  # after the client's own retries: record it and go on
                 counts["failed"] += 1
@@ -95,11 +99,30 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
             progress.set_postfix(failed=counts["failed"], truncated=counts["truncated"])
 
     try:
-        await asyncio.gather(*(one(c) for c in todo))
+        await asyncio.gather(*(one(i, c) for i, c in enumerate(todo)))
     finally:
         progress.close()
-        await client.close()
+        for client in clients:
+            await client.close()
     return counts
+
+
+def select(conversations: list[Conversation], config: RegenerateConfig) -> list[Conversation]:
+    """Dedupe identical prompts, then draw the random sample, then take the first N."""
+    if config.dedupe:
+        seen, unique = set(), []
+        for conversation in conversations:
+            key = content_id(conversation.system, conversation.turns)
+            if key not in seen:
+                seen.add(key)
+                unique.append(conversation)
+        if len(unique) < len(conversations):
+            print(f"[regenerate] dropped {len(conversations) - len(unique)} conversations with repeated prompts",
+                  flush=True)
+        conversations = unique
+    if config.sample and config.sample < len(conversations):
+        conversations = random.Random(config.seed).sample(conversations, config.sample)
+    return conversations[: config.limit] if config.limit else conversations
 
 
 def run(config: RegenerateConfig) -> dict:
@@ -108,8 +131,7 @@ def run(config: RegenerateConfig) -> dict:
     conversations = list(read_conversations(config.dataset, skipped=skipped))
     for line in skipped:
         print(f"[regenerate] skipped {line}", flush=True)
-    if config.limit:
-        conversations = conversations[: config.limit]
+    conversations = select(conversations, config)
     if not conversations:
         raise SpectrainError("no usable conversations", where=config.dataset, fix="check the file's format")
     output = Path(config.output)

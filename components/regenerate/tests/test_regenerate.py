@@ -68,3 +68,30 @@ def test_an_unreachable_server_fails_the_step_and_records_every_conversation(dat
     errors = records(tmp_path / "out.errors.jsonl")
     assert len(errors) == 3 and all("Connection" in e["error"] for e in errors)
     assert not output.exists() or not output.read_text()
+
+
+def test_selection_dedupes_prompts_then_samples_then_takes_the_first_n(tmp_path):
+    from components.regenerate.regenerate import select
+    from spectrain.data import read_conversations
+
+    rows = [{"id": f"c{i}", "conversations": [{"from": "User", "value": f"question {i % 5}"},
+                                             {"from": "Assistant", "value": "answer"}]} for i in range(10)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    conversations = list(read_conversations(str(path)))
+    assert [c.conversation_id for c in select(conversations, RegenerateConfig())] == ["c0", "c1", "c2", "c3", "c4"]
+    sampled = select(conversations, RegenerateConfig(sample=3, seed=7))
+    assert len(sampled) == 3 and sampled == select(conversations, RegenerateConfig(sample=3, seed=7))
+    assert select(conversations, RegenerateConfig(dedupe=False, limit=7))[-1].conversation_id == "c6"
+
+
+@pytest.mark.slow
+def test_requests_are_spread_over_every_endpoint(vllm_server, dataset, tmp_path):
+    """One live replica and one dead one: the dead one's share fails, the live one's share is done."""
+    config = RegenerateConfig(dataset=dataset, output=str(tmp_path / "out.jsonl"), api_key="test-key",
+                              endpoint=f"{vllm_server['endpoint']},http://127.0.0.1:9/v1", model="base",
+                              max_tokens=8, max_retries=0, request_timeout_s=5, max_failure_ratio=1.0,
+                              system_prompt="Reply in French.", chat_template_kwargs={"enable_thinking": False})
+    summary = run(config)
+    assert (summary["done"], summary["failed"]) == (2, 1)  # conversations 0 and 2 live, 1 dead
+    assert all(r["system"] == "Reply in French." for r in records(tmp_path / "out.jsonl"))

@@ -1,0 +1,47 @@
+"""The architecture stays visible: one folder per step with its parts, and no step reaching into another."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ["serve", "regenerate", "train_heads", "evaluate", "export", "register"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_each_step_folder_has_config_logic_component_readme_and_tests(step):
+    folder = ROOT / "components" / step
+    assert (folder / "config.py").is_file() and (folder / "component.py").is_file()
+    assert (folder / "README.md").read_text().strip()
+    assert list((folder / "tests").glob("test_*.py"))
+    logic = [p for p in folder.glob("*.py") if p.name not in ("__init__.py", "config.py", "component.py")]
+    assert any("def run(" in p.read_text() for p in logic)
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+    return modules
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_no_step_imports_another_steps_code(step):
+    """Step code only; a step's integration tests may use another step to produce their input."""
+    for path in (ROOT / "components" / step).glob("*.py"):
+        for module in imported_modules(path):
+            parts = module.split(".")
+            if parts[0] == "components" and len(parts) > 1:
+                assert parts[1] == step, f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_components_import_no_heavy_step_code_at_module_level():
+    """KFP component files are loaded by the orchestrator: only kfp and spectrain at the top."""
+    for path in (ROOT / "components").glob("*/component.py"):
+        top_level = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
+                     for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))}
+        assert top_level <= {"kfp", "kfp.dsl", "spectrain", "typing"}, (path, top_level)
