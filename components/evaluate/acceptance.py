@@ -226,6 +226,15 @@ def plot_acceptance(results: dict[str, dict], path: Path) -> None:
     plt.close(figure)
 
 
+def reset_heads(model) -> None:
+    """Put the draft module back to a fresh initialisation: the 'untrained head of the same mode' baseline."""
+    torch.manual_seed(0)
+    heads = model.medusa_heads if hasattr(model, "medusa_heads") else model.eagle_module
+    for module in heads.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
 def run(config: EvaluateConfig) -> dict:
     started = time.monotonic()
     model_path = resolve_base_model(config.base_model)
@@ -246,6 +255,10 @@ def run(config: EvaluateConfig) -> dict:
     ngram, _ = evaluate_proposer(lambda s: ngram_proposer(s, k, config.ngram_max), prompts, sequences, k)
     results = {config.mode: candidate.summary(), "ngram": ngram.summary(),
                "no speculation": {"acceptance_length": 1.0, "acceptance_rate_per_position": [0.0] * k}}
+    if config.untrained_baseline:
+        reset_heads(model)
+        untrained, _ = evaluate_proposer(lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, k)
+        results[f"untrained {config.mode}"] = untrained.summary()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     plot_acceptance(results, output_dir / "acceptance.png")
@@ -253,6 +266,7 @@ def run(config: EvaluateConfig) -> dict:
         "mode": config.mode,
         **candidate.summary(),
         "ngram_acceptance_length": ngram.summary()["acceptance_length"],
+        "untrained_acceptance_length": results.get(f"untrained {config.mode}", {}).get("acceptance_length"),
         "ratio_to_ngram": candidate.summary()["acceptance_length"] / ngram.summary()["acceptance_length"],
         "by_category": {name: t.summary()["acceptance_length"] for name, t in sorted(by_category.items())},
         "num_prompts": len(prompts),
@@ -266,7 +280,9 @@ def run(config: EvaluateConfig) -> dict:
     (output_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
     print(f"[evaluate] {config.mode}: τ = {summary['acceptance_length']:.3f} over {len(prompts)} prompts "
           f"(per position {', '.join(f'{r:.2f}' for r in summary['acceptance_rate_per_position'])}); "
-          f"ngram τ = {summary['ngram_acceptance_length']:.3f}", flush=True)
+          f"ngram τ = {summary['ngram_acceptance_length']:.3f}"
+          + (f", untrained τ = {summary['untrained_acceptance_length']:.3f}" if config.untrained_baseline else ""),
+          flush=True)
     return summary
 
 

@@ -26,3 +26,17 @@ def evaluate(base_model: str, draft_checkpoint: Input[Model], mode: str, eval_da
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)
     return outcome["acceptance_length"]
+
+
+@dsl.component(base_image=images.SERVE, install_kfp_package=False)
+def vllm_crosscheck(base_model: str, draft: Input[Model], mode: str, eval_dataset: str, num_prompts: int,
+                    num_draft_tokens: int, max_new_tokens: int, expected_acceptance_length: float,
+                    crosscheck: Output[Artifact]) -> float:
+    """Serve the base in vLLM with the exported draft; returns vLLM's measured τ (and checks it against ours)."""
+    from spectrain.steps import run_step
+
+    outcome = run_step("vllm-crosscheck", {
+        "base_model": base_model, "draft_dir": draft.path, "mode": mode, "dataset": eval_dataset,
+        "num_prompts": num_prompts, "num_draft_tokens": num_draft_tokens, "max_new_tokens": max_new_tokens,
+        "expected_acceptance_length": expected_acceptance_length, "output": crosscheck.path})
+    return outcome["acceptance_length"]

@@ -20,6 +20,7 @@ class EvaluateConfig:
     num_draft_tokens: int = field(3, "k: draft chain length proposed per base step")
     max_new_tokens: int = field(64, "greedy tokens generated per prompt")
     ngram_max: int = field(3, "n-gram baseline: longest suffix matched in the context")
+    untrained_baseline: bool = field(True, "also measure the same draft architecture at initialisation")
     output_dir: str = field("evaluation", "where metrics JSON and the acceptance plot go")
 
     def validate(self) -> None:
@@ -28,3 +29,31 @@ class EvaluateConfig:
         if not self.checkpoint:
             raise SpectrainError("no draft checkpoint given", where="evaluate.checkpoint",
                                  fix="pass the directory written by train_heads")
+
+
+SPEC_METHODS = {"eagle3": "eagle3", "eagle1": "eagle", "medusa": "medusa"}
+
+
+@dataclass
+class VllmCrosscheckConfig:
+    """Serve the base model in vLLM with the exported draft and read vLLM's own acceptance counters."""
+
+    base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id")
+    draft_dir: str = field("", "exported draft directory (export step output)")
+    mode: str = field("eagle3", "eagle3, eagle1 or medusa (vLLM methods eagle3, eagle, medusa)")
+    dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split")
+    num_prompts: int = field(0, "send the first N prompts (0: all)")
+    num_draft_tokens: int = field(3, "num_speculative_tokens (Medusa: must equal the number of heads)")
+    max_new_tokens: int = field(64, "greedy tokens generated per prompt")
+    expected_acceptance_length: float = field(0.0, "our τ from the evaluate step, to compare with (0: no check)")
+    tolerance: float = field(0.15, "largest |τ_vLLM - τ_ours| that counts as agreement")
+    output: str = field("vllm_crosscheck.json", "where the counters and the verdict are written")
+    ready_timeout_s: float = field(600.0, "give up if vLLM is not ready after this many seconds")
+
+    def validate(self) -> None:
+        if self.mode not in SPEC_METHODS:
+            raise SpectrainError(f"unknown mode {self.mode!r}", where="vllm_crosscheck.mode",
+                                 fix=f"use one of {sorted(SPEC_METHODS)}")
+        if not self.draft_dir:
+            raise SpectrainError("no draft directory given", where="vllm_crosscheck.draft_dir",
+                                 fix="pass the directory written by the export step")

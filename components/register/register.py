@@ -67,6 +67,8 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str) -> mlfl
         metrics["acceptance_length"] = evaluation["acceptance_length"]
         metrics["ngram_acceptance_length"] = evaluation["ngram_acceptance_length"]
         metrics["ratio_to_ngram"] = evaluation["ratio_to_ngram"]
+        if evaluation.get("untrained_acceptance_length") is not None:
+            metrics["untrained_acceptance_length"] = evaluation["untrained_acceptance_length"]
         for position, rate in enumerate(evaluation["acceptance_rate_per_position"], start=1):
             metrics[f"acceptance_rate_position_{position}"] = rate
     if train:

@@ -233,6 +233,16 @@ class WallClockBudget(transformers.TrainerCallback):
         return control
 
 
+class StepCounter(transformers.TrainerCallback):
+    """Optimizer steps taken by this process (a resumed run takes only the remaining ones)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
 def latest_checkpoint(output_dir: Path) -> str | None:
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(checkpoints[-1]) if checkpoints else None
@@ -304,6 +314,8 @@ def run(config: TrainHeadsConfig) -> dict:
     trainer = DraftTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, mode=config.mode)
     if config.max_minutes > 0:
         trainer.add_callback(WallClockBudget(config.max_minutes))
+    counter = StepCounter()
+    trainer.add_callback(counter)
     resume = config.resume_from_checkpoint
     if resume == "auto":
         resume = latest_checkpoint(output_dir)
@@ -326,6 +338,8 @@ def run(config: TrainHeadsConfig) -> dict:
         "examples": len(examples),
         "skipped_input_lines": len(skipped),
         "steps": trainer.state.global_step,
+        "steps_this_run": counter.steps,
+        "resumed_from": resume or None,
         "trainable_parameters": trainable_parameters(model),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,

@@ -30,7 +30,10 @@ def test_dag_reads_like_the_workflow(tmp_path):
     handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert {"serve-base-model", "regenerate", "for-loop-2", "summarize"} <= set(handler)
     loop = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
-    assert set(loop) == {"train-heads", "evaluate", "export", "register"}
+    assert set(loop) == {"train-heads", "evaluate", "export", "condition-3", "register"}
+    crosscheck = spec["components"]["comp-condition-3"]["dag"]["tasks"]["vllm-crosscheck"]
+    assert crosscheck["inputs"]["parameters"]["expected_acceptance_length"]["componentInputParameter"] \
+        == "pipelinechannel--evaluate-Output"  # our τ, handed to vLLM's check
     assert loop["evaluate"]["dependentTasks"] == ["train-heads"]
     assert loop["register"]["inputs"]["artifacts"]["draft"]["taskOutputArtifact"]["producerTask"] == "export"
     assert handler["regenerate"]["inputs"]["parameters"]["endpoint"]["taskOutputParameter"]["producerTask"] \
@@ -40,7 +43,7 @@ def test_dag_reads_like_the_workflow(tmp_path):
 def test_kubernetes_settings_are_compiled_in(tmp_path):
     _, (spec, platform) = compiled(tmp_path)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-serve-base-model", "exec-train-heads", "exec-evaluate", "exec-export"):
+    for name in ("exec-serve-base-model", "exec-train-heads", "exec-evaluate", "exec-export", "exec-vllm-crosscheck"):
         config = executors[name]
         assert config["pvcMount"][0]["mountPath"] == "/models"
         assert config["pvcMount"][0]["pvcNameParameter"]["componentInputParameter"].endswith("model_cache_pvc")

@@ -1,13 +1,10 @@
 """evaluate: the replay that defines τ, the n-gram baseline, and the EAGLE drafter against modelopt's own."""
 
-import json
-
 import pytest
 import torch
 import transformers
 
 from components.evaluate.acceptance import EagleProposer, MedusaProposer, replay, ngram_proposer
-from components.evaluate.config import EvaluateConfig
 from spectrain.models import resolve_base_model
 
 SEQUENCE = list(range(100, 120))  # 5 prompt tokens, 15 generated
@@ -77,38 +74,3 @@ def test_medusa_drafts_come_from_the_hidden_state_that_emitted_the_token(base, t
         hidden = model.model(input_ids=torch.tensor([sequence[:prompt_length]])).last_hidden_state[0, -1]
         expected = [int(head(hidden).argmax()) for head in model.medusa_heads]
     assert propose(prompt_length) == expected
-
-
-@pytest.mark.slow
-def test_untrained_head_gives_tau_near_one_and_a_trained_one_more(base, tmp_path, monkeypatch):
-    """Sanity anchor: a draft trained on the base's own continuations of these prompts must be accepted."""
-    from components.evaluate.acceptance import run as evaluate
-    from components.train_heads.config import TrainHeadsConfig
-    from components.train_heads.train import run as train
-
-    monkeypatch.setenv("SPECTRAIN_MODEL_CACHE", str(tmp_path / "cache"))
-    path, tokenizer = base
-    monkeypatch.setattr("components.evaluate.acceptance.resolve_base_model", lambda spec: path)
-    monkeypatch.setattr("components.train_heads.train.resolve_base_model", lambda spec: path)
-    prompts = ["Name three fruits.", "What is the capital of France?", "Give me a tip for sleeping well."]
-    heldout = tmp_path / "heldout.jsonl"
-    regenerated = tmp_path / "regenerated.jsonl"
-    with open(heldout, "w") as eval_file, open(regenerated, "w") as train_file:
-        for i, prompt in enumerate(prompts):
-            sequence, prompt_length = greedy(path, tokenizer, prompt, 40)
-            reply = tokenizer.decode(sequence[prompt_length:], skip_special_tokens=True)
-            turns = [{"from": "User", "value": prompt}, {"from": "Assistant", "value": reply}]
-            eval_file.write(json.dumps({"id": f"p{i}", "conversations": turns}) + "\n")
-            train_file.write(json.dumps({"id": f"p{i}", "conversations": turns}) + "\n")
-    results = {}
-    for label, steps in (("untrained", 0), ("trained", 40)):
-        output = tmp_path / label
-        train(TrainHeadsConfig(data=str(regenerated), output_dir=str(output), mode="medusa", medusa_num_heads=3,
-                               max_steps=max(steps, 1), lr=3e-3 if steps else 1e-12, batch_size=3, max_length=96,
-                               warmup_steps=0))
-        results[label] = evaluate(EvaluateConfig(checkpoint=str(output), mode="medusa", dataset=str(heldout),
-                                                 max_new_tokens=32, output_dir=str(tmp_path / f"eval-{label}")))
-    untrained, trained = results["untrained"]["acceptance_length"], results["trained"]["acceptance_length"]
-    assert 1.0 <= untrained < 1.15
-    assert trained > untrained + 0.2, results
-    assert results["trained"]["acceptance_rate_per_position"][0] > 0.2

@@ -8,7 +8,8 @@ import urllib.request
 import pytest
 
 from components.serve.config import ServeConfig, StopServerConfig
-from components.serve.server import _alive, stop, vllm_command, wait_until_ready
+from components.serve.server import stop, vllm_arguments
+from spectrain.vllm import alive, wait_until_ready
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
 
@@ -16,7 +17,7 @@ from spectrain.errors import SpectrainError
 def test_command_carries_the_seed_flags_and_never_the_api_key():
     config = ServeConfig(tensor_parallel_size=2, quantization="modelopt", max_model_len=4096, dtype="bfloat16",
                          extra_args=["--max-num-seqs", "64"], api_key="do-not-leak")
-    command = vllm_command(config, "/models/base", 8000)
+    command = vllm_arguments(config, "/models/base", 8000)
     text = " ".join(command)
     for flag in ("--tensor-parallel-size 2", "--quantization modelopt", "--max-model-len 4096",
                  "--dtype bfloat16", "--max-num-seqs 64", "--port 8000", "--enforce-eager"):
@@ -42,7 +43,7 @@ def test_stopping_an_unknown_run_is_harmless(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_real_vllm_serves_the_embedded_model_behind_its_api_key(vllm_server):
     url = vllm_server["endpoint"]
-    assert vllm_server["model"] == "base" and _alive(vllm_server["pid"])
+    assert vllm_server["model"] == "base" and alive(vllm_server["pid"])
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers={"Authorization": "Bearer wrong"}))
     assert refused.value.code == 401
@@ -66,6 +67,6 @@ def test_stop_kills_the_server_and_keeps_its_log(tmp_path, monkeypatch):
     info = run(ServeConfig(run_id="stop-test", max_model_len=512, kv_cache_gib=1))
     log_copy = tmp_path / "artifact" / "vllm.log"
     assert stop(StopServerConfig(run_id="stop-test", log_copy=str(log_copy)))["stopped"]
-    assert not _alive(info["pid"])
+    assert not alive(info["pid"])
     assert "Application startup complete" in log_copy.read_text()
     assert not os.path.exists(tmp_path / "stop-test" / "server.json")

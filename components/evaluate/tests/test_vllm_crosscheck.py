@@ -1,0 +1,81 @@
+"""Runs in the serve environment (vLLM): our τ against vLLM's counters, trained head against untrained.
+
+Training, export and our evaluation run in the train environment through spectrain.steps.run_step,
+the same mechanism the pipeline uses; tests/run_all.sh points SPECTRAIN_PYTHON_<ENV> at each venv.
+"""
+
+import json
+
+import pytest
+
+from components.evaluate.config import VllmCrosscheckConfig
+from components.evaluate.vllm_crosscheck import parse_counters, run
+
+METRICS = """\
+# HELP vllm:spec_decode_num_drafts_total Number of spec decoding drafts.
+# TYPE vllm:spec_decode_num_drafts_total counter
+vllm:spec_decode_num_drafts_total{engine="0",model_name="base"} 40.0
+vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="base"} 120.0
+vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="base"} 30.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="base",position="0"} 20.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="base",position="1"} 8.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="base",position="2"} 2.0
+vllm:num_requests_running{engine="0",model_name="base"} 0.0
+"""
+
+
+def test_counters_give_tokens_per_base_step():
+    counters = parse_counters(METRICS)
+    assert (counters["drafts"], counters["draft_tokens"], counters["accepted_tokens"]) == (40, 120, 30)
+    assert counters["acceptance_length"] == pytest.approx(1 + 30 / 40)
+    assert counters["acceptance_rate_per_position"] == pytest.approx([0.5, 0.2, 0.05])
+
+
+@pytest.mark.slow
+def test_vllm_loads_the_trained_medusa_heads_and_agrees_with_our_tau(tmp_path):
+    """Heads trained on the base's own greedy replies to the eval prompts must be accepted, in torch and in vLLM.
+
+    An export whose names vLLM does not know would still load — with random heads, τ ≈ 1 — so the
+    trained export must beat the untrained one in vLLM's own counters.
+    """
+    import torch
+    import transformers
+
+    from spectrain.models import resolve_base_model
+    from spectrain.steps import run_step
+
+    path = resolve_base_model("embedded")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    base = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    prompts = ["Name three fruits.", "What is the capital of France?", "Give me a tip for sleeping well."]
+    rows = []
+    for i, prompt in enumerate(prompts):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        reply = tokenizer.decode(base.generate(ids, do_sample=False, max_new_tokens=40)[0, ids.shape[1]:],
+                                 skip_special_tokens=True)
+        rows.append({"id": f"p{i}", "conversations": [{"from": "User", "value": prompt},
+                                                      {"from": "Assistant", "value": reply}]})
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    measured = {}
+    for label, steps, lr in (("untrained", 1, 1e-12), ("trained", 40, 3e-3)):
+        checkpoint, draft = tmp_path / f"{label}-checkpoint", tmp_path / f"{label}-draft"
+        run_step("train-heads", {"data": str(data), "output_dir": str(checkpoint), "mode": "medusa",
+                                 "max_steps": steps, "lr": lr, "batch_size": 3, "max_length": 96,
+                                 "warmup_steps": 0})
+        ours = run_step("evaluate", {"checkpoint": str(checkpoint), "mode": "medusa", "dataset": str(data),
+                                     "max_new_tokens": 32, "output_dir": str(tmp_path / f"{label}-eval")})
+        run_step("export", {"checkpoint": str(checkpoint), "mode": "medusa", "output_dir": str(draft)})
+        theirs = run(VllmCrosscheckConfig(draft_dir=str(draft), mode="medusa", dataset=str(data),
+                                          max_new_tokens=32, output=str(tmp_path / f"{label}-vllm.json"),
+                                          expected_acceptance_length=ours["acceptance_length"], tolerance=0.25))
+        measured[label] = (ours["acceptance_length"], theirs["acceptance_length"], theirs)
+    (untrained_ours, untrained_vllm, _), (trained_ours, trained_vllm, trained) = \
+        measured["untrained"], measured["trained"]
+    assert untrained_ours < 1.15 and untrained_vllm < 1.15, measured
+    assert trained_ours > untrained_ours + 0.2, measured
+    assert trained_vllm > untrained_vllm + 0.2, measured  # vLLM runs the trained weights, not random heads
+    assert trained["agrees"], measured

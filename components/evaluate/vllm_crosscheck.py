@@ -1,0 +1,107 @@
+"""Evaluate in vLLM: the base model served with the exported draft, τ from vLLM's own spec-decode counters.
+
+This is the proof that the export loads the trained weights: vLLM skips weight names it does not
+know, so a wrongly named export still serves — with random heads and τ ≈ 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+from components.evaluate.config import SPEC_METHODS, VllmCrosscheckConfig
+from spectrain import vllm
+from spectrain.data import read_conversations
+from spectrain.errors import SpectrainError
+from spectrain.models import resolve_base_model
+
+API_KEY = "spectrain-crosscheck"
+COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
+            "vllm:spec_decode_num_accepted_tokens")
+
+
+def parse_counters(metrics_text: str) -> dict:
+    """Sum vLLM's Prometheus spec-decode counters; per-position accepted tokens by position."""
+    totals = {name: 0.0 for name in COUNTERS}
+    per_position: dict[int, float] = {}
+    for line in metrics_text.splitlines():
+        match = re.match(r"^(vllm:spec_decode_num_[a-z_]+?)(?:_total)?(\{[^}]*\})?\s+([0-9.eE+-]+)$", line)
+        if not match:
+            continue
+        name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
+        if name == "vllm:spec_decode_num_accepted_tokens_per_pos":
+            position = int(re.search(r'position="(\d+)"', labels).group(1))
+            per_position[position] = per_position.get(position, 0.0) + value
+        elif name in totals:
+            totals[name] += value
+    drafts = totals["vllm:spec_decode_num_drafts"]
+    return {
+        "drafts": drafts,
+        "draft_tokens": totals["vllm:spec_decode_num_draft_tokens"],
+        "accepted_tokens": totals["vllm:spec_decode_num_accepted_tokens"],
+        "acceptance_length": 1.0 + totals["vllm:spec_decode_num_accepted_tokens"] / drafts if drafts else 1.0,
+        "acceptance_rate_per_position": [per_position[p] / drafts if drafts else 0.0 for p in sorted(per_position)],
+    }
+
+
+def prompts(config: VllmCrosscheckConfig) -> list[list[dict]]:
+    """The same prompts the evaluate step replays: optional system prompt + the first user turn."""
+    chats = []
+    for conversation in read_conversations(config.dataset, split="heldout"):
+        system = [{"role": "system", "content": conversation.system}] if conversation.system else []
+        chats.append(system + [{"role": "user", "content": conversation.prompts[0]}])
+    return chats[: config.num_prompts] if config.num_prompts else chats
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={
+        "Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
+
+
+def run(config: VllmCrosscheckConfig) -> dict:
+    started = time.monotonic()
+    if not (Path(config.draft_dir) / "config.json").is_file():
+        raise SpectrainError("no config.json in the draft directory", where=config.draft_dir,
+                             fix="pass the export step's output directory")
+    model_path = resolve_base_model(config.base_model)
+    port = vllm.free_port()
+    output = Path(config.output)
+    log = output.with_suffix(".vllm.log")
+    speculative = {"method": SPEC_METHODS[config.mode], "model": str(Path(config.draft_dir).resolve()),
+                   "num_speculative_tokens": config.num_draft_tokens}
+    arguments = ["serve", model_path, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "base",
+                 "--max-model-len", "2048", "--enforce-eager", "--seed", "0",
+                 "--speculative-config", json.dumps(speculative)]
+    process = vllm.start(arguments, log, vllm.cpu_env(API_KEY, output.parent / "vllm-cache", 1))
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        vllm.wait_until_ready(f"{base_url}/v1", API_KEY, config.ready_timeout_s, process, log)
+        completion_tokens = 0
+        chats = prompts(config)
+        for messages in chats:  # one at a time: the counters then describe plain decoding steps
+            reply = post(f"{base_url}/v1/chat/completions", {"model": "base", "messages": messages,
+                                                             "max_tokens": config.max_new_tokens, "temperature": 0})
+            completion_tokens += reply["usage"]["completion_tokens"]
+        with urllib.request.urlopen(f"{base_url}/metrics", timeout=30) as response:
+            counters = parse_counters(response.read().decode())
+    finally:
+        vllm.terminate(process.pid)
+    result = {"mode": config.mode, "speculative_config": speculative, "prompts": len(chats),
+              "completion_tokens": completion_tokens, **counters, "log": str(log)}
+    if config.expected_acceptance_length:
+        difference = abs(counters["acceptance_length"] - config.expected_acceptance_length)
+        result.update({"expected_acceptance_length": config.expected_acceptance_length,
+                       "difference": difference, "agrees": difference <= config.tolerance})
+    result["seconds"] = time.monotonic() - started
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2))
+    print(f"[vllm-crosscheck] {config.mode}: vLLM τ = {counters['acceptance_length']:.3f} "
+          f"({counters['accepted_tokens']:.0f} of {counters['draft_tokens']:.0f} draft tokens accepted in "
+          f"{counters['drafts']:.0f} steps)" + (f"; ours {config.expected_acceptance_length:.3f}"
+                                              if config.expected_acceptance_length else ""), flush=True)
+    return result

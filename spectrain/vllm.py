@@ -1,0 +1,129 @@
+"""A vLLM server as a local process: start it in its own session, wait until it answers, stop its group.
+
+Shared by the serve step (the base model for regeneration) and the vLLM cross-check of a draft.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from spectrain.errors import SpectrainError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def cpu_env(api_key: str, cache_root: Path, kv_cache_gib: int) -> dict[str, str]:
+    """Environment for vLLM: the API key (never on the command line) and CPU defaults the user may override."""
+    env = dict(os.environ)
+    env["VLLM_API_KEY"] = api_key
+    cpus = os.cpu_count() or 1
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cpus - 1}")  # by default vLLM leaves a core idle
+    env.setdefault("VLLM_CACHE_ROOT", str(cache_root))
+    return env
+
+
+def start(arguments: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`vllm <arguments>` in its own session (it outlives the caller until stopped), output to ``log``."""
+    command = [sys.executable, "-m", "spectrain.vllm_launcher", *arguments]
+    print(f"[vllm] starting: {' '.join(command)}\n[vllm] log: {log}", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=str(PROJECT_ROOT))
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def wait_until_ready(url: str, api_key: str, timeout_s: float, process: subprocess.Popen | None = None,
+                     log: Path | None = None) -> list[str]:
+    """Poll ``{url}/models`` until it lists a model; fail fast with the log tail if the server dies."""
+    deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {api_key}"})
+    last_error = ""
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SpectrainError(f"vLLM exited with code {process.returncode} before it was ready; log tail:\n"
+                                 f"{log_tail(log) if log else ''}", where=str(log),
+                                 fix="read the log above (model path? memory? port in use?)")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                models = [m["id"] for m in json.load(response)["data"]]
+                if models:
+                    return models
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise SpectrainError(f"{url} refused the API key (HTTP {exc.code})", where="api_key",
+                                     fix="pass the key the server expects (VLLM_API_KEY)") from exc
+            last_error = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            last_error = str(exc)
+        time.sleep(1.0)
+    tail = f"; log tail:\n{log_tail(log)}" if log else ""
+    raise SpectrainError(f"{url} was not ready after {timeout_s:.0f} s (last error: {last_error}){tail}",
+                         where="ready_timeout_s", fix="raise ready_timeout_s or check the server")
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent to reap it."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def terminate(pid: int, grace_s: float = 20.0) -> None:
+    """SIGTERM the server's process group (vLLM has an engine child), then SIGKILL what is left."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(pid):
+        _reap(pid)
+        time.sleep(0.5)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _reap(pid: int) -> None:
+    """If the server is our own child (it is when started in this process), collect its exit status."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
