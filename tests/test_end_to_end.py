@@ -29,7 +29,8 @@ def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path):
 
     registered = [json.loads(p.read_text()) for p in run_dir.glob("for-loop-2-iteration-*/register/result")]
     assert sorted(r["mode"] for r in registered) == ["eagle3", "medusa"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the registry of the current directory
     for outcome in registered:
         assert outcome["metrics"]["acceptance_length"] >= 1.0
         version = client.get_model_version(outcome["registered_model"], outcome["version"])

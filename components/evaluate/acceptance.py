@@ -22,6 +22,7 @@ import transformers
 from components.evaluate.config import EvaluateConfig
 from spectrain.data import fingerprint, read_conversations
 from spectrain.models import resolve_base_model
+from spectrain.plots import figure
 
 mto.enable_huggingface_checkpointing()
 
@@ -205,25 +206,17 @@ def evaluate_proposer(make_propose, prompts, sequences, k) -> tuple[Tally, dict[
 
 
 def plot_acceptance(results: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(results)
     k = len(next(iter(results.values()))["acceptance_rate_per_position"])
-    figure, axis = plt.subplots(figsize=(6.4, 3.6))
     width = 0.8 / len(names)
-    for index, name in enumerate(names):
-        rates = results[name]["acceptance_rate_per_position"]
-        axis.bar([p + index * width for p in range(k)], rates, width=width,
-                 label=f"{name} (τ={results[name]['acceptance_length']:.2f})")
-    axis.set_xticks([p + width * (len(names) - 1) / 2 for p in range(k)], [f"draft {p + 1}" for p in range(k)])
-    axis.set(ylabel="accepted per base step", ylim=(0, 1), title="per-position acceptance")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with figure(path) as (_, axis):
+        for index, name in enumerate(names):
+            rates = results[name]["acceptance_rate_per_position"]
+            axis.bar([p + index * width for p in range(k)], rates, width=width,
+                     label=f"{name} (τ={results[name]['acceptance_length']:.2f})")
+        axis.set_xticks([p + width * (len(names) - 1) / 2 for p in range(k)], [f"draft {p + 1}" for p in range(k)])
+        axis.set(ylabel="accepted per base step", ylim=(0, 1), title="per-position acceptance")
+        axis.legend()
 
 
 def reset_heads(model) -> None:

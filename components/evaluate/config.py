@@ -47,6 +47,7 @@ class VllmCrosscheckConfig:
     max_new_tokens: int = field(64, "greedy tokens generated per prompt")
     expected_acceptance_length: float = field(0.0, "our τ from the evaluate step, to compare with (0: no check)")
     tolerance: float = field(0.15, "largest |τ_vLLM - τ_ours| that counts as agreement")
+    dtype: str = field("float32", "vLLM --dtype; float32 matches the evaluate step, so both replay the same greedy text")
     output: str = field("vllm_crosscheck.json", "where the counters and the verdict are written")
     ready_timeout_s: float = field(600.0, "give up if vLLM is not ready after this many seconds")
 

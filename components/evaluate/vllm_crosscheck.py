@@ -75,7 +75,7 @@ def run(config: VllmCrosscheckConfig) -> dict:
     speculative = {"method": SPEC_METHODS[config.mode], "model": str(Path(config.draft_dir).resolve()),
                    "num_speculative_tokens": config.num_draft_tokens}
     arguments = ["serve", model_path, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "base",
-                 "--max-model-len", "2048", "--enforce-eager", "--seed", "0",
+                 "--max-model-len", "2048", "--enforce-eager", "--seed", "0", "--dtype", config.dtype,
                  "--speculative-config", json.dumps(speculative)]
     process = vllm.start(arguments, log, vllm.cpu_env(API_KEY, output.parent / "vllm-cache", 1))
     base_url = f"http://127.0.0.1:{port}"

@@ -118,7 +118,7 @@ def run(config: RegisterConfig) -> dict:
     mode = evaluation.get("mode") or results.get("train", {}).get("mode", "draft")
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     mlflow.set_experiment(experiment_id=experiment_id(client, config.experiment))
     name = config.registered_model_name or f"spectrain-{model_slug(config.base_model)}-{mode}"
     with mlflow.start_run(run_name=config.run_name or f"{mode}-{config.pipeline_run_id}") as active:

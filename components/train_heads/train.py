@@ -17,6 +17,7 @@ from components.train_heads.config import TrainHeadsConfig
 from spectrain.data import SkippedLine, read_conversations
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
+from spectrain.plots import figure
 
 # Without this, from_pretrained silently returns the plain base model and drops the heads.
 mto.enable_huggingface_checkpointing()
@@ -249,26 +250,18 @@ def latest_checkpoint(output_dir: Path) -> str | None:
 
 
 def plot_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [h for h in history if "loss" in h]
     if not rows:
         return
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [r["step"] for r in rows]
-    loss_axis.plot(steps, [r["loss"] for r in rows], marker=".")
-    loss_axis.set(title="draft loss", xlabel="step", ylabel="loss")
-    for key in sorted(k for k in rows[-1] if k.startswith("head_")):
-        accuracy_axis.plot(steps, [r.get(key, math.nan) for r in rows], marker=".",
-                           label=f"position {int(key.split('_')[1]) + 1}")
-    accuracy_axis.set(title="top-1 agreement with the base", xlabel="step", ylabel="accuracy", ylim=(0, 1))
-    accuracy_axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with figure(path, columns=2, size=(10, 3.6)) as (_, (loss_axis, accuracy_axis)):
+        loss_axis.plot(steps, [r["loss"] for r in rows], marker=".")
+        loss_axis.set(title="draft loss", xlabel="step", ylabel="loss")
+        for key in sorted(k for k in rows[-1] if k.startswith("head_")):
+            accuracy_axis.plot(steps, [r.get(key, math.nan) for r in rows], marker=".",
+                               label=f"position {int(key.split('_')[1]) + 1}")
+        accuracy_axis.set(title="top-1 agreement with the base", xlabel="step", ylabel="accuracy", ylim=(0, 1))
+        accuracy_axis.legend()
 
 
 def run(config: TrainHeadsConfig) -> dict:

@@ -43,7 +43,7 @@ def register(store, tau, name, **kwargs):
 def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
     outcome = register(store, 1.30, "run-1")
     assert (outcome["version"], outcome["alias"]) == ("1", "champion")
-    client = MlflowClient(outcome["tracking_uri"])
+    client = MlflowClient(tracking_uri=outcome["tracking_uri"], registry_uri=outcome["tracking_uri"])
     version = client.get_model_version_by_alias(outcome["registered_model"], "champion")
     assert version.source.endswith("/draft") and version.run_id == outcome["run_id"]
     assert version.tags["mode"] == "medusa" and version.tags["eval_dataset_fingerprint"] == "sha256:heldout"
@@ -65,7 +65,7 @@ def test_champion_moves_only_to_a_better_draft_on_the_same_eval_set(store):
     assert better["alias"] == "champion"
     other_set = register(store, 1.90, "run-4", eval_fingerprint="sha256:another")
     assert other_set["alias"] == "" and "different eval set" in other_set["promotion"]
-    client = MlflowClient(better["tracking_uri"])
+    client = MlflowClient(tracking_uri=better["tracking_uri"], registry_uri=better["tracking_uri"])
     assert str(client.get_model_version_by_alias(better["registered_model"], "champion").version) == "3"
 
 
