@@ -34,6 +34,13 @@ def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return 0
 
 
+def _promote_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from components.register.register import rollback
+
+    rollback(args.model, args.tracking_uri)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes")
     compile_.add_argument("--output", default=None, help="where to write (default: pipelines/speculative_decoding.yaml)")
     compile_.set_defaults(handler=lambda a, p: local.compile_command(a))
+
+    promote = commands.add_parser(
+        "promote", help="move registry aliases by hand: --rollback puts the previous champion back",
+        description="Promotion itself happens in the register step (champion only when a draft wins on the same "
+                    "eval set). `spectrain promote --rollback --model NAME` undoes the last promotion: champion "
+                    "goes back to previous_champion and the two swap, so a second rollback re-applies it.")
+    promote.add_argument("--model", required=True, help="registered model, e.g. spectrain-smollm2-135m-instruct-eagle3")
+    promote.add_argument("--rollback", action="store_true", required=True, help="move champion back")
+    promote.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or "
+                                                            "the local store in $SPECTRAIN_HOME)")
+    promote.set_defaults(handler=_promote_command)
 
     step = commands.add_parser("step", help="run one step in the current environment (what components call)")
     steps = step.add_subparsers(dest="step_name", required=True, metavar="STEP")

@@ -22,3 +22,4 @@ class RegisterConfig:
     step_results: dict = field({}, "step name -> result JSON file of that step (train, evaluate, export, ...)")
     params: dict = field({}, "pipeline parameters to record (keys naming secrets are dropped)")
     min_acceptance_length: float = field(1.0, "gate: a draft whose τ is not above this is never promoted")
+    margin: float = field(0.0, "promote only when τ beats the champion's by more than this")

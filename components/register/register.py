@@ -16,7 +16,7 @@ from spectrain.errors import SpectrainError
 from spectrain.models import model_slug
 
 SECRET_WORDS = ("key", "token", "secret", "password", "credential")
-CHAMPION = "champion"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 
 
 def home() -> Path:
@@ -89,26 +89,92 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str) -> mlfl
     return metrics
 
 
-def promote(client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig) -> tuple[str, str]:
-    """Give the candidate the champion alias if it beats the current champion on the same eval set."""
-    tau = candidate.get("acceptance_length", 0.0)
-    if tau <= config.min_acceptance_length:
-        return "", f"τ {tau:.3f} does not pass the gate min_acceptance_length={config.min_acceptance_length}"
+def alias_version(client: MlflowClient, name: str, alias: str):
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
-        champion = None
+        return None
+
+
+def comparable(version, candidate: dict, base_model: str) -> str:
+    """Why ``version`` cannot be compared with the candidate ('' when it can)."""
+    if version.tags.get("base_model") != base_model:
+        return f"v{version.version} drafts for another base model ({version.tags.get('base_model')})"
+    if version.tags.get("eval_dataset_fingerprint") != candidate.get("eval_dataset_fingerprint"):
+        return (f"v{version.version} was evaluated on a different eval set "
+                f"({version.tags.get('eval_dataset_fingerprint')})")
+    return ""
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version) -> None:
+    """Set an alias, retrying: two runs setting one alias at once collide in the store (a unique key)."""
+    for attempt in range(5):
+        try:
+            client.set_registered_model_alias(name, alias, str(version))
+            return
+        except mlflow.exceptions.MlflowException:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def tau_of(version) -> float:
+    return float(version.tags.get("acceptance_length") or 0.0)
+
+
+def promote(client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig
+            ) -> tuple[str, str]:
+    """Aliases, never stages: the candidate is `challenger`; it becomes `champion` (the old one
+    `previous_champion`) when it passes the gate and beats the champion on the same eval set by the margin."""
+    tau = candidate.get("acceptance_length", 0.0)
+    set_alias(client, name, CHALLENGER, version)
+    if tau <= config.min_acceptance_length:
+        return CHALLENGER, f"τ {tau:.3f} does not pass the gate min_acceptance_length={config.min_acceptance_length}"
+    champion = alias_version(client, name, CHAMPION)
     if champion is None:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        return CHAMPION, "first version to pass the gate"
-    if champion.tags.get("eval_dataset_fingerprint") != candidate.get("eval_dataset_fingerprint"):
-        return "", (f"not compared: champion v{champion.version} was evaluated on a different eval set "
-                    f"({champion.tags.get('eval_dataset_fingerprint')})")
-    champion_tau = float(champion.tags.get("acceptance_length", 0.0))
-    if tau > champion_tau:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        return CHAMPION, f"τ {tau:.3f} beats champion v{champion.version} ({champion_tau:.3f})"
-    return "", f"τ {tau:.3f} does not beat champion v{champion.version} ({champion_tau:.3f})"
+        set_alias(client, name, CHAMPION, version)
+        return settle(client, name, version, candidate, config, "first version to pass the gate")
+    refusal = comparable(champion, candidate, config.base_model)
+    if refusal:
+        return CHALLENGER, f"not compared with the champion: {refusal}"
+    if tau > tau_of(champion) + config.margin:
+        set_alias(client, name, PREVIOUS, champion.version)
+        set_alias(client, name, CHAMPION, version)
+        return settle(client, name, version, candidate, config,
+                      f"τ {tau:.3f} beats champion v{champion.version} ({tau_of(champion):.3f}) by more than "
+                      f"{config.margin}")
+    return CHALLENGER, (f"τ {tau:.3f} does not beat champion v{champion.version} ({tau_of(champion):.3f}) "
+                        f"by more than {config.margin}")
+
+
+def settle(client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig, reason: str
+           ) -> tuple[str, str]:
+    """Check after set: a concurrent run may have promoted a better draft against the same stale champion.
+
+    Every promoting run ends by handing `champion` to the best comparable version that passed the
+    gate, so whatever the interleaving, the last check leaves the best one in place.
+    """
+    eligible = [v for v in client.search_model_versions(f"name='{name}'")
+                if not comparable(v, candidate, config.base_model) and tau_of(v) > config.min_acceptance_length]
+    best = max(eligible, key=lambda v: (tau_of(v), -int(v.version)))
+    if str(best.version) != str(version) and tau_of(best) > candidate.get("acceptance_length", 0.0):
+        set_alias(client, name, CHAMPION, best.version)
+        return CHALLENGER, f"lost to v{best.version} (τ {tau_of(best):.3f}), promoted concurrently"
+    return CHAMPION, reason
+
+
+def rollback(name: str, tracking_uri_: str = "") -> dict:
+    """`spectrain promote --rollback`: champion goes back to previous_champion (and the two swap)."""
+    uri = tracking_uri(RegisterConfig(tracking_uri=tracking_uri_))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    previous, champion = alias_version(client, name, PREVIOUS), alias_version(client, name, CHAMPION)
+    if previous is None or champion is None:
+        raise SpectrainError(f"'{name}' has no {PREVIOUS if previous is None else CHAMPION} alias to roll back with",
+                             where=uri, fix="check the model name (`mlflow ui` lists them) and tracking URI")
+    set_alias(client, name, CHAMPION, previous.version)
+    set_alias(client, name, PREVIOUS, champion.version)
+    print(f"[promote] {name}: champion v{champion.version} -> v{previous.version}", flush=True)
+    return {"registered_model": name, "champion": str(previous.version), "previous_champion": str(champion.version)}
 
 
 def run(config: RegisterConfig) -> dict:
@@ -138,7 +204,7 @@ def run(config: RegisterConfig) -> dict:
     # MLflow 3: register from the run's artifact URI (mlflow.register_model needs a logged MLflow Model).
     version = str(client.create_model_version(name, source=f"{artifact_uri}/draft", run_id=run_id, tags=tags).version)
     alias, reason = promote(client, name, version, evaluation, config)
-    print(f"[register] {name} v{version} ({'alias ' + alias if alias else 'no alias'}): {reason}", flush=True)
+    print(f"[register] {name} v{version} ({alias}): {reason}", flush=True)
     return {"registered_model": name, "version": version, "alias": alias, "promotion": reason, "run_id": run_id,
             "tracking_uri": uri, "metrics": metrics, "mode": mode,
             "step_seconds": {step: r.get("seconds") for step, r in results.items()},

@@ -60,16 +60,89 @@ def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
 def test_champion_moves_only_to_a_better_draft_on_the_same_eval_set(store):
     register(store, 1.30, "run-1")
     worse = register(store, 1.20, "run-2")
-    assert worse["alias"] == "" and "does not beat champion v1" in worse["promotion"]
+    assert worse["alias"] == "challenger" and "does not beat champion v1" in worse["promotion"]
     better = register(store, 1.45, "run-3")
     assert better["alias"] == "champion"
     other_set = register(store, 1.90, "run-4", eval_fingerprint="sha256:another")
-    assert other_set["alias"] == "" and "different eval set" in other_set["promotion"]
+    assert other_set["alias"] == "challenger" and "different eval set" in other_set["promotion"]
     client = MlflowClient(tracking_uri=better["tracking_uri"], registry_uri=better["tracking_uri"])
     assert str(client.get_model_version_by_alias(better["registered_model"], "champion").version) == "3"
 
 
 def test_a_draft_below_the_gate_is_registered_but_not_promoted(store):
     outcome = register(store, 1.0, "run-1")
-    assert outcome["version"] == "1" and outcome["alias"] == ""
+    assert outcome["version"] == "1" and outcome["alias"] == "challenger"
     assert "gate" in outcome["promotion"]
+
+
+def aliases(outcome) -> dict[str, str]:
+    client = MlflowClient(tracking_uri=outcome["tracking_uri"], registry_uri=outcome["tracking_uri"])
+    model = client.get_registered_model(outcome["registered_model"])
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def test_a_winner_demotes_the_champion_to_previous_and_the_margin_holds_back_near_ties(store):
+    register(store, 1.30, "run-1")
+    near_tie = run(RegisterConfig(pipeline_run_id="run-2", margin=0.05, **results(store, 1.33, "run-2")))
+    assert near_tie["alias"] == "challenger" and "by more than 0.05" in near_tie["promotion"]
+    assert aliases(near_tie) == {"champion": "1", "challenger": "2"}
+    winner = register(store, 1.50, "run-3")
+    assert aliases(winner) == {"champion": "3", "previous_champion": "1", "challenger": "3"}
+
+
+def test_rollback_puts_the_previous_champion_back_from_the_command_line(store):
+    import subprocess
+    import sys
+
+    register(store, 1.30, "run-1")
+    winner = register(store, 1.50, "run-2")
+    command = [sys.executable, "-m", "spectrain", "promote", "--rollback", "--model", winner["registered_model"],
+               "--tracking-uri", winner["tracking_uri"]]
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    assert aliases(winner)["champion"] == "1" and aliases(winner)["previous_champion"] == "2"
+    missing = subprocess.run([*command[:-3], "no-such-model", *command[-2:]], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no previous_champion alias" in missing.stderr
+
+
+def test_another_base_model_is_never_compared(store):
+    register(store, 1.30, "run-1")
+    other = run(RegisterConfig(pipeline_run_id="run-2", base_model="/models/other", registered_model_name="",
+                               **results(store, 1.90, "run-2")))
+    assert other["registered_model"] != "spectrain-smollm2-135m-instruct-medusa"  # the name carries the base
+    same_name = run(RegisterConfig(pipeline_run_id="run-3", base_model="/models/other",
+                                   registered_model_name="spectrain-smollm2-135m-instruct-medusa",
+                                   **results(store, 1.90, "run-3")))
+    assert same_name["alias"] == "challenger" and "another base model" in same_name["promotion"]
+
+
+def test_two_runs_promoting_at_once_leave_the_better_one_champion(store, monkeypatch):
+    """Both read the same (stale) champion before either promotes; the better draft must end up champion."""
+    import threading
+    import time
+
+    import components.register.register as register_module
+
+    register(store, 1.30, "run-0")
+    barrier = threading.Barrier(2, timeout=60)
+    original = register_module.alias_version
+
+    def read_then_wait(client, name, alias):
+        version = original(client, name, alias)
+        if alias == "champion" and threading.current_thread().name in ("better", "worse"):
+            barrier.wait()  # both runs now hold the stale champion v1
+            if threading.current_thread().name == "worse":
+                time.sleep(2.0)  # the worst order: the worse draft sets `champion` last
+        return version
+
+    monkeypatch.setattr(register_module, "alias_version", read_then_wait)
+    outcomes = {}
+    threads = [threading.Thread(target=lambda tau, label: outcomes.__setitem__(label, register(store, tau, label)),
+                                args=(tau, label), name=label) for tau, label in ((1.60, "better"), (1.40, "worse"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.setattr(register_module, "alias_version", original)
+    better, worse = outcomes["better"], outcomes["worse"]
+    assert "lost to" in worse["promotion"]  # the worse run saw the better one and handed it back
+    assert aliases(better)["champion"] == better["version"]
