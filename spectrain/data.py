@@ -31,6 +31,7 @@ class Conversation:
     system: str = ""
     category: str = ""
     extra: dict = field(default_factory=dict)
+    source: str = ""  # file:line it was read from, for error reports (never written out)
 
     @property
     def prompts(self) -> list[str]:
@@ -144,7 +145,9 @@ def read_conversations(spec: str, split: str = "train", skipped: list[SkippedLin
             skipped.append(SkippedLine(str(path), number, reason))
             continue
         try:
-            yield parse_record(record)
+            conversation = parse_record(record)
+            conversation.source = f"{path}:{number}"
+            yield conversation
         except ValueError as exc:
             if skipped is None:
                 raise SpectrainError(str(exc), where=f"{path}:{number}", fix="fix or remove that line") from exc

@@ -69,26 +69,32 @@ async def regenerate_conversation(client, model: str, conversation: Conversation
 
 
 async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], output: Path, errors: Path) -> dict:
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI, BadRequestError
 
     api_key = os.environ.get("VLLM_API_KEY") or config.api_key
     clients = [AsyncOpenAI(base_url=url.strip(), api_key=api_key, timeout=config.request_timeout_s,
                            max_retries=config.max_retries) for url in config.endpoint.split(",") if url.strip()]
     model = config.model or (await clients[0].models.list()).data[0].id
-    counts = {"done": 0, "truncated": 0, "failed": 0, "output_tokens": 0}
+    counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "output_tokens": 0}
     semaphore = asyncio.Semaphore(config.concurrency)
     progress = tqdm(total=len(todo), desc="regenerate", unit="conv", mininterval=2.0)
+
+    def report(kind: str, conversation: Conversation, reason: str) -> None:
+        counts[kind] += 1
+        with open(errors, "a", encoding="utf-8") as handle:
+            append_jsonl(handle, {"conversation_id": conversation.conversation_id, "source": conversation.source,
+                                  kind: reason})
 
     async def one(index: int, conversation: Conversation) -> None:
         async with semaphore:
             try:
                 client = clients[index % len(clients)]  # data parallel over replicas
                 record, output_tokens = await regenerate_conversation(client, model, conversation, config)
+            except BadRequestError as exc:  # the input's fault (e.g. longer than the context): not retried
+                print(f"[regenerate] {conversation.source}: rejected by the server: {exc.message}", flush=True)
+                report("rejected", conversation, exc.message)
             except Exception as exc:  # after the client's own retries: record it and go on
-                counts["failed"] += 1
-                with open(errors, "a", encoding="utf-8") as handle:
-                    append_jsonl(handle, {"conversation_id": conversation.conversation_id,
-                                          "error": f"{type(exc).__name__}: {exc}"})
+                report("failed", conversation, f"{type(exc).__name__}: {exc}")
             else:
                 counts["done"] += 1
                 counts["truncated"] += record["truncated"]
@@ -142,11 +148,12 @@ def run(config: RegenerateConfig) -> dict:
     print(f"[regenerate] {len(conversations)} conversations, {len(conversations) - len(todo)} already done, "
           f"{len(todo)} to go, concurrency {config.concurrency}", flush=True)
     counts = (asyncio.run(_regenerate_all(config, todo, output, errors)) if todo
-              else {"done": 0, "truncated": 0, "failed": 0, "output_tokens": 0})
+              else {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "output_tokens": 0})
     seconds = time.monotonic() - started
     summary = {**counts, "output_tokens_per_s": counts["output_tokens"] / seconds, "resumed": len(conversations) - len(todo), "skipped_input_lines": len(skipped),
                "total": len(conversations), "output": str(output), "seconds": seconds}
     print(f"[regenerate] done {counts['done']}, truncated {counts['truncated']}, failed {counts['failed']}, "
+          f"rejected {counts['rejected']}, "
           f"skipped input lines {len(skipped)} in {seconds:.0f} s", flush=True)
     if todo and counts["failed"] / len(todo) > config.max_failure_ratio:
         raise SpectrainError(f"{counts['failed']} of {len(todo)} conversations failed (over the "

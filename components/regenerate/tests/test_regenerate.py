@@ -66,7 +66,8 @@ def test_an_unreachable_server_fails_the_step_and_records_every_conversation(dat
     with pytest.raises(SpectrainError, match="3 of 3 conversations failed"):
         run(config)
     errors = records(tmp_path / "out.errors.jsonl")
-    assert len(errors) == 3 and all("Connection" in e["error"] for e in errors)
+    assert len(errors) == 3 and all("Connection" in e["failed"] for e in errors)
+    assert {e["source"].rsplit(":", 1)[1] for e in errors} == {"1", "2", "3"}
     assert not output.exists() or not output.read_text()
 
 
@@ -95,3 +96,17 @@ def test_requests_are_spread_over_every_endpoint(vllm_server, dataset, tmp_path)
     summary = run(config)
     assert (summary["done"], summary["failed"]) == (2, 1)  # conversations 0 and 2 live, 1 dead
     assert all(r["system"] == "Reply in French." for r in records(tmp_path / "out.jsonl"))
+
+
+@pytest.mark.slow
+def test_a_prompt_longer_than_the_context_is_rejected_with_its_line_and_the_run_goes_on(vllm_server, tmp_path):
+    path = tmp_path / "long.jsonl"
+    too_long = " ".join(["word"] * 3000)  # the test server has max_model_len 1024
+    path.write_text(json.dumps({"id": "short", "conversations": [{"from": "User", "value": "Say hi."}]}) + "\n"
+                    + json.dumps({"id": "long", "conversations": [{"from": "User", "value": too_long}]}) + "\n")
+    output = tmp_path / "out.jsonl"
+    summary = run(RegenerateConfig(dataset=str(path), output=str(output), endpoint=vllm_server["endpoint"],
+                                   api_key="test-key", max_tokens=8))
+    assert (summary["done"], summary["rejected"], summary["failed"]) == (1, 1, 0)
+    (error,) = records(tmp_path / "out.errors.jsonl")
+    assert error["source"] == f"{path}:2" and "context" in error["rejected"].lower()
