@@ -1,10 +1,11 @@
 """`spectrain`: run the draft-training pipeline on this machine, compile it for Kubeflow, or run one step.
 
 Examples:
-  spectrain run                                  # the whole DAG on the embedded SmolLM2 + prompt set
-  spectrain run --modes eagle3 --train-steps 40  # flags come from the pipeline's parameters
-  spectrain compile                              # write pipelines/speculative_decoding.yaml
-  spectrain step train-heads --help              # one step, in the current environment
+  spectrain run                                      # the whole DAG on the embedded SmolLM2 + prompt set
+  spectrain run --modes eagle3 --train-max-steps 40  # flags come from the pipeline's parameters
+  spectrain compile                                  # write pipelines/speculative_decoding.yaml
+  spectrain step train-heads --help                  # one step, in the current environment
+  spectrain promote --rollback --model NAME          # put the previous champion back
 """
 
 from __future__ import annotations
