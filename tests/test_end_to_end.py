@@ -16,9 +16,10 @@ TINY = ["--regenerate-limit", "6", "--regenerate-max-tokens", "24", "--train-max
 
 @pytest.mark.slow
 def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # as from a clean shell
     result = subprocess.run([sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY],
                             capture_output=True, text=True, timeout=1500,
-                            env={**os.environ, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")})
+                            env={**env, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| eagle3 |" in result.stdout and "| medusa |" in result.stdout  # the summary table
 
@@ -32,6 +33,7 @@ def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the registry of the current directory
     for outcome in registered:
+        assert outcome["tracking_uri"] == uri  # the local store of this run's workdir
         assert outcome["metrics"]["acceptance_length"] >= 1.0
         version = client.get_model_version(outcome["registered_model"], outcome["version"])
         assert version.tags["mode"] == outcome["mode"]

@@ -12,7 +12,9 @@ from components.register.register import run
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECTRAIN_HOME", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # setenv (not delenv) so that teardown also removes the MLFLOW_TRACKING_URI that
+    # mlflow.set_tracking_uri exports, instead of leaking this store into later tests.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     return tmp_path
 
 
