@@ -46,8 +46,9 @@ MLFLOW_SECRET = {"spectrain-mlflow": {"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_
 
 
 @dsl.pipeline(name="speculative-decoding",
-              description="Train EAGLE/Medusa draft heads on text the base model itself wrote, evaluate their "
-                          "acceptance length, export them for vLLM/TensorRT-LLM and register them in MLflow.")
+              description="Train EAGLE/Medusa draft heads on text the base model itself wrote, measure their "
+                          "acceptance length (optionally cross-checked in vLLM), export them for vLLM and register "
+                          "them in MLflow, promoting a draft to champion only when it wins.")
 def speculative_decoding(
     base_model: str = "embedded",
     dataset: str = "embedded",
