@@ -24,7 +24,7 @@ from spectrain.steps import STEPS, USER_ERROR_EXIT
 def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     step = STEPS[args.step_name]
     config_cls = step.load(step.config)
-    base = json.loads(open(args.config).read()) if args.config else {}
+    base = configs.read_json(args.config) if args.config else {}
     config = configs.from_args(config_cls, args, base)
     result = step.load(step.run)(config)
     if args.result:

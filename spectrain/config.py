@@ -93,12 +93,18 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def load_file(cls: type[C], path: str | Path) -> C:
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON config file as a dict; bad JSON is reported with file and line."""
     try:
-        values = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise SpectrainError(f"not valid JSON: {exc.msg}", where=f"{path}:{exc.lineno}", fix="fix the JSON syntax") from exc
-    return from_dict(cls, values, where=str(path))
+    except OSError as exc:
+        raise SpectrainError(f"cannot read the config file ({exc.strerror})", where=str(path)) from exc
+
+
+def load_file(cls: type[C], path: str | Path) -> C:
+    return from_dict(cls, read_json(path), where=str(path))
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -121,8 +121,6 @@ class EagleProposer:
 
     @torch.no_grad()
     def _step(self, hidden, token_ids, cache, start):
-        from transformers import DynamicCache  # noqa: F401  (the cache type modelopt expects)
-
         length = hidden.shape[1]
         mask = self.model._prepare_decoder_attention_mask(None, (1, length), start, hidden.device, hidden.dtype)
         positions = torch.arange(start, start + length, device=hidden.device).unsqueeze(0)
