@@ -200,6 +200,7 @@ def run(config: RegisterConfig) -> dict:
             "git_commit": git_commit(),
             "num_draft_tokens": str(evaluation.get("num_draft_tokens", "")),
             "eval_dataset_fingerprint": str(evaluation.get("eval_dataset_fingerprint", "")),
+            "dataset_fingerprint": str(results.get("train", {}).get("data_fingerprint", "")),
             "acceptance_length": str(evaluation.get("acceptance_length", ""))}
     # MLflow 3: register from the run's artifact URI (mlflow.register_model needs a logged MLflow Model).
     version = str(client.create_model_version(name, source=f"{artifact_uri}/draft", run_id=run_id, tags=tags).version)

@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from components.train_heads.config import TrainHeadsConfig
-from spectrain.data import SkippedLine, read_conversations
+from spectrain.data import SkippedLine, fingerprint, read_conversations
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 from spectrain.plots import figure
@@ -329,6 +329,7 @@ def run(config: TrainHeadsConfig) -> dict:
         "checkpoint": str(output_dir),
         "base_model": config.base_model,
         "examples": len(examples),
+        "data_fingerprint": fingerprint(config.data),
         "skipped_input_lines": len(skipped),
         "steps": trainer.state.global_step,
         "steps_this_run": counter.steps,

@@ -24,7 +24,7 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout") 
     (folder / "draft").mkdir(parents=True)
     (folder / "draft" / "config.json").write_text('{"architectures": ["MedusaModel"]}')
     files = {
-        "train": {"mode": "medusa", "steps": 2, "seconds_per_step": 1.5, "trainable_parameters": 10, "seconds": 3.0,
+        "train": {"mode": "medusa", "steps": 2, "data_fingerprint": "sha256:regenerated", "seconds_per_step": 1.5, "trainable_parameters": 10, "seconds": 3.0,
                   "history": [{"step": 1, "loss": 5.0, "head_0_accuracy": 0.1}, {"step": 2, "loss": 4.0}]},
         "evaluate": {"mode": "medusa", "acceptance_length": tau, "ngram_acceptance_length": 1.2,
                      "ratio_to_ngram": tau / 1.2, "acceptance_rate_per_position": [tau - 1, 0.0, 0.0],
@@ -49,6 +49,7 @@ def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
     version = client.get_model_version_by_alias(outcome["registered_model"], "champion")
     assert version.source.endswith("/draft") and version.run_id == outcome["run_id"]
     assert version.tags["mode"] == "medusa" and version.tags["eval_dataset_fingerprint"] == "sha256:heldout"
+    assert version.tags["dataset_fingerprint"] == "sha256:regenerated" and version.tags["git_commit"]
     mlflow_run = client.get_run(outcome["run_id"])
     assert mlflow_run.data.metrics["acceptance_length"] == pytest.approx(1.30)
     assert mlflow_run.data.params["lr"] == "0.001"
