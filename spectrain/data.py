@@ -119,9 +119,8 @@ def parse_record(record: dict) -> Conversation:
     for previous, current in zip(turns, turns[1:]):
         if previous["role"] == current["role"]:
             raise ValueError(f"two {current['role']} turns in a row")
-    known = {"conversations", "messages", "system", "id", "conversation_id", "category", "mask", "dataset"}
     conversation_id = str(record.get("conversation_id") or record.get("id") or content_id(system, turns))
-    extra = {k: v for k, v in record.items() if k not in known and k in ("finish_reasons", "truncated")}
+    extra = {k: record[k] for k in ("finish_reasons", "truncated") if k in record}  # a regenerated record's
     return Conversation(conversation_id, turns, system, str(record.get("category") or ""), extra)
 
 

@@ -34,7 +34,12 @@ def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the registry of the current directory
     for outcome in registered:
         assert outcome["tracking_uri"] == uri  # the local store of this run's workdir
-        assert outcome["metrics"]["acceptance_length"] >= 1.0
+        metrics = outcome["metrics"]
+        rates = [v for k, v in metrics.items() if k.startswith("acceptance_rate_position_")]
+        assert len(rates) == 3  # k = 3 draft positions, each logged
+        # τ counts every step's bonus token plus its accepted drafts: τ = 1 + Σ per-position rates
+        assert metrics["acceptance_length"] == pytest.approx(1 + sum(rates))
+        assert metrics["untrained_acceptance_length"] >= 1.0 and metrics["ngram_acceptance_length"] >= 1.0
         version = client.get_model_version(outcome["registered_model"], outcome["version"])
         assert version.tags["mode"] == outcome["mode"]
         files = {a.path for a in client.list_artifacts(outcome["run_id"], "draft")}
