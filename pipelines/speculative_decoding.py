@@ -68,6 +68,8 @@ def speculative_decoding(
     batch_size: int = 4,
     max_length: int = 256,
     draft_vocab_size: int = 4096,
+    hidden_state_cache: bool = False,
+    train_options: dict = {},
     num_draft_tokens: int = 3,
     eval_num_prompts: int = 0,
     eval_max_new_tokens: int = 64,
@@ -101,6 +103,8 @@ def speculative_decoding(
         batch_size: sequences per step.
         max_length: tokens per training sequence.
         draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
+        hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states.
+        train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "warmup_steps": 20, "seed": 7}; see `spectrain step train-heads --help`.
         num_draft_tokens: k, draft tokens proposed per base step in evaluation.
         eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
         eval_max_new_tokens: greedy tokens generated per evaluation prompt.
@@ -136,7 +140,8 @@ def speculative_decoding(
                                   regenerated_conversations=regenerated.outputs["regenerated_conversations"],
                                   mode=mode, max_steps=train_max_steps, max_minutes=train_max_minutes,
                                   num_epochs=num_epochs, lr=lr,
-                                  batch_size=batch_size, max_length=max_length, draft_vocab_size=draft_vocab_size)
+                                  batch_size=batch_size, max_length=max_length, draft_vocab_size=draft_vocab_size,
+                                  hidden_state_cache=hidden_state_cache, options=train_options)
             on_cluster(trained, gpus=TRAIN_GPUS, secrets=HF_SECRET, **placement)
 
             # 4. evaluate: acceptance length on held-out prompts
@@ -169,6 +174,7 @@ def speculative_decoding(
                         "num_draft_tokens": num_draft_tokens, "train_max_steps": train_max_steps,
                         "train_max_minutes": train_max_minutes, "lr": lr,
                         "batch_size": batch_size, "max_length": max_length, "draft_vocab_size": draft_vocab_size,
+                        "hidden_state_cache": hidden_state_cache, "train_options": train_options,
                         "regenerate_max_tokens": regenerate_max_tokens})
             registered.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
             kubernetes.use_secret_as_env(registered, secret_name="spectrain-mlflow",

@@ -9,7 +9,7 @@ from spectrain import images
 @dsl.component(base_image=images.TRAIN, install_kfp_package=False)
 def train_heads(base_model: str, regenerated_conversations: Input[Dataset], mode: str, max_steps: int,
                 max_minutes: float, num_epochs: float, lr: float, batch_size: int, max_length: int, draft_vocab_size: int,
-                draft_checkpoint: Output[Model], result: Output[Artifact]):
+                hidden_state_cache: bool, options: dict, draft_checkpoint: Output[Model], result: Output[Artifact]):
     """Train EAGLE or Medusa heads on the frozen base model with modelopt + the HF Trainer."""
     import json
 
@@ -18,7 +18,8 @@ def train_heads(base_model: str, regenerated_conversations: Input[Dataset], mode
     outcome = run_step("train-heads", {
         "base_model": base_model, "data": regenerated_conversations.path, "output_dir": draft_checkpoint.path,
         "mode": mode, "max_steps": max_steps, "max_minutes": max_minutes, "num_epochs": num_epochs, "lr": lr, "batch_size": batch_size,
-        "max_length": max_length, "draft_vocab_size": draft_vocab_size if mode != "medusa" else 0})
+        "max_length": max_length, "draft_vocab_size": draft_vocab_size if mode != "medusa" else 0,
+        "hidden_state_cache": hidden_state_cache, **options})
     draft_checkpoint.metadata["mode"] = mode
     outcome["curves"] = f"{draft_checkpoint.path}/training_curves.png"
     with open(result.path, "w") as handle:

@@ -30,6 +30,13 @@ class TrainHeadsConfig:
     draft_vocab_size: int = field(0, "EAGLE: draft predicts only the N most frequent tokens of the training data "
                                      "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary")
     eagle_ttt_steps: int = field(3, "training-time-test steps: how many draft positions the loss unrolls")
+    # Offline hidden-state cache
+    hidden_state_cache: bool = field(False, "run the frozen base once over the data, store its hidden states "
+                                            "(sharded safetensors) and train every epoch from them")
+    hidden_state_cache_dir: str = field("", "where the cache lives; '' puts it in output_dir and deletes it after "
+                                            "training, a path keeps it for later runs on the same data and base")
+    hidden_state_cache_dtype: str = field("bfloat16", "dtype of the cached hidden states: bfloat16, float16 "
+                                                      "or float32 (exact, twice the disk)")
     # Optimisation (names follow the seed's launch.sh)
     lr: float = field(1e-3, "peak learning rate (cosine decay after warmup)")
     num_epochs: float = field(1.0, "passes over the data (ignored when max_steps > 0)")
@@ -55,5 +62,8 @@ class TrainHeadsConfig:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise SpectrainError(f"unknown precision {self.precision!r}", where="train_heads.precision",
                                  fix="use auto, bf16 or fp32")
+        if self.hidden_state_cache_dtype not in ("bfloat16", "float16", "float32"):
+            raise SpectrainError(f"unknown cache dtype {self.hidden_state_cache_dtype!r}",
+                                 where="train_heads.hidden_state_cache_dtype", fix="use bfloat16, float16 or float32")
         if self.max_length < 16:
             raise SpectrainError("max_length is too small to hold a conversation", where="train_heads.max_length")

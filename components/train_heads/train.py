@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import modelopt.torch.speculative as mtsp
 import torch
 import transformers
 
+from components.train_heads import hidden_cache
 from components.train_heads.config import TrainHeadsConfig
+from components.train_heads.datasets import IGNORE, CachedDataset, ConversationDataset
 from spectrain.data import SkippedLine, fingerprint, read_conversations
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
@@ -22,7 +25,6 @@ from spectrain.plots import figure
 # Without this, from_pretrained silently returns the plain base model and drops the heads.
 mto.enable_huggingface_checkpointing()
 
-IGNORE = -100
 HEAD_PREFIXES = ("eagle_module", "medusa_heads")
 
 
@@ -51,33 +53,6 @@ def tokenize_conversation(tokenizer, system: str, turns: list[dict], max_length:
         mask += [int(messages[end]["role"] == "assistant")] * len(new)
         rendered = full
     return {"input_ids": ids[:max_length], "loss_mask": mask[:max_length]}
-
-
-class ConversationDataset(torch.utils.data.Dataset):
-    """Fixed-length examples: modelopt 0.47 caches its TTT masks by step, not by shape."""
-
-    def __init__(self, examples: list[dict], max_length: int, pad_id: int, mode: str):
-        self.examples, self.max_length, self.pad_id, self.mode = examples, max_length, pad_id, mode
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        example = self.examples[index]
-        length = len(example["input_ids"])
-        pad = self.max_length - length
-        input_ids = torch.tensor(example["input_ids"] + [self.pad_id] * pad)
-        loss_mask = torch.tensor(example["loss_mask"] + [0] * pad)
-        item = {"input_ids": input_ids, "attention_mask": torch.tensor([1] * length + [0] * pad)}
-        if self.mode == "medusa":
-            # modelopt's Medusa loss shifts labels once more per head, so labels[t] must already be
-            # token t+1: head h then learns token t+2+h from position t, as vLLM's proposer uses it.
-            labels = torch.full_like(input_ids, IGNORE)
-            labels[:-1] = torch.where(loss_mask[1:].bool(), input_ids[1:], IGNORE)
-            item["labels"] = labels
-        else:
-            item["loss_mask"] = loss_mask
-        return item
 
 
 def load_examples(config: TrainHeadsConfig, tokenizer) -> tuple[list[dict], list[SkippedLine]]:
@@ -117,10 +92,19 @@ def draft_architecture(base_config, config: TrainHeadsConfig) -> dict:
         "rope_theta": rope_theta,
         "rope_scaling": rope,
         "use_aux_hidden_state": eagle3,
+        # explicit, so the hidden-state cache and the draft agree on which base layers feed it
+        "eagle_aux_hidden_state_layer_ids": aux_layer_ids(text_config.num_hidden_layers) if eagle3 else [],
         "use_last_layernorm": eagle3,
         "use_input_layernorm_in_first_layer": not eagle3,
         **({"draft_vocab_size": config.draft_vocab_size} if config.draft_vocab_size else {}),
     }
+
+
+def aux_layer_ids(num_layers: int) -> list[int]:
+    """Base layers whose outputs feed an EAGLE-3 draft: modelopt's default (start, middle, end)."""
+    from modelopt.torch.speculative.plugins.hf_eagle import default_eagle_aux_layer_ids
+
+    return default_eagle_aux_layer_ids(num_layers)
 
 
 def draft_vocabulary(examples: list[dict], draft_vocab_size: int, vocab_size: int) -> torch.Tensor:
@@ -139,7 +123,9 @@ def draft_vocabulary(examples: list[dict], draft_vocab_size: int, vocab_size: in
     return chosen - torch.arange(draft_vocab_size)
 
 
-def convert(model, config: TrainHeadsConfig, examples: list[dict] | None = None, output_dir: Path | None = None):
+def convert(model, config: TrainHeadsConfig, examples: list[dict] | None = None, output_dir: Path | None = None,
+            offline: bool = False):
+    """Add the draft module with ``mtsp.convert``; ``offline`` (EAGLE) drops the base decoder layers."""
     if config.mode == "medusa":
         mtsp.convert(model, [("medusa", {"medusa_num_heads": config.medusa_num_heads,
                                          "medusa_num_layers": config.medusa_num_layers})])
@@ -156,6 +142,7 @@ def convert(model, config: TrainHeadsConfig, examples: list[dict] | None = None,
             "eagle_architecture_config": draft_architecture(model.config, config),
             "eagle_use_torch_compile": False,  # on CPU compile costs minutes and runs slower than eager
             "eagle_ttt_steps": config.eagle_ttt_steps,
+            "eagle_offline": offline,
         })])
         if config.draft_vocab_size and config.draft_vocab_size < model.config.vocab_size:
             if examples is None or output_dir is None:
@@ -264,6 +251,33 @@ def plot_history(history: list[dict], path: Path) -> None:
         accuracy_axis.legend()
 
 
+def load_base(model_path: str):
+    return transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                             attn_implementation="sdpa")
+
+
+def offline_training_model(model, model_path: str, config: TrainHeadsConfig, examples, output_dir: Path, cache: Path,
+                           manifest: dict, pad_id: int):
+    """The model that trains from the hidden-state cache, and the dataset that feeds it.
+
+    EAGLE: modelopt's own ``eagle_offline`` model (no base decoder layers), starting from the same
+    draft weights as ``model``. Medusa: ``model`` itself with its base decoder swapped for the cache.
+    """
+    dataset = CachedDataset(cache, config.max_length, pad_id, config.mode)
+    if config.mode == "medusa":
+        model.model = hidden_cache.CachedBaseDecoder()
+        return model, dataset
+    offline = convert(load_base(model_path), config, examples, output_dir, offline=True)
+    offline.eagle_module.load_state_dict(model.eagle_module.state_dict())
+    if manifest["key"]["draft_token_ids_sha256"]:
+        # The cache holds the base logits of the draft vocabulary only: modelopt's mapping from the
+        # full vocabulary is already applied, so let those through unchanged.
+        to_draft_vocab = offline._map_logits_to_draft_vocab
+        offline._map_logits_to_draft_vocab = lambda logits: (
+            logits if logits.shape[-1] == offline.eagle_module.d2t.numel() else to_draft_vocab(logits))
+    return offline, dataset
+
+
 def run(config: TrainHeadsConfig) -> dict:
     started = time.monotonic()
     transformers.set_seed(config.seed)
@@ -274,12 +288,29 @@ def run(config: TrainHeadsConfig) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
     examples, skipped = load_examples(config, tokenizer)
-    dataset = ConversationDataset(examples, config.max_length, tokenizer.pad_token_id, config.mode)
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                              attn_implementation="sdpa")
+    model = load_base(model_path)
+    cache_manifest = None
+    if config.hidden_state_cache:
+        cache = Path(config.hidden_state_cache_dir or output_dir / "hidden-state-cache")
+        aux = aux_layer_ids(model.config.num_hidden_layers) if config.mode == "eagle3" else []
+        draft_ids = None
+        if config.mode != "medusa" and 0 < config.draft_vocab_size < model.config.vocab_size:
+            d2t = draft_vocabulary(examples, config.draft_vocab_size, model.config.vocab_size)
+            draft_ids = torch.arange(config.draft_vocab_size) + d2t
+        key = hidden_cache.cache_key(examples, model_path, aux, config.hidden_state_cache_dtype, draft_ids)
+        cache_manifest = hidden_cache.build(model, examples, cache, key, batch_size=config.batch_size,
+                                            draft_token_ids=draft_ids)
+    transformers.set_seed(config.seed)  # the same head init with or without the cache
     convert(model, config, examples, output_dir)
-    base_before = base_fingerprint(model)
+    if cache_manifest:
+        base_decoder = model.model
+        train_model, dataset = offline_training_model(model, model_path, config, examples, output_dir, cache,
+                                                      cache_manifest, tokenizer.pad_token_id)
+    else:
+        train_model, dataset = model, ConversationDataset(examples, config.max_length, tokenizer.pad_token_id,
+                                                          config.mode)
+    base_before = base_fingerprint(train_model)
     use_cuda = torch.cuda.is_available()
     bf16 = config.precision == "bf16" or (config.precision == "auto" and use_cuda)
     args = transformers.TrainingArguments(
@@ -304,7 +335,9 @@ def run(config: TrainHeadsConfig) -> dict:
         dataloader_drop_last=False,
         disable_tqdm=False,
     )
-    trainer = DraftTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, mode=config.mode)
+    trainer = DraftTrainer(model=train_model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                           data_collator=torch.utils.data.default_collate,  # items are fixed-length, possibly nested
+                           mode=config.mode)
     if config.max_minutes > 0:
         trainer.add_callback(WallClockBudget(config.max_minutes))
     counter = StepCounter()
@@ -316,8 +349,16 @@ def run(config: TrainHeadsConfig) -> dict:
     train_started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume or None)
     train_seconds = time.monotonic() - train_started
-    if base_fingerprint(model) != base_before:
+    if base_fingerprint(train_model) != base_before:
         raise RuntimeError("the base model's weights changed during training: the draft must train on a frozen base")
+    if cache_manifest:  # the checkpoint is always the full model: base + trained draft, as online training saves it
+        if config.mode == "medusa":
+            model.model = base_decoder
+        else:
+            model.eagle_module.load_state_dict(train_model.eagle_module.state_dict())
+        trainer.model = model
+        if not config.hidden_state_cache_dir:
+            shutil.rmtree(cache, ignore_errors=True)
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
 
@@ -337,7 +378,8 @@ def run(config: TrainHeadsConfig) -> dict:
         "trainable_parameters": trainable_parameters(model),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
-        "seconds_per_step": train_seconds / max(trainer.state.global_step, 1),
+        "seconds_per_step": train_seconds / max(counter.steps, 1),
+        "hidden_state_cache": {k: v for k, v in cache_manifest.items() if k != "shards"} if cache_manifest else None,
         "history": history,
         "base_frozen": True,
         "seconds": time.monotonic() - started,

@@ -1,0 +1,159 @@
+"""Offline hidden-state cache: run the frozen base once, train the draft for many epochs from disk.
+
+The draft heads only ever see what the frozen base produces: its final (post-norm) hidden state,
+for EAGLE-3 also the outputs of a few intermediate layers, and its logits (the distillation
+target). Those are written once as sharded safetensors, unpadded, so an epoch from the cache
+skips every base decoder layer. Logits are stored only for an EAGLE draft with a reduced
+vocabulary (its N columns are all the loss reads); with the full vocabulary they would dwarf the
+hidden states, so training recomputes them from the final hidden state with the base lm_head.
+
+Layout of a cache directory:
+    manifest.json              what the cache was built from (a mismatch rebuilds it) and its size
+    shard-00000.safetensors    input_ids, loss_mask, hidden[, aux] of many examples, concatenated
+                               along the token axis; offsets[i]:offsets[i+1] is example i;
+                               logits (draft vocabulary only) when the draft has a reduced one
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+CACHE_VERSION = 1
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def cache_key(examples: list[dict], base_model_path: str, aux_layer_ids: list[int], dtype: str,
+              draft_token_ids: torch.Tensor | None = None) -> dict:
+    """What decides the cache content: the tokenized examples, the base weights' identity, the layers kept."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example["input_ids"], example["loss_mask"]]).encode())
+    config_file = Path(base_model_path) / "config.json"
+    weights = sorted(Path(base_model_path).glob("*.safetensors"))
+    return {
+        "version": CACHE_VERSION,
+        "examples_sha256": digest.hexdigest(),
+        "base_model": str(base_model_path),
+        "base_config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest() if config_file.exists() else "",
+        "base_weights": [[w.name, w.stat().st_size, int(w.stat().st_mtime)] for w in weights],
+        "aux_layer_ids": list(aux_layer_ids),
+        "draft_token_ids_sha256": (hashlib.sha256(draft_token_ids.numpy().tobytes()).hexdigest()
+                                   if draft_token_ids is not None else None),
+        "dtype": dtype,
+    }
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = directory / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # an interrupted build: rebuild
+
+
+@torch.no_grad()
+def build(model, examples: list[dict], directory: Path, key: dict, batch_size: int = 4,
+          draft_token_ids: torch.Tensor | None = None, shard_tokens: int = 1 << 20) -> dict:
+    """Run ``model`` (a plain HF causal LM, the frozen base) once over ``examples`` and write the cache.
+
+    ``draft_token_ids`` (the tokens of a reduced draft vocabulary) also stores those logit columns.
+
+    Reuses an existing cache whose manifest matches ``key``; anything else in ``directory`` is replaced.
+    """
+    manifest = read_manifest(directory)
+    if manifest and manifest.get("key") == key:
+        print(f"[train] reusing hidden-state cache {directory} ({manifest['tokens']} tokens, "
+              f"{manifest['bytes'] / 2**20:.1f} MiB)", flush=True)
+        return manifest
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    dtype = DTYPES[key["dtype"]]
+    aux_ids = key["aux_layer_ids"]
+    captured: list[torch.Tensor] = []
+    hooks = [model.model.layers[i].register_forward_hook(
+        lambda module, inputs, output: captured.append(output if isinstance(output, torch.Tensor) else output[0]))
+        for i in aux_ids]
+    model.eval()
+    device = next(model.parameters()).device
+    shards, pending, pending_tokens, tokens = [], [], 0, 0
+
+    def flush() -> None:
+        nonlocal pending, pending_tokens
+        if not pending:
+            return
+        lengths = torch.tensor([0] + [len(p["input_ids"]) for p in pending])
+        tensors = {
+            "offsets": torch.cumsum(lengths, 0),
+            "input_ids": torch.cat([p["input_ids"] for p in pending]),
+            "loss_mask": torch.cat([p["loss_mask"] for p in pending]),
+            "hidden": torch.cat([p["hidden"] for p in pending]),
+        }
+        for name in ("aux", "logits"):
+            if name in pending[0]:
+                tensors[name] = torch.cat([p[name] for p in pending])
+        name = f"shard-{len(shards):05d}.safetensors"
+        save_file(tensors, str(directory / name))
+        shards.append({"file": name, "examples": len(pending)})
+        pending, pending_tokens = [], 0
+
+    try:
+        for start in tqdm(range(0, len(examples), batch_size), desc="hidden-state cache", unit="batch"):
+            batch = examples[start:start + batch_size]
+            width = max(len(e["input_ids"]) for e in batch)
+            input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+            attention = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, example in enumerate(batch):
+                input_ids[row, :len(example["input_ids"])] = torch.tensor(example["input_ids"])
+                attention[row, :len(example["input_ids"])] = 1
+            captured.clear()
+            outputs = model.model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                  output_hidden_states=True)
+            extra = {"hidden": outputs.last_hidden_state}
+            if aux_ids:
+                extra["aux"] = torch.cat(captured, dim=-1)
+            if draft_token_ids is not None:
+                extra["logits"] = model.lm_head(outputs.last_hidden_state)[..., draft_token_ids.to(device)]
+            extra = {name: tensor.to("cpu", dtype) for name, tensor in extra.items()}
+            for row, example in enumerate(batch):
+                n = len(example["input_ids"])
+                pending.append({"input_ids": torch.tensor(example["input_ids"], dtype=torch.int32),
+                                "loss_mask": torch.tensor(example["loss_mask"], dtype=torch.int8),
+                                **{name: tensor[row, :n].contiguous() for name, tensor in extra.items()}})
+                pending_tokens += n
+                tokens += n
+            if pending_tokens >= shard_tokens:
+                flush()
+        flush()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+    manifest = {"key": key, "shards": shards, "examples": len(examples), "tokens": tokens, "bytes": size,
+                "bytes_per_token": size / max(tokens, 1)}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))  # last: marks the cache complete
+    print(f"[train] hidden-state cache: {tokens} tokens, {size / 2**20:.1f} MiB "
+          f"({manifest['bytes_per_token']:.0f} bytes/token, {key['dtype']}) in {directory}", flush=True)
+    return manifest
+
+
+class CachedBaseDecoder(torch.nn.Module):
+    """Stands in for a Medusa model's frozen base decoder: returns the cached final hidden states.
+
+    modelopt's Medusa forward calls ``self.model(...)`` and reads ``last_hidden_state``; with this
+    module in place the loss, heads and schedule stay modelopt's, and no base layer runs.
+    """
+
+    def forward(self, base_hidden_states: torch.Tensor, **_unused):
+        from transformers.modeling_outputs import BaseModelOutputWithPast
+
+        return BaseModelOutputWithPast(last_hidden_state=base_hidden_states)

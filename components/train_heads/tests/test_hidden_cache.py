@@ -1,0 +1,91 @@
+"""Offline hidden-state cache: training from it follows the online loss curve, and the checkpoint is complete."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+from components.train_heads import hidden_cache
+from components.train_heads.config import TrainHeadsConfig
+from components.train_heads.train import HEAD_PREFIXES, run
+from spectrain.models import resolve_base_model
+
+SETTINGS = {
+    "eagle3": {"draft_vocab_size": 1024},
+    "medusa": {"medusa_num_heads": 2},
+}
+
+
+def train(data, output, mode, **extra):
+    return run(TrainHeadsConfig(data=data, output_dir=str(output), mode=mode, max_steps=4, batch_size=2,
+                                max_length=96, logging_steps=1, warmup_steps=0, **SETTINGS[mode], **extra))
+
+
+def losses(result):
+    return [entry["loss"] for entry in result["history"] if "loss" in entry]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["eagle3", "medusa"])
+def test_training_from_the_cache_follows_the_online_loss_curve(tiny_data, tmp_path, mode):
+    online = train(tiny_data, tmp_path / "online", mode)
+    exact = train(tiny_data, tmp_path / "exact", mode, hidden_state_cache=True, hidden_state_cache_dtype="float32",
+                  hidden_state_cache_dir=str(tmp_path / "cache32"))
+    compact = train(tiny_data, tmp_path / "compact", mode, hidden_state_cache=True)
+
+    # float32 cache: the same numbers the online base computes, so the same curve
+    assert losses(exact) == pytest.approx(losses(online), rel=1e-4)
+    # bfloat16 cache (the default): the same curve within rounding noise
+    assert losses(compact) == pytest.approx(losses(online), rel=0.02)
+    assert losses(online)[-1] < losses(online)[0]
+
+    # the checkpoint is the full model, as online training writes it: base untouched, trained heads
+    saved = load_file(str(tmp_path / "exact" / "model.safetensors"))
+    base = load_file(f"{resolve_base_model('embedded')}/model.safetensors")
+    assert set(base) <= set(saved)
+    assert all(torch.equal(saved[name].to(tensor.dtype), tensor) for name, tensor in base.items())
+    reference = load_file(str(tmp_path / "online" / "model.safetensors"))
+    heads = [name for name in saved if name.startswith(HEAD_PREFIXES)]
+    # the trained draft, not its initial weights (4 Adam steps of lr 1e-3 move them by ~4e-3; fp32 noise ~2e-5)
+    assert heads and all(torch.allclose(saved[n], reference[n], atol=1e-4) for n in heads)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "exact"), dtype=torch.float32)
+    assert any(name.startswith(HEAD_PREFIXES) for name in reloaded.state_dict())
+
+    # size on disk is reported; the default cache lives in output_dir only while training
+    info = exact["hidden_state_cache"]
+    width = {"eagle3": 576 * 4 + 1024, "medusa": 576}[mode]  # hidden (+3 aux layers, draft-vocab logits)
+    assert info["bytes_per_token"] == pytest.approx(width * 4, rel=0.05)
+    assert compact["hidden_state_cache"]["bytes_per_token"] == pytest.approx(width * 2, rel=0.1)
+    assert not (tmp_path / "compact" / "hidden-state-cache").exists()
+    assert (tmp_path / "cache32" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_a_kept_cache_is_reused_and_a_stale_one_rebuilt(tiny_data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    train(tiny_data, tmp_path / "a", "medusa", hidden_state_cache=True, hidden_state_cache_dir=str(cache))
+    built = json.loads((cache / "manifest.json").read_text())
+    train(tiny_data, tmp_path / "b", "medusa", hidden_state_cache=True, hidden_state_cache_dir=str(cache))
+    assert "reusing hidden-state cache" in capsys.readouterr().out
+    shorter = tmp_path / "shorter.jsonl"
+    shorter.write_text("".join(open(tiny_data).readlines()[:4]))
+    train(str(shorter), tmp_path / "c", "medusa", hidden_state_cache=True, hidden_state_cache_dir=str(cache))
+    rebuilt = json.loads((cache / "manifest.json").read_text())
+    assert "reusing" not in capsys.readouterr().out
+    assert rebuilt["examples"] == 4 < built["examples"]
+
+
+def test_an_interrupted_cache_build_is_not_mistaken_for_a_cache(tmp_path):
+    (tmp_path / "shard-00000.safetensors").write_bytes(b"half written")
+    assert hidden_cache.read_manifest(tmp_path) is None  # the manifest is written last
+    (tmp_path / "manifest.json").write_text('{"key": ')
+    assert hidden_cache.read_manifest(tmp_path) is None
+
+
+def test_cache_dtype_is_checked():
+    from spectrain.errors import SpectrainError
+
+    with pytest.raises(SpectrainError, match="cache dtype"):
+        TrainHeadsConfig(data="x", hidden_state_cache_dtype="int8").validate()
