@@ -51,6 +51,8 @@ class TrainHeadsConfig:
     logging_steps: int = field(5, "log loss and head accuracy every N steps")
     resume_from_checkpoint: str = field("", "'' to start fresh, 'auto' for the newest checkpoint in output_dir, or a path")
     seed: int = field(42, "seed for head init and data order")
+    num_processes: int = field(0, "training processes (DDP through torchrun, this same command relaunched): 0 = "
+                                  "one per visible GPU (1 on CPU); N > 1 on CPU runs N gloo processes")
     precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32; weights stay fp32")
 
     def validate(self) -> None:
@@ -65,5 +67,8 @@ class TrainHeadsConfig:
         if self.hidden_state_cache_dtype not in ("bfloat16", "float16", "float32"):
             raise SpectrainError(f"unknown cache dtype {self.hidden_state_cache_dtype!r}",
                                  where="train_heads.hidden_state_cache_dtype", fix="use bfloat16, float16 or float32")
+        if self.num_processes < 0:
+            raise SpectrainError("num_processes cannot be negative", where="train_heads.num_processes",
+                                 fix="use 0 (one per GPU) or a process count")
         if self.max_length < 16:
             raise SpectrainError("max_length is too small to hold a conversation", where="train_heads.max_length")

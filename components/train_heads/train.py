@@ -14,7 +14,7 @@ import modelopt.torch.speculative as mtsp
 import torch
 import transformers
 
-from components.train_heads import hidden_cache
+from components.train_heads import hidden_cache, launch
 from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.datasets import IGNORE, CachedDataset, ConversationDataset
 from spectrain.data import SkippedLine, fingerprint, read_conversations
@@ -278,11 +278,41 @@ def offline_training_model(model, model_path: str, config: TrainHeadsConfig, exa
     return offline, dataset
 
 
+def training_arguments(config: TrainHeadsConfig, output_dir: Path) -> transformers.TrainingArguments:
+    use_cuda = torch.cuda.is_available()
+    return transformers.TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.lr,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=config.save_steps if config.save_steps > 0 else 500,
+        seed=config.seed,
+        bf16=config.precision == "bf16" or (config.precision == "auto" and use_cuda),
+        use_cpu=not use_cuda,
+        report_to=[],
+        remove_unused_columns=False,
+        label_names=["labels"] if config.mode == "medusa" else [],
+        dataloader_drop_last=False,
+        disable_tqdm=not launch.is_main_process(),
+    )
+
+
 def run(config: TrainHeadsConfig) -> dict:
+    processes = launch.processes_wanted(config.num_processes)
+    if processes > 1 and not launch.inside_launcher():
+        return launch.run_distributed(config, processes)
     started = time.monotonic()
     transformers.set_seed(config.seed)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    args = training_arguments(config, output_dir)
     model_path = resolve_base_model(config.base_model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
@@ -299,10 +329,12 @@ def run(config: TrainHeadsConfig) -> dict:
             d2t = draft_vocabulary(examples, config.draft_vocab_size, model.config.vocab_size)
             draft_ids = torch.arange(config.draft_vocab_size) + d2t
         key = hidden_cache.cache_key(examples, model_path, aux, config.hidden_state_cache_dtype, draft_ids)
-        cache_manifest = hidden_cache.build(model, examples, cache, key, batch_size=config.batch_size,
-                                            draft_token_ids=draft_ids)
+        with args.main_process_first(desc="hidden-state cache"):  # rank 0 builds, the others then reuse it
+            cache_manifest = hidden_cache.build(model, examples, cache, key, batch_size=config.batch_size,
+                                                draft_token_ids=draft_ids)
     transformers.set_seed(config.seed)  # the same head init with or without the cache
-    convert(model, config, examples, output_dir)
+    with args.main_process_first(desc="draft vocabulary"):
+        convert(model, config, examples, output_dir)
     if cache_manifest:
         base_decoder = model.model
         train_model, dataset = offline_training_model(model, model_path, config, examples, output_dir, cache,
@@ -311,30 +343,6 @@ def run(config: TrainHeadsConfig) -> dict:
         train_model, dataset = model, ConversationDataset(examples, config.max_length, tokenizer.pad_token_id,
                                                           config.mode)
     base_before = base_fingerprint(train_model)
-    use_cuda = torch.cuda.is_available()
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and use_cuda)
-    args = transformers.TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.lr,
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps if config.max_steps > 0 else -1,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type="cosine",
-        logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps > 0 else "no",
-        save_steps=config.save_steps if config.save_steps > 0 else 500,
-        seed=config.seed,
-        bf16=bf16,
-        use_cpu=not use_cuda,
-        report_to=[],
-        remove_unused_columns=False,
-        label_names=["labels"] if config.mode == "medusa" else [],
-        dataloader_drop_last=False,
-        disable_tqdm=False,
-    )
     trainer = DraftTrainer(model=train_model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            data_collator=torch.utils.data.default_collate,  # items are fixed-length, possibly nested
                            mode=config.mode)
@@ -357,9 +365,11 @@ def run(config: TrainHeadsConfig) -> dict:
         else:
             model.eagle_module.load_state_dict(train_model.eagle_module.state_dict())
         trainer.model = model
-        if not config.hidden_state_cache_dir:
-            shutil.rmtree(cache, ignore_errors=True)
     trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():  # rank 0 writes the checkpoint and reports
+        return {"rank": args.process_index}
+    if cache_manifest and not config.hidden_state_cache_dir:
+        shutil.rmtree(cache, ignore_errors=True)
     tokenizer.save_pretrained(str(output_dir))
 
     history = trainer.state.log_history
@@ -374,6 +384,7 @@ def run(config: TrainHeadsConfig) -> dict:
         "skipped_input_lines": len(skipped),
         "steps": trainer.state.global_step,
         "steps_this_run": counter.steps,
+        "processes": args.world_size,
         "resumed_from": resume or None,
         "trainable_parameters": trainable_parameters(model),
         "first_loss": losses[0] if losses else None,

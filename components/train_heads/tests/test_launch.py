@@ -1,0 +1,46 @@
+"""Multi-process training: the train step relaunches itself under torchrun; on CPU two gloo ranks really train."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.train_heads import launch
+
+
+def test_torchrun_command_relaunches_the_same_step():
+    command = launch.torchrun_command(4, Path("/c.json"), Path("/r.json"), python="/py")
+    assert command == ["/py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
+                       "-m", "spectrain", "step", "train-heads", "--config", "/c.json", "--result", "/r.json"]
+
+
+def test_process_count_defaults_to_one_per_gpu(monkeypatch):
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 8)
+    assert launch.processes_wanted(0) == 8
+    assert launch.processes_wanted(2) == 2
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert launch.processes_wanted(0) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, extra", [("medusa", ["--medusa-num-heads", "2"]),
+                                         ("eagle3", ["--draft-vocab-size", "512", "--hidden-state-cache"])])
+def test_two_gloo_ranks_split_the_data_and_rank_zero_reports(tiny_data, tmp_path, mode, extra):
+    output = tmp_path / "checkpoint"
+    completed = subprocess.run(
+        [sys.executable, "-m", "spectrain", "step", "train-heads", "--data", tiny_data, "--mode", mode,
+         "--output-dir", str(output), "--max-steps", "2", "--batch-size", "2", "--max-length", "64",
+         "--logging-steps", "1", "--num-processes", "2", "--result", str(tmp_path / "result.json"), *extra],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "-m torch.distributed.run --standalone --nproc-per-node=2" in completed.stdout
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["processes"] == 2 and result["steps"] == 2
+    # 8 conversations, 2 per rank per step, 2 ranks: one step is half an epoch (one rank alone: a quarter)
+    assert [entry["epoch"] for entry in result["history"] if "loss" in entry] == [0.5, 1.0]
+    assert (output / "model.safetensors").exists() and (output / "training_curves.png").exists()
+    if mode == "eagle3":  # rank 0 built the cache while rank 1 waited, then reused it
+        assert completed.stdout.count("hidden-state cache:") == 1
+        assert "reusing hidden-state cache" in completed.stdout
