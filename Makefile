@@ -8,7 +8,7 @@ STAMPS := $(foreach env,$(ENVS),$(VENVS)/$(env)/.installed)
 SPECTRAIN := $(VENVS)/orchestrate/bin/spectrain
 PYTEST = $(VENVS)/$(1)/bin/python -m pytest
 
-.PHONY: help envs run test test-fast compile images lint clean-envs
+.PHONY: help envs run test test-fast compile images lint clean-envs bench-heads
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -28,6 +28,9 @@ $(VENVS)/%/.installed: docker/%/requirements.txt docker/embedded-model.txt docke
 
 run: envs  ## run the whole pipeline on the embedded default and print a summary
 	$(SPECTRAIN) run $(ARGS)
+
+bench-heads: envs  ## benchmark: τ of EAGLE-3 and Medusa for a fixed training budget (ARGS="--minutes 5")
+	$(VENVS)/orchestrate/bin/python bench/heads.py $(ARGS)
 
 compile: $(VENVS)/orchestrate/.installed  ## write pipelines/speculative_decoding.yaml
 	$(SPECTRAIN) compile
