@@ -40,3 +40,29 @@ def tiny_checkpoints(tmp_path_factory, tiny_data):
                                       max_length=96, logging_steps=1, warmup_steps=0, **extra))
         checkpoints[mode] = (str(output), result)
     return checkpoints
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 HTTP endpoint on loopback (moto's server, environments with the test extras only).
+
+    Sets the AWS_* variables boto3 reads for the session and yields the endpoint URL.
+    """
+    from moto.server import ThreadedMotoServer
+
+    from spectrain.vllm import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"})
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

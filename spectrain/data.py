@@ -1,7 +1,16 @@
-"""Chat datasets: read Daring-Anteater / ShareGPT / OpenAI-messages jsonl into one shape, write it back.
+"""Chat datasets: read Daring-Anteater / ShareGPT / OpenAI-messages data into one shape, write it back.
 
-Every problem with an input line is reported with file, line and reason, and the line is
-skipped and counted; nothing raises a bare traceback at the user.
+Where data can come from (a *dataset spec*):
+  embedded                  the prompt set spectrain ships (``split``: train or heldout)
+  path/to/file              .jsonl, .json (a list of records) or .parquet
+  path/to/folder/           every .jsonl/.json/.parquet file below it, in name order
+  s3://bucket/key, s3://bucket/prefix/   the same, downloaded with boto3 (spectrain.s3)
+  hf:owner/name[:split]     a Hugging Face ``datasets`` id (or hf:/local/dataset/dir)
+The record shape is detected per record (``conversations`` with from/value, or OpenAI
+``messages`` with role/content) unless a format is forced.
+
+Every problem with an input record is reported with file, line (or record number) and reason,
+and the record is skipped and counted; nothing raises a bare traceback at the user.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from typing import Iterator
 from spectrain.errors import SpectrainError
 
 EMBEDDED = "embedded"
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+FORMATS = {"auto": None, "daring-anteater": "conversations", "sharegpt": "conversations", "openai": "messages"}
 ROLE_ALIASES = {
     "user": "user", "human": "user",
     "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
@@ -55,24 +66,20 @@ class Conversation:
 @dataclass
 class SkippedLine:
     path: str
-    line: int
+    line: int  # line of a jsonl file, else the record's number (1-based)
     reason: str
 
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}" if self.path.endswith(".jsonl") else f"{self.path} record {self.line}"
+
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
+        return f"{self.where}: {self.reason}"
 
 
 def embedded_path(split: str) -> Path:
     """The prompt set spectrain ships: ``train`` or ``heldout``."""
     return Path(str(resources.files("spectrain") / "data" / "embedded" / f"{split}.jsonl"))
-
-
-def resolve_path(spec: str, split: str = "train") -> Path:
-    path = embedded_path(split) if spec in ("", EMBEDDED) else Path(spec).expanduser()
-    if not path.exists():
-        raise SpectrainError(f"no such file: {spec}", where="dataset",
-                             fix="pass a jsonl file in Daring-Anteater, ShareGPT or OpenAI-messages shape, or 'embedded'")
-    return path
 
 
 def content_id(system: str, turns: list[dict[str, str]]) -> str:
@@ -81,16 +88,19 @@ def content_id(system: str, turns: list[dict[str, str]]) -> str:
     return "sha1-" + hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:16]
 
 
-def parse_record(record: dict) -> Conversation:
-    """One JSON object in any supported shape -> Conversation; ValueError says what is wrong."""
+def parse_record(record: dict, data_format: str = "auto") -> Conversation:
+    """One record in any supported shape (or the forced ``data_format``) -> Conversation; ValueError says what is wrong."""
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    if "conversations" in record:
-        raw, role_key, text_key = record["conversations"], "from", "value"
-    elif "messages" in record:
-        raw, role_key, text_key = record["messages"], "role", "content"
+    wanted = FORMATS[data_format]
+    if wanted == "conversations" or (wanted is None and "conversations" in record):
+        raw, role_key, text_key = record.get("conversations"), "from", "value"
+    elif wanted == "messages" or (wanted is None and "messages" in record):
+        raw, role_key, text_key = record.get("messages"), "role", "content"
     else:
         raise ValueError("no 'conversations' (Daring-Anteater/ShareGPT) or 'messages' (OpenAI) field")
+    if raw is None:
+        raise ValueError(f"no '{wanted}' field, which the forced format {data_format!r} reads")
     if not isinstance(raw, list) or not raw:
         raise ValueError("the conversation is empty")
     system = record.get("system") or ""
@@ -124,33 +134,123 @@ def parse_record(record: dict) -> Conversation:
     return Conversation(conversation_id, turns, system, str(record.get("category") or ""), extra)
 
 
-def read_conversations(spec: str, split: str = "train", skipped: list[SkippedLine] | None = None
-                       ) -> Iterator[Conversation]:
-    """Yield the valid conversations of a jsonl file; collect what was skipped and why in ``skipped``."""
-    path = resolve_path(spec, split)
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPECTRAIN_DATA_CACHE", "~/.cache/spectrain/data")).expanduser()
+
+
+def input_files(spec: str, split: str = "train") -> list[tuple[str, Path]]:
+    """The files a dataset spec names, as (origin, local path): origin is the S3 URI or the path itself."""
+    from spectrain import s3
+
+    if spec in ("", EMBEDDED):
+        path = embedded_path(split)
+        return [(str(path), path)]
+    if s3.is_s3(spec):
+        local = cache_dir() / "s3" / hashlib.sha1(spec.encode()).hexdigest()[:16]
+        files = s3.download(spec, local)
+        location = s3.S3Uri.parse(spec)
+        base = location.key if location.key.endswith("/") or len(files) > 1 else location.key.rsplit("/", 1)[0] + "/"
+        pairs = [(f"s3://{location.bucket}/{base}{f.relative_to(local).as_posix()}", f) for f in files]
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise SpectrainError(f"no such file or folder: {spec}", where="dataset",
+                                 fix="pass a .jsonl/.json/.parquet file, a folder of them, an s3:// URI, "
+                                     "hf:<datasets id>, or 'embedded'")
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        pairs = [(str(f), f) for f in files]
+    data = [(origin, f) for origin, f in pairs if f.suffix in DATA_SUFFIXES]
+    if not data:
+        raise SpectrainError(f"no {'/'.join(DATA_SUFFIXES)} file in {spec}", where="dataset",
+                             fix="point at a data file or a folder holding some")
+    return data
+
+
+def _records(path: Path) -> Iterator[tuple[int, object, str | None]]:
+    """(line or record number, record, or None and the reason it cannot be read) of one file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet
+
+        for number, record in enumerate(pyarrow.parquet.read_table(path).to_pylist(), start=1):
+            yield number, record, None
+        return
     with open(path, encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
+        text = handle.read()
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield exc.lineno, None, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            return
+        if isinstance(records, dict) and isinstance(records.get("data"), list):
+            records = records["data"]
+        if not isinstance(records, list):
+            yield 1, None, "a .json dataset must be a list of records (or {\"data\": [...]})"
+            return
+        for number, record in enumerate(records, start=1):
+            yield number, record, None
+        return
+    lines = text.split("\n")
     last = len(lines)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line), None
         except json.JSONDecodeError as exc:
             ending = " (a truncated last line: was the writer interrupted?)" if number >= last - 1 else ""
-            reason = f"not valid JSON ({exc.msg} at column {exc.colno}){ending}"
-            if skipped is None:
-                raise SpectrainError(reason, where=f"{path}:{number}", fix="fix or remove that line") from exc
-            skipped.append(SkippedLine(str(path), number, reason))
-            continue
-        try:
-            conversation = parse_record(record)
-            conversation.source = f"{path}:{number}"
+            yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno}){ending}"
+
+
+def _hf_records(spec: str) -> tuple[str, Iterator[tuple[int, object, str | None]]]:
+    """Rows of a Hugging Face dataset: hf:owner/name[:split] (the hub) or hf:/a/local/dataset/dir."""
+    name, split = spec[3:], "train"
+    if ":" in name and "/" not in name.rsplit(":", 1)[1]:
+        name, split = name.rsplit(":", 1)
+    try:
+        import datasets
+    except ImportError as exc:
+        raise SpectrainError("reading hf: datasets needs the `datasets` package", where=spec,
+                             fix="run in the serve or train environment (or pip install datasets)") from exc
+    try:
+        local = Path(name).expanduser()
+        if (local / "dataset_info.json").exists() or (local / "state.json").exists():
+            loaded = datasets.load_from_disk(str(local))  # written by Dataset.save_to_disk
+            loaded = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        else:
+            loaded = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # the hub, auth and file errors of datasets are many; all mean "cannot load"
+        raise SpectrainError(f"cannot load the Hugging Face dataset {name!r} (split {split!r}): {exc}", where=spec,
+                             fix="check the id and split, HF_TOKEN for gated sets, or HF_DATASETS_OFFLINE") from exc
+    return f"{spec}", ((number, row, None) for number, row in enumerate(loaded, start=1))
+
+
+def read_conversations(spec: str, split: str = "train", skipped: list[SkippedLine] | None = None,
+                       data_format: str = "auto") -> Iterator[Conversation]:
+    """Yield the valid conversations a dataset spec holds; collect what was skipped and why in ``skipped``.
+
+    Without ``skipped`` the first bad record raises a SpectrainError naming file, line and reason.
+    """
+    if data_format not in FORMATS:
+        raise SpectrainError(f"unknown data format {data_format!r}", where="format", fix=f"use one of {list(FORMATS)}")
+    if str(spec).startswith("hf:"):
+        sources = [_hf_records(spec)]
+    else:
+        sources = [(origin, _records(path)) for origin, path in input_files(spec, split)]
+    for origin, records in sources:
+        for number, record, problem in records:
+            try:
+                if problem:
+                    raise ValueError(problem)
+                conversation = parse_record(record, data_format)
+            except ValueError as exc:
+                line = SkippedLine(origin, number, str(exc))
+                if skipped is None:
+                    raise SpectrainError(str(exc), where=line.where, fix="fix or remove that record") from exc
+                skipped.append(line)
+                continue
+            conversation.source = f"{origin}:{number}"
             yield conversation
-        except ValueError as exc:
-            if skipped is None:
-                raise SpectrainError(str(exc), where=f"{path}:{number}", fix="fix or remove that line") from exc
-            skipped.append(SkippedLine(str(path), number, str(exc)))
 
 
 def append_jsonl(handle, record: dict) -> None:
@@ -158,6 +258,17 @@ def append_jsonl(handle, record: dict) -> None:
     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     handle.flush()
     os.fsync(handle.fileno())
+
+
+def dataset_fingerprint(spec: str, split: str = "train") -> str:
+    """Content hash of every file a dataset spec names (a hub dataset: its spec, the hub versions it)."""
+    if str(spec).startswith("hf:"):
+        return spec
+    files = input_files(spec, split)
+    if len(files) == 1:
+        return fingerprint(files[0][1])
+    digest = hashlib.sha256("\n".join(f"{origin} {fingerprint(path)}" for origin, path in files).encode())
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 def fingerprint(path: str | Path) -> str:

@@ -93,3 +93,84 @@ def test_the_shipped_prompt_set_is_varied_multi_turn_and_split():
     train_prompts = {p for c in train for p in c.prompts}
     assert not train_prompts & {p for c in heldout for p in c.prompts}
     assert embedded_path("train").name == "train.jsonl"
+
+
+RECORD = {"conversations": [{"from": "User" if r == "user" else "Assistant", "value": t} for r, t in TURNS]}
+
+
+def test_json_parquet_and_a_folder_of_them_read_alike(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    folder = tmp_path / "data"
+    (folder / "more").mkdir(parents=True)
+    (folder / "a.json").write_text(json.dumps([RECORD, dict(RECORD, id="two")]))
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist([dict(RECORD, id="three")]), folder / "more" / "b.parquet")
+    (folder / "c.jsonl").write_text(json.dumps(dict(RECORD, id="four")) + "\n")
+    (folder / "README.md").write_text("not data")
+    conversations = list(read_conversations(str(folder)))
+    assert [c.source for c in conversations] == [f"{folder}/a.json:1", f"{folder}/a.json:2",
+                                                 f"{folder}/c.jsonl:1", f"{folder}/more/b.parquet:1"]
+    assert all([(t["role"], t["content"]) for t in c.turns] == TURNS for c in conversations)
+    assert [c.conversation_id for c in conversations][1:] == ["two", "four", "three"]
+
+
+def test_bad_records_in_json_and_parquet_name_the_record(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    (tmp_path / "a.json").write_text(json.dumps([RECORD, {"messages": []}]))
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist([{"text": "no turns"}]), tmp_path / "b.parquet")
+    skipped: list[SkippedLine] = []
+    assert len(list(read_conversations(str(tmp_path), skipped=skipped))) == 1
+    assert [str(s) for s in skipped] == [
+        f"{tmp_path}/a.json record 2: the conversation is empty",
+        f"{tmp_path}/b.parquet record 1: no 'conversations' (Daring-Anteater/ShareGPT) or 'messages' (OpenAI) field"]
+    (tmp_path / "bad.json").write_text('{"data": 3}')
+    with pytest.raises(SpectrainError, match="must be a list of records"):
+        list(read_conversations(str(tmp_path / "bad.json")))
+
+
+def test_a_forced_format_reads_only_its_field(tmp_path):
+    openai = {"messages": [{"role": r, "content": t} for r, t in TURNS]}
+    path = write(tmp_path, [RECORD, openai])
+    skipped: list[SkippedLine] = []
+    (only,) = read_conversations(path, skipped=skipped, data_format="openai")
+    assert only.source.endswith(":2") and "no 'messages' field" in skipped[0].reason
+    with pytest.raises(SpectrainError, match="unknown data format"):
+        list(read_conversations(path, data_format="alpaca"))
+
+
+def test_an_empty_folder_says_what_it_wanted(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(SpectrainError, match="no .jsonl/.json/.parquet file"):
+        list(read_conversations(str(tmp_path)))
+
+
+def test_s3_files_and_prefixes_are_read_through_boto3(s3_endpoint, tmp_path, monkeypatch):
+    """Against moto's S3 server over HTTP: a prefix (new files picked up on the next read) and a single key."""
+    import boto3
+
+    from spectrain.data import dataset_fingerprint, input_files
+
+    monkeypatch.setenv("SPECTRAIN_DATA_CACHE", str(tmp_path / "cache"))
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="chats")
+    s3.put_object(Bucket="chats", Key="daily/2026-11-25.jsonl", Body=json.dumps(dict(RECORD, id="a")) + "\n")
+    assert [c.conversation_id for c in read_conversations("s3://chats/daily/")] == ["a"]
+    before = dataset_fingerprint("s3://chats/daily/")
+
+    s3.put_object(Bucket="chats", Key="daily/2026-11-26.jsonl", Body=json.dumps(dict(RECORD, id="b")) + "\n")
+    conversations = list(read_conversations("s3://chats/daily/"))
+    assert [c.conversation_id for c in conversations] == ["a", "b"]
+    assert conversations[1].source == "s3://chats/daily/2026-11-26.jsonl:1"
+    assert [origin for origin, _ in input_files("s3://chats/daily/")] == [
+        "s3://chats/daily/2026-11-25.jsonl", "s3://chats/daily/2026-11-26.jsonl"]
+    assert dataset_fingerprint("s3://chats/daily/") != before
+
+    (single,) = read_conversations("s3://chats/daily/2026-11-26.jsonl")
+    assert single.conversation_id == "b"
+    with pytest.raises(SpectrainError, match="nothing at s3://chats/nope/"):
+        list(read_conversations("s3://chats/nope/"))
+    with pytest.raises(SpectrainError, match="cannot list"):
+        list(read_conversations("s3://no-such-bucket/x.jsonl"))

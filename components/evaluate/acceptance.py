@@ -20,7 +20,7 @@ import torch
 import transformers
 
 from components.evaluate.config import EvaluateConfig
-from spectrain.data import fingerprint, read_conversations, resolve_path
+from spectrain.data import dataset_fingerprint, read_conversations
 from spectrain.models import resolve_base_model
 from spectrain.plots import figure
 
@@ -263,7 +263,7 @@ def run(config: EvaluateConfig) -> dict:
         "num_prompts": len(prompts),
         "num_draft_tokens": k,
         "max_new_tokens": config.max_new_tokens,
-        "eval_dataset_fingerprint": fingerprint(resolve_path(config.dataset, "heldout")),
+        "eval_dataset_fingerprint": dataset_fingerprint(config.dataset, "heldout"),
         "simulated_tokens_per_s": candidate.tokens / max(draft_seconds, 1e-9),
         "seconds": time.monotonic() - started,
         "plot": str(output_dir / "acceptance.png"),

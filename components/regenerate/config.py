@@ -12,8 +12,10 @@ from spectrain.errors import SpectrainError
 class RegenerateConfig:
     """Send each conversation's user turns, in order, to the server; keep the server's replies."""
 
-    dataset: str = field("embedded", "input jsonl (Daring-Anteater, ShareGPT or OpenAI messages), or 'embedded' "
-                                     "for the shipped prompt set")
+    dataset: str = field("embedded", "chat data: a .jsonl/.json/.parquet file, a folder of them, s3://bucket/key "
+                                     "or s3://bucket/prefix/, hf:<datasets id>[:split], or 'embedded' (shipped prompts)")
+    format: str = field("auto", "record shape: auto (per record), daring-anteater, sharegpt (both: conversations "
+                                "with from/value) or openai (messages with role/content)")
     output: str = field("regenerated.jsonl", "output jsonl; re-running with the same output resumes")
     endpoint: str = field("http://127.0.0.1:8000/v1", "OpenAI-compatible base URL; several, comma-separated, "
                                                       "spread the conversations over replicas")
@@ -35,6 +37,11 @@ class RegenerateConfig:
     max_failure_ratio: float = field(0.1, "fail the step if more than this share of conversations failed")
 
     def validate(self) -> None:
+        from spectrain.data import FORMATS
+
+        if self.format not in FORMATS:
+            raise SpectrainError(f"unknown format {self.format!r}", where="regenerate.format",
+                                 fix=f"use one of {', '.join(FORMATS)}")
         if self.concurrency < 1:
             raise SpectrainError("concurrency must be at least 1", where="regenerate.concurrency")
         if self.max_tokens < 1:

@@ -134,7 +134,8 @@ def select(conversations: list[Conversation], config: RegenerateConfig) -> list[
 def run(config: RegenerateConfig) -> dict:
     started = time.monotonic()
     skipped: list[SkippedLine] = []
-    conversations = list(read_conversations(config.dataset, skipped=skipped))
+    conversations = list(read_conversations(config.dataset, skipped=skipped, data_format=config.format))
+    inputs = sorted({c.source.rsplit(":", 1)[0] for c in conversations} | {s.path for s in skipped})
     for line in skipped:
         print(f"[regenerate] skipped {line}", flush=True)
     conversations = select(conversations, config)
@@ -151,7 +152,7 @@ def run(config: RegenerateConfig) -> dict:
               else {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "output_tokens": 0})
     seconds = time.monotonic() - started
     summary = {**counts, "output_tokens_per_s": counts["output_tokens"] / seconds, "resumed": len(conversations) - len(todo), "skipped_input_lines": len(skipped),
-               "total": len(conversations), "output": str(output), "seconds": seconds}
+               "total": len(conversations), "output": str(output), "inputs": inputs, "seconds": seconds}
     print(f"[regenerate] done {counts['done']}, truncated {counts['truncated']}, failed {counts['failed']}, "
           f"rejected {counts['rejected']}, "
           f"skipped input lines {len(skipped)} in {seconds:.0f} s", flush=True)

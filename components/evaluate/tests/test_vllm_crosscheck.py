@@ -31,11 +31,18 @@ def test_counters_give_tokens_per_base_step():
     assert counters["acceptance_rate_per_position"] == pytest.approx([0.5, 0.2, 0.05])
 
 
-@pytest.mark.slow
-def test_vllm_loads_the_trained_medusa_heads_and_agrees_with_our_tau(tmp_path):
-    """Heads trained on the base's own greedy replies to the eval prompts must be accepted, in torch and in vLLM.
+TRAINING = {  # enough steps on three greedy replies that a draft which loads must be accepted
+    "medusa": {"max_steps": 40, "lr": 3e-3},
+    "eagle3": {"max_steps": 80, "lr": 3e-3, "draft_vocab_size": 1024},
+}
 
-    An export whose names vLLM does not know would still load — with random heads, τ ≈ 1 — so the
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["medusa", "eagle3"])
+def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode):
+    """A draft trained on the base's own greedy replies to the eval prompts must be accepted, in torch and in vLLM.
+
+    An export whose names vLLM does not know would still load — with random weights, τ ≈ 1 — so the
     trained export must beat the untrained one in vLLM's own counters.
     """
     import torch
@@ -61,15 +68,15 @@ def test_vllm_loads_the_trained_medusa_heads_and_agrees_with_our_tau(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     measured = {}
-    for label, steps, lr in (("untrained", 1, 1e-12), ("trained", 40, 3e-3)):
+    untrained = {**TRAINING[mode], "max_steps": 1, "lr": 1e-12}
+    for label, training in (("untrained", untrained), ("trained", TRAINING[mode])):
         checkpoint, draft = tmp_path / f"{label}-checkpoint", tmp_path / f"{label}-draft"
-        run_step("train-heads", {"data": str(data), "output_dir": str(checkpoint), "mode": "medusa",
-                                 "max_steps": steps, "lr": lr, "batch_size": 3, "max_length": 96,
-                                 "warmup_steps": 0})
-        ours = run_step("evaluate", {"checkpoint": str(checkpoint), "mode": "medusa", "dataset": str(data),
+        run_step("train-heads", {"data": str(data), "output_dir": str(checkpoint), "mode": mode,
+                                 "batch_size": 3, "max_length": 96, "warmup_steps": 0, **training})
+        ours = run_step("evaluate", {"checkpoint": str(checkpoint), "mode": mode, "dataset": str(data),
                                      "max_new_tokens": 32, "output_dir": str(tmp_path / f"{label}-eval")})
-        run_step("export", {"checkpoint": str(checkpoint), "mode": "medusa", "output_dir": str(draft)})
-        theirs = run(VllmCrosscheckConfig(draft_dir=str(draft), mode="medusa", dataset=str(data),
+        run_step("export", {"checkpoint": str(checkpoint), "mode": mode, "output_dir": str(draft)})
+        theirs = run(VllmCrosscheckConfig(draft_dir=str(draft), mode=mode, dataset=str(data),
                                           max_new_tokens=32, output=str(tmp_path / f"{label}-vllm.json"),
                                           expected_acceptance_length=ours["acceptance_length"]))
         measured[label] = (ours["acceptance_length"], theirs["acceptance_length"], theirs)

@@ -1,0 +1,110 @@
+"""S3 (MinIO, AWS, any S3 API) through boto3: ``s3://bucket/key`` files and ``s3://bucket/prefix/`` folders.
+
+Credentials and endpoint come from the environment as boto3 reads them (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3 for MinIO; on Kubernetes from the
+``spectrain-s3`` Secret). Transfers are multipart above 64 MiB and carry SHA-256 checksums that
+S3 verifies on upload and boto3 verifies on download.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from spectrain.errors import SpectrainError
+
+MULTIPART_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> "S3Uri":
+        if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
+            raise SpectrainError(f"not an S3 URI: {uri!r}", fix="write it as s3://bucket/key or s3://bucket/prefix/")
+        bucket, _, key = uri[5:].partition("/")
+        return cls(bucket, key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def is_s3(spec: str) -> bool:
+    return str(spec).startswith("s3://")
+
+
+def client():
+    import boto3
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return boto3.client("s3", endpoint_url=endpoint)
+
+
+def transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
+
+
+def list_objects(uri: str) -> list[dict]:
+    """Objects under ``uri`` (a key or a prefix), sorted by key: [{"key", "size", "etag"}]."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    location = S3Uri.parse(uri)
+    try:
+        pages = client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.key)
+        objects = [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"].strip('"')}
+                   for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    except (BotoCoreError, ClientError) as exc:
+        raise SpectrainError(f"cannot list {uri}: {exc}", where=uri,
+                             fix="check the bucket name, AWS_ENDPOINT_URL and the S3 credentials") from exc
+    return sorted(objects, key=lambda o: o["key"])
+
+
+def download(uri: str, destination: Path) -> list[Path]:
+    """Copy the object ``uri``, or every object under the prefix ``uri``, into ``destination``.
+
+    Keys keep their path below the prefix. An object already there with the same size is not fetched
+    again (a retried step resumes). Returns the local files, sorted by key.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    location = S3Uri.parse(uri)
+    objects = list_objects(uri)
+    if not objects:
+        raise SpectrainError(f"nothing at {uri}", where=uri, fix="check the key or prefix (a prefix ends with /)")
+    s3, config = client(), transfer_config()
+    prefix = location.key if location.key.endswith("/") or len(objects) > 1 else location.key.rsplit("/", 1)[0] + "/"
+    files = []
+    for obj in objects:
+        relative = obj["key"][len(prefix):] if obj["key"].startswith(prefix) else obj["key"].rsplit("/", 1)[-1]
+        target = destination / relative
+        if not (target.exists() and target.stat().st_size == obj["size"]):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            try:
+                s3.download_file(location.bucket, obj["key"], str(partial), Config=config,
+                                 ExtraArgs={"ChecksumMode": "ENABLED"})
+            except (BotoCoreError, ClientError) as exc:
+                raise SpectrainError(f"cannot download s3://{location.bucket}/{obj['key']}: {exc}",
+                                     where=uri, fix="check the S3 credentials and endpoint") from exc
+            partial.rename(target)  # never a half file under the real name
+        files.append(target)
+    return files
+
+
+def upload(source: Path, uri: str) -> list[str]:
+    """Copy a file to the key ``uri``, or a folder to the prefix ``uri``; returns the written URIs."""
+    location = S3Uri.parse(uri)
+    s3, config = client(), transfer_config()
+    source = Path(source)
+    pairs = ([(source, location.key)] if source.is_file() else
+             [(f, f"{location.key.rstrip('/')}/{f.relative_to(source).as_posix()}")
+              for f in sorted(source.rglob("*")) if f.is_file()])
+    for path, key in pairs:
+        s3.upload_file(str(path), location.bucket, key, Config=config, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+    return [f"s3://{location.bucket}/{key}" for _, key in pairs]
