@@ -151,7 +151,8 @@ def speculative_decoding(
             on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **placement)
 
             # 5. export: the draft directory serving runtimes load
-            exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype)
+            exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype,
+                              base_model=base_model, num_draft_tokens=num_draft_tokens)
             on_cluster(exported, gpus=1, secrets={}, **placement)
 
             with dsl.If(vllm_crosscheck_enabled == True):  # noqa: E712 (a KFP condition, not Python)

@@ -18,6 +18,10 @@ class ExportConfig:
     mode: str = field("eagle3", "eagle3, eagle1 or medusa")
     output_dir: str = field("draft", "where the deployable draft directory is written")
     dtype: str = field("bfloat16", "weights dtype of the exported draft: bfloat16, float16 or float32")
+    base_model: str = field("embedded", "the base model the draft serves with (for the TensorRT-LLM commands)")
+    num_draft_tokens: int = field(3, "draft tokens per step written into the serving configs (EAGLE)")
+    trtllm: bool = field(True, "also write and validate the TensorRT-LLM files (trtllm/), and build the engine "
+                               "where a GPU and trtllm-build are present")
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:

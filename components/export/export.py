@@ -3,6 +3,8 @@
 Which runtime loads what (see README.md):
   eagle3/eagle1 -> vLLM `--speculative-config '{"method": "eagle3"|"eagle", "model": DIR, ...}'`
   medusa        -> vLLM `--speculative-config '{"method": "medusa", "model": DIR, ...}'`
+  eagle3        -> TensorRT-LLM `trtllm-serve BASE --config DIR/trtllm/config.yaml` (PyTorch backend)
+  medusa        -> TensorRT-LLM engine from DIR/trtllm/medusa (`DIR/trtllm/build.sh`, see trtllm.py)
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from components.export import trtllm
 from components.export.config import ExportConfig
+from spectrain.models import resolve_base_model
 from spectrain.errors import SpectrainError
 
 mto.enable_huggingface_checkpointing()
@@ -79,7 +83,7 @@ def export_eagle(model, output_dir: Path, dtype: torch.dtype) -> None:
 
 def safetensors_dtypes(output_dir: Path) -> set[str]:
     dtypes = set()
-    for path in output_dir.glob("*.safetensors"):
+    for path in output_dir.rglob("*.safetensors"):
         with safe_open(str(path), framework="pt") as handle:
             for name in handle.keys():
                 dtypes.add(str(handle.get_slice(name).get_dtype()))
@@ -102,13 +106,22 @@ def run(config: ExportConfig) -> dict:
             raise SpectrainError("the checkpoint has no EAGLE module", where=config.checkpoint,
                                  fix="export it with the mode it was trained with")
         export_eagle(model, output_dir, dtype)
+    trt = None
+    if config.trtllm:
+        capture = list(model.eagle_config.eagle_aux_hidden_state_layer_ids) if config.mode == "eagle3" else []
+        trt = trtllm.export(model, config.mode, output_dir, dtype, str(resolve_base_model(config.base_model)),
+                            config.num_draft_tokens, capture)
+        if trt.get("problems"):
+            raise RuntimeError("the TensorRT-LLM export does not match what its loader reads: "
+                               + "; ".join(trt["problems"]))
+        print(f"[export] TensorRT-LLM: {trt.get('engine') or trt.get('reason')}", flush=True)
     found = safetensors_dtypes(output_dir)
     expected = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
     wrong = {d for d in found if expected.get(d, d) != config.dtype and d not in ("I64", "I32", "BOOL")}
     if wrong:
         raise RuntimeError(f"exported weights are {sorted(found)}, not {config.dtype}")
-    files = sorted(p.name for p in output_dir.iterdir())
-    size = sum(p.stat().st_size for p in output_dir.iterdir() if p.is_file())
+    files = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
     print(f"[export] {config.mode} draft -> {output_dir} ({size / 1e6:.1f} MB, {config.dtype}): {files}", flush=True)
     return {"mode": config.mode, "draft_dir": str(output_dir), "files": files, "bytes": size,
-            "dtype": config.dtype, "seconds": time.monotonic() - started}
+            "dtype": config.dtype, "trtllm": trt, "seconds": time.monotonic() - started}

@@ -1,0 +1,173 @@
+"""TensorRT-LLM: what its loaders read, written next to the vLLM draft, and checked against them on CPU.
+
+Which TensorRT-LLM path takes which draft (TensorRT-LLM 1.x, read from its sources):
+  eagle3  PyTorch backend (`trtllm-serve BASE --config trtllm/config.yaml`): the same HF-style draft
+          directory vLLM loads. `Eagle3ForCausalLM.load_weights` renames `layers.0.*` -> `midlayer.*`,
+          prefixes everything but `lm_head` with `model.`; the target's capture layers are given as
+          `eagle3_layers_to_capture` (layer *outputs*, modelopt's numbering, not vLLM's shifted one).
+  medusa  TensorRT engine (`examples/medusa/convert_checkpoint.py --medusa_model_dir trtllm/medusa`,
+          then `trtllm-build --speculative_decoding_mode medusa`): `load_medusa_hf` reads
+          `medusa_lm_head.safetensors` with `{h}.{l}.linear.weight|bias` and `{h}.{L}.weight`.
+  eagle1  not supported: the PyTorch backend takes EAGLE-3 drafts only (`decoding_type: Eagle` is an
+          alias of Eagle3 and rejects EAGLE-1/2 checkpoints).
+The engine build needs a GPU and the TensorRT-LLM image; elsewhere the checkpoint is written, validated
+here, and the result says that the build was skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+# trtllm-build arguments for a Medusa engine; batch/sequence limits are the serving team's to tune.
+MEDUSA_BUILD = ["--speculative_decoding_mode", "medusa", "--max_batch_size", "8", "--gemm_plugin", "auto"]
+
+
+def write_medusa(model, directory: Path, dtype: torch.dtype) -> None:
+    """The original Medusa layout TensorRT-LLM's `load_medusa_hf` reads (non-modelopt path)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for h, head in enumerate(model.medusa_heads):
+        *blocks, lm_head = list(head)
+        for l, block in enumerate(blocks):
+            tensors[f"{h}.{l}.linear.weight"] = block.linear.weight
+            tensors[f"{h}.{l}.linear.bias"] = block.linear.bias
+        tensors[f"{h}.{len(blocks)}.weight"] = lm_head.weight
+    save_file({n: t.detach().to(dtype).contiguous() for n, t in tensors.items()},
+              str(directory / "medusa_lm_head.safetensors"), metadata={"format": "pt"})
+    config = {"medusa_num_heads": model.medusa_num_heads, "medusa_num_layers": model.medusa_num_layers,
+              "hidden_size": model.config.hidden_size, "vocab_size": model.config.vocab_size,
+              "torch_dtype": str(dtype).removeprefix("torch.")}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def medusa_commands(base_model: str, medusa_dir: Path, out: Path, heads: int, layers: int, dtype: str) -> list[list]:
+    checkpoint, engine = out / "checkpoint", out / "engine"
+    return [
+        ["python3", "/app/tensorrt_llm/examples/medusa/convert_checkpoint.py", "--model_dir", base_model,
+         "--medusa_model_dir", str(medusa_dir), "--output_dir", str(checkpoint), "--dtype", dtype,
+         "--num_medusa_heads", str(heads), "--num_medusa_layers", str(layers)],
+        ["trtllm-build", "--checkpoint_dir", str(checkpoint), "--output_dir", str(engine), *MEDUSA_BUILD],
+    ]
+
+
+def eagle3_config(draft_dir: Path, num_draft_tokens: int, capture_layers: list[int]) -> str:
+    """`trtllm-serve --config` YAML for an EAGLE-3 draft (written by hand: a few keys, no YAML dependency)."""
+    return (f"# trtllm-serve BASE_MODEL --backend pytorch --config {draft_dir}/trtllm/config.yaml\n"
+            "speculative_config:\n"
+            "  decoding_type: Eagle3\n"
+            f"  max_draft_len: {num_draft_tokens}\n"
+            f"  speculative_model: {draft_dir}\n"
+            f"  eagle3_layers_to_capture: {json.dumps(capture_layers)}  # outputs of these base layers\n")
+
+
+def expected_medusa(heads: int, layers: int, hidden: int, vocab: int) -> dict[str, tuple]:
+    shapes = {}
+    for h in range(heads):
+        for l in range(layers):
+            shapes[f"{h}.{l}.linear.weight"] = (hidden, hidden)
+            shapes[f"{h}.{l}.linear.bias"] = (hidden,)
+        shapes[f"{h}.{layers}.weight"] = (vocab, hidden)
+    return shapes
+
+
+def expected_eagle3(config: dict) -> dict[str, tuple]:
+    """Parameter names and shapes of TensorRT-LLM's Eagle3DraftModel (one layer, Llama attention), after its rename."""
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    kv_heads, mlp = config.get("num_key_value_heads", heads), config["intermediate_size"]
+    capture = len(config.get("eagle_aux_hidden_state_layer_ids") or [0, 0, 0])
+    layer = "model.midlayer."
+    shapes = {
+        "model.fc.weight": (hidden, hidden * capture),
+        f"{layer}hidden_norm.weight": (hidden,),
+        f"{layer}input_layernorm.weight": (hidden,),
+        f"{layer}post_attention_layernorm.weight": (hidden,),
+        f"{layer}self_attn.q_proj.weight": (heads * head_dim, 2 * hidden),
+        f"{layer}self_attn.k_proj.weight": (kv_heads * head_dim, 2 * hidden),
+        f"{layer}self_attn.v_proj.weight": (kv_heads * head_dim, 2 * hidden),
+        f"{layer}self_attn.o_proj.weight": (hidden, heads * head_dim),
+        f"{layer}mlp.gate_proj.weight": (mlp, hidden),
+        f"{layer}mlp.up_proj.weight": (mlp, hidden),
+        f"{layer}mlp.down_proj.weight": (hidden, mlp),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (config.get("draft_vocab_size") or config["vocab_size"], hidden),
+    }
+    if config.get("draft_vocab_size") and config["draft_vocab_size"] != config["vocab_size"]:
+        shapes["model.d2t"] = (config["draft_vocab_size"],)
+    return shapes
+
+
+def eagle3_names_as_trtllm_loads_them(names: list[str], num_layers: int) -> dict[str, str]:
+    """Our name -> the name `Eagle3ForCausalLM.load_weights` gives it (its rename, restated to check against)."""
+    renamed = {}
+    for name in names:
+        new = re.sub(r"^layers\.0\.", "midlayer.", name) if num_layers == 1 else \
+            re.sub(r"^layers\.(\d+)\.", r"midlayer.\1.", name)
+        renamed[name] = new if "lm_head" in new else f"model.{new}"
+    return renamed
+
+
+def check(files: list[Path], expected: dict[str, tuple], rename=lambda names: {n: n for n in names}) -> list[str]:
+    """Problems (missing, unexpected or misshapen tensors) between the files and what the loader reads."""
+    shapes = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    loaded = {rename_to: shapes[name] for name, rename_to in rename(list(shapes)).items()}
+    problems = [f"missing {name} {shape}" for name, shape in expected.items() if name not in loaded]
+    problems += [f"unexpected {name} (the loader would skip it)" for name in loaded if name not in expected
+                 and name != "model.t2d"]
+    problems += [f"{name}: shape {loaded[name]}, expected {shape}" for name, shape in expected.items()
+                 if name in loaded and loaded[name] != shape]
+    return problems
+
+
+def can_build_engine() -> bool:
+    return torch.cuda.is_available() and shutil.which("trtllm-build") is not None
+
+
+def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: str, num_draft_tokens: int,
+           capture_layers: list[int]) -> dict:
+    """Write and validate the TensorRT-LLM files for ``mode``; build the engine where a GPU and TRT-LLM are."""
+    out = draft_dir / "trtllm"
+    out.mkdir(parents=True, exist_ok=True)
+    dtype_name = str(dtype).removeprefix("torch.")
+    if mode == "eagle1":
+        return {"supported": False, "reason": "TensorRT-LLM's PyTorch backend serves EAGLE-3 drafts only"}
+    if mode == "eagle3":
+        config = json.loads((draft_dir / "config.json").read_text())
+        (out / "config.yaml").write_text(eagle3_config(draft_dir, num_draft_tokens, capture_layers))
+        problems = check(sorted(draft_dir.glob("*.safetensors")), expected_eagle3(config),
+                         lambda names: eagle3_names_as_trtllm_loads_them(names, config["num_hidden_layers"]))
+        command = ["trtllm-serve", base_model, "--backend", "pytorch", "--config", str(out / "config.yaml")]
+        return {"supported": True, "problems": problems, "serve_command": shlex.join(command),
+                "engine": "not needed: the PyTorch backend loads the draft directory"}
+    medusa_dir = out / "medusa"
+    write_medusa(model, medusa_dir, dtype)
+    heads, layers = model.medusa_num_heads, model.medusa_num_layers
+    problems = check([medusa_dir / "medusa_lm_head.safetensors"],
+                     expected_medusa(heads, layers, model.config.hidden_size, model.config.vocab_size))
+    commands = medusa_commands(base_model, medusa_dir, out, heads, layers, dtype_name)
+    (out / "build.sh").write_text("#!/usr/bin/env bash\n# Run in the trtllm image (GPU): Medusa engine\nset -euo pipefail\n"
+                                  + "".join(shlex.join(c) + "\n" for c in commands))
+    result = {"supported": True, "problems": problems, "build_commands": [shlex.join(c) for c in commands],
+              "serve_command": shlex.join(["trtllm-serve", str(out / "engine"), "--backend", "tensorrt",
+                                           "--tokenizer", base_model])}
+    if problems or not can_build_engine():
+        result["engine"] = ("skipped: no GPU or no trtllm-build here; run trtllm/build.sh in the trtllm image"
+                            if not problems else "skipped: the checkpoint does not match the loader")
+        return result
+    for command in commands:
+        subprocess.run(command, check=True)
+    result["engine"] = str(out / "engine")
+    return result

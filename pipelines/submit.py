@@ -1,0 +1,402 @@
+"""`spectrain submit`, `spectrain schedule`, `spectrain runs`: the compiled pipeline on a Kubeflow Pipelines server.
+
+Each command is a thin handler over small functions that take a `kfp.Client`, so that tests can point one at
+a fake server. Both writing commands are idempotent: `submit` skips a run whose name already exists in the
+experiment (--force submits anyway), `schedule` leaves an identical recurring run alone and replaces a
+changed one (delete + create).
+
+kfp is imported lazily: this module is imported by the CLI in step environments that have no kfp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spectrain.errors import SpectrainError
+from spectrain.local import DEFAULT_YAML
+
+if TYPE_CHECKING:
+    import kfp
+
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+DEFAULT_EXPERIMENT = "spectrain"
+CRON_EXAMPLE = "0 0 3 * * *"
+# Python types a parameter of each pipeline-spec (IR) type accepts in a --params file.
+PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "STRING": (str,), "NUMBER_INTEGER": (int,), "NUMBER_DOUBLE": (int, float), "BOOLEAN": (bool,),
+    "LIST": (list,), "STRUCT": (dict,),
+}
+# What `schedule` writes in a recurring run's description, and reads back to decide whether it changed.
+FINGERPRINT = re.compile(r"package sha256:(?P<package>[0-9a-f]+); params sha256:(?P<params>[0-9a-f]+)")
+
+
+# --- inputs: package, parameters, cron, token ---------------------------------------------------------------
+
+
+def pipeline_parameters(package: Path) -> dict[str, dict]:
+    """The pipeline's parameters (name -> its inputDefinitions entry), from the compiled package YAML."""
+    import yaml
+
+    if not package.is_file():
+        raise SpectrainError("pipeline package not found", where=str(package),
+                             fix="`spectrain compile` writes pipelines/speculative_decoding.yaml, or pass --package")
+    if package.suffix not in (".yaml", ".yml"):
+        raise SpectrainError("the pipeline package must be compiled YAML (.yaml or .yml)", where=str(package))
+    with package.open() as handle:
+        spec = next(yaml.safe_load_all(handle), None)
+    try:
+        return dict(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+    except (TypeError, KeyError, AttributeError):
+        raise SpectrainError("not a compiled KFP pipeline (no `root` in its first document)", where=str(package),
+                             fix="compile it with `spectrain compile`") from None
+
+
+def read_params(path: Path | None, package: Path) -> dict[str, Any]:
+    """Pipeline arguments from a YAML mapping, checked against the package's parameters (names and types)."""
+    known = pipeline_parameters(package)
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SpectrainError("params file not found", where=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise SpectrainError(f"not valid YAML: {exc}", where=str(path)) from None
+    if not isinstance(params, dict):
+        raise SpectrainError(f"expected a mapping of pipeline parameters, got {type(params).__name__}",
+                             where=str(path), fix="write one `name: value` per line, e.g. `train_max_steps: 40`")
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise SpectrainError(f"unknown pipeline parameter(s): {', '.join(map(str, unknown))}", where=str(path),
+                             fix=f"known parameters of {package.name}: {', '.join(sorted(known))}")
+    for name, value in params.items():
+        kind = known[name].get("parameterType", "")
+        accepted = PARAMETER_TYPES.get(kind)
+        if accepted and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)):
+            raise SpectrainError(f"{name}: expected {kind.lower()}, got {type(value).__name__} {value!r}",
+                                 where=str(path), fix=f"{name}: {known[name].get('description', '')}")
+    return params
+
+
+def check_cron(cron: str) -> str:
+    """KFP's cron has 6 fields, seconds first (robfig/cron); a 5-field crontab line is the usual mistake."""
+    fields = cron.split()
+    if len(fields) != 6:
+        raise SpectrainError(
+            f"cron {cron!r} has {len(fields)} field(s); Kubeflow Pipelines wants 6: "
+            "second minute hour day-of-month month day-of-week", where="--cron",
+            fix=f"e.g. --cron '{CRON_EXAMPLE}' runs every day at 03:00:00 (put a `0` for seconds in front of a "
+                "crontab line)")
+    return " ".join(fields)
+
+
+def auth_token() -> str | None:
+    """$KFP_TOKEN, else the pod's service-account token when running in a cluster, else none."""
+    token = os.environ.get("KFP_TOKEN")
+    if token:
+        return token
+    if SERVICE_ACCOUNT_TOKEN.is_file():
+        return SERVICE_ACCOUNT_TOKEN.read_text().strip() or None
+    return None
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def fingerprint(package: Path, params: dict[str, Any]) -> str:
+    """What a recurring run was created from, kept in its description (KFP cannot update a recurring run)."""
+    return (f"managed by `spectrain schedule`: package sha256:{digest(package.read_bytes())}; "
+            f"params sha256:{digest(json.dumps(params, sort_keys=True).encode())}")
+
+
+# --- the KFP API ---------------------------------------------------------------------------------------------
+
+
+def make_client(host: str | None, namespace: str) -> kfp.Client:
+    """A kfp.Client for `host` (None: the in-cluster service), authenticated with `auth_token()`."""
+    import kfp
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This client only works with", category=FutureWarning)
+        return kfp.Client(host=host, namespace=namespace, existing_token=auth_token())
+
+
+@contextlib.contextmanager
+def api_errors(host: str | None) -> Iterator[None]:
+    """Turn an API error or an unreachable server into a SpectrainError that says where and what to check."""
+    import kfp_server_api
+    import urllib3
+
+    where = host or "in-cluster KFP API (ml-pipeline)"
+    try:
+        yield
+    except kfp_server_api.ApiException as exc:
+        raise SpectrainError(f"KFP API answered {exc.status} {exc.reason}: {(exc.body or '').strip()[:500]}",
+                             where=where, fix="check --host/$KFP_HOST, --namespace and the token ($KFP_TOKEN)"
+                             ) from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise SpectrainError(f"cannot reach the KFP API: {exc}", where=where,
+                             fix="pass --host (or set KFP_HOST), e.g. http://localhost:8080 after "
+                                 "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`") from None
+
+
+def display_name_filter(name: str) -> str:
+    """A v2beta1 list filter: display_name equals `name`."""
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": name}]})
+
+
+def find_experiment(client: kfp.Client, name: str) -> str:
+    """The id of an existing experiment."""
+    try:
+        return client.get_experiment(experiment_name=name).experiment_id
+    except ValueError as exc:
+        raise SpectrainError(str(exc), where="--experiment",
+                             fix="`spectrain submit` or `spectrain schedule` create it") from None
+
+
+def ui_url(client: kfp.Client, kind: str, object_id: str) -> str:
+    """Link to a run ("runs") or recurring run ("recurringrun") in the KFP UI, as kfp itself prints them."""
+    return f"{client._get_url_prefix()}/#/{kind}/details/{object_id}"
+
+
+def submit_run(client: kfp.Client, *, package: Path, params: dict[str, Any], run_name: str, experiment: str,
+               force: bool = False) -> tuple[Any, bool]:
+    """Create a run of `package` in `experiment` (created if missing), unless one named `run_name` exists.
+
+    Returns (run, created).
+    """
+    experiment_id = client.create_experiment(name=experiment).experiment_id
+    if not force:
+        existing = client.list_runs(experiment_id=experiment_id, page_size=1,
+                                    filter=display_name_filter(run_name)).runs
+        if existing:
+            return existing[0], False
+    run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name, pipeline_package_path=str(package),
+                              params=params)
+    return run, True
+
+
+def find_recurring_runs(client: kfp.Client, experiment_id: str, name: str) -> list[Any]:
+    response = client.list_recurring_runs(experiment_id=experiment_id, page_size=100,
+                                          filter=display_name_filter(name))
+    return list(response.recurring_runs or [])
+
+
+def differences(existing: Any, *, cron: str, description: str) -> list[str]:
+    """How an existing recurring run differs from the one `schedule` would create (empty: identical)."""
+    found = []
+    old_cron = existing.trigger.cron_schedule.cron if existing.trigger and existing.trigger.cron_schedule else None
+    if old_cron != cron:
+        found.append(f"cron {old_cron!r} -> {cron!r}")
+    old, new = FINGERPRINT.search(existing.description or ""), FINGERPRINT.search(description)
+    if old is None:
+        found.append("not created by `spectrain schedule`")
+    else:
+        found += [f"{what} changed" for what in ("package", "params") if old[what] != new[what]]
+    if int(existing.max_concurrency or 0) != 1 or not existing.no_catchup:
+        found.append("max concurrency / catch-up settings")
+    return found
+
+
+def schedule_recurring_run(client: kfp.Client, *, name: str, cron: str, package: Path, params: dict[str, Any],
+                           experiment: str) -> tuple[Any, str]:
+    """Create-or-replace the recurring run `name`: one run at a time, no backfill of missed runs.
+
+    Returns (recurring run, what happened: "created", "unchanged" or "replaced: <differences>").
+    A replaced recurring run keeps its enabled/disabled mode.
+    """
+    cron = check_cron(cron)
+    experiment_id = client.create_experiment(name=experiment).experiment_id
+    description = fingerprint(package, params)
+    existing = find_recurring_runs(client, experiment_id, name)
+    changes = ([f"{len(existing)} recurring runs had this name"] if len(existing) > 1 else
+               differences(existing[0], cron=cron, description=description) if existing else [])
+    if existing and not changes:
+        return existing[0], "unchanged"
+    for old in existing:
+        client.delete_recurring_run(old.recurring_run_id)
+    enabled = all(old.mode != "DISABLE" for old in existing)
+    created = client.create_recurring_run(
+        experiment_id=experiment_id, job_name=name, description=description, cron_expression=cron,
+        max_concurrency=1, no_catchup=True, params=params, pipeline_package_path=str(package), enabled=enabled)
+    return created, f"replaced: {'; '.join(changes)}" if existing else "created"
+
+
+def toggle_recurring_run(client: kfp.Client, *, name: str, experiment: str, enable: bool) -> tuple[Any, bool]:
+    """Enable or disable the existing recurring run `name`. Returns (recurring run, changed)."""
+    experiment_id = find_experiment(client, experiment)
+    found = find_recurring_runs(client, experiment_id, name)
+    if not found:
+        raise SpectrainError(f"no recurring run named {name!r} in experiment {experiment!r}", where="--name",
+                             fix=f"create it first: spectrain schedule --name {name} --cron '{CRON_EXAMPLE}'")
+    changed = False
+    for recurring in found:
+        if (recurring.mode == "ENABLE") != enable:
+            (client.enable_recurring_run if enable else client.disable_recurring_run)(recurring.recurring_run_id)
+            changed = True
+    return found[0], changed
+
+
+def recent_runs(client: kfp.Client, *, experiment: str, limit: int) -> list[Any]:
+    """The experiment's `limit` most recent runs, newest first."""
+    experiment_id = find_experiment(client, experiment)
+    return list(client.list_runs(experiment_id=experiment_id, page_size=limit, sort_by="created_at desc").runs or [])
+
+
+def runs_table(runs: list[Any]) -> str:
+    """A plain table: run id, name, state, created (UTC)."""
+    rows = [("RUN ID", "NAME", "STATE", "CREATED")]
+    for run in runs:
+        created = run.created_at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") \
+            if run.created_at else "-"
+        rows.append((run.run_id or "-", run.display_name or "-", run.state or "-", created))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------
+
+
+def _connection(args: argparse.Namespace) -> tuple[str | None, str]:
+    return args.host or os.environ.get("KFP_HOST") or None, \
+        args.namespace or os.environ.get("KFP_NAMESPACE") or "kubeflow"
+
+
+def submit_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    package = Path(args.package)
+    params = read_params(args.params and Path(args.params), package)
+    run_name = args.run_name or f"spectrain-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%SZ}"
+    host, namespace = _connection(args)
+    with api_errors(host):
+        client = make_client(host, namespace)
+        run, created = submit_run(client, package=package, params=params, run_name=run_name,
+                                  experiment=args.experiment, force=args.force)
+        url = ui_url(client, "runs", run.run_id)
+    if created:
+        print(f"submitted run {run_name!r} to experiment {args.experiment!r}")
+    else:
+        print(f"run {run_name!r} already exists in experiment {args.experiment!r} (state {run.state}); "
+              "not submitting another (--force to submit anyway)")
+    print(f"run id:  {run.run_id}\nrun URL: {url}")
+    return 0
+
+
+def schedule_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    host, namespace = _connection(args)
+    if args.enable or args.disable:
+        if args.cron or args.params:
+            raise SpectrainError("--enable/--disable only toggle an existing recurring run",
+                                 where="--cron/--params", fix="drop --cron and --params, or drop --enable/--disable")
+        with api_errors(host):
+            client = make_client(host, namespace)
+            recurring, changed = toggle_recurring_run(client, name=args.name, experiment=args.experiment,
+                                                      enable=args.enable)
+            url = ui_url(client, "recurringrun", recurring.recurring_run_id)
+        state = "enabled" if args.enable else "disabled"
+        print(f"recurring run {args.name!r} {state}" if changed else f"recurring run {args.name!r} was already {state}")
+        print(f"recurring run id:  {recurring.recurring_run_id}\nrecurring run URL: {url}")
+        return 0
+    if not args.cron:
+        raise SpectrainError("--cron is required to create or update a recurring run", where="--cron",
+                             fix=f"e.g. --cron '{CRON_EXAMPLE}' (daily at 03:00:00), or --enable/--disable")
+    cron = check_cron(args.cron)
+    package = Path(args.package)
+    params = read_params(args.params and Path(args.params), package)
+    with api_errors(host):
+        client = make_client(host, namespace)
+        recurring, outcome = schedule_recurring_run(client, name=args.name, cron=cron, package=package,
+                                                    params=params, experiment=args.experiment)
+        url = ui_url(client, "recurringrun", recurring.recurring_run_id)
+    if outcome == "unchanged":
+        print(f"recurring run {args.name!r} is already scheduled with this cron, package and params: left as is")
+    else:
+        print(f"recurring run {args.name!r} {outcome} (cron {cron!r}, max concurrency 1, no catch-up)")
+    if recurring.mode == "DISABLE":
+        print("it is disabled: `spectrain schedule --name {} --enable` resumes it".format(args.name))
+    print(f"recurring run id:  {recurring.recurring_run_id}\nrecurring run URL: {url}")
+    return 0
+
+
+def runs_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.limit < 1:
+        raise SpectrainError(f"--limit must be at least 1, got {args.limit}", where="--limit")
+    host, namespace = _connection(args)
+    with api_errors(host):
+        runs = recent_runs(make_client(host, namespace), experiment=args.experiment, limit=args.limit)
+    print(runs_table(runs) if runs else f"no runs in experiment {args.experiment!r}")
+    return 0
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Kubeflow Pipelines server")
+    group.add_argument("--host", default=None,
+                       help="KFP API endpoint, e.g. http://localhost:8080 (default: $KFP_HOST, else the in-cluster "
+                            "service). Token: $KFP_TOKEN, else the pod's service-account token if present")
+    group.add_argument("--namespace", default=None,
+                       help="Kubernetes namespace of a multi-user deployment (default: $KFP_NAMESPACE or kubeflow)")
+    group.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                       help=f"KFP experiment (default: {DEFAULT_EXPERIMENT}; created if missing)")
+
+
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--package", default=str(DEFAULT_YAML),
+                        help="compiled pipeline YAML (default: pipelines/speculative_decoding.yaml)")
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="YAML mapping of pipeline parameters, e.g. `train_max_steps: 40`; names and types are "
+                             "checked against the package (`spectrain run --help` describes them)")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add `submit`, `schedule` and `runs` to the CLI's subcommands; each sets `handler(args, parser) -> int`."""
+    raw = argparse.RawDescriptionHelpFormatter
+    submit = subparsers.add_parser(
+        "submit", help="submit one run of the compiled pipeline to Kubeflow Pipelines", formatter_class=raw,
+        description="Submit one run of the compiled pipeline to a Kubeflow Pipelines server and print its id and "
+                    "URL.\nIdempotent: if a run with the same --run-name exists in the experiment it is printed and "
+                    "no other is created (--force creates one anyway).\n\nexamples:\n"
+                    "  spectrain submit --host http://localhost:8080 --params params.yaml\n"
+                    "  spectrain submit --run-name nightly-2026-01-01 --params params.yaml")
+    _add_server_arguments(submit)
+    _add_pipeline_arguments(submit)
+    submit.add_argument("--run-name", default=None, help="run name (default: spectrain-<UTC timestamp>)")
+    submit.add_argument("--force", action="store_true", help="submit even if a run with this name exists")
+    submit.set_defaults(handler=submit_command)
+
+    schedule = subparsers.add_parser(
+        "schedule", help="create or replace a recurring run of the pipeline (cron), or enable/disable it",
+        formatter_class=raw,
+        description="Create or replace the recurring run --name: KFP cron (6 fields, seconds first), one run at a "
+                    "time, no catch-up of missed runs.\nIdempotent: an existing recurring run with the same cron, "
+                    "params and package content is left as is; otherwise it is deleted and created again\n(keeping "
+                    "its enabled/disabled mode). --enable / --disable only toggle an existing one.\n\nexamples:\n"
+                    f"  spectrain schedule --name nightly --cron '{CRON_EXAMPLE}' --params params.yaml\n"
+                    "  spectrain schedule --name nightly --disable")
+    schedule.add_argument("--name", required=True, help="recurring run name (unique in the experiment)")
+    schedule.add_argument("--cron", default=None,
+                          help=f"6-field cron, seconds first: '{CRON_EXAMPLE}' is daily at 03:00:00")
+    toggle = schedule.add_mutually_exclusive_group()
+    toggle.add_argument("--enable", action="store_true", help="only enable the existing recurring run")
+    toggle.add_argument("--disable", action="store_true", help="only disable the existing recurring run")
+    _add_server_arguments(schedule)
+    _add_pipeline_arguments(schedule)
+    schedule.set_defaults(handler=schedule_command)
+
+    runs = subparsers.add_parser("runs", help="list the experiment's most recent runs",
+                                 description="List the most recent runs of the experiment, newest first: run id, "
+                                             "name, state, created time (UTC).")
+    runs.add_argument("--limit", type=int, default=10, help="how many runs (default: 10)")
+    _add_server_arguments(runs)
+    runs.set_defaults(handler=runs_command)

@@ -1,0 +1,204 @@
+"""`spectrain submit / schedule / runs` through the CLI parser and a real kfp.Client, against a FAKE KFP API server
+(pipelines/tests/fake_kfp.py: real HTTP on loopback, in-memory objects; a real KFP server cannot run here)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import kfp
+import pytest
+import yaml
+
+from pipelines import submit
+from pipelines.tests.fake_kfp import FakeKfpServer
+from spectrain.errors import SpectrainError
+from spectrain.local import DEFAULT_YAML
+
+PACKAGE = DEFAULT_YAML  # the committed, compiled pipeline
+EXPERIMENTS, RUNS, RECURRING = "/apis/v2beta1/experiments", "/apis/v2beta1/runs", "/apis/v2beta1/recurringruns"
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """A fake KFP server; the environment is made hermetic (token from KFP_TOKEN only, no kfp context file)."""
+    for name in ("KFP_HOST", "KFP_NAMESPACE", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KFP_TOKEN", "t0ken")
+    monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", tmp_path / "no-service-account-token")
+    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+    with FakeKfpServer() as server:
+        yield server
+
+
+def cli(fake: FakeKfpServer, *argv: str) -> int:
+    """Parse argv with the commands' own parsers (as spectrain/cli.py wires them) and run the handler."""
+    parser = argparse.ArgumentParser(prog="spectrain")
+    submit.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([*argv[:1], "--host", fake.url, *argv[1:]])
+    return args.handler(args, parser)
+
+
+def params_file(tmp_path: Path, params: dict, name: str = "params.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def test_submit_creates_experiment_then_run_with_spec_params_and_token(fake, tmp_path, capsys):
+    params = {"modes": ["eagle3"], "train_max_steps": 40, "node_selector": {"nvidia.com/gpu.product": "H100"}}
+    assert cli(fake, "submit", "--params", params_file(tmp_path, params), "--run-name", "nightly-1") == 0
+
+    writes = fake.writes()
+    assert [(r.method, r.path) for r in writes] == [("POST", EXPERIMENTS), ("POST", RUNS)]
+    assert writes[0].body["display_name"] == "spectrain"
+    body = writes[1].body
+    assert body["display_name"] == "nightly-1"
+    assert body["experiment_id"] == fake.experiments[0]["experiment_id"]
+    assert body["runtime_config"]["parameters"] == params
+    spec = next(yaml.safe_load_all(PACKAGE.read_text()))  # documents: pipeline spec, platform spec
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == spec["pipelineInfo"]["name"]
+    assert body["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"] == spec["root"]["inputDefinitions"]
+    assert "platform_spec" in body["pipeline_spec"]  # node selectors, PVC, secrets travel with the run
+    assert {r.authorization for r in fake.requests} == {"Bearer t0ken"}
+
+    run_id = fake.runs[0]["run_id"]
+    out = capsys.readouterr().out
+    assert f"run id:  {run_id}" in out and f"run URL: {fake.url}/#/runs/details/{run_id}" in out
+
+
+def test_service_account_token_is_used_without_kfp_token(fake, tmp_path, monkeypatch):
+    token = tmp_path / "token"
+    token.write_text("sa-token\n")
+    monkeypatch.delenv("KFP_TOKEN")
+    monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", token)
+    assert cli(fake, "submit", "--run-name", "r") == 0
+    assert {r.authorization for r in fake.requests} == {"Bearer sa-token"}
+
+
+def test_submit_twice_with_the_same_name_creates_one_run(fake, capsys):
+    assert cli(fake, "submit", "--run-name", "nightly-1") == 0
+    assert cli(fake, "submit", "--run-name", "nightly-1") == 0
+    assert len(fake.runs) == 1 and len(fake.experiments) == 1
+    assert len(fake.calls("POST", RUNS)) == 1
+    out = capsys.readouterr().out
+    assert "already exists" in out and f"run id:  {fake.runs[0]['run_id']}" in out
+
+    assert cli(fake, "submit", "--run-name", "nightly-1", "--force") == 0
+    assert len(fake.runs) == 2
+
+
+def test_unknown_param_is_an_error_naming_file_and_key(fake, tmp_path):
+    path = params_file(tmp_path, {"train_max_steps": 40, "learning_rate": 0.1}, name="mine.yaml")
+    with pytest.raises(SpectrainError) as error:
+        cli(fake, "submit", "--params", path)
+    assert error.value.where == path
+    assert "learning_rate" in error.value.what and "train_max_steps" not in error.value.what
+    assert "lr" in error.value.fix.split(": ", 1)[1].split(", ")  # the known names are listed
+    assert fake.requests == []  # checked before talking to the server
+
+
+def test_wrongly_typed_param_is_an_error(fake, tmp_path):
+    with pytest.raises(SpectrainError, match="modes: expected list"):
+        cli(fake, "submit", "--params", params_file(tmp_path, {"modes": "eagle3"}))
+
+
+def schedule(fake: FakeKfpServer, *extra: str) -> int:
+    return cli(fake, "schedule", "--name", "nightly", *extra)
+
+
+def test_schedule_creates_recurring_run_with_cron_one_at_a_time_no_catchup(fake, tmp_path):
+    params = {"train_max_minutes": 30.0}
+    assert schedule(fake, "--cron", "0 0 3 * * *", "--params", params_file(tmp_path, params)) == 0
+    (created,) = fake.calls("POST", RECURRING)
+    body = created.body
+    assert body["display_name"] == "nightly"
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert body["max_concurrency"] == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
+    assert body["runtime_config"]["parameters"] == params
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "speculative-decoding"
+    assert created.authorization == "Bearer t0ken"
+
+
+def test_schedule_again_identically_changes_nothing(fake, tmp_path, capsys):
+    path = params_file(tmp_path, {"train_max_minutes": 30.0})
+    assert schedule(fake, "--cron", "0 0 3 * * *", "--params", path) == 0
+    before = len(fake.writes())
+    assert schedule(fake, "--cron", "0 0 3 * * *", "--params", path) == 0
+    assert len(fake.writes()) == before
+    assert len(fake.recurring_runs) == 1
+    assert "left as is" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change", ["cron", "params"])
+def test_schedule_with_a_change_replaces_it(fake, tmp_path, change):
+    assert schedule(fake, "--cron", "0 0 3 * * *", "--params", params_file(tmp_path, {"train_max_steps": 10})) == 0
+    old_id = fake.recurring_runs[0]["recurring_run_id"]
+    cron = "0 30 4 * * *" if change == "cron" else "0 0 3 * * *"
+    steps = 10 if change == "cron" else 20
+    assert schedule(fake, "--cron", cron, "--params", params_file(tmp_path, {"train_max_steps": steps})) == 0
+
+    writes = [(r.method, r.path) for r in fake.writes()]
+    assert writes[-2:] == [("DELETE", f"{RECURRING}/{old_id}"), ("POST", RECURRING)]
+    (current,) = fake.recurring_runs
+    assert current["recurring_run_id"] != old_id
+    assert current["trigger"]["cron_schedule"]["cron"] == cron
+    assert current["runtime_config"]["parameters"] == {"train_max_steps": steps}
+
+
+def test_disable_and_enable_toggle_the_existing_recurring_run(fake, capsys):
+    assert schedule(fake, "--cron", "0 0 3 * * *") == 0
+    recurring_id = fake.recurring_runs[0]["recurring_run_id"]
+
+    assert schedule(fake, "--disable") == 0
+    assert fake.writes()[-1].path == f"{RECURRING}/{recurring_id}:disable"
+    assert fake.recurring_runs[0]["mode"] == "DISABLE"
+    writes = len(fake.writes())
+    assert schedule(fake, "--disable") == 0  # already disabled: no request
+    assert len(fake.writes()) == writes
+
+    # replacing a disabled schedule keeps it disabled
+    assert schedule(fake, "--cron", "0 0 4 * * *") == 0
+    assert fake.recurring_runs[0]["mode"] == "DISABLE"
+
+    assert schedule(fake, "--enable") == 0
+    assert fake.writes()[-1].path.endswith(":enable")
+    assert fake.recurring_runs[0]["mode"] == "ENABLE"
+    assert "enabled" in capsys.readouterr().out
+
+
+def test_toggling_a_missing_recurring_run_is_an_error(fake):
+    assert schedule(fake, "--cron", "0 0 3 * * *") == 0  # the experiment exists, this name does not
+    with pytest.raises(SpectrainError, match="no recurring run named 'weekly'"):
+        cli(fake, "schedule", "--name", "weekly", "--disable")
+
+
+def test_five_field_cron_is_a_clear_error(fake):
+    with pytest.raises(SpectrainError) as error:
+        schedule(fake, "--cron", "0 3 * * *")
+    assert "5 field" in error.value.what and "6" in error.value.what
+    assert "0 0 3 * * *" in error.value.fix
+    assert fake.requests == []
+
+
+def test_runs_prints_a_table_of_the_most_recent_runs(fake, capsys):
+    for name in ("first", "second", "third"):
+        assert cli(fake, "submit", "--run-name", name) == 0
+    fake.runs[0]["state"] = "SUCCEEDED"
+    fake.runs[1]["state"] = "FAILED"
+    capsys.readouterr()
+
+    assert cli(fake, "runs", "--limit", "2") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["RUN", "ID", "NAME", "STATE", "CREATED"]
+    rows = [line.split() for line in lines[1:]]
+    assert [(row[0], row[1], row[2]) for row in rows] == [  # newest first, limited to 2
+        (fake.runs[2]["run_id"], "third", "PENDING"), (fake.runs[1]["run_id"], "second", "FAILED")]
+    assert rows[0][3] == "2026-01-01"
+    state_column = lines[0].index("STATE")  # aligned: every state starts under the header
+    assert [line[state_column:].split()[0] for line in lines] == ["STATE", "PENDING", "FAILED"]
+
+
+def test_runs_of_a_missing_experiment_is_an_error(fake):
+    with pytest.raises(SpectrainError, match="No experiment is found"):
+        cli(fake, "runs", "--experiment", "nope")
