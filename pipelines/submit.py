@@ -147,6 +147,9 @@ def api_errors(host: str | None) -> Iterator[None]:
         raise SpectrainError(f"KFP API answered {exc.status} {exc.reason}: {(exc.body or '').strip()[:500]}",
                              where=where, fix="check --host/$KFP_HOST, --namespace and the token ($KFP_TOKEN)"
                              ) from None
+    except TimeoutError as exc:  # kfp.Client's health check gave up (it retries API errors)
+        raise SpectrainError(f"KFP API health check failed: {exc}", where=where,
+                             fix="check --host/$KFP_HOST and the token ($KFP_TOKEN)") from None
     except urllib3.exceptions.HTTPError as exc:
         raise SpectrainError(f"cannot reach the KFP API: {exc}", where=where,
                              fix="pass --host (or set KFP_HOST), e.g. http://localhost:8080 after "
@@ -168,7 +171,10 @@ def find_experiment(client: kfp.Client, name: str) -> str:
 
 
 def ui_url(client: kfp.Client, kind: str, object_id: str) -> str:
-    """Link to a run ("runs") or recurring run ("recurringrun") in the KFP UI, as kfp itself prints them."""
+    """Link to a run ("runs") or recurring run ("recurringrun") in the KFP UI.
+
+    Uses the client's own UI prefix (the host, or $KF_PIPELINES_UI_ENDPOINT): the links kfp itself prints.
+    """
     return f"{client._get_url_prefix()}/#/{kind}/details/{object_id}"
 
 
@@ -277,7 +283,7 @@ def _connection(args: argparse.Namespace) -> tuple[str | None, str]:
 
 def submit_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     package = Path(args.package)
-    params = read_params(args.params and Path(args.params), package)
+    params = read_params(Path(args.params) if args.params else None, package)
     run_name = args.run_name or f"spectrain-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%SZ}"
     host, namespace = _connection(args)
     with api_errors(host):
@@ -314,7 +320,7 @@ def schedule_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                              fix=f"e.g. --cron '{CRON_EXAMPLE}' (daily at 03:00:00), or --enable/--disable")
     cron = check_cron(args.cron)
     package = Path(args.package)
-    params = read_params(args.params and Path(args.params), package)
+    params = read_params(Path(args.params) if args.params else None, package)
     with api_errors(host):
         client = make_client(host, namespace)
         recurring, outcome = schedule_recurring_run(client, name=args.name, cron=cron, package=package,
@@ -325,7 +331,7 @@ def schedule_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     else:
         print(f"recurring run {args.name!r} {outcome} (cron {cron!r}, max concurrency 1, no catch-up)")
     if recurring.mode == "DISABLE":
-        print("it is disabled: `spectrain schedule --name {} --enable` resumes it".format(args.name))
+        print(f"it is disabled: `spectrain schedule --name {args.name} --enable` resumes it")
     print(f"recurring run id:  {recurring.recurring_run_id}\nrecurring run URL: {url}")
     return 0
 
@@ -364,9 +370,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     submit = subparsers.add_parser(
         "submit", help="submit one run of the compiled pipeline to Kubeflow Pipelines", formatter_class=raw,
-        description="Submit one run of the compiled pipeline to a Kubeflow Pipelines server and print its id and "
-                    "URL.\nIdempotent: if a run with the same --run-name exists in the experiment it is printed and "
-                    "no other is created (--force creates one anyway).\n\nexamples:\n"
+        description="Submit one run of the compiled pipeline to a Kubeflow Pipelines server; print its id and URL.\n"
+                    "Idempotent: if a run named --run-name exists in the experiment, it is printed and no other\n"
+                    "is created (--force creates one anyway).\n\nexamples:\n"
                     "  spectrain submit --host http://localhost:8080 --params params.yaml\n"
                     "  spectrain submit --run-name nightly-2026-01-01 --params params.yaml")
     _add_server_arguments(submit)
@@ -378,9 +384,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     schedule = subparsers.add_parser(
         "schedule", help="create or replace a recurring run of the pipeline (cron), or enable/disable it",
         formatter_class=raw,
-        description="Create or replace the recurring run --name: KFP cron (6 fields, seconds first), one run at a "
-                    "time, no catch-up of missed runs.\nIdempotent: an existing recurring run with the same cron, "
-                    "params and package content is left as is; otherwise it is deleted and created again\n(keeping "
+        description="Create or replace the recurring run --name: KFP cron (6 fields, seconds first), one run at\n"
+                    "a time, no catch-up of missed runs. Idempotent: an existing recurring run with the same cron,\n"
+                    "params and package content is left as is; otherwise it is deleted and created again (keeping\n"
                     "its enabled/disabled mode). --enable / --disable only toggle an existing one.\n\nexamples:\n"
                     f"  spectrain schedule --name nightly --cron '{CRON_EXAMPLE}' --params params.yaml\n"
                     "  spectrain schedule --name nightly --disable")

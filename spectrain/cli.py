@@ -4,6 +4,9 @@ Examples:
   spectrain run                                      # the whole DAG on the embedded SmolLM2 + prompt set
   spectrain run --modes eagle3 --train-max-steps 40  # flags come from the pipeline's parameters
   spectrain compile                                  # write pipelines/speculative_decoding.yaml
+  spectrain submit --host URL --params params.yaml   # one run on Kubeflow Pipelines
+  spectrain schedule --name nightly --cron '0 0 3 * * *' --params params.yaml
+  spectrain runs --host URL                          # recent runs and their state
   spectrain step train-heads --help                  # one step, in the current environment
   spectrain promote --rollback --model NAME          # put the previous champion back
 """
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes")
     compile_.add_argument("--output", default=None, help="where to write (default: pipelines/speculative_decoding.yaml)")
     compile_.set_defaults(handler=lambda a, p: local.compile_command(a))
+
+    from pipelines import submit as kfp_submit  # light: imports kfp only when a command runs
+
+    kfp_submit.add_commands(commands)
 
     promote = commands.add_parser(
         "promote", help="move registry aliases by hand: --rollback puts the previous champion back",

@@ -202,3 +202,11 @@ def test_runs_prints_a_table_of_the_most_recent_runs(fake, capsys):
 def test_runs_of_a_missing_experiment_is_an_error(fake):
     with pytest.raises(SpectrainError, match="No experiment is found"):
         cli(fake, "runs", "--experiment", "nope")
+
+
+def test_unreachable_server_is_an_error_naming_the_host(fake):
+    with FakeKfpServer() as stopped:
+        pass  # started and stopped: nothing listens on its port any more
+    with pytest.raises(SpectrainError, match="cannot reach the KFP API") as error:
+        cli(stopped, "runs")
+    assert error.value.where == stopped.url
