@@ -8,7 +8,7 @@ STAMPS := $(foreach env,$(ENVS),$(VENVS)/$(env)/.installed)
 SPECTRAIN := $(VENVS)/orchestrate/bin/spectrain
 PYTEST = $(VENVS)/$(1)/bin/python -m pytest
 
-.PHONY: help envs run test test-fast compile images lint clean-envs bench-heads
+.PHONY: help envs run test test-fast compile images lint clean-envs bench-heads bench-regenerate
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -31,6 +31,9 @@ run: envs  ## run the whole pipeline on the embedded default and print a summary
 
 bench-heads: envs  ## benchmark: τ of EAGLE-3 and Medusa for a fixed training budget (ARGS="--minutes 5")
 	$(VENVS)/orchestrate/bin/python bench/heads.py $(ARGS)
+
+bench-regenerate: envs  ## benchmark: our regenerate client against `vllm bench serve` (the server's ceiling)
+	$(VENVS)/orchestrate/bin/python bench/regenerate.py $(ARGS)
 
 compile: $(VENVS)/orchestrate/.installed  ## write pipelines/speculative_decoding.yaml
 	$(SPECTRAIN) compile

@@ -32,6 +32,8 @@ class RegenerateConfig:
     keep_system_prompt: bool = field(True, "send the dataset's system prompt")
     system_prompt: str = field("", "send this system prompt instead of the dataset's")
     chat_template_kwargs: dict = field({}, "passed to the server's chat template, e.g. {\"enable_thinking\": false}")
+    request_options: dict = field({}, "more fields for every request (vLLM sampling extras), e.g. "
+                                      "{\"repetition_penalty\": 1.05} or {\"ignore_eos\": true} for benchmarks")
     request_timeout_s: float = field(120.0, "per-request timeout")
     max_retries: int = field(4, "retries per request on connection errors, timeouts, 429 and 5xx (with backoff)")
     max_failure_ratio: float = field(0.1, "fail the step if more than this share of conversations failed")

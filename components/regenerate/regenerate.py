@@ -48,13 +48,14 @@ async def regenerate_conversation(client, model: str, conversation: Conversation
     system = config.system_prompt or (conversation.system if config.keep_system_prompt else "")
     if system:
         messages.append({"role": "system", "content": system})
-    extra_body = {"chat_template_kwargs": config.chat_template_kwargs} if config.chat_template_kwargs else None
+    extra_body = {**config.request_options,
+                  **({"chat_template_kwargs": config.chat_template_kwargs} if config.chat_template_kwargs else {})}
     turns, finish_reasons, output_tokens = [], [], 0
     for prompt in conversation.prompts:
         messages.append({"role": "user", "content": prompt})
         response = await client.chat.completions.create(
             model=model, messages=messages, max_tokens=config.max_tokens,
-            temperature=config.temperature, top_p=config.top_p, extra_body=extra_body)
+            temperature=config.temperature, top_p=config.top_p, extra_body=extra_body or None)
         choice = response.choices[0]
         reply = choice.message.content or ""
         messages.append({"role": "assistant", "content": reply})
