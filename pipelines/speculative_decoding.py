@@ -21,6 +21,9 @@ MODEL_CACHE_PATH = "/models"
 # Compile-time settings (kfp.local cannot resolve pipeline parameters in resource requests).
 ACCELERATOR_TYPE = os.environ.get("SPECTRAIN_ACCELERATOR_TYPE", "nvidia.com/gpu")
 TRAIN_GPUS = int(os.environ.get("SPECTRAIN_TRAIN_GPUS", "1"))
+# GPUs of the serve step's own pod: 1 runs vLLM inside it (serve_mode local); with serve_mode cluster
+# vLLM runs in its own Deployment, so compile with SPECTRAIN_SERVE_GPUS=0.
+SERVE_GPUS = int(os.environ.get("SPECTRAIN_SERVE_GPUS", "1"))
 # Draft modes train side by side (0: all at once, one pod each); `spectrain run` sets 1 so that on a
 # laptop each draft gets every core instead of two trainings thrashing two cores.
 MODE_PARALLELISM = int(os.environ.get("SPECTRAIN_MODE_PARALLELISM", "0"))
@@ -56,6 +59,7 @@ def speculative_decoding(
     modes: list = ["eagle3", "medusa"],
     serve_mode: str = "local",
     endpoint_url: str = "",
+    serve_replicas: int = 1,
     max_model_len: int = 2048,
     regenerate_max_tokens: int = 128,
     regenerate_concurrency: int = 16,
@@ -89,8 +93,9 @@ def speculative_decoding(
         dataset: chat data whose assistant turns are regenerated (jsonl: Daring-Anteater, ShareGPT or OpenAI messages).
         eval_dataset: held-out prompts for acceptance length; 'embedded' is the shipped held-out split.
         modes: draft kinds to train side by side: eagle3, eagle1, medusa.
-        serve_mode: 'local' starts vLLM beside the pipeline; 'external' uses endpoint_url.
+        serve_mode: 'local' starts vLLM inside the serve step; 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses endpoint_url.
         endpoint_url: external mode: OpenAI-compatible base URL of a running server.
+        serve_replicas: cluster mode: vLLM pods behind the Service (data-parallel regeneration).
         max_model_len: context length vLLM allocates for.
         regenerate_max_tokens: max new tokens per regenerated assistant turn.
         regenerate_concurrency: conversations in flight against the server.
@@ -118,13 +123,14 @@ def speculative_decoding(
         model_cache_pvc: PVC holding the model cache, mounted at /models.
     """
     placement = dict(node_selector=node_selector, tolerations=tolerations, model_cache_pvc=model_cache_pvc)
-    teardown = stop_server(run_id=RUN_ID).set_caching_options(False)
+    teardown = stop_server(run_id=RUN_ID, serve_mode=serve_mode).set_caching_options(False)
     with dsl.ExitHandler(teardown):
         # 1. serve: vLLM on the frozen base model
         server = serve_base_model(base_model=base_model, run_id=RUN_ID, serve_mode=serve_mode,
-                                  endpoint_url=endpoint_url, max_model_len=max_model_len)
+                                  endpoint_url=endpoint_url, max_model_len=max_model_len, replicas=serve_replicas,
+                                  **placement)
         server.set_caching_options(False)  # a server is a side effect, never a cached result
-        on_cluster(server, gpus=1, secrets={**VLLM_SECRET, **HF_SECRET}, **placement)
+        on_cluster(server, gpus=SERVE_GPUS or None, secrets={**VLLM_SECRET, **HF_SECRET}, **placement)
 
         # 2. regenerate: the base model rewrites every assistant turn
         regenerated = regenerate(endpoint=server.outputs["Output"], dataset=dataset, max_tokens=regenerate_max_tokens,

@@ -1,4 +1,8 @@
-"""Serve step logic: start a vLLM server for a pipeline run, wait until it answers, stop it by run id."""
+"""Serve step logic: start a vLLM server for a pipeline run, wait until it answers, stop it by run id.
+
+Modes: a local `vllm serve` process, an external endpoint, or (components/serve/cluster.py) a Kubernetes
+Deployment + Service built from the same `vllm serve` arguments.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ def run(config: ServeConfig) -> dict:
         url = config.endpoint_url.rstrip("/")
         models = vllm.wait_until_ready(url, api_key(config), config.ready_timeout_s)
         return {"endpoint": url, "model": models[0], "pid": 0, "log": "", "seconds": time.monotonic() - started}
+    if config.mode == "cluster":
+        return run_in_cluster(config, started)
 
     state = state_dir(config.run_id)
     existing = state / "server.json"
@@ -68,7 +74,29 @@ def run(config: ServeConfig) -> dict:
     return {"endpoint": url, "model": models[0], "pid": process.pid, "log": str(log), "seconds": seconds}
 
 
+def run_in_cluster(config: ServeConfig, started: float) -> dict:
+    """Cluster mode: the Deployment is ready (its /health answers); check the API through the Service too."""
+    from components.serve import cluster  # kubernetes is needed (and installed) for cluster mode only
+
+    api = cluster.connect()
+    result = cluster.start(config, api)
+    try:
+        models = vllm.wait_until_ready(result["endpoint"], api_key(config),
+                                       max(60.0, config.ready_timeout_s - (time.monotonic() - started)))
+    except BaseException:
+        cluster.stop(config.run_id, result["namespace"], api)
+        raise
+    result.update(model=models[0], seconds=time.monotonic() - started)
+    print(f"[serve] ready at {result['endpoint']} after {result['seconds']:.0f} s, serving {models}", flush=True)
+    return result
+
+
 def stop(config: StopServerConfig) -> dict:
+    if config.mode == "cluster":
+        from components.serve import cluster
+
+        api = cluster.connect()
+        return cluster.stop(config.run_id, cluster.own_namespace(config.namespace), api, config.log_copy or None)
     state = state_dir(config.run_id)
     info_path = state / "server.json"
     if not info_path.exists():
