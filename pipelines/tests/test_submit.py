@@ -210,3 +210,16 @@ def test_unreachable_server_is_an_error_naming_the_host(fake):
     with pytest.raises(SpectrainError, match="cannot reach the KFP API") as error:
         cli(stopped, "runs")
     assert error.value.where == stopped.url
+
+
+def test_the_pipeline_root_sends_artifacts_to_s3_and_a_new_root_replaces_the_schedule(fake, tmp_path, monkeypatch):
+    assert cli(fake, "submit", "--run-name", "r", "--pipeline-root", "s3://spectrain/root") == 0
+    assert fake.calls("POST", RUNS)[0].body["runtime_config"]["pipeline_root"] == "s3://spectrain/root"
+
+    monkeypatch.setenv("SPECTRAIN_PIPELINE_ROOT", "s3://spectrain/a")
+    assert schedule(fake, "--cron", "0 0 3 * * *") == 0
+    assert fake.recurring_runs[0]["runtime_config"]["pipeline_root"] == "s3://spectrain/a"
+    monkeypatch.setenv("SPECTRAIN_PIPELINE_ROOT", "s3://spectrain/b")
+    assert schedule(fake, "--cron", "0 0 3 * * *") == 0
+    assert [r.method for r in fake.writes()][-2:] == ["DELETE", "POST"]
+    assert fake.recurring_runs[0]["runtime_config"]["pipeline_root"] == "s3://spectrain/b"
