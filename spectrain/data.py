@@ -71,7 +71,8 @@ class SkippedLine:
 
     @property
     def where(self) -> str:
-        return f"{self.path}:{self.line}" if self.path.endswith(".jsonl") else f"{self.path} record {self.line}"
+        by_record = self.path.endswith((".json", ".parquet")) or self.path.startswith("hf:")
+        return f"{self.path} record {self.line}" if by_record else f"{self.path}:{self.line}"
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
@@ -151,14 +152,17 @@ def input_files(spec: str, split: str = "train") -> list[tuple[str, Path]]:
         location = s3.S3Uri.parse(spec)
         base = location.key if location.key.endswith("/") or len(files) > 1 else location.key.rsplit("/", 1)[0] + "/"
         pairs = [(f"s3://{location.bucket}/{base}{f.relative_to(local).as_posix()}", f) for f in files]
+        if [origin for origin, _ in pairs] == [spec]:
+            return pairs  # a single key named explicitly is read whatever its name (jsonl by default)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
             raise SpectrainError(f"no such file or folder: {spec}", where="dataset",
                                  fix="pass a .jsonl/.json/.parquet file, a folder of them, an s3:// URI, "
                                      "hf:<datasets id>, or 'embedded'")
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        pairs = [(str(f), f) for f in files]
+        if not path.is_dir():
+            return [(str(path), path)]  # a file named explicitly is read whatever its name (jsonl by default)
+        pairs = [(str(f), f) for f in sorted(p for p in path.rglob("*") if p.is_file())]
     data = [(origin, f) for origin, f in pairs if f.suffix in DATA_SUFFIXES]
     if not data:
         raise SpectrainError(f"no {'/'.join(DATA_SUFFIXES)} file in {spec}", where="dataset",

@@ -174,3 +174,16 @@ def test_s3_files_and_prefixes_are_read_through_boto3(s3_endpoint, tmp_path, mon
         list(read_conversations("s3://chats/nope/"))
     with pytest.raises(SpectrainError, match="cannot list"):
         list(read_conversations("s3://no-such-bucket/x.jsonl"))
+
+
+def test_a_file_named_explicitly_is_read_whatever_its_name(tmp_path):
+    """KFP artifact paths have no suffix: an explicit file is jsonl unless it says .json/.parquet."""
+    path = tmp_path / "regenerated_conversations"
+    path.write_text(json.dumps(RECORD) + "\n" + "{broken\n")
+    skipped: list[SkippedLine] = []
+    assert len(list(read_conversations(str(path), skipped=skipped))) == 1
+    assert str(skipped[0]).startswith(f"{path}:2: not valid JSON")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "regenerated_conversations").write_text(json.dumps(RECORD) + "\n")
+    with pytest.raises(SpectrainError, match="no .jsonl/.json/.parquet file"):  # in a folder, names decide
+        list(read_conversations(str(tmp_path / "folder")))
