@@ -110,7 +110,8 @@ def run(config: ExportConfig) -> dict:
     if config.trtllm:
         capture = list(model.eagle_config.eagle_aux_hidden_state_layer_ids) if config.mode == "eagle3" else []
         trt = trtllm.export(model, config.mode, output_dir, dtype, str(resolve_base_model(config.base_model)),
-                            config.num_draft_tokens, capture)
+                            config.num_draft_tokens, capture,
+                            medusa_state_dict(model) if config.mode == "medusa" else None)
         if trt.get("problems"):
             raise RuntimeError("the TensorRT-LLM export does not match what its loader reads: "
                                + "; ".join(trt["problems"]))

@@ -31,19 +31,25 @@ from safetensors.torch import save_file
 MEDUSA_BUILD = ["--speculative_decoding_mode", "medusa", "--max_batch_size", "8", "--gemm_plugin", "auto"]
 
 
-def write_medusa(model, directory: Path, dtype: torch.dtype) -> None:
-    """The original Medusa layout TensorRT-LLM's `load_medusa_hf` reads (non-modelopt path)."""
+def trtllm_medusa_name(vllm_name: str, num_layers: int) -> str:
+    head = re.fullmatch(r"lm_heads\.(\d+)\.weight", vllm_name)
+    if head:
+        return f"{head[1]}.{num_layers}.weight"
+    return re.sub(r"^blocks\.(\d+)\.layers\.(\d+)\.", r"\1.\2.linear.", vllm_name)
+
+
+def write_medusa(model, vllm_tensors: dict[str, torch.Tensor], directory: Path, dtype: torch.dtype) -> None:
+    """The original Medusa layout TensorRT-LLM's `load_medusa_hf` reads (non-modelopt path).
+
+    Renamed from the vLLM export's names: `blocks.{h}.layers.{l}.*` -> `{h}.{l}.linear.*`,
+    `lm_heads.{h}.weight` -> `{h}.{num_layers}.weight`.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for h, head in enumerate(model.medusa_heads):
-        *blocks, lm_head = list(head)
-        for l, block in enumerate(blocks):
-            tensors[f"{h}.{l}.linear.weight"] = block.linear.weight
-            tensors[f"{h}.{l}.linear.bias"] = block.linear.bias
-        tensors[f"{h}.{len(blocks)}.weight"] = lm_head.weight
-    save_file({n: t.detach().to(dtype).contiguous() for n, t in tensors.items()},
+    layers = model.medusa_num_layers
+    renamed = {trtllm_medusa_name(name, layers): tensor for name, tensor in vllm_tensors.items()}
+    save_file({n: t.detach().to(dtype).contiguous() for n, t in renamed.items()},
               str(directory / "medusa_lm_head.safetensors"), metadata={"format": "pt"})
-    config = {"medusa_num_heads": model.medusa_num_heads, "medusa_num_layers": model.medusa_num_layers,
+    config = {"medusa_num_heads": model.medusa_num_heads, "medusa_num_layers": layers,
               "hidden_size": model.config.hidden_size, "vocab_size": model.config.vocab_size,
               "torch_dtype": str(dtype).removeprefix("torch.")}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
@@ -137,7 +143,7 @@ def can_build_engine() -> bool:
 
 
 def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: str, num_draft_tokens: int,
-           capture_layers: list[int]) -> dict:
+           capture_layers: list[int], vllm_tensors: dict[str, torch.Tensor] | None = None) -> dict:
     """Write and validate the TensorRT-LLM files for ``mode``; build the engine where a GPU and TRT-LLM are."""
     out = draft_dir / "trtllm"
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +159,7 @@ def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: st
         return {"supported": True, "problems": problems, "serve_command": shlex.join(command),
                 "engine": "not needed: the PyTorch backend loads the draft directory"}
     medusa_dir = out / "medusa"
-    write_medusa(model, medusa_dir, dtype)
+    write_medusa(model, vllm_tensors, medusa_dir, dtype)
     heads, layers = model.medusa_num_heads, model.medusa_num_layers
     problems = check([medusa_dir / "medusa_lm_head.safetensors"],
                      expected_medusa(heads, layers, model.config.hidden_size, model.config.vocab_size))
