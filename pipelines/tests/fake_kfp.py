@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from spectrain.testing import send_json
+
 API = "/apis/v2beta1"
 COLLECTIONS = {"experiments": "experiment_id", "runs": "run_id", "recurringruns": "recurring_run_id"}
 # The list field of each response; ListRecurringRunsResponse's proto field is literally `recurringRuns`.
@@ -212,12 +214,7 @@ class FakeKfpServer:
                     except ApiError as exc:
                         status, payload = exc.status, {"code": 3 if exc.status == 400 else 5,
                                                        "message": str(exc), "details": []}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
             do_GET = do_POST = do_DELETE = _serve
 

@@ -14,6 +14,7 @@ import pytest
 from components.regenerate.config import RegenerateConfig
 from components.regenerate.regenerate import run
 from spectrain.errors import SpectrainError
+from spectrain.testing import send_json
 
 REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "base",
          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
@@ -41,12 +42,7 @@ class FlakyServer:
                     time.sleep(3)  # longer than the client's timeout
                     return
                 status, payload = (int(failure), {"error": {"message": failure}}) if failure else (200, REPLY)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

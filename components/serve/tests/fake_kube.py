@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from kubernetes import client
 
+from spectrain.testing import send_json
+
 PATH = re.compile(r"^/(?:api/v1|apis/apps/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>deployments|services|pods|events)"
                   r"(?:/(?P<name>[^/]+)(?P<log>/log)?)?$")
 GROUP_OF = {"deployments": "/apis/apps/v1", "services": "/api/v1", "pods": "/api/v1", "events": "/api/v1"}
@@ -230,13 +232,7 @@ class FakeKube:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 code, payload = fake._handle(self.command, self.path, json.loads(raw) if raw else None)
-                text = isinstance(payload, str)
-                data = payload.encode() if text else json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain" if text else "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, code, payload)
 
             do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
 
