@@ -105,6 +105,59 @@ def upload(source: Path, uri: str) -> list[str]:
     pairs = ([(source, location.key)] if source.is_file() else
              [(f, f"{location.key.rstrip('/')}/{f.relative_to(source).as_posix()}")
               for f in sorted(source.rglob("*")) if f.is_file()])
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
     for path, key in pairs:
-        s3.upload_file(str(path), location.bucket, key, Config=config, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+        try:
+            s3.upload_file(str(path), location.bucket, key, Config=config, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+        except (Boto3Error, BotoCoreError, ClientError) as exc:
+            raise SpectrainError(f"cannot upload {path} to s3://{location.bucket}/{key}: {exc}", where=uri,
+                                 fix="check the bucket, AWS_ENDPOINT_URL and the S3 credentials") from exc
     return [f"s3://{location.bucket}/{key}" for _, key in pairs]
+
+
+def put_bytes(uri: str, data: bytes) -> None:
+    """Write one small object (with a SHA-256 checksum S3 verifies)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    location = S3Uri.parse(uri)
+    try:
+        client().put_object(Bucket=location.bucket, Key=location.key, Body=data, ChecksumAlgorithm="SHA256")
+    except (BotoCoreError, ClientError) as exc:
+        raise SpectrainError(f"cannot write {uri}: {exc}", where=uri,
+                             fix="check the bucket, AWS_ENDPOINT_URL and the S3 credentials") from exc
+
+
+def run_prefix(root: str, run_id: str, *parts: str) -> str:
+    """``root/run_id/part/.../``: where one pipeline run keeps a step's resumable progress."""
+    S3Uri.parse(root)
+    return "/".join([root.rstrip("/"), run_id, *parts]) + "/"
+
+
+# Checkpoint folders (checkpoint-<step>/) under a prefix. The marker object is written after the
+# folder's last file, so a reader never resumes from a half-uploaded copy.
+COMPLETE = "COMPLETE"
+
+
+def upload_checkpoint(folder: Path, uri: str) -> str:
+    """Copy ``folder`` to ``uri/<folder name>/``, then its COMPLETE marker; returns the folder's URI."""
+    target = f"{uri.rstrip('/')}/{Path(folder).name}/"
+    upload(folder, target)
+    put_bytes(target + COMPLETE, b"")
+    return target
+
+
+def latest_checkpoint(uri: str) -> tuple[int, str] | None:
+    """(step, URI) of the newest complete ``checkpoint-<step>/`` under the prefix ``uri``, or None."""
+    location = S3Uri.parse(uri)
+    prefix = location.key.rstrip("/") + "/" if location.key else ""
+    steps = []
+    for obj in list_objects(f"s3://{location.bucket}/{prefix}"):
+        folder, _, name = obj["key"][len(prefix):].partition("/")
+        if name == COMPLETE and folder.startswith("checkpoint-") and folder[len("checkpoint-"):].isdigit():
+            steps.append(int(folder[len("checkpoint-"):]))
+    if not steps:
+        return None
+    step = max(steps)
+    return step, f"s3://{location.bucket}/{prefix}checkpoint-{step}/"

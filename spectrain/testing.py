@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -16,3 +18,43 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> Non
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "base",
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+class FlakyServer:
+    """A stand-in OpenAI chat endpoint, for what a real vLLM cannot do on cue: fail.
+
+    Fails the first attempts of each prompt as scripted ('429', '503', 'slow'), then answers "ok";
+    records every attempt as (prompt, time).
+    """
+
+    def __init__(self, script: dict[str, list[str]]):
+        self.script, self.attempts = script, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                outer.attempts.append((prompt, time.monotonic()))
+                failures = outer.script.get(prompt, [])
+                failure = failures.pop(0) if failures else None
+                if failure == "slow":
+                    time.sleep(3)  # longer than the client's timeout
+                    return
+                status, payload = (int(failure), {"error": {"message": failure}}) if failure else (200, REPLY)
+                send_json(self, status, payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def times(self, prompt: str) -> list[float]:
+        return [t for p, t in self.attempts if p == prompt]

@@ -46,3 +46,30 @@ def test_bad_uris_are_clear_errors():
     with pytest.raises(SpectrainError, match="not an S3 URI"):
         s3.S3Uri.parse("https://bucket/key")
     assert str(s3.S3Uri.parse("s3://b/k/x.json")) == "s3://b/k/x.json"
+
+
+def test_only_complete_checkpoints_are_resumed_from(s3_endpoint, tmp_path):
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="ckpt")
+    root = s3.run_prefix("s3://ckpt/spectrain/", "run-1", "train", "medusa")
+    assert root == "s3://ckpt/spectrain/run-1/train/medusa/"
+    assert s3.latest_checkpoint(root) is None
+    for step in (5, 10):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        assert s3.upload_checkpoint(folder, root) == f"{root}checkpoint-{step}/"
+    # A copy cut off before its marker (the pod died mid-upload) is newer but must not win.
+    s3.upload(tmp_path / "checkpoint-10", f"{root}checkpoint-15/")
+    assert s3.latest_checkpoint(root) == (10, f"{root}checkpoint-10/")
+    assert s3.latest_checkpoint("s3://ckpt/spectrain/run-1/train/eagle3/") is None
+
+
+def test_s3_failures_name_the_uri_and_the_fix(s3_endpoint, tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(SpectrainError, match="cannot upload .*a.txt") as error:
+        s3.upload(tmp_path / "a.txt", "s3://no-such-bucket/a.txt")
+    assert "credentials" in error.value.fix
+    with pytest.raises(SpectrainError, match="cannot write s3://no-such-bucket/x"):
+        s3.put_bytes("s3://no-such-bucket/x", b"")
+    with pytest.raises(SpectrainError, match="not an S3 URI"):
+        s3.run_prefix("/local/dir", "run-1")

@@ -8,17 +8,22 @@ from spectrain import images
 
 @dsl.component(base_image=images.SERVE, install_kfp_package=False)
 def regenerate(endpoint: str, dataset: str, max_tokens: int, concurrency: int, limit: int, options: dict,
-               regenerated_conversations: Output[Dataset], result: Output[Artifact]):
+               checkpoint_root: str, run_id: str, regenerated_conversations: Output[Dataset],
+               result: Output[Artifact]):
     """Rewrite every assistant turn of ``dataset`` with the served base model.
 
     ``options`` holds any other RegenerateConfig field (sampling, system prompt, sample, dedupe, ...).
+    With ``checkpoint_root`` finished conversations are copied under <root>/<run_id>/regenerate/ as
+    they finish, and a retry of this step (a new pod) resumes from there.
     """
     import json
 
+    from spectrain.s3 import run_prefix
     from spectrain.steps import run_step
 
-    outcome = run_step("regenerate", {**options, "endpoint": endpoint, "dataset": dataset, "max_tokens": max_tokens,
-                                      "concurrency": concurrency, "limit": limit,
+    checkpoint = {"checkpoint_uri": run_prefix(checkpoint_root, run_id, "regenerate")} if checkpoint_root else {}
+    outcome = run_step("regenerate", {**checkpoint, **options, "endpoint": endpoint, "dataset": dataset,
+                                      "max_tokens": max_tokens, "concurrency": concurrency, "limit": limit,
                                       "output": regenerated_conversations.path})
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)

@@ -34,6 +34,11 @@ class RegenerateConfig:
     chat_template_kwargs: dict = field({}, "passed to the server's chat template, e.g. {\"enable_thinking\": false}")
     request_options: dict = field({}, "more fields for every request (vLLM sampling extras), e.g. "
                                       "{\"repetition_penalty\": 1.05} or {\"ignore_eos\": true} for benchmarks")
+    checkpoint_uri: str = field("", "s3://bucket/prefix/ where finished conversations are also copied while the step "
+                                    "runs; a restarted step (e.g. a KFP retry: a new pod, an empty disk) takes them "
+                                    "back instead of asking the server again. Empty: the local output only")
+    checkpoint_interval_s: float = field(30.0, "seconds between uploads to checkpoint_uri (each uploads only the "
+                                               "conversations finished since the last)")
     request_timeout_s: float = field(120.0, "per-request timeout")
     max_retries: int = field(4, "retries per request on connection errors, timeouts, 429 and 5xx (with backoff)")
     max_failure_ratio: float = field(0.1, "fail the step if more than this share of conversations failed")
@@ -46,5 +51,9 @@ class RegenerateConfig:
                                  fix=f"use one of {', '.join(FORMATS)}")
         if self.concurrency < 1:
             raise SpectrainError("concurrency must be at least 1", where="regenerate.concurrency")
+        if self.checkpoint_uri and not self.checkpoint_uri.startswith("s3://"):
+            raise SpectrainError(f"checkpoint_uri must be an S3 prefix, not {self.checkpoint_uri!r}",
+                                 where="regenerate.checkpoint_uri",
+                                 fix="use s3://bucket/prefix/, or leave it empty (the local output resumes by itself)")
         if self.max_tokens < 1:
             raise SpectrainError("max_tokens must be at least 1", where="regenerate.max_tokens")

@@ -6,11 +6,13 @@ import asyncio
 import json
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from components.regenerate.checkpoint import S3Checkpoint
 from components.regenerate.config import RegenerateConfig
 from spectrain.data import Conversation, SkippedLine, append_jsonl, content_id, read_conversations
 from spectrain.errors import SpectrainError
@@ -69,7 +71,8 @@ async def regenerate_conversation(client, model: str, conversation: Conversation
     return record, output_tokens
 
 
-async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], output: Path, errors: Path) -> dict:
+async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], output: Path, errors: Path,
+                          checkpoint: S3Checkpoint | None) -> dict:
     from openai import AsyncOpenAI, BadRequestError
 
     api_key = os.environ.get("VLLM_API_KEY") or config.api_key
@@ -102,6 +105,8 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
                 counts["output_tokens"] += output_tokens
                 with open(output, "a", encoding="utf-8") as handle:
                     append_jsonl(handle, record)
+                if checkpoint and checkpoint.add(record):
+                    await asyncio.to_thread(checkpoint.push)
             progress.update(1)
             progress.set_postfix(failed=counts["failed"], truncated=counts["truncated"])
 
@@ -146,14 +151,25 @@ def run(config: RegenerateConfig) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     errors = output.with_name(output.stem + ".errors.jsonl")
     done = finished_ids(output)
+    checkpoint = S3Checkpoint(config.checkpoint_uri, config.checkpoint_interval_s) if config.checkpoint_uri else None
+    if checkpoint:
+        restored = checkpoint.restore(output, done)
+        print(f"[regenerate] {restored} finished conversations restored from {config.checkpoint_uri}", flush=True)
     todo = [c for c in conversations if c.conversation_id not in done]
     print(f"[regenerate] {len(conversations)} conversations, {len(conversations) - len(todo)} already done, "
           f"{len(todo)} to go, concurrency {config.concurrency}", flush=True)
-    counts = (asyncio.run(_regenerate_all(config, todo, output, errors)) if todo
-              else {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "output_tokens": 0})
+    counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "output_tokens": 0}
+    try:
+        if todo:
+            counts = asyncio.run(_regenerate_all(config, todo, output, errors, checkpoint))
+    finally:
+        if checkpoint:  # what finished goes up even when the step fails; only a clean finish must upload
+            checkpoint.push(final=sys.exc_info()[0] is None)
     seconds = time.monotonic() - started
     summary = {**counts, "output_tokens_per_s": counts["output_tokens"] / seconds, "resumed": len(conversations) - len(todo), "skipped_input_lines": len(skipped),
-               "total": len(conversations), "output": str(output), "inputs": inputs, "seconds": seconds}
+               "total": len(conversations), "output": str(output), "inputs": inputs, "seconds": seconds,
+               "checkpoint": ({"uri": config.checkpoint_uri, "restored": restored, "uploaded": checkpoint.uploaded}
+                              if checkpoint else None)}
     print(f"[regenerate] done {counts['done']}, truncated {counts['truncated']}, failed {counts['failed']}, "
           f"rejected {counts['rejected']}, "
           f"skipped input lines {len(skipped)} in {seconds:.0f} s", flush=True)

@@ -47,7 +47,11 @@ class TrainHeadsConfig:
     warmup_steps: int = field(5, "linear warmup steps")
     weight_decay: float = field(0.0, "AdamW weight decay")
     max_length: int = field(384, "tokens per training sequence; every batch is padded to exactly this")
-    save_steps: int = field(0, "save a resumable checkpoint every N steps (0: only at the end)")
+    save_steps: int = field(0, "save a resumable checkpoint every N steps (0: only at the end; with "
+                               "checkpoint_uri: every 200 steps)")
+    checkpoint_uri: str = field("", "s3://bucket/prefix/ where every saved checkpoint is also copied; "
+                                    "resume_from_checkpoint 'auto' then resumes from the newest one there when the "
+                                    "output_dir has none as new (a KFP retry is a new pod with an empty disk)")
     logging_steps: int = field(5, "log loss and head accuracy every N steps")
     resume_from_checkpoint: str = field("", "'' to start fresh, 'auto' for the newest checkpoint in output_dir, or a path")
     seed: int = field(42, "seed for head init and data order")
@@ -70,5 +74,9 @@ class TrainHeadsConfig:
         if self.num_processes < 0:
             raise SpectrainError("num_processes cannot be negative", where="train_heads.num_processes",
                                  fix="use 0 (one per GPU) or a process count")
+        if self.checkpoint_uri and not self.checkpoint_uri.startswith("s3://"):
+            raise SpectrainError(f"checkpoint_uri must be an S3 prefix, not {self.checkpoint_uri!r}",
+                                 where="train_heads.checkpoint_uri",
+                                 fix="use s3://bucket/prefix/; local checkpoints are in output_dir anyway")
         if self.max_length < 16:
             raise SpectrainError("max_length is too small to hold a conversation", where="train_heads.max_length")

@@ -17,6 +17,7 @@ import transformers
 from components.train_heads import hidden_cache, launch
 from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.datasets import IGNORE, CachedDataset, ConversationDataset
+from spectrain import s3
 from spectrain.data import SkippedLine, fingerprint, read_conversations
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
@@ -26,6 +27,7 @@ from spectrain.plots import figure
 mto.enable_huggingface_checkpointing()
 
 HEAD_PREFIXES = ("eagle_module", "medusa_heads")
+SAVE_STEPS_WITH_CHECKPOINT_URI = 200  # save_steps when checkpoint_uri is set and save_steps is not
 
 
 # ---------------------------------------------------------------- data
@@ -231,6 +233,28 @@ class StepCounter(transformers.TrainerCallback):
         self.steps += 1
 
 
+class CheckpointsToS3(transformers.TrainerCallback):
+    """Copy every checkpoint the Trainer saves to ``uri`` (rank 0; the COMPLETE marker goes last)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            print(f"[train] copied {folder.name} to {s3.upload_checkpoint(folder, self.uri)}", flush=True)
+        return control
+
+
+def restore_from_s3(uri: str, output_dir: Path) -> None:
+    """Bring the newest complete checkpoint under ``uri`` into ``output_dir`` unless a newer one is there."""
+    remote = s3.latest_checkpoint(uri)
+    local = latest_checkpoint(output_dir)
+    if remote and (local is None or remote[0] > int(local.rsplit("-", 1)[1])):
+        s3.download(remote[1], output_dir / f"checkpoint-{remote[0]}")
+        print(f"[train] restored checkpoint-{remote[0]} from {remote[1]}", flush=True)
+
+
 def latest_checkpoint(output_dir: Path) -> str | None:
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return str(checkpoints[-1]) if checkpoints else None
@@ -280,6 +304,7 @@ def offline_training_model(model, model_path: str, config: TrainHeadsConfig, exa
 
 def training_arguments(config: TrainHeadsConfig, output_dir: Path) -> transformers.TrainingArguments:
     use_cuda = torch.cuda.is_available()
+    save_steps = config.save_steps or (SAVE_STEPS_WITH_CHECKPOINT_URI if config.checkpoint_uri else 0)
     return transformers.TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -291,8 +316,8 @@ def training_arguments(config: TrainHeadsConfig, output_dir: Path) -> transforme
         weight_decay=config.weight_decay,
         lr_scheduler_type="cosine",
         logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps > 0 else "no",
-        save_steps=config.save_steps if config.save_steps > 0 else 500,
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else 500,
         seed=config.seed,
         bf16=config.precision == "bf16" or (config.precision == "auto" and use_cuda),
         use_cpu=not use_cuda,
@@ -350,8 +375,13 @@ def run(config: TrainHeadsConfig) -> dict:
         trainer.add_callback(WallClockBudget(config.max_minutes))
     counter = StepCounter()
     trainer.add_callback(counter)
+    if config.checkpoint_uri:
+        trainer.add_callback(CheckpointsToS3(config.checkpoint_uri))
     resume = config.resume_from_checkpoint
     if resume == "auto":
+        if config.checkpoint_uri:
+            with args.main_process_first(desc="checkpoint from S3"):
+                restore_from_s3(config.checkpoint_uri, output_dir)
         resume = latest_checkpoint(output_dir)
         print(f"[train] resuming from {resume}" if resume else "[train] no checkpoint to resume from", flush=True)
     train_started = time.monotonic()

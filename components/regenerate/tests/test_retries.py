@@ -5,52 +5,13 @@ answers /v1/chat/completions from a script of failures, then succeeds, and recor
 """
 
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from components.regenerate.config import RegenerateConfig
 from components.regenerate.regenerate import run
 from spectrain.errors import SpectrainError
-from spectrain.testing import send_json
-
-REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "base",
-         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-
-
-class FlakyServer:
-    """Fails the first attempts of each prompt as scripted ('429', '503', 'slow'), then answers."""
-
-    def __init__(self, script: dict[str, list[str]]):
-        self.script, self.attempts = script, []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                outer.attempts.append((prompt, time.monotonic()))
-                failures = outer.script.get(prompt, [])
-                failure = failures.pop(0) if failures else None
-                if failure == "slow":
-                    time.sleep(3)  # longer than the client's timeout
-                    return
-                status, payload = (int(failure), {"error": {"message": failure}}) if failure else (200, REPLY)
-                send_json(self, status, payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def times(self, prompt: str) -> list[float]:
-        return [t for p, t in self.attempts if p == prompt]
-
+from spectrain.testing import FlakyServer
 
 @pytest.fixture
 def dataset(tmp_path):
