@@ -42,6 +42,19 @@ def on_cluster(task, *, gpus: int | None, node_selector, tolerations, model_cach
     return task
 
 
+def reads_cluster_config(task, *, s3: bool = True):
+    """Environment for steps that touch S3 or MLflow: the spectrain-config ConfigMap (endpoints, region)
+    and, with ``s3``, the S3 keys. Both optional: a cluster without them still runs the rest."""
+    kubernetes.use_config_map_as_env(task, config_map_name="spectrain-config", optional=True,
+                                     config_map_key_to_env={k: k for k in CLUSTER_CONFIG_KEYS})
+    if s3:
+        kubernetes.use_secret_as_env(task, secret_name="spectrain-s3", secret_key_to_env=S3_SECRET["spectrain-s3"],
+                                     optional=True)
+    return task
+
+
+# Keys of the spectrain-config ConfigMap (manifests/base/config.yaml) passed to the steps as env vars.
+CLUSTER_CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
 VLLM_SECRET = {"spectrain-vllm": {"VLLM_API_KEY": "VLLM_API_KEY"}}
 HF_SECRET = {"spectrain-hf": {"HF_TOKEN": "HF_TOKEN"}}
 S3_SECRET = {"spectrain-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}}
@@ -85,6 +98,7 @@ def speculative_decoding(
     node_selector: dict = {},
     tolerations: list = [],
     model_cache_pvc: str = "spectrain-model-cache",
+    checkpoint_root: str = "",
 ):
     """Speculative-decoding draft training.
 
@@ -121,6 +135,7 @@ def speculative_decoding(
         node_selector: Kubernetes nodeSelector for GPU steps, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
         tolerations: Kubernetes tolerations for GPU steps (list of toleration objects).
         model_cache_pvc: PVC holding the model cache, mounted at /models.
+        checkpoint_root: s3://bucket/prefix/ where regenerate and train copy their progress (finished conversations, training checkpoints) under the run id, so a retried step, a new pod, resumes instead of starting over; empty: progress stays on the pod's disk.
     """
     placement = dict(node_selector=node_selector, tolerations=tolerations, model_cache_pvc=model_cache_pvc)
     teardown = stop_server(run_id=RUN_ID, serve_mode=serve_mode).set_caching_options(False)
@@ -135,10 +150,16 @@ def speculative_decoding(
         # 2. regenerate: the base model rewrites every assistant turn
         regenerated = regenerate(endpoint=server.outputs["Output"], dataset=dataset, max_tokens=regenerate_max_tokens,
                                  concurrency=regenerate_concurrency, limit=regenerate_limit,
-                                 options=regenerate_options)
-        regenerated.set_retry(num_retries=2, backoff_duration="30s")  # resumable: retries keep finished work
+                                 options=regenerate_options, checkpoint_root=checkpoint_root, run_id=RUN_ID)
+        # Not cached: `dataset` may name data that changes under the same name (an S3 prefix a nightly
+        # schedule reads, a hub dataset), and a cache hit would train on yesterday's. Everything
+        # downstream takes its output artifact, so their cache keys follow from it.
+        regenerated.set_caching_options(False)
+        # Retried: with checkpoint_root the new pod resumes from what the old one finished.
+        regenerated.set_retry(num_retries=2, backoff_duration="30s")
         kubernetes.use_secret_as_env(regenerated, secret_name="spectrain-vllm",
                                      secret_key_to_env={"VLLM_API_KEY": "VLLM_API_KEY"}, optional=True)
+        reads_cluster_config(regenerated)
 
         with dsl.ParallelFor(modes, parallelism=MODE_PARALLELISM) as mode:
             # 3. train: heads on the frozen base
@@ -147,18 +168,27 @@ def speculative_decoding(
                                   mode=mode, max_steps=train_max_steps, max_minutes=train_max_minutes,
                                   num_epochs=num_epochs, lr=lr,
                                   batch_size=batch_size, max_length=max_length, draft_vocab_size=draft_vocab_size,
-                                  hidden_state_cache=hidden_state_cache, options=train_options)
+                                  hidden_state_cache=hidden_state_cache, options=train_options,
+                                  checkpoint_root=checkpoint_root, run_id=RUN_ID)
+            # Cached (as evaluate and export): a pure function of its inputs, the regenerated data artifact
+            # among them, so KFP may reuse an identical task's result. (A fresh regeneration is a new
+            # artifact, so new data always trains anew.)
+            trained.set_caching_options(True)
             on_cluster(trained, gpus=TRAIN_GPUS, secrets=HF_SECRET, **placement)
+            reads_cluster_config(trained)
 
             # 4. evaluate: acceptance length on held-out prompts
             evaluated = evaluate(base_model=base_model, draft_checkpoint=trained.outputs["draft_checkpoint"],
                                  mode=mode, eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
                                  num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens)
+            evaluated.set_caching_options(True)
             on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **placement)
+            reads_cluster_config(evaluated)  # eval_dataset may be on S3
 
             # 5. export: the draft directory serving runtimes load
             exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype,
                               base_model=base_model, num_draft_tokens=num_draft_tokens)
+            exported.set_caching_options(True)
             on_cluster(exported, gpus=1, secrets={}, **placement)
 
             with dsl.If(vllm_crosscheck_enabled == True):  # noqa: E712 (a KFP condition, not Python)
@@ -168,6 +198,7 @@ def speculative_decoding(
                                           num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens,
                                           expected_acceptance_length=evaluated.outputs["Output"])
                 on_cluster(checked, gpus=1, secrets=HF_SECRET, **placement)
+                reads_cluster_config(checked)
 
             # 6. register: MLflow run + model version; champion only if it wins
             registered = register(
@@ -183,11 +214,13 @@ def speculative_decoding(
                         "batch_size": batch_size, "max_length": max_length, "draft_vocab_size": draft_vocab_size,
                         "hidden_state_cache": hidden_state_cache, "train_options": train_options,
                         "regenerate_max_tokens": regenerate_max_tokens})
+            # Not cached: registering is a side effect on the registry (and champion depends on its state).
+            # Retried: a registry outage should not throw away the trained draft.
             registered.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
             kubernetes.use_secret_as_env(registered, secret_name="spectrain-mlflow",
                                          secret_key_to_env={"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"},
                                          optional=True)
-            kubernetes.use_secret_as_env(registered, secret_name="spectrain-s3",
-                                         secret_key_to_env=S3_SECRET["spectrain-s3"], optional=True)
+            reads_cluster_config(registered)
 
-        summarize(register_results=dsl.Collected(registered.outputs["result"]))
+        # Not cached: it reports this run's registrations.
+        summarize(register_results=dsl.Collected(registered.outputs["result"])).set_caching_options(False)

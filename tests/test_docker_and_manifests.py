@@ -306,7 +306,9 @@ def test_secrets_hold_placeholders_only(overlay):
 def test_config_and_model_cache(overlay):
     docs = build(f"overlays/{overlay}")
     config = one(docs, "ConfigMap", "spectrain-config")["data"]
-    assert {"MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI"} <= set(config)
+    from pipelines.speculative_decoding import CLUSTER_CONFIG_KEYS
+
+    assert set(CLUSTER_CONFIG_KEYS) <= set(config), "every key the pipeline's steps read is in the ConfigMap"
     assert config["MLFLOW_TRACKING_URI"] == "http://mlflow.spectrain.svc.cluster.local:5000"
     pvc = one(docs, "PersistentVolumeClaim", "spectrain-model-cache")["spec"]
     assert pvc["accessModes"] == ["ReadWriteMany"]
@@ -338,7 +340,7 @@ def test_local_minio_overlay_serves_s3_in_cluster():
     one(docs, "Service", "minio")
     one(docs, "PersistentVolumeClaim", "minio-data")
     config = one(docs, "ConfigMap", "spectrain-config")["data"]
-    assert config["MLFLOW_S3_ENDPOINT_URL"] == "http://minio.spectrain.svc.cluster.local:9000"
+    assert config["MLFLOW_S3_ENDPOINT_URL"] == config["AWS_ENDPOINT_URL"] == "http://minio.spectrain.svc.cluster.local:9000"
     assert not [d for d in build("overlays/production") if d["metadata"]["name"].startswith("minio")]
 
 

@@ -54,9 +54,37 @@ def test_kubernetes_settings_are_compiled_in(tmp_path):
         assert int(resources["accelerator"]["resourceCount"]) >= 1
     secrets = {s["secretName"] for e in executors.values() for s in e.get("secretAsEnv", [])}
     assert {"spectrain-vllm", "spectrain-hf", "spectrain-mlflow", "spectrain-s3"} <= secrets
-    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert tasks["serve-base-model"]["cachingOptions"] == {}  # caching off: a server is a side effect
+    # Steps that touch S3 or MLflow get the endpoints from the ConfigMap and the S3 keys from the Secret.
+    for name in ("exec-regenerate", "exec-train-heads", "exec-evaluate", "exec-vllm-crosscheck", "exec-register"):
+        (config_map,) = executors[name]["configMapAsEnv"]
+        assert config_map["configMapName"] == "spectrain-config" and config_map["optional"]
+        assert {k["envVar"] for k in config_map["keyToEnv"]} >= {"AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI"}
+        assert "spectrain-s3" in {s["secretName"] for s in executors[name]["secretAsEnv"]}, name
+
+
+def test_caching_and_retries_are_chosen_per_step(tmp_path):
+    _, (spec, _) = compiled(tmp_path)
+    tasks = {name: task for component in spec["components"].values()
+             for name, task in component.get("dag", {}).get("tasks", {}).items()}
+    tasks.update(spec["root"]["dag"]["tasks"])
+    never = {"serve-base-model", "stop-server", "regenerate", "register", "summarize"}  # side effects, moving data
+    for name in never:
+        assert tasks[name]["cachingOptions"] == {}, name
+    for name in ("train-heads", "evaluate", "export", "vllm-crosscheck"):  # pure functions of their inputs
+        assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
+    retried = {name for name, task in tasks.items() if "retryPolicy" in task}
+    assert retried == {"regenerate", "register"}
     assert tasks["regenerate"]["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_checkpoint_root_reaches_the_resumable_steps(tmp_path):
+    _, (spec, _) = compiled(tmp_path)
+    assert spec["root"]["inputDefinitions"]["parameters"]["checkpoint_root"]["defaultValue"] == ""
+    for component in ("comp-regenerate", "comp-train-heads"):
+        assert {"checkpoint_root", "run_id"} <= set(spec["components"][component]["inputDefinitions"]["parameters"])
+    handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert handler["regenerate"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] \
+        == "{{$.pipeline_job_uuid}}"
 
 
 def test_images_come_from_one_place(tmp_path, monkeypatch):
