@@ -9,7 +9,7 @@ import os
 from kfp import dsl, kubernetes
 
 from components.evaluate.component import evaluate, vllm_crosscheck
-from components.export.component import export
+from components.export.component import build_trtllm_engine, export
 from components.regenerate.component import regenerate
 from components.register.component import register
 from components.serve.component import serve_base_model, stop_server
@@ -91,6 +91,7 @@ def speculative_decoding(
     eval_num_prompts: int = 0,
     eval_max_new_tokens: int = 64,
     vllm_crosscheck_enabled: bool = False,
+    trtllm_engine: bool = False,
     export_dtype: str = "bfloat16",
     registered_model_name: str = "",
     mlflow_tracking_uri: str = "",
@@ -128,6 +129,7 @@ def speculative_decoding(
         eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
         eval_max_new_tokens: greedy tokens generated per evaluation prompt.
         vllm_crosscheck_enabled: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
+        trtllm_engine: also build the TensorRT-LLM engine of Medusa drafts, in the trtllm image on a GPU (EAGLE-3 drafts need none: TensorRT-LLM's PyTorch backend loads the exported directory).
         export_dtype: dtype of the exported draft weights.
         registered_model_name: registry name prefix (the mode is appended); empty derives it from the base model.
         mlflow_tracking_uri: MLflow server; empty uses MLFLOW_TRACKING_URI or a local sqlite store.
@@ -199,6 +201,13 @@ def speculative_decoding(
                                           expected_acceptance_length=evaluated.outputs["Output"])
                 on_cluster(checked, gpus=1, secrets=HF_SECRET, **placement)
                 reads_cluster_config(checked)
+
+            with dsl.If(trtllm_engine == True):  # noqa: E712
+                with dsl.If(mode == "medusa"):
+                    # 5c. the TensorRT-LLM engine of a Medusa draft, built in the trtllm image
+                    engine = build_trtllm_engine(draft=exported.outputs["draft"], base_model=base_model)
+                    engine.set_caching_options(True)  # a pure function of the draft; builds take minutes
+                    on_cluster(engine, gpus=1, secrets=HF_SECRET, **placement)
 
             # 6. register: MLflow run + model version; champion only if it wins
             registered = register(

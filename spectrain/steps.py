@@ -22,8 +22,10 @@ from typing import Any
 
 from spectrain.errors import SpectrainError
 
-# Environments are images: docker/<env>/requirements.txt pins each one.
+# Environments are images: docker/<env>/requirements.txt pins each one. These three also exist as
+# local virtualenvs; trtllm (TensorRT-LLM, NVIDIA GPUs only) exists only as its image.
 ENVIRONMENTS = ("serve", "train", "orchestrate")
+IMAGE_ONLY_ENVIRONMENTS = ("trtllm",)
 USER_ERROR_EXIT = 2
 
 
@@ -58,6 +60,8 @@ STEPS: dict[str, Step] = {
              "serve the base in vLLM with the exported draft and read vLLM's acceptance counters"),
         Step("export", "components.export.config:ExportConfig", "components.export.export:run", "train",
              "write draft checkpoints that vLLM and TensorRT-LLM load"),
+        Step("build-engine", "components.export.config:BuildEngineConfig", "components.export.engine:run",
+             "trtllm", "build the TensorRT-LLM engine of a Medusa draft (trtllm image, NVIDIA GPU)"),
         Step("register", "components.register.config:RegisterConfig", "components.register.register:run",
              "orchestrate", "log the run to MLflow, register the draft, promote the champion"),
     )
@@ -65,7 +69,7 @@ STEPS: dict[str, Step] = {
 
 
 def python_for(env: str) -> str:
-    if env not in ENVIRONMENTS:
+    if env not in ENVIRONMENTS + IMAGE_ONLY_ENVIRONMENTS:
         raise ValueError(f"unknown environment {env!r}")
     return os.environ.get(f"SPECTRAIN_PYTHON_{env.upper()}") or sys.executable
 

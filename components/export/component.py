@@ -20,3 +20,16 @@ def export(draft_checkpoint: Input[Model], mode: str, dtype: str, base_model: st
     draft.metadata.update({"mode": mode, "dtype": dtype})
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)
+
+
+@dsl.component(base_image=images.TRTLLM, install_kfp_package=False)
+def build_trtllm_engine(draft: Input[Model], base_model: str, engine: Output[Model], result: Output[Artifact]):
+    """Build the TensorRT-LLM engine of an exported Medusa draft (trtllm image, NVIDIA GPU)."""
+    import json
+
+    from spectrain.steps import run_step
+
+    outcome = run_step("build-engine", {"draft": draft.path, "base_model": base_model, "output_dir": engine.path})
+    engine.metadata["serve_command"] = outcome["serve_command"]
+    with open(result.path, "w") as handle:
+        json.dump(outcome, handle)

@@ -29,3 +29,17 @@ class ExportConfig:
         if not self.checkpoint:
             raise SpectrainError("no checkpoint given", where="export.checkpoint",
                                  fix="pass the directory written by train_heads")
+
+
+@dataclass
+class BuildEngineConfig:
+    """Build the TensorRT-LLM engine of an exported Medusa draft (trtllm image, NVIDIA GPU)."""
+
+    draft: str = field("", "exported draft directory (export output; its trtllm/medusa/ holds the heads)")
+    base_model: str = field("embedded", "the base model the heads were trained on: a local HF checkpoint or hub id")
+    output_dir: str = field("engine", "where the engine (output_dir/engine) is written")
+
+    def validate(self) -> None:
+        if not self.draft:
+            raise SpectrainError("no draft given", where="build_engine.draft",
+                                 fix="pass the directory written by the export step")

@@ -27,6 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+# TensorRT-LLM's Medusa checkpoint converter, where the release image keeps its examples.
+MEDUSA_CONVERT = "/app/tensorrt_llm/examples/medusa/convert_checkpoint.py"
 # trtllm-build arguments for a Medusa engine; batch/sequence limits are the serving team's to tune.
 MEDUSA_BUILD = ["--speculative_decoding_mode", "medusa", "--max_batch_size", "8", "--gemm_plugin", "auto"]
 
@@ -58,7 +60,7 @@ def write_medusa(model, vllm_tensors: dict[str, torch.Tensor], directory: Path, 
 def medusa_commands(base_model: str, medusa_dir: Path, out: Path, heads: int, layers: int, dtype: str) -> list[list]:
     checkpoint, engine = out / "checkpoint", out / "engine"
     return [
-        ["python3", "/app/tensorrt_llm/examples/medusa/convert_checkpoint.py", "--model_dir", base_model,
+        ["python3", MEDUSA_CONVERT, "--model_dir", base_model,
          "--medusa_model_dir", str(medusa_dir), "--output_dir", str(checkpoint), "--dtype", dtype,
          "--num_medusa_heads", str(heads), "--num_medusa_layers", str(layers)],
         ["trtllm-build", "--checkpoint_dir", str(checkpoint), "--output_dir", str(engine), *MEDUSA_BUILD],

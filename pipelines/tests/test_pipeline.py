@@ -30,7 +30,7 @@ def test_dag_reads_like_the_workflow(tmp_path):
     handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert {"serve-base-model", "regenerate", "for-loop-2", "summarize"} <= set(handler)
     loop = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
-    assert set(loop) == {"train-heads", "evaluate", "export", "condition-3", "register"}
+    assert set(loop) == {"train-heads", "evaluate", "export", "condition-3", "condition-4", "register"}
     crosscheck = spec["components"]["comp-condition-3"]["dag"]["tasks"]["vllm-crosscheck"]
     assert crosscheck["inputs"]["parameters"]["expected_acceptance_length"]["componentInputParameter"] \
         == "pipelinechannel--evaluate-Output"  # our τ, handed to vLLM's check
@@ -43,7 +43,8 @@ def test_dag_reads_like_the_workflow(tmp_path):
 def test_kubernetes_settings_are_compiled_in(tmp_path):
     _, (spec, platform) = compiled(tmp_path)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-serve-base-model", "exec-train-heads", "exec-evaluate", "exec-export", "exec-vllm-crosscheck"):
+    for name in ("exec-serve-base-model", "exec-train-heads", "exec-evaluate", "exec-export", "exec-vllm-crosscheck",
+                 "exec-build-trtllm-engine"):
         config = executors[name]
         assert config["pvcMount"][0]["mountPath"] == "/models"
         assert config["pvcMount"][0]["pvcNameParameter"]["componentInputParameter"].endswith("model_cache_pvc")
@@ -70,7 +71,7 @@ def test_caching_and_retries_are_chosen_per_step(tmp_path):
     never = {"serve-base-model", "stop-server", "regenerate", "register", "summarize"}  # side effects, moving data
     for name in never:
         assert tasks[name]["cachingOptions"] == {}, name
-    for name in ("train-heads", "evaluate", "export", "vllm-crosscheck"):  # pure functions of their inputs
+    for name in ("train-heads", "evaluate", "export", "vllm-crosscheck", "build-trtllm-engine"):  # pure functions
         assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
     retried = {name for name, task in tasks.items() if "retryPolicy" in task}
     assert retried == {"regenerate", "register"}
@@ -87,7 +88,20 @@ def test_checkpoint_root_reaches_the_resumable_steps(tmp_path):
         == "{{$.pipeline_job_uuid}}"
 
 
+def test_trtllm_engine_is_built_for_medusa_only_and_only_when_asked(tmp_path):
+    _, (spec, _) = compiled(tmp_path)
+    assert spec["root"]["inputDefinitions"]["parameters"]["trtllm_engine"]["defaultValue"] is False
+    outer = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["condition-4"]
+    assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--trtllm_engine'] == true"
+    inner = spec["components"]["comp-condition-4"]["dag"]["tasks"]["condition-5"]
+    assert inner["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--modes-loop-item'] == 'medusa'"
+    build = spec["components"]["comp-condition-5"]["dag"]["tasks"]["build-trtllm-engine"]
+    assert build["inputs"]["artifacts"]["draft"]["componentInputArtifact"] == "pipelinechannel--export-draft"
+    executor = spec["deploymentSpec"]["executors"]["exec-build-trtllm-engine"]["container"]
+    assert executor["image"].startswith("ghcr.io/spectrain/spectrain-trtllm:")
+
+
 def test_images_come_from_one_place(tmp_path, monkeypatch):
     _, (spec, _) = compiled(tmp_path)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {f"ghcr.io/spectrain/spectrain-{n}:0.1.0" for n in ("serve", "train", "orchestrate")}
+    assert images == {f"ghcr.io/spectrain/spectrain-{n}:0.1.0" for n in ("serve", "train", "trtllm", "orchestrate")}
