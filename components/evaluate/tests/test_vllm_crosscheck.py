@@ -42,8 +42,9 @@ TRAINING = {  # enough steps on three greedy replies that a draft which loads mu
 def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode):
     """A draft trained on the base's own greedy replies to the eval prompts must be accepted, in torch and in vLLM.
 
-    An export whose names vLLM does not know would still load — with random weights, τ ≈ 1 — so the
-    trained export must beat the untrained one in vLLM's own counters.
+    An export whose names vLLM does not know would still load — with random weights, τ ≈ 1, as the same
+    architecture at initialisation (the evaluate step's untrained baseline) — so vLLM's own counters
+    must show the trained τ, well above that baseline, and agree with our torch replay.
     """
     import torch
     import transformers
@@ -67,22 +68,19 @@ def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode):
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    measured = {}
-    untrained = {**TRAINING[mode], "max_steps": 1, "lr": 1e-12}
-    for label, training in (("untrained", untrained), ("trained", TRAINING[mode])):
-        checkpoint, draft = tmp_path / f"{label}-checkpoint", tmp_path / f"{label}-draft"
-        run_step("train-heads", {"data": str(data), "output_dir": str(checkpoint), "mode": mode,
-                                 "batch_size": 3, "max_length": 96, "warmup_steps": 0, **training})
-        ours = run_step("evaluate", {"checkpoint": str(checkpoint), "mode": mode, "dataset": str(data),
-                                     "max_new_tokens": 32, "output_dir": str(tmp_path / f"{label}-eval")})
-        run_step("export", {"checkpoint": str(checkpoint), "mode": mode, "output_dir": str(draft)})
-        theirs = run(VllmCrosscheckConfig(draft_dir=str(draft), mode=mode, dataset=str(data),
-                                          max_new_tokens=32, output=str(tmp_path / f"{label}-vllm.json"),
-                                          expected_acceptance_length=ours["acceptance_length"]))
-        measured[label] = (ours["acceptance_length"], theirs["acceptance_length"], theirs)
-    (untrained_ours, untrained_vllm, _), (trained_ours, trained_vllm, trained) = \
-        measured["untrained"], measured["trained"]
-    assert untrained_ours < 1.15 and untrained_vllm < 1.15, measured
-    assert trained_ours > untrained_ours + 0.2, measured
-    assert trained_vllm > untrained_vllm + 0.2, measured  # vLLM runs the trained weights, not random heads
-    assert trained["agrees"], measured
+    checkpoint, draft = tmp_path / "checkpoint", tmp_path / "draft"
+    run_step("train-heads", {"data": str(data), "output_dir": str(checkpoint), "mode": mode,
+                             "batch_size": 3, "max_length": 96, "warmup_steps": 0, **TRAINING[mode]})
+    ours = run_step("evaluate", {"checkpoint": str(checkpoint), "mode": mode, "dataset": str(data),
+                                 "max_new_tokens": 32, "output_dir": str(tmp_path / "eval")})
+    run_step("export", {"checkpoint": str(checkpoint), "mode": mode, "output_dir": str(draft)})
+    theirs = run(VllmCrosscheckConfig(draft_dir=str(draft), mode=mode, dataset=str(data), max_new_tokens=32,
+                                      output=str(tmp_path / "vllm.json"),
+                                      expected_acceptance_length=ours["acceptance_length"]))
+    measured = {"ours": ours["acceptance_length"], "vllm": theirs["acceptance_length"],
+                "untrained (ours)": ours["untrained_acceptance_length"]}
+    print(f"[crosscheck {mode}] {measured}")
+    assert measured["untrained (ours)"] < 1.15, measured
+    assert measured["ours"] > measured["untrained (ours)"] + 0.2, measured
+    assert measured["vllm"] > measured["untrained (ours)"] + 0.2, measured  # vLLM runs the trained weights
+    assert theirs["agrees"], measured
