@@ -13,6 +13,7 @@ import modelopt.torch.opt as mto
 import modelopt.torch.speculative as mtsp
 import torch
 import transformers
+from safetensors.torch import load_file, save_file
 
 from components.train_heads import hidden_cache, launch
 from components.train_heads.config import TrainHeadsConfig
@@ -27,6 +28,7 @@ from spectrain.plots import figure
 mto.enable_huggingface_checkpointing()
 
 HEAD_PREFIXES = ("eagle_module", "medusa_heads")
+DRAFT_WEIGHTS = "draft_weights.safetensors"  # the weights in a resumable checkpoint-<step>/
 SAVE_STEPS_WITH_CHECKPOINT_URI = 200  # save_steps when checkpoint_uri is set and save_steps is not
 
 
@@ -165,6 +167,15 @@ def base_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def draft_state_dict(model) -> dict[str, torch.Tensor]:
+    """The draft module's weights and buffers: everything training changes (checked, not assumed)."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
+    outside = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+    if outside:
+        raise RuntimeError(f"trainable parameters outside the draft module: {outside[:3]}")
+    return state
+
+
 def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -178,6 +189,28 @@ class DraftTrainer(transformers.Trainer):
         self.mode = mode
         self._accuracy_sums: list[float] = []
         self._accuracy_count = 0
+
+    # Resumable checkpoints hold the draft only: the base is frozen, so its weights are the base model's
+    # own and would make every checkpoint (and its copy on S3) base-sized (32 GB for an 8B base in fp32).
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not _internal_call:  # the final checkpoint: the whole model, which evaluate and export load
+            return super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            save_file(draft_state_dict(self.model), str(Path(output_dir) / DRAFT_WEIGHTS), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        weights = Path(resume_from_checkpoint) / DRAFT_WEIGHTS
+        if not weights.exists():  # a checkpoint with the whole model
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model or self.model
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing_draft = [k for k in missing if k.startswith(HEAD_PREFIXES)]
+        if unexpected or missing_draft:
+            raise SpectrainError(f"{weights} does not fit this draft (missing {missing_draft[:3]}, unexpected "
+                                 f"{unexpected[:3]})", where=str(weights),
+                                 fix="resume with the same mode and draft settings, or start fresh "
+                                     "(resume_from_checkpoint '')")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)

@@ -38,7 +38,10 @@ def test_killed_training_resumes_from_the_last_checkpoint_on_s3(tiny_data, tmp_p
     os.killpg(first.pid, signal.SIGKILL)  # a crash, not a clean stop
     first.wait()
     assert not (output / "checkpoint-6").exists()
-    on_s3, _ = s3.latest_checkpoint(uri)
+    on_s3, folder = s3.latest_checkpoint(uri)
+    uploaded = {o["key"].rsplit("/", 1)[-1] for o in s3.list_objects(folder)}
+    assert {"draft_weights.safetensors", "optimizer.pt", "trainer_state.json", "COMPLETE"} <= uploaded
+    assert "model.safetensors" not in uploaded  # the frozen base stays out of every checkpoint
 
     second = subprocess.run(command(tmp_path / "pod2"), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -48,3 +51,35 @@ def test_killed_training_resumes_from_the_last_checkpoint_on_s3(tiny_data, tmp_p
     assert resumed_at == on_s3 >= 2 and result["steps"] == 6
     assert result["steps_this_run"] == 6 - resumed_at, "the resumed run did not continue where it stopped"
     assert s3.latest_checkpoint(uri)[0] == 6  # the second pod's checkpoints went up too
+
+
+@pytest.mark.parametrize("mode", ["eagle3", "medusa"])
+def test_a_checkpoint_holds_the_draft_only_and_resuming_from_it_ends_where_an_unbroken_run_does(
+        tiny_data, tmp_path, mode):
+    from safetensors.torch import load_file
+
+    from components.train_heads.config import TrainHeadsConfig
+    from components.train_heads.train import DRAFT_WEIGHTS, HEAD_PREFIXES, run
+
+    settings = dict(data=tiny_data, mode=mode, max_steps=3, batch_size=2, max_length=64, warmup_steps=0,
+                    lr=1e-2, **({"medusa_num_heads": 2} if mode == "medusa" else {"draft_vocab_size": 512}))
+    unbroken = tmp_path / "unbroken"
+    run(TrainHeadsConfig(output_dir=str(unbroken), save_steps=1, **settings))
+    checkpoint = unbroken / "checkpoint-1"
+    assert not (checkpoint / "model.safetensors").exists(), "the frozen base does not belong in a checkpoint"
+    final = {k: v for k, v in load_file(str(unbroken / "model.safetensors")).items() if k.startswith(HEAD_PREFIXES)}
+    assert load_file(str(unbroken / "checkpoint-3" / DRAFT_WEIGHTS)).keys() == final.keys()
+    assert (checkpoint / DRAFT_WEIGHTS).stat().st_size < (unbroken / "model.safetensors").stat().st_size / 2
+
+    resumed = tmp_path / "resumed"
+    result = run(TrainHeadsConfig(output_dir=str(resumed), resume_from_checkpoint=str(checkpoint), **settings))
+    assert result["steps_this_run"] == 2
+    after = load_file(str(resumed / "model.safetensors"))
+    for name, tensor in final.items():
+        assert torch_equal(after[name], tensor), f"{name} differs after resuming"
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=0, atol=1e-6)
