@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 DEFAULT_EXPERIMENT = "spectrain"
+# The ServiceAccount manifests/base/rbac.yaml creates: may create the vLLM Deployment/Service of serve_mode cluster.
+DEFAULT_SERVICE_ACCOUNT = "spectrain-pipeline-runner"
 CRON_EXAMPLE = "0 0 3 * * *"
 # Python types a parameter of each pipeline-spec (IR) type accepts in a --params file.
 PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
@@ -116,12 +118,14 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def fingerprint(package: Path, params: dict[str, Any], pipeline_root: str | None = None) -> str:
+def fingerprint(package: Path, params: dict[str, Any], pipeline_root: str | None = None,
+                service_account: str | None = None) -> str:
     """What a recurring run was created from, kept in its description (KFP cannot update a recurring run).
 
-    The pipeline root (where the run's artifacts go) counts as a parameter.
+    The pipeline root (where the run's artifacts go) and the service account count as parameters.
     """
-    settings = {**params, **({"<pipeline_root>": pipeline_root} if pipeline_root else {})}
+    settings = {**params, **({"<pipeline_root>": pipeline_root} if pipeline_root else {}),
+                **({"<service_account>": service_account} if service_account else {})}
     return (f"managed by `spectrain schedule`: package sha256:{digest(package.read_bytes())}; "
             f"params sha256:{digest(json.dumps(settings, sort_keys=True).encode())}")
 
@@ -183,7 +187,8 @@ def ui_url(client: kfp.Client, kind: str, object_id: str) -> str:
 
 
 def submit_run(client: kfp.Client, *, package: Path, params: dict[str, Any], run_name: str, experiment: str,
-               force: bool = False, pipeline_root: str | None = None) -> tuple[Any, bool]:
+               force: bool = False, pipeline_root: str | None = None,
+               service_account: str | None = None) -> tuple[Any, bool]:
     """Create a run of `package` in `experiment` (created if missing), unless one named `run_name` exists.
 
     Returns (run, created).
@@ -195,7 +200,7 @@ def submit_run(client: kfp.Client, *, package: Path, params: dict[str, Any], run
         if existing:
             return existing[0], False
     run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name, pipeline_package_path=str(package),
-                              params=params, pipeline_root=pipeline_root)
+                              params=params, pipeline_root=pipeline_root, service_account=service_account)
     return run, True
 
 
@@ -222,7 +227,8 @@ def differences(existing: Any, *, cron: str, description: str) -> list[str]:
 
 
 def schedule_recurring_run(client: kfp.Client, *, name: str, cron: str, package: Path, params: dict[str, Any],
-                           experiment: str, pipeline_root: str | None = None) -> tuple[Any, str]:
+                           experiment: str, pipeline_root: str | None = None,
+                           service_account: str | None = None) -> tuple[Any, str]:
     """Create-or-replace the recurring run `name`: one run at a time, no backfill of missed runs.
 
     Returns (recurring run, what happened: "created", "unchanged" or "replaced: <differences>").
@@ -230,7 +236,7 @@ def schedule_recurring_run(client: kfp.Client, *, name: str, cron: str, package:
     """
     cron = check_cron(cron)
     experiment_id = client.create_experiment(name=experiment).experiment_id
-    description = fingerprint(package, params, pipeline_root)
+    description = fingerprint(package, params, pipeline_root, service_account)
     existing = find_recurring_runs(client, experiment_id, name)
     changes = ([f"{len(existing)} recurring runs had this name"] if len(existing) > 1 else
                differences(existing[0], cron=cron, description=description) if existing else [])
@@ -242,7 +248,7 @@ def schedule_recurring_run(client: kfp.Client, *, name: str, cron: str, package:
     created = client.create_recurring_run(
         experiment_id=experiment_id, job_name=name, description=description, cron_expression=cron,
         max_concurrency=1, no_catchup=True, params=params, pipeline_package_path=str(package), enabled=enabled,
-        pipeline_root=pipeline_root)
+        pipeline_root=pipeline_root, service_account=service_account)
     return created, f"replaced: {'; '.join(changes)}" if existing else "created"
 
 
@@ -294,7 +300,7 @@ def submit_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     with api_errors(host):
         client = make_client(host, namespace)
         run, created = submit_run(client, package=package, params=params, run_name=run_name,
-                                  experiment=args.experiment, force=args.force, pipeline_root=_pipeline_root(args))
+                                  experiment=args.experiment, force=args.force, **_run_settings(args))
         url = ui_url(client, "runs", run.run_id)
     if created:
         print(f"submitted run {run_name!r} to experiment {args.experiment!r}")
@@ -330,7 +336,7 @@ def schedule_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         client = make_client(host, namespace)
         recurring, outcome = schedule_recurring_run(client, name=args.name, cron=cron, package=package,
                                                     params=params, experiment=args.experiment,
-                                                    pipeline_root=_pipeline_root(args))
+                                                    **_run_settings(args))
         url = ui_url(client, "recurringrun", recurring.recurring_run_id)
     if outcome == "unchanged":
         print(f"recurring run {args.name!r} is already scheduled with this cron, package and params: left as is")
@@ -363,14 +369,23 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"KFP experiment (default: {DEFAULT_EXPERIMENT}; created if missing)")
 
 
-def _pipeline_root(args: argparse.Namespace) -> str | None:
-    return args.pipeline_root or os.environ.get("SPECTRAIN_PIPELINE_ROOT") or None
+def _run_settings(args: argparse.Namespace) -> dict[str, str | None]:
+    """Where the run's artifacts go, and the Kubernetes identity its pods run as ('' = KFP's default)."""
+    account = args.service_account
+    if account is None:
+        account = os.environ.get("SPECTRAIN_SERVICE_ACCOUNT", DEFAULT_SERVICE_ACCOUNT)
+    return {"pipeline_root": args.pipeline_root or os.environ.get("SPECTRAIN_PIPELINE_ROOT") or None,
+            "service_account": account or None}
 
 
 def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-root", default=None, metavar="URI",
                         help="where KFP stores the run's artifacts, e.g. s3://spectrain/pipeline-root (default: "
                              "$SPECTRAIN_PIPELINE_ROOT, else the KFP installation's default bucket)")
+    parser.add_argument("--service-account", default=None, metavar="NAME",
+                        help=f"service account the run's pods use (default: $SPECTRAIN_SERVICE_ACCOUNT, else "
+                             f"{DEFAULT_SERVICE_ACCOUNT}, which manifests/ creates with the RBAC serve_mode "
+                             f"'cluster' needs; '' for the KFP installation's default)")
     parser.add_argument("--package", default=str(DEFAULT_YAML),
                         help="compiled pipeline YAML (default: pipelines/speculative_decoding.yaml)")
     parser.add_argument("--params", default=None, metavar="FILE",

@@ -275,9 +275,12 @@ def test_everything_lives_in_the_spectrain_namespace(overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_runner_role_is_least_privilege(overlay):
+    from pipelines.submit import DEFAULT_SERVICE_ACCOUNT
+
     docs = build(f"overlays/{overlay}")
     roles = of_kind(docs, "Role")
     assert [r["metadata"]["name"] for r in roles] == ["spectrain-pipeline-runner"]
+    one(docs, "ServiceAccount", DEFAULT_SERVICE_ACCOUNT)  # what `spectrain submit/schedule` run as
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in roles[0]["rules"]:
         assert "resourceNames" not in rule and "nonResourceURLs" not in rule

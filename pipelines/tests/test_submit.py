@@ -223,3 +223,17 @@ def test_the_pipeline_root_sends_artifacts_to_s3_and_a_new_root_replaces_the_sch
     assert schedule(fake, "--cron", "0 0 3 * * *") == 0
     assert [r.method for r in fake.writes()][-2:] == ["DELETE", "POST"]
     assert fake.recurring_runs[0]["runtime_config"]["pipeline_root"] == "s3://spectrain/b"
+
+
+def test_runs_use_the_service_account_the_manifests_create_and_a_new_one_replaces_the_schedule(fake, monkeypatch):
+    assert cli(fake, "submit", "--run-name", "a") == 0
+    assert fake.calls("POST", RUNS)[0].body["service_account"] == "spectrain-pipeline-runner"
+    assert cli(fake, "submit", "--run-name", "b", "--service-account", "") == 0
+    assert not fake.calls("POST", RUNS)[1].body.get("service_account")  # the KFP installation's default
+
+    assert schedule(fake, "--cron", "0 0 3 * * *") == 0
+    assert fake.recurring_runs[0]["service_account"] == "spectrain-pipeline-runner"
+    monkeypatch.setenv("SPECTRAIN_SERVICE_ACCOUNT", "team-runner")
+    assert schedule(fake, "--cron", "0 0 3 * * *") == 0
+    assert [r.method for r in fake.writes()][-2:] == ["DELETE", "POST"]
+    assert fake.recurring_runs[0]["service_account"] == "team-runner"
