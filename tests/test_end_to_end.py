@@ -15,9 +15,15 @@ TINY = ["--regenerate-limit", "6", "--regenerate-max-tokens", "24", "--train-max
 
 
 @pytest.mark.slow
-def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path):
+def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path, s3_endpoint):
+    import boto3
+
+    from spectrain import s3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="e2e")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # as from a clean shell
-    result = subprocess.run([sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY],
+    result = subprocess.run([sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY,
+                             "--checkpoint-root", "s3://e2e/checkpoints/"],
                             capture_output=True, text=True, timeout=1500,
                             env={**env, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -49,3 +55,12 @@ def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path):
     assert "Application startup complete" in server_log.read_text()
     serve = json.loads((run_dir / "serve-base-model" / "result").read_text())
     assert not Path(f"/proc/{serve['pid']}").exists(), "the exit handler left vLLM running"
+
+    # checkpoint_root: progress went to S3 under the run id (moto server), where a retried step would find it
+    regenerate = json.loads((run_dir / "regenerate" / "result").read_text())
+    prefix = regenerate["checkpoint"]["uri"]
+    assert prefix.startswith("s3://e2e/checkpoints/") and prefix.endswith("/regenerate/")
+    assert regenerate["checkpoint"]["uploaded"] == 6
+    run_root = prefix.removesuffix("regenerate/")
+    for mode in ("eagle3", "medusa"):
+        assert s3.latest_checkpoint(f"{run_root}train/{mode}/") is not None, mode
