@@ -5,8 +5,19 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+@dataclass
+class Request:
+    """One request as a stand-in API server received it."""
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    authorization: str | None = None
 
 
 def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:

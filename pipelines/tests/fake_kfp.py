@@ -24,28 +24,17 @@ import itertools
 import json
 import threading
 import uuid
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from spectrain.testing import send_json
+from spectrain.testing import Request, send_json
 
 API = "/apis/v2beta1"
 COLLECTIONS = {"experiments": "experiment_id", "runs": "run_id", "recurringruns": "recurring_run_id"}
 # The list field of each response; ListRecurringRunsResponse's proto field is literally `recurringRuns`.
 LIST_KEYS = {"experiments": "experiments", "runs": "runs", "recurringruns": "recurringRuns"}
 EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-
-
-@dataclass
-class Request:
-    """One request as the fake received it."""
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    authorization: str | None
 
 
 class ApiError(Exception):

@@ -21,27 +21,18 @@ import json
 import re
 import threading
 import uuid
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 from kubernetes import client
 
-from spectrain.testing import send_json
+from spectrain.testing import Request, send_json
 
 PATH = re.compile(r"^/(?:api/v1|apis/apps/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>deployments|services|pods|events)"
                   r"(?:/(?P<name>[^/]+)(?P<log>/log)?)?$")
 GROUP_OF = {"deployments": "/apis/apps/v1", "services": "/api/v1", "pods": "/api/v1", "events": "/api/v1"}
 KIND_OF = {"deployments": "Deployment", "services": "Service", "pods": "Pod", "events": "Event"}
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
 
 
 def matches(selector: str, labels: dict[str, str]) -> bool:
