@@ -9,6 +9,8 @@ S3 verifies on upload and boto3 verifies on download.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,18 +52,26 @@ def transfer_config():
     return TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES)
 
 
-def list_objects(uri: str) -> list[dict]:
-    """Objects under ``uri`` (a key or a prefix), sorted by key: [{"key", "size", "etag"}]."""
+@contextmanager
+def failures(what: str, where: str) -> Iterator[None]:
+    """Any boto3/botocore failure inside becomes a SpectrainError saying what failed, where, and what to check."""
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
-    location = S3Uri.parse(uri)
     try:
+        yield
+    except (Boto3Error, BotoCoreError, ClientError) as exc:
+        raise SpectrainError(f"{what}: {exc}", where=where,
+                             fix="check the bucket name, AWS_ENDPOINT_URL and the S3 credentials") from exc
+
+
+def list_objects(uri: str) -> list[dict]:
+    """Objects under ``uri`` (a key or a prefix), sorted by key: [{"key", "size", "etag"}]."""
+    location = S3Uri.parse(uri)
+    with failures(f"cannot list {uri}", uri):
         pages = client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.key)
         objects = [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"].strip('"')}
                    for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
-    except (BotoCoreError, ClientError) as exc:
-        raise SpectrainError(f"cannot list {uri}: {exc}", where=uri,
-                             fix="check the bucket name, AWS_ENDPOINT_URL and the S3 credentials") from exc
     return sorted(objects, key=lambda o: o["key"])
 
 
@@ -71,8 +81,6 @@ def download(uri: str, destination: Path) -> list[Path]:
     Keys keep their path below the prefix. An object already there with the same size is not fetched
     again (a retried step resumes). Returns the local files, sorted by key.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
     location = S3Uri.parse(uri)
     objects = list_objects(uri)
     if not objects:
@@ -86,12 +94,9 @@ def download(uri: str, destination: Path) -> list[Path]:
         if not (target.exists() and target.stat().st_size == obj["size"]):
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
-            try:
+            with failures(f"cannot download s3://{location.bucket}/{obj['key']}", uri):
                 s3.download_file(location.bucket, obj["key"], str(partial), Config=config,
                                  ExtraArgs={"ChecksumMode": "ENABLED"})
-            except (BotoCoreError, ClientError) as exc:
-                raise SpectrainError(f"cannot download s3://{location.bucket}/{obj['key']}: {exc}",
-                                     where=uri, fix="check the S3 credentials and endpoint") from exc
             partial.rename(target)  # never a half file under the real name
         files.append(target)
     return files
@@ -105,28 +110,17 @@ def upload(source: Path, uri: str) -> list[str]:
     pairs = ([(source, location.key)] if source.is_file() else
              [(f, f"{location.key.rstrip('/')}/{f.relative_to(source).as_posix()}")
               for f in sorted(source.rglob("*")) if f.is_file()])
-    from boto3.exceptions import Boto3Error
-    from botocore.exceptions import BotoCoreError, ClientError
-
     for path, key in pairs:
-        try:
+        with failures(f"cannot upload {path} to s3://{location.bucket}/{key}", uri):
             s3.upload_file(str(path), location.bucket, key, Config=config, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
-        except (Boto3Error, BotoCoreError, ClientError) as exc:
-            raise SpectrainError(f"cannot upload {path} to s3://{location.bucket}/{key}: {exc}", where=uri,
-                                 fix="check the bucket, AWS_ENDPOINT_URL and the S3 credentials") from exc
     return [f"s3://{location.bucket}/{key}" for _, key in pairs]
 
 
 def put_bytes(uri: str, data: bytes) -> None:
     """Write one small object (with a SHA-256 checksum S3 verifies)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     location = S3Uri.parse(uri)
-    try:
+    with failures(f"cannot write {uri}", uri):
         client().put_object(Bucket=location.bucket, Key=location.key, Body=data, ChecksumAlgorithm="SHA256")
-    except (BotoCoreError, ClientError) as exc:
-        raise SpectrainError(f"cannot write {uri}: {exc}", where=uri,
-                             fix="check the bucket, AWS_ENDPOINT_URL and the S3 credentials") from exc
 
 
 def run_prefix(root: str, run_id: str, *parts: str) -> str:
