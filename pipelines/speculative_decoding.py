@@ -42,19 +42,20 @@ def on_cluster(task, *, gpus: int | None, node_selector, tolerations, model_cach
     return task
 
 
-def reads_cluster_config(task, *, s3: bool = True):
+# Keys of the spectrain-config ConfigMap (manifests/base/config.yaml) passed to the steps as env vars.
+CLUSTER_CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
+
+
+def reads_cluster_config(task):
     """Environment for steps that touch S3 or MLflow: the spectrain-config ConfigMap (endpoints, region)
-    and, with ``s3``, the S3 keys. Both optional: a cluster without them still runs the rest."""
+    and the S3 keys. Both optional: a cluster without them still runs the rest."""
     kubernetes.use_config_map_as_env(task, config_map_name="spectrain-config", optional=True,
                                      config_map_key_to_env={k: k for k in CLUSTER_CONFIG_KEYS})
-    if s3:
-        kubernetes.use_secret_as_env(task, secret_name="spectrain-s3", secret_key_to_env=S3_SECRET["spectrain-s3"],
-                                     optional=True)
+    kubernetes.use_secret_as_env(task, secret_name="spectrain-s3", secret_key_to_env=S3_SECRET["spectrain-s3"],
+                                 optional=True)
     return task
 
 
-# Keys of the spectrain-config ConfigMap (manifests/base/config.yaml) passed to the steps as env vars.
-CLUSTER_CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI")
 VLLM_SECRET = {"spectrain-vllm": {"VLLM_API_KEY": "VLLM_API_KEY"}}
 HF_SECRET = {"spectrain-hf": {"HF_TOKEN": "HF_TOKEN"}}
 S3_SECRET = {"spectrain-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}}
@@ -172,9 +173,9 @@ def speculative_decoding(
                                   batch_size=batch_size, max_length=max_length, draft_vocab_size=draft_vocab_size,
                                   hidden_state_cache=hidden_state_cache, options=train_options,
                                   checkpoint_root=checkpoint_root, run_id=RUN_ID)
-            # Cached (as evaluate and export): a pure function of its inputs, the regenerated data artifact
-            # among them, so KFP may reuse an identical task's result. (A fresh regeneration is a new
-            # artifact, so new data always trains anew.)
+            # Cached (as evaluate, export, engine): pure functions of their inputs, so a hit is always
+            # correct. Each run brings a new regenerated artifact (and run id), so hits come from the
+            # same run (a task re-executed after a failure elsewhere), never from yesterday's data.
             trained.set_caching_options(True)
             on_cluster(trained, gpus=TRAIN_GPUS, secrets=HF_SECRET, **placement)
             reads_cluster_config(trained)
