@@ -28,7 +28,7 @@ class S3Checkpoint:
         self.next_part = 0
         self.pending: list[dict] = []
         self.last_push = time.monotonic()
-        self.uploaded = 0
+        self.restored = self.uploaded = 0
         self._lock = threading.Lock()
 
     def restore(self, output: Path, have: set[str]) -> int:
@@ -38,7 +38,6 @@ class S3Checkpoint:
         """
         parts = [o for o in s3.list_objects(self.uri) if o["key"].rsplit("/", 1)[-1].startswith("part-")]
         remote: set[str] = set()
-        restored = 0
         if parts:
             self.next_part = 1 + max(int(o["key"].rsplit("-", 1)[-1].split(".")[0]) for o in parts)
             with tempfile.TemporaryDirectory() as scratch, open(output, "a", encoding="utf-8") as handle:
@@ -49,7 +48,7 @@ class S3Checkpoint:
                         if record["conversation_id"] not in have:
                             have.add(record["conversation_id"])
                             handle.write(line + "\n")
-                            restored += 1
+                            self.restored += 1
                 handle.flush()
                 os.fsync(handle.fileno())  # once for the lot: restoring 100k records is one write, not 100k
         if have - remote:
@@ -57,7 +56,7 @@ class S3Checkpoint:
                 record = json.loads(line)
                 if record["conversation_id"] not in remote:
                     self.pending.append(record)
-        return restored
+        return self.restored
 
     def add(self, record: dict) -> bool:
         """Queue a finished record; True when it is time to push."""
@@ -86,3 +85,6 @@ class S3Checkpoint:
             print(f"[regenerate] checkpoint upload failed, will retry: {error.what}", flush=True)
             return
         self.uploaded += len(records)
+
+    def summary(self) -> dict:
+        return {"uri": self.uri, "restored": self.restored, "uploaded": self.uploaded}

@@ -168,8 +168,7 @@ def run(config: RegenerateConfig) -> dict:
     seconds = time.monotonic() - started
     summary = {**counts, "output_tokens_per_s": counts["output_tokens"] / seconds, "resumed": len(conversations) - len(todo), "skipped_input_lines": len(skipped),
                "total": len(conversations), "output": str(output), "inputs": inputs, "seconds": seconds,
-               "checkpoint": ({"uri": config.checkpoint_uri, "restored": restored, "uploaded": checkpoint.uploaded}
-                              if checkpoint else None)}
+               "checkpoint": checkpoint.summary() if checkpoint else None}
     print(f"[regenerate] done {counts['done']}, truncated {counts['truncated']}, failed {counts['failed']}, "
           f"rejected {counts['rejected']}, "
           f"skipped input lines {len(skipped)} in {seconds:.0f} s", flush=True)
