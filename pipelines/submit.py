@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectrain import checks
 from spectrain.errors import SpectrainError
 from spectrain.local import DEFAULT_YAML
 
@@ -38,6 +39,8 @@ PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
     "STRING": (str,), "NUMBER_INTEGER": (int,), "NUMBER_DOUBLE": (int, float), "BOOLEAN": (bool,),
     "LIST": (list,), "STRUCT": (dict,),
 }
+PYTHON_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool, "LIST": list,
+                "STRUCT": dict}
 # What `schedule` writes in a recurring run's description, and reads back to decide whether it changed.
 FINGERPRINT = re.compile(r"package sha256:(?P<package>[0-9a-f]+); params sha256:(?P<params>[0-9a-f]+)")
 
@@ -89,6 +92,12 @@ def read_params(path: Path | None, package: Path) -> dict[str, Any]:
         if accepted and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)):
             raise SpectrainError(f"{name}: expected {kind.lower()}, got {type(value).__name__} {value!r}",
                                  where=str(path), fix=f"{name}: {known[name].get('description', '')}")
+    from pipelines import parameters
+
+    types = {name: {"type": PYTHON_TYPES.get(spec.get("parameterType", ""), object),
+                    "default": spec.get("defaultValue")} for name, spec in known.items()}
+    with checks.for_cluster():  # paths and credentials are the cluster's, not this machine's
+        parameters.validate(params, types, where=str(path), label=str)
     return params
 
 

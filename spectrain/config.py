@@ -5,22 +5,90 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from spectrain.checks import Rule
 from spectrain.errors import SpectrainError
 
 C = TypeVar("C")
 
 
-def field(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field whose help text feeds ``--help``, READMEs and KFP docs."""
+def field(default: Any, help: str, check: Rule | None = None, **kwargs: Any) -> Any:
+    """A dataclass field whose help text feeds ``--help``, READMEs and KFP docs; ``check`` is the rule its
+    value must satisfy (spectrain.checks), applied whenever a config is built."""
+    metadata = {"help": help, "check": check}
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_bool(value: Any) -> bool:
+    """The one boolean parser of the CLI, config files and pipeline arguments: a typo is an error, never False."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        if value.strip().lower() in TRUE_WORDS:
+            return True
+        if value.strip().lower() in FALSE_WORDS:
+            return False
+    raise ValueError(f"{value!r} is not a boolean")
+
+
+def coerce(kind: type, value: Any) -> Any:
+    """``value`` (text from a command line, or a JSON/YAML value) as ``kind``; ValueError/TypeError if it is not one."""
+    if kind is bool:
+        return parse_bool(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(value)
+        return str(value)
+    if kind is list:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(value)
+        return list(value)
+    if kind is dict:
+        value = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, dict):
+            raise ValueError(value)
+        return dict(value)
+    return value
+
+
+def section(cls: type) -> str:
+    """The name a config's fields are reported under: TrainHeadsConfig -> train_heads."""
+    name = cls.__name__.removesuffix("Config")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def rule_problem(label: str, value: Any, rule: Rule | None) -> str | None:
+    """'<label> = <value> is not allowed (<why>): expected <allowed>, e.g. <example>', or None if it is."""
+    if rule is None:
+        return None
+    why = rule.problem(value)
+    if why is None:
+        return None
+    return (f"{label} = {value!r} is not allowed{f' ({why})' if why else ''}: expected {rule.allowed}, "
+            f"e.g. {rule.example}")
 
 
 def _base_type(annotation: Any) -> Any:
@@ -36,36 +104,37 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def field_type(cls: type, name: str) -> Any:
+    """The plain type of field ``name`` of config class ``cls`` (bool, int, float, str, list, dict)."""
+    return _base_type(_hints(cls)[name])
+
+
 def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
     kind = _base_type(_hints(cls)[name])
     if value is None:
         return None
     try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if kind in (int, float, str):
-            if kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return kind(value)
-        if kind is list:
-            if isinstance(value, str):
-                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-            return list(value)
-        if kind is dict:
-            return dict(json.loads(value) if isinstance(value, str) else value)
+        return coerce(kind, value)
     except (TypeError, ValueError) as exc:
         raise SpectrainError(
             f"field '{name}' expects {getattr(kind, '__name__', kind)}, got {value!r}",
             where=where,
             fix=f"see the help of '{name}': {help_of(cls, name)}",
         ) from exc
-    return value
+
+
+def check_of(cls: type, name: str) -> Rule | None:
+    return next((f.metadata.get("check") for f in dataclasses.fields(cls) if f.name == name), None)
+
+
+def check_fields(config: Any, where: str) -> None:
+    """Every field against its rule; all problems in one error."""
+    cls = type(config)
+    problems = [p for f in dataclasses.fields(cls)
+                if (p := rule_problem(f"{section(cls)}.{f.name}", getattr(config, f.name), f.metadata.get("check")))]
+    if problems:
+        raise SpectrainError("\n  ".join(problems), where=where,
+                             fix="change the value(s) above; `spectrain step <name> --help` describes each field")
 
 
 def help_of(cls: type, name: str) -> str:
@@ -83,6 +152,7 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
             fix=f"valid fields are: {', '.join(sorted(known))}",
         )
     config = cls(**{k: _coerce(cls, k, v, where) for k, v in values.items()})
+    check_fields(config, where)
     validate = getattr(config, "validate", None)
     if validate:
         validate()

@@ -65,20 +65,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                            help=f"{parameter['help']} (default: {shown!r})")
 
 
-def parse_value(name: str, kind: type, text: str):
-    try:
-        if kind is list:
-            return json.loads(text) if text.strip().startswith("[") else [v for v in text.split(",") if v]
-        if kind is dict:
-            return json.loads(text)
-        if kind is bool:
-            return text.lower() in ("1", "true", "yes")
-        return kind(text)
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise SpectrainError(f"--{name.replace('_', '-')} expects {kind.__name__}, got {text!r}",
-                             where="command line") from exc
-
-
 def venv_python(env: str) -> Path:
     return ROOT / ".venvs" / env / "bin" / "python"
 
@@ -100,12 +86,12 @@ def run_command(args: argparse.Namespace) -> int:
 
     from pipelines.speculative_decoding import speculative_decoding
 
+    from pipelines import parameters as pipeline_checks
+
     parameters = pipeline_parameters()
     arguments = dict(LAPTOP_PRESET) if args.preset == "laptop" else {}
-    for name, parameter in parameters.items():
-        given = getattr(args, name)
-        if given is not None:
-            arguments[name] = parse_value(name, parameter["type"], given)
+    arguments |= {name: getattr(args, name) for name in parameters if getattr(args, name) is not None}
+    arguments = pipeline_checks.validate(arguments, parameters, where="command line")
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     configure_environments(workdir)

@@ -27,7 +27,7 @@ def test_step_help_comes_from_the_config_dataclass():
 def test_a_bad_flag_value_is_one_clear_line_not_a_traceback():
     result = spectrain("run", "--train-max-steps", "many")
     assert result.returncode == 2
-    assert "--train-max-steps expects int, got 'many'" in result.stderr
+    assert "--train-max-steps = 'many' is not allowed: expected an integer" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -25,7 +25,7 @@ def test_mistyped_field_names_the_field_and_its_help():
 
 
 def test_validation_rejects_an_unknown_mode():
-    with pytest.raises(SpectrainError, match="unknown mode 'hydra'"):
+    with pytest.raises(SpectrainError, match="train_heads.mode = 'hydra' is not allowed: expected one of eagle3"):
         configs.from_dict(TrainHeadsConfig, {"data": "x.jsonl", "mode": "hydra"})
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.train_heads.config import MODES
+from spectrain import checks
 from spectrain.config import field
 from spectrain.errors import SpectrainError
 
@@ -12,20 +14,26 @@ from spectrain.errors import SpectrainError
 class EvaluateConfig:
     """Simulate speculative decoding with the base model in torch and count accepted draft tokens."""
 
-    base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id")
-    checkpoint: str = field("", "trained draft checkpoint (train_heads output)")
-    mode: str = field("eagle3", "eagle3, eagle1 or medusa: how to run the draft")
-    dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split")
-    num_prompts: int = field(0, "evaluate on the first N prompts (0: all)")
-    num_draft_tokens: int = field(3, "k: draft chain length proposed per base step")
-    max_new_tokens: int = field(64, "greedy tokens generated per prompt")
-    ngram_max: int = field(3, "n-gram baseline: longest suffix matched in the context")
+    base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id",
+                            check=checks.model_source())
+    checkpoint: str = field("", "trained draft checkpoint (train_heads output)",
+                            check=checks.existing_folder(optional=True))
+    mode: str = field("eagle3", "eagle3, eagle1 or medusa: how to run the draft",
+                      check=checks.one_of(*MODES))
+    dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split",
+                         check=checks.data_source())
+    num_prompts: int = field(0, "evaluate on the first N prompts (0: all)",
+                             check=checks.at_least(0, 20))
+    num_draft_tokens: int = field(3, "k: draft chain length proposed per base step",
+                                  check=checks.at_least(1, 3))
+    max_new_tokens: int = field(64, "greedy tokens generated per prompt",
+                                check=checks.at_least(1, 64))
+    ngram_max: int = field(3, "n-gram baseline: longest suffix matched in the context",
+                           check=checks.at_least(1, 3))
     untrained_baseline: bool = field(True, "also measure the same draft architecture at initialisation")
     output_dir: str = field("evaluation", "where metrics JSON and the acceptance plot go")
 
     def validate(self) -> None:
-        if self.num_draft_tokens < 1:
-            raise SpectrainError("num_draft_tokens must be at least 1", where="evaluate.num_draft_tokens")
         if not self.checkpoint:
             raise SpectrainError("no draft checkpoint given", where="evaluate.checkpoint",
                                  fix="pass the directory written by train_heads")
@@ -40,7 +48,8 @@ class VllmCrosscheckConfig:
 
     base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id")
     draft_dir: str = field("", "exported draft directory (export step output)")
-    mode: str = field("eagle3", "eagle3, eagle1 or medusa (vLLM methods eagle3, eagle, medusa)")
+    mode: str = field("eagle3", "eagle3, eagle1 or medusa (vLLM methods eagle3, eagle, medusa)",
+                      check=checks.one_of(*MODES))
     dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split")
     num_prompts: int = field(0, "send the first N prompts (0: all)")
     num_draft_tokens: int = field(3, "num_speculative_tokens (Medusa: must equal the number of heads)")
@@ -52,9 +61,6 @@ class VllmCrosscheckConfig:
     ready_timeout_s: float = field(600.0, "give up if vLLM is not ready after this many seconds")
 
     def validate(self) -> None:
-        if self.mode not in SPEC_METHODS:
-            raise SpectrainError(f"unknown mode {self.mode!r}", where="vllm_crosscheck.mode",
-                                 fix=f"use one of {sorted(SPEC_METHODS)}")
         if not self.draft_dir:
             raise SpectrainError("no draft directory given", where="vllm_crosscheck.draft_dir",
                                  fix="pass the directory written by the export step")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spectrain import checks
 from spectrain.config import field
-from spectrain.errors import SpectrainError
+from spectrain.data import FORMATS
 
 
 @dataclass
@@ -13,20 +14,28 @@ class RegenerateConfig:
     """Send each conversation's user turns, in order, to the server; keep the server's replies."""
 
     dataset: str = field("embedded", "chat data: a .jsonl/.json/.parquet file, a folder of them, s3://bucket/key "
-                                     "or s3://bucket/prefix/, hf:<datasets id>[:split], or 'embedded' (shipped prompts)")
+                                     "or s3://bucket/prefix/, hf:<datasets id>[:split], or 'embedded' (shipped prompts)",
+                         check=checks.data_source())
     format: str = field("auto", "record shape: auto (per record), daring-anteater, sharegpt (both: conversations "
-                                "with from/value) or openai (messages with role/content)")
+                                "with from/value) or openai (messages with role/content)", check=checks.one_of(*FORMATS))
     output: str = field("regenerated.jsonl", "output jsonl; re-running with the same output resumes")
     endpoint: str = field("http://127.0.0.1:8000/v1", "OpenAI-compatible base URL; several, comma-separated, "
-                                                      "spread the conversations over replicas")
+                                                      "spread the conversations over replicas",
+                          check=checks.url(optional=False, several=True))
     api_key: str = field("spectrain-local", "API key of the endpoint (the VLLM_API_KEY env var wins)")
     model: str = field("", "model name to request; empty asks the server (/v1/models)")
-    max_tokens: int = field(256, "max new tokens per assistant turn")
-    temperature: float = field(0.0, "sampling temperature; 0 = greedy, what the draft must imitate")
-    top_p: float = field(1.0, "nucleus sampling")
-    concurrency: int = field(8, "conversations in flight at once")
-    limit: int = field(0, "regenerate only the first N conversations (0 = all)")
-    sample: int = field(0, "regenerate a random sample of N conversations, drawn with `seed` (0 = no sampling)")
+    max_tokens: int = field(256, "max new tokens per assistant turn",
+                            check=checks.at_least(1, 256))
+    temperature: float = field(0.0, "sampling temperature; 0 = greedy, what the draft must imitate",
+                               check=checks.at_least(0.0, 0.0))
+    top_p: float = field(1.0, "nucleus sampling",
+                         check=checks.between(0.0, 1.0, 0.95))
+    concurrency: int = field(8, "conversations in flight at once",
+                             check=checks.at_least(1, 16))
+    limit: int = field(0, "regenerate only the first N conversations (0 = all)",
+                       check=checks.at_least(0, 80))
+    sample: int = field(0, "regenerate a random sample of N conversations, drawn with `seed` (0 = no sampling)",
+                        check=checks.at_least(0, 1000))
     seed: int = field(0, "seed of the random sample")
     dedupe: bool = field(True, "drop conversations whose prompts repeat an earlier one")
     keep_system_prompt: bool = field(True, "send the dataset's system prompt")
@@ -36,24 +45,14 @@ class RegenerateConfig:
                                       "{\"repetition_penalty\": 1.05} or {\"ignore_eos\": true} for benchmarks")
     checkpoint_uri: str = field("", "s3://bucket/prefix/ where finished conversations are also copied while the step "
                                     "runs; a restarted step (e.g. a KFP retry: a new pod, an empty disk) takes them "
-                                    "back instead of asking the server again. Empty: the local output only")
+                                    "back instead of asking the server again. Empty: the local output only",
+                                check=checks.s3_prefix())
     checkpoint_interval_s: float = field(30.0, "seconds between uploads to checkpoint_uri (each uploads only the "
-                                               "conversations finished since the last)")
-    request_timeout_s: float = field(120.0, "per-request timeout")
-    max_retries: int = field(4, "retries per request on connection errors, timeouts, 429 and 5xx (with backoff)")
-    max_failure_ratio: float = field(0.1, "fail the step if more than this share of conversations failed")
-
-    def validate(self) -> None:
-        from spectrain.data import FORMATS
-
-        if self.format not in FORMATS:
-            raise SpectrainError(f"unknown format {self.format!r}", where="regenerate.format",
-                                 fix=f"use one of {', '.join(FORMATS)}")
-        if self.concurrency < 1:
-            raise SpectrainError("concurrency must be at least 1", where="regenerate.concurrency")
-        if self.checkpoint_uri and not self.checkpoint_uri.startswith("s3://"):
-            raise SpectrainError(f"checkpoint_uri must be an S3 prefix, not {self.checkpoint_uri!r}",
-                                 where="regenerate.checkpoint_uri",
-                                 fix="use s3://bucket/prefix/, or leave it empty (the local output resumes by itself)")
-        if self.max_tokens < 1:
-            raise SpectrainError("max_tokens must be at least 1", where="regenerate.max_tokens")
+                                               "conversations finished since the last)",
+                                         check=checks.above(0, 30))
+    request_timeout_s: float = field(120.0, "per-request timeout",
+                                     check=checks.above(0, 120))
+    max_retries: int = field(4, "retries per request on connection errors, timeouts, 429 and 5xx (with backoff)",
+                             check=checks.at_least(0, 4))
+    max_failure_ratio: float = field(0.1, "fail the step if more than this share of conversations failed",
+                                     check=checks.between(0.0, 1.0, 0.1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spectrain import checks
 from spectrain.config import field
 
 
@@ -12,7 +13,8 @@ class RegisterConfig:
     """Log a pipeline run's results to MLflow, register its draft, promote it if it beats the champion."""
 
     tracking_uri: str = field("", "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else a sqlite store in "
-                                   "$SPECTRAIN_HOME")
+                                   "$SPECTRAIN_HOME",
+                              check=checks.url(schemes=("http", "https", "file", "sqlite", "databricks")))
     experiment: str = field("spectrain", "MLflow experiment name")
     registered_model_name: str = field("", "registry name; empty: spectrain-<base model>-<mode>")
     run_name: str = field("", "MLflow run name; empty: <mode>-<pipeline run id>")
@@ -21,5 +23,7 @@ class RegisterConfig:
     draft_dir: str = field("", "exported draft directory (export step output)")
     step_results: dict = field({}, "step name -> result JSON file of that step (train, evaluate, export, ...)")
     params: dict = field({}, "pipeline parameters to record (keys naming secrets are dropped)")
-    min_acceptance_length: float = field(1.0, "gate: a draft whose τ is not above this is never promoted")
-    margin: float = field(0.0, "promote only when τ beats the champion's by more than this")
+    min_acceptance_length: float = field(1.0, "gate: a draft whose τ is not above this is never promoted",
+                                         check=checks.at_least(0.0, 1.0))
+    margin: float = field(0.0, "promote only when τ beats the champion's by more than this",
+                          check=checks.at_least(0.0, 0.05))

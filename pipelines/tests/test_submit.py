@@ -103,6 +103,18 @@ def test_wrongly_typed_param_is_an_error(fake, tmp_path):
         cli(fake, "submit", "--params", params_file(tmp_path, {"modes": "eagle3"}))
 
 
+def test_a_param_outside_its_domain_is_refused_before_the_server_is_asked(fake, tmp_path):
+    path = params_file(tmp_path, {"lr": -1.0, "modes": ["eagle3", "eagle2"], "base_model": "/models/on-the-pvc"})
+    for command in (("submit",), ("schedule", "--name", "nightly", "--cron", "0 0 3 * * *")):
+        with pytest.raises(SpectrainError) as error:
+            cli(fake, *command, "--params", path)
+        assert error.value.where == path
+        assert "lr = -1.0 is not allowed: expected a number > 0" in error.value.what
+        assert "unknown: 'eagle2'" in error.value.what
+        assert "on-the-pvc" not in error.value.what  # a path of the cluster's, not checked on this machine
+    assert fake.requests == []
+
+
 def schedule(fake: FakeKfpServer, *extra: str) -> int:
     return cli(fake, "schedule", "--name", "nightly", *extra)
 

@@ -1,0 +1,138 @@
+"""The pipeline's parameters checked before anything starts, by the rules of the step config fields they feed.
+
+`spectrain run`, `submit` and `schedule` call :func:`validate` on their arguments, so a typo or an
+impossible value is reported within seconds, naming the parameter, instead of after vLLM has started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from components.evaluate.config import EvaluateConfig
+from components.export.config import ExportConfig
+from components.regenerate.config import RegenerateConfig
+from components.register.config import RegisterConfig
+from components.serve.config import ServeConfig
+from components.train_heads.config import MODES, TrainHeadsConfig
+from spectrain import checks
+from spectrain.config import check_of, coerce, field_type, help_of, rule_problem
+from spectrain.errors import SpectrainError
+
+# pipeline parameter -> the step config field it becomes (its type and rule apply to the parameter too)
+FEEDS: dict[str, tuple[type, str]] = {
+    "base_model": (ServeConfig, "base_model"),
+    "dataset": (RegenerateConfig, "dataset"),
+    "eval_dataset": (EvaluateConfig, "dataset"),
+    "serve_mode": (ServeConfig, "mode"),
+    "endpoint_url": (ServeConfig, "endpoint_url"),
+    "serve_replicas": (ServeConfig, "replicas"),
+    "max_model_len": (ServeConfig, "max_model_len"),
+    "regenerate_max_tokens": (RegenerateConfig, "max_tokens"),
+    "regenerate_concurrency": (RegenerateConfig, "concurrency"),
+    "regenerate_limit": (RegenerateConfig, "limit"),
+    "train_max_steps": (TrainHeadsConfig, "max_steps"),
+    "train_max_minutes": (TrainHeadsConfig, "max_minutes"),
+    "num_epochs": (TrainHeadsConfig, "num_epochs"),
+    "lr": (TrainHeadsConfig, "lr"),
+    "batch_size": (TrainHeadsConfig, "batch_size"),
+    "max_length": (TrainHeadsConfig, "max_length"),
+    "draft_vocab_size": (TrainHeadsConfig, "draft_vocab_size"),
+    "hidden_state_cache": (TrainHeadsConfig, "hidden_state_cache"),
+    "num_draft_tokens": (EvaluateConfig, "num_draft_tokens"),
+    "eval_num_prompts": (EvaluateConfig, "num_prompts"),
+    "eval_max_new_tokens": (EvaluateConfig, "max_new_tokens"),
+    "export_dtype": (ExportConfig, "dtype"),
+    "registered_model_name": (RegisterConfig, "registered_model_name"),
+    "mlflow_tracking_uri": (RegisterConfig, "tracking_uri"),
+    "min_acceptance_length": (RegisterConfig, "min_acceptance_length"),
+    "node_selector": (ServeConfig, "node_selector"),
+    "tolerations": (ServeConfig, "tolerations"),
+    "model_cache_pvc": (ServeConfig, "model_cache_pvc"),
+    "checkpoint_root": (TrainHeadsConfig, "checkpoint_uri"),
+}
+# parameters that feed no single field: their own rule (None: the type is all there is to check)
+OWN_RULES: dict[str, checks.Rule | None] = {
+    "modes": checks.each_one_of(*MODES),
+    "regenerate_options": None,  # checked field by field against RegenerateConfig below
+    "train_options": None,  # against TrainHeadsConfig
+    "vllm_crosscheck_enabled": None,
+    "trtllm_engine": None,
+}
+OPTIONS = {"regenerate_options": RegenerateConfig, "train_options": TrainHeadsConfig}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate(arguments: dict[str, Any], parameters: dict[str, dict], where: str, label=flag) -> dict[str, Any]:
+    """``arguments`` coerced to each parameter's type and checked against its rule; every problem in one error.
+
+    ``parameters``: name -> {"type": python type, "default": ..} (spectrain.local.pipeline_parameters).
+    ``label`` names a parameter in messages (a flag on the command line, the key in a params file).
+    Returns the coerced arguments.
+    """
+    problems: list[str] = []
+    coerced: dict[str, Any] = {}
+    for name, value in arguments.items():
+        kind = parameters[name]["type"]
+        try:
+            coerced[name] = coerce(kind, value)
+        except (TypeError, ValueError):
+            problems.append(f"{label(name)} = {value!r} is not allowed: expected {_kind_name(kind)}")
+            continue
+        rule = check_of(*FEEDS[name]) if name in FEEDS else OWN_RULES.get(name)
+        if problem := rule_problem(label(name), coerced[name], rule):
+            problems.append(problem)
+        if name in OPTIONS:
+            problems += _options_problems(label(name), coerced[name], OPTIONS[name])
+    effective = {name: spec["default"] for name, spec in parameters.items()} | coerced
+    problems += _cross_problems(effective, label)
+    if problems:
+        raise SpectrainError("\n  ".join(problems), where=where,
+                             fix="change the value(s) above; `spectrain run --help` explains every parameter")
+    return coerced
+
+
+def _kind_name(kind: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text",
+            list: "a list (A,B or a JSON list)", dict: "a JSON object"}.get(kind, kind.__name__)
+
+
+def _options_problems(label: str, options: dict, cls: type) -> list[str]:
+    """Each key of an *_options mapping must be a field of ``cls``, its value of that field's type and rule."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    problems = []
+    for key, value in options.items():
+        if key not in fields:
+            problems.append(f"{label}: unknown key {key!r}: expected fields of `spectrain step` "
+                            f"({', '.join(sorted(fields))})")
+            continue
+        kind = field_type(cls, key)
+        try:
+            value = coerce(kind, value)
+        except (TypeError, ValueError):
+            problems.append(f"{label}: {key} = {value!r} is not allowed: expected {_kind_name(kind)} "
+                            f"({help_of(cls, key)})")
+            continue
+        if problem := rule_problem(f"{label}: {key}", value, fields[key].metadata.get("check")):
+            problems.append(problem)
+    return problems
+
+
+def _cross_problems(arguments: dict[str, Any], label) -> list[str]:
+    """Rules that tie several parameters together."""
+    problems = []
+    if arguments.get("serve_mode") == "external" and not arguments.get("endpoint_url"):
+        problems.append(f"{label('endpoint_url')} is empty, but {label('serve_mode')} = 'external' needs the URL "
+                        f"of a running server, e.g. http://vllm.example:8000/v1")
+    modes, k, options = arguments.get("modes"), arguments.get("num_draft_tokens"), arguments.get("train_options")
+    if isinstance(modes, list) and "medusa" in modes and isinstance(k, int):
+        heads = (options if isinstance(options, dict) else {}).get("medusa_num_heads",
+                                                                   TrainHeadsConfig().medusa_num_heads)
+        if isinstance(heads, int) and k > heads:
+            problems.append(f"{label('num_draft_tokens')} = {k} is more than the {heads} Medusa heads trained (one "
+                            f"draft token per head): expected at most {heads}, or train more heads with "
+                            f"{label('train_options')} '{{\"medusa_num_heads\": {k}}}'")
+    return problems

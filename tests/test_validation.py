@@ -1,0 +1,163 @@
+"""Every pipeline argument is checked before anything starts: the parameter, the bad value, what is allowed.
+
+One test per rule. `spectrain run` and `spectrain step` are run as commands (exit 2 within seconds, no
+vLLM started); the rules themselves are called directly.
+"""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipelines import parameters
+from spectrain import checks
+from spectrain import config as configs
+from spectrain.errors import SpectrainError
+from spectrain.local import pipeline_parameters
+
+PARAMETERS = pipeline_parameters()
+
+
+def problems(**arguments) -> str:
+    with pytest.raises(SpectrainError) as error:
+        parameters.validate(arguments, PARAMETERS, where="command line")
+    return str(error.value)
+
+
+def spectrain(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "spectrain", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_every_pipeline_parameter_has_a_rule_or_feeds_a_checked_step_field():
+    assert set(PARAMETERS) == set(parameters.FEEDS) | set(parameters.OWN_RULES)
+    for name, (cls, field) in parameters.FEEDS.items():
+        assert configs.field_type(cls, field) is PARAMETERS[name]["type"], name  # same type as the field it feeds
+
+
+def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_path):
+    started = time.monotonic()
+    result = spectrain("run", "--workdir", str(tmp_path), "--modes", "eagle2", "--lr", "-1")
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 60
+    assert "--modes" in result.stderr and "'eagle2'" in result.stderr and "eagle3, eagle1, medusa" in result.stderr
+    assert "--lr = -1.0 is not allowed: expected a number > 0, e.g. 0.001" in result.stderr  # both problems, at once
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "servers").exists() and not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_unknown_modes_are_named():
+    assert "unknown: 'eagle2'" in problems(modes=["eagle3", "eagle2"])
+
+
+def test_a_repeated_mode_is_refused():
+    assert "a value is repeated" in problems(modes="eagle3,eagle3")
+
+
+def test_a_missing_local_dataset_is_named_with_its_path():
+    message = problems(dataset="/no/such/file.jsonl")
+    assert "--dataset" in message and "/no/such/file.jsonl does not exist" in message and "e.g. embedded" in message
+
+
+def test_an_unreadable_dataset_is_refused(tmp_path, monkeypatch):
+    data = tmp_path / "chats.jsonl"
+    data.write_text("{}\n")
+    monkeypatch.setattr(checks.os, "access", lambda path, mode: False)  # root reads everything: simulate a 000 file
+    assert "is not readable" in problems(eval_dataset=str(data))
+
+
+def test_a_negative_learning_rate_is_refused():
+    assert "--lr = -1.0 is not allowed: expected a number > 0" in problems(lr="-1")
+
+
+@pytest.mark.parametrize("name", ["batch_size", "regenerate_concurrency", "regenerate_max_tokens", "serve_replicas",
+                                  "eval_max_new_tokens"])
+def test_counts_that_must_be_positive_refuse_zero(name):
+    assert f"--{name.replace('_', '-')} = 0 is not allowed: expected an integer ≥ 1" in problems(**{name: 0})
+
+
+def test_k_must_be_at_least_one():
+    assert "--num-draft-tokens = 0 is not allowed: expected an integer ≥ 1, e.g. 3" in problems(num_draft_tokens=0)
+
+
+def test_k_above_the_medusa_head_count_is_refused_with_the_fix():
+    message = problems(num_draft_tokens=5)  # default modes train medusa with 3 heads
+    assert "more than the 3 Medusa heads" in message and '"medusa_num_heads": 5' in message
+    parameters.validate({"num_draft_tokens": 5, "train_options": {"medusa_num_heads": 5}}, PARAMETERS, where="x")
+    parameters.validate({"num_draft_tokens": 5, "modes": ["eagle3"]}, PARAMETERS, where="x")  # no Medusa: fine
+
+
+@pytest.mark.parametrize("text,expected", [("true", True), ("False", False), ("1", True), ("no", False)])
+def test_booleans_are_parsed_by_one_strict_parser(text, expected):
+    assert parameters.validate({"vllm_crosscheck_enabled": text}, PARAMETERS, where="x") == {
+        "vllm_crosscheck_enabled": expected}
+    assert configs.coerce(bool, text) is expected
+
+
+def test_a_boolean_typo_is_an_error_in_run_and_in_step_alike():
+    assert "--vllm-crosscheck-enabled = 'ture' is not allowed: expected true or false" in problems(
+        vllm_crosscheck_enabled="ture")
+    with pytest.raises(SpectrainError, match="expects bool, got 'ture'"):
+        configs.from_dict(parameters.TrainHeadsConfig, {"data": "x", "hidden_state_cache": "ture"})
+
+
+def test_a_malformed_url_is_refused():
+    message = problems(serve_mode="external", endpoint_url="localhost:8000")
+    assert "--endpoint-url = 'localhost:8000' is not allowed" in message and "http/https URL" in message
+
+
+def test_external_serving_needs_an_endpoint():
+    assert "--serve-mode = 'external' needs the URL" in problems(serve_mode="external")
+
+
+def test_an_unknown_serve_mode_is_refused():
+    assert "expected one of local, external, cluster" in problems(serve_mode="k8s")
+
+
+def test_an_s3_location_needs_credentials(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("AWS_SHARED_CREDENTIALS_FILE", raising=False)
+    monkeypatch.delenv("AWS_CONFIG_FILE", raising=False)
+    assert "no S3 credentials are configured" in problems(dataset="s3://chats/daily/")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    parameters.validate({"dataset": "s3://chats/daily/", "checkpoint_root": "s3://ckpt/x/"}, PARAMETERS, where="x")
+
+
+def test_a_malformed_s3_location_is_refused():
+    assert "is not s3://bucket/key" in problems(checkpoint_root="s3://")
+
+
+def test_options_keys_are_fields_of_the_step_and_their_values_follow_its_rules():
+    message = problems(train_options={"medusa_num_hedas": 4, "warmup_steps": -1}, regenerate_options={"top_p": 2})
+    assert "unknown key 'medusa_num_hedas'" in message and "medusa_num_heads" in message
+    assert "--train-options: warmup_steps = -1 is not allowed" in message
+    assert "--regenerate-options: top_p = 2" in message and "from 0.0 to 1.0" in message
+
+
+def test_a_missing_base_model_folder_is_refused():
+    assert "no such directory: /no/such/model" in problems(base_model="/no/such/model")
+
+
+def test_a_local_model_folder_needs_a_config(tmp_path):
+    assert "has no config.json" in problems(base_model=str(tmp_path))
+
+
+def test_a_cluster_submission_skips_local_paths_and_credentials():
+    with checks.for_cluster():  # /models/... lives on the cluster's model-cache PVC
+        parameters.validate({"base_model": "/models/llama", "dataset": "s3://chats/"}, PARAMETERS, where="p.yaml")
+        with pytest.raises(SpectrainError, match="--lr = 0.0"):  # domains still apply
+            parameters.validate({"lr": 0.0}, PARAMETERS, where="p.yaml")
+
+
+def test_spectrain_step_uses_the_same_rules(tmp_path):
+    result = spectrain("step", "export", "--checkpoint", str(tmp_path), "--mode", "eagle2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "export.mode = 'eagle2' is not allowed: expected one of eagle3, eagle1, medusa" in result.stderr
+    result = spectrain("step", "evaluate", "--checkpoint", str(tmp_path / "missing"), "--num-draft-tokens", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "evaluate.checkpoint" in result.stderr and "no such directory" in result.stderr
+    assert "evaluate.num_draft_tokens = 0" in result.stderr
