@@ -29,6 +29,12 @@ IMAGE_ONLY_ENVIRONMENTS = ("trtllm",)
 USER_ERROR_EXIT = 2
 
 
+# Modules a step imports only while it runs (not when its module loads), so an environment that lacks them
+# would fail minutes in: tests/test_environments.py imports them in the environment of each step.
+LOADS_BASE_MODEL = ("transformers", "gguf", "accelerate")  # the embedded GGUF is converted by whoever loads it first
+DATA_SOURCES = ("datasets", "pyarrow.parquet", "boto3")  # hf:, .parquet and s3:// sources (spectrain.data)
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
@@ -36,6 +42,7 @@ class Step:
     run: str  # "module:function"
     env: str
     summary: str
+    needs: tuple[str, ...] = ()  # modules imported lazily while the step runs
 
     def load(self, ref: str) -> Any:
         module, attr = ref.split(":")
@@ -46,24 +53,30 @@ STEPS: dict[str, Step] = {
     s.name: s
     for s in (
         Step("serve", "components.serve.config:ServeConfig", "components.serve.server:run", "serve",
-             "start vLLM on the base model and wait until it answers"),
+             "start vLLM on the base model and wait until it answers",
+             needs=("vllm.entrypoints.cli.main", "kubernetes", *LOADS_BASE_MODEL)),
         Step("stop-server", "components.serve.config:StopServerConfig", "components.serve.server:stop", "serve",
-             "stop the vLLM server a serve step started for a run"),
+             "stop the vLLM server a serve step started for a run", needs=("kubernetes",)),
         Step("regenerate", "components.regenerate.config:RegenerateConfig", "components.regenerate.regenerate:run",
-             "serve", "rewrite every assistant turn of a chat dataset with the served model"),
+             "serve", "rewrite every assistant turn of a chat dataset with the served model",
+             needs=("openai", *DATA_SOURCES)),
         Step("train-heads", "components.train_heads.config:TrainHeadsConfig", "components.train_heads.train:run",
-             "train", "train EAGLE or Medusa heads on the frozen base model with modelopt"),
+             "train", "train EAGLE or Medusa heads on the frozen base model with modelopt",
+             needs=(*LOADS_BASE_MODEL, *DATA_SOURCES, "matplotlib.pyplot")),
         Step("evaluate", "components.evaluate.config:EvaluateConfig", "components.evaluate.acceptance:run", "train",
-             "measure acceptance length on held-out prompts"),
+             "measure acceptance length on held-out prompts", needs=(*LOADS_BASE_MODEL, *DATA_SOURCES)),
         Step("vllm-crosscheck", "components.evaluate.config:VllmCrosscheckConfig",
              "components.evaluate.vllm_crosscheck:run", "serve",
-             "serve the base in vLLM with the exported draft and read vLLM's acceptance counters"),
+             "serve the base in vLLM with the exported draft and read vLLM's acceptance counters",
+             needs=("vllm.entrypoints.cli.main", *LOADS_BASE_MODEL, *DATA_SOURCES)),
         Step("export", "components.export.config:ExportConfig", "components.export.export:run", "train",
-             "write draft checkpoints that vLLM and TensorRT-LLM load"),
+             "write draft checkpoints that vLLM and TensorRT-LLM load",
+             needs=("modelopt.torch.export", *LOADS_BASE_MODEL)),
         Step("build-engine", "components.export.config:BuildEngineConfig", "components.export.engine:run",
              "trtllm", "build the TensorRT-LLM engine of a Medusa draft (trtllm image, NVIDIA GPU)"),
         Step("register", "components.register.config:RegisterConfig", "components.register.register:run",
-             "orchestrate", "log the run to MLflow, register the draft, promote the champion"),
+             "orchestrate", "log the run to MLflow, register the draft, promote the champion",
+             needs=("mlflow", "boto3", "matplotlib.pyplot")),
     )
 }
 
