@@ -21,7 +21,7 @@ import traceback
 
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
-from spectrain.steps import STEPS, USER_ERROR_EXIT
+from spectrain.steps import ERROR_FILE_ENV, STEPS, USER_ERROR_EXIT
 
 
 def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, parser)
     except SpectrainError as exc:
         print(f"spectrain: error: {exc}", file=sys.stderr)
+        if os.environ.get(ERROR_FILE_ENV):  # run_step passes the message on to whoever runs the step
+            with open(os.environ[ERROR_FILE_ENV], "w") as handle:
+                handle.write(str(exc))
         return USER_ERROR_EXIT
     except KeyboardInterrupt:
         print("spectrain: interrupted", file=sys.stderr)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
+from spectrain import console as console_events
+from spectrain import processes
+from spectrain.console import RunConsole, duration
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
 
@@ -57,6 +62,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where runs, the MLflow store, and server state go (default: ./spectrain-runs)")
     parser.add_argument("--preset", choices=("laptop", "full"), default="laptop",
                         help="laptop: the fast settings above; full: the pipeline's own defaults")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the raw stream (kfp.local's task inputs/outputs, every step's log) as well; "
+                             "either way it is in <workdir>/runs/<run>/logs/")
     group = parser.add_argument_group("pipeline parameters")
     for name, parameter in pipeline_parameters().items():
         shown = LAPTOP_PRESET.get(name, parameter["default"])
@@ -82,10 +90,6 @@ def configure_environments(workdir: Path) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from kfp import local
-
-    from pipelines.speculative_decoding import speculative_decoding
-
     from pipelines import parameters as pipeline_checks
 
     parameters = pipeline_parameters()
@@ -93,26 +97,78 @@ def run_command(args: argparse.Namespace) -> int:
     arguments |= {name: getattr(args, name) for name in parameters if getattr(args, name) is not None}
     arguments = pipeline_checks.validate(arguments, parameters, where="command line")
     workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    configure_environments(workdir)
-    print(f"[spectrain] workdir {workdir}; arguments {json.dumps(arguments)}", flush=True)
-    # The Kubernetes settings (GPUs, PVC, secrets) are for the cluster; kfp.local says so once per task.
-    warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "pipeline-root"),
-               raise_on_error=True)
+    configure_environments(workdir)  # refuses before anything starts when an environment is missing
+    run_dir = new_run_dir(workdir)
+    (run_dir / "arguments.json").write_text(json.dumps(arguments, indent=2))
+    processes.become_subreaper()  # servers started below stay ours to stop (spectrain/processes.py)
+    console = RunConsole(run_dir / "logs", terminal=sys.stdout, verbose=args.verbose)
+    console.say(f"spectrain run: {run_dir}\n  arguments {json.dumps(arguments)}\n  logs {run_dir / 'logs'}/ "
+                f"(--verbose shows them here)")
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
-        speculative_decoding(**arguments)
-    except RuntimeError as failure:  # kfp.local: a task failed; its own log is above
-        minutes = (time.monotonic() - started) / 60
-        raise SpectrainError(f"the pipeline failed after {minutes:.1f} min: {_plain(str(failure))}",
-                             fix="read the failed task's log above; fix and re-run (regeneration resumes only "
-                                 "within one output, so a new run starts fresh)") from None
-    minutes = (time.monotonic() - started) / 60
-    print(f"\n[spectrain] pipeline finished in {minutes:.1f} min\n", flush=True)
-    print(_find_summary(workdir / "pipeline-root"))
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+            _run_pipeline(arguments, run_dir)
+    except KeyboardInterrupt:
+        stopped = processes.stop_descendants()
+        console.say(f"\ninterrupted after {duration(time.monotonic() - started)}: stopped {len(stopped)} "
+                    f"process(es) this run started (vLLM, steps). The partial run is in {run_dir} (logs/ has each "
+                    f"step's log).\nTo go on, run the same command again: the converted model and the evaluation "
+                    f"cache are reused; a local run has no per-step resume (on Kubeflow, checkpoint_root gives one).")
+        return 130
+    except RuntimeError as failure:  # kfp.local: a task failed; RunConsole showed which, with its log
+        raise SpectrainError(f"the pipeline failed after {duration(time.monotonic() - started)}: "
+                             f"{_plain(str(failure))}; {_failed_steps(console)}",
+                             fix=f"read the failed step's log; every log of the run is in {run_dir / 'logs'}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        left = processes.stop_descendants()
+        if left:
+            console.say(f"stopped {len(left)} process(es) the run left running")
+        console.close()
+    print(f"\n[spectrain] pipeline finished in {duration(time.monotonic() - started)}\n", flush=True)
+    print(_find_summary(run_dir))
+    print("logs (one per step): " + ", ".join(sorted(p.name for p in (run_dir / "logs").glob("*.log"))))
+    print(f"  in {run_dir / 'logs'}")
     print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}")
     return 0
+
+
+def new_run_dir(workdir: Path) -> Path:
+    """<workdir>/runs/<date-time>[-n]/: arguments, logs and the pipeline root of one run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):
+        run_dir = workdir / "runs" / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise SpectrainError(f"cannot create a run directory under {workdir / 'runs'}", where="--workdir")
+
+
+def _run_pipeline(arguments: dict, run_dir: Path) -> None:
+    from kfp import local
+
+    from pipelines.speculative_decoding import speculative_decoding
+
+    # The Kubernetes settings (GPUs, PVC, secrets) are for the cluster; kfp.local says so once per task.
+    warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+    os.environ[console_events.EVENTS_ENV] = "1"  # steps report progress as events for RunConsole
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline-root"),
+               raise_on_error=True)
+    speculative_decoding(**arguments)
+
+
+def _interrupt(signum, frame):
+    """SIGTERM ends a run as Ctrl-C does: the same cleanup."""
+    raise KeyboardInterrupt
+
+
+def _failed_steps(console: RunConsole) -> str:
+    if not console.failed:
+        return "see pipeline.log"
+    return "; ".join(f"{label} failed (log: {console.step_logs.get(label)})" for label in console.failed)
 
 
 def _plain(text: str) -> str:
@@ -122,9 +178,10 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def _find_summary(root: Path) -> str:
-    """The summary of the run that just finished: the newest summarize output under the pipeline root."""
-    candidates = sorted(root.glob("speculative-decoding-*/summarize/summary"), key=lambda p: p.stat().st_mtime)
+def _find_summary(run_dir: Path) -> str:
+    """The summary of the run that just finished: the summarize task's output in its pipeline root."""
+    candidates = sorted(run_dir.glob("pipeline-root/speculative-decoding-*/summarize/summary"),
+                        key=lambda p: p.stat().st_mtime)
     return candidates[-1].read_text() if candidates else "(no summary was written)"
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spectrain import console
 from spectrain.errors import SpectrainError
 
 # Environments are images: docker/<env>/requirements.txt pins each one. These three also exist as
@@ -87,21 +88,58 @@ def python_for(env: str) -> str:
     return os.environ.get(f"SPECTRAIN_PYTHON_{env.upper()}") or sys.executable
 
 
-def run_step(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Run step ``name`` in its environment with ``config``; return its result dict."""
+# Steps that run once per draft mode: the console and the log files name them by step and mode.
+PER_DRAFT = ("train-heads", "evaluate", "vllm-crosscheck", "export", "build-engine")
+ERROR_FILE_ENV = "SPECTRAIN_ERROR_FILE"  # where `spectrain step` also writes a user error's message
+
+
+def run_step(name: str, config: dict[str, Any], label: str = "") -> dict[str, Any]:
+    """Run step ``name`` in its environment with ``config``; return its result dict.
+
+    ``label`` tells runs of one step apart in the console and the logs (default: the draft mode).
+    """
     step = STEPS[name]
+    label = label or (str(config.get("mode", "")) if name in PER_DRAFT else "")
     with tempfile.TemporaryDirectory(prefix=f"spectrain-{name}-") as tmp:
-        config_path, result_path = Path(tmp, "config.json"), Path(tmp, "result.json")
+        config_path, result_path, error_path = Path(tmp, "config.json"), Path(tmp, "result.json"), Path(tmp, "error")
         config_path.write_text(json.dumps(config))
         command = [python_for(step.env), "-m", "spectrain", "step", name,
                    "--config", str(config_path), "--result", str(result_path)]
-        sys.stdout.flush()
+        env = {**os.environ, console.LABEL_ENV: f"{name} {label}".strip(), ERROR_FILE_ENV: str(error_path)}
+        console.emit("start", step=name, label=label)
         started = time.monotonic()
-        completed = subprocess.run(command, check=False)
-        if completed.returncode == USER_ERROR_EXIT:
-            raise SpectrainError(f"step '{name}' stopped on bad input (its message is above)")
+        completed = subprocess.run(command, check=False, env=env)
+        seconds = time.monotonic() - started  # what the user waits for: imports and loading included
         if completed.returncode != 0:
+            user_error = completed.returncode == USER_ERROR_EXIT
+            message = error_path.read_text() if user_error and error_path.exists() else ""
+            console.emit("end", step=name, label=label, seconds=seconds, status="bad input" if user_error else "failed",
+                         error=message)
+            if user_error:
+                raise SpectrainError(f"step '{name}' stopped on bad input: {message or '(its message is above)'}")
             raise RuntimeError(f"step '{name}' failed with exit code {completed.returncode} (its log is above)")
         result = json.loads(result_path.read_text())
-        result["seconds"] = time.monotonic() - started  # what the user waits for: imports and loading included
+        result["seconds"] = seconds
+        console.emit("end", step=name, label=label, seconds=seconds, status="ok", note=headline(result))
         return result
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The few numbers of a step's result worth a glance on the console."""
+    parts = []
+    if "acceptance_length" in result:
+        parts.append(f"τ {result['acceptance_length']:.3f}")
+    if result.get("ngram_acceptance_length"):
+        parts.append(f"n-gram τ {result['ngram_acceptance_length']:.3f}")
+    if "final_loss" in result and result.get("steps") is not None:
+        losses = (f", loss {result['first_loss']:.2f} → {result['final_loss']:.2f}"
+                  if result["final_loss"] is not None else "")
+        parts.append(f"{result['steps']} steps{losses}")
+    if "done" in result and "total" in result:
+        parts.append(f"{result['done'] + result.get('resumed', 0)}/{result['total']} conversations, "
+                     f"{result.get('failed', 0)} failed, {result.get('rejected', 0)} rejected")
+    if result.get("endpoint") and "model" in result:
+        parts.append(f"serving at {result['endpoint']}")
+    if result.get("alias") is not None and "version" in result:
+        parts.append(f"{result.get('registered_model')} v{result['version']} {result['alias'] or '(not promoted)'}")
+    return "; ".join(parts)

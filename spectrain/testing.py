@@ -51,6 +51,9 @@ class FlakyServer:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):  # /v1/models
+                send_json(self, 200, {"object": "list", "data": [{"id": "base", "object": "model"}]})
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]

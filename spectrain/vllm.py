@@ -113,12 +113,17 @@ def terminate(pid: int, grace_s: float = 20.0) -> None:
     _reap(pid)
 
 
-def _group_alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def _group_alive(pgid: int) -> bool:
+    """A member of process group ``pgid`` still runs (zombies waiting for a parent that is not us do not count)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(group) == pgid and state != "Z":
+                return True
+    return False
 
 
 def _reap(pid: int) -> None:

@@ -21,15 +21,30 @@ def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path, s3_e
     from spectrain import s3
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="e2e")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # as from a clean shell
+    # As on a machine that never ran spectrain: an empty home (no caches) and an empty model cache, so the
+    # first step to load the base model (serve, in its own environment) converts the embedded GGUF itself.
+    fresh = {"HOME": str(tmp_path / "home"), "SPECTRAIN_MODEL_CACHE": str(tmp_path / "models"),
+             "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "HF_", "XDG_", "VLLM_", "TRANSFORMERS_")) and k not in fresh}
     result = subprocess.run([sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY,
                              "--checkpoint-root", "s3://e2e/checkpoints/"],
-                            capture_output=True, text=True, timeout=1500,
-                            env={**env, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")})
+                            capture_output=True, text=True, timeout=1500, env={**env, **fresh})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| eagle3 |" in result.stdout and "| medusa |" in result.stdout  # the summary table
+    assert (tmp_path / "models" / "SmolLM2-135M-Instruct" / "config.json").is_file()  # converted by this run
 
-    (run_dir,) = (tmp_path / "pipeline-root").glob("speculative-decoding-*")
+    # The console: a line per step start and finish, not kfp.local's executor JSON; every log in the run directory
+    for line in ("serve: started", "serve: done in", "train-heads eagle3: done in", "register medusa: done in"):
+        assert line in result.stdout, line
+    assert "executorInput" not in result.stdout and "Executing task" not in result.stdout
+    (logs,) = (tmp_path / "runs").glob("*/logs")
+    names = {p.name for p in logs.glob("*.log")}
+    assert {"pipeline.log", "serve.log", "regenerate.log", "train-heads-eagle3.log", "evaluate-medusa.log"} <= names
+    assert "Executing task" in (logs / "pipeline.log").read_text() and str(logs) in result.stdout
+    assert "converting the embedded" in (logs / "serve.log").read_text()
+
+    (run_dir,) = (tmp_path / "runs").glob("*/pipeline-root/speculative-decoding-*")
     regenerated = [json.loads(line) for line in open(run_dir / "regenerate" / "regenerated_conversations")]
     assert len(regenerated) == 6 and len({r["conversation_id"] for r in regenerated}) == 6
     assert all(r["conversations"][-1]["from"] == "Assistant" and "finish_reasons" in r for r in regenerated)

@@ -20,7 +20,10 @@ import torch
 import transformers
 
 from components.evaluate.config import EvaluateConfig
+from components.train_heads.config import check_draft_checkpoint
+from spectrain.console import Progress
 from spectrain.data import dataset_fingerprint, read_conversations
+from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 from spectrain.plots import figure
 
@@ -106,6 +109,23 @@ class MedusaProposer:
         return lambda n: drafts[n - 1]  # the hidden state that emitted token n is at n-1
 
 
+def draft_proposer(model, config: EvaluateConfig):
+    """The proposer of ``config.mode`` for a loaded checkpoint; a checkpoint of another kind is refused."""
+    k, wanted = config.num_draft_tokens, "medusa_heads" if config.mode == "medusa" else "eagle_module"
+    if not hasattr(model, wanted):
+        found = next((kind for attr, kind in (("medusa_heads", "Medusa"), ("eagle_module", "EAGLE"))
+                      if hasattr(model, attr)), "no draft module")
+        raise SpectrainError(f"{config.checkpoint} holds {found}, not a {config.mode} draft", where="evaluate.mode",
+                             fix="pass the mode the checkpoint was trained with, or the train_heads output of this mode")
+    if config.mode == "medusa":
+        if k > len(model.medusa_heads):
+            raise SpectrainError(f"num_draft_tokens = {k}, but the draft has {len(model.medusa_heads)} Medusa heads "
+                                 "(one token each)", where="evaluate.num_draft_tokens",
+                                 fix=f"use at most {len(model.medusa_heads)}")
+        return MedusaProposer(model, k)
+    return EagleProposer(model, k)
+
+
 class EagleProposer:
     """EAGLE drafting over its own hidden states, with a KV cache for the committed context.
 
@@ -184,22 +204,26 @@ def greedy_sequences(base, prompts: list[dict], config: EvaluateConfig, model_pa
     if path.exists():
         return json.loads(path.read_text())
     sequences = []
-    for prompt in prompts:
-        input_ids = torch.tensor([prompt["input_ids"]])
-        output = base.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                               max_new_tokens=config.max_new_tokens)
-        sequences.append(output[0].tolist())
+    with Progress(len(prompts), "base greedy replies (cached after this)", "prompt") as progress:
+        for prompt in prompts:
+            input_ids = torch.tensor([prompt["input_ids"]])
+            output = base.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                   max_new_tokens=config.max_new_tokens)
+            sequences.append(output[0].tolist())
+            progress.update()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(sequences))
     return sequences
 
 
-def evaluate_proposer(make_propose, prompts, sequences, k) -> tuple[Tally, dict[str, Tally]]:
+def evaluate_proposer(make_propose, prompts, sequences, k, name: str = "draft") -> tuple[Tally, dict[str, Tally]]:
     total, by_category = Tally(k), {}
-    for prompt, sequence in zip(prompts, sequences):
-        tally = replay(sequence, len(prompt["input_ids"]), make_propose(sequence), k)
-        total.merge(tally)
-        by_category.setdefault(prompt["category"], Tally(k)).merge(tally)
+    with Progress(len(prompts), f"replay: {name}", "prompt") as progress:
+        for prompt, sequence in zip(prompts, sequences):
+            tally = replay(sequence, len(prompt["input_ids"]), make_propose(sequence), k)
+            total.merge(tally)
+            by_category.setdefault(prompt["category"], Tally(k)).merge(tally)
+            progress.update()
     return total, by_category
 
 
@@ -228,6 +252,7 @@ def reset_heads(model) -> None:
 
 def run(config: EvaluateConfig) -> dict:
     started = time.monotonic()
+    check_draft_checkpoint(config.checkpoint, config.mode, config.num_draft_tokens, "evaluate")
     model_path = resolve_base_model(config.base_model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     prompts = load_prompts(config, tokenizer)
@@ -237,18 +262,19 @@ def run(config: EvaluateConfig) -> dict:
     model = transformers.AutoModelForCausalLM.from_pretrained(config.checkpoint, dtype=torch.float32,
                                                               attn_implementation="sdpa").eval()
     k = config.num_draft_tokens
-    proposer = MedusaProposer(model, k) if config.mode == "medusa" else EagleProposer(model, k)
+    proposer = draft_proposer(model, config)
 
     draft_started = time.monotonic()
     candidate, by_category = evaluate_proposer(lambda s: proposer.for_sequence(torch.tensor([s])), prompts,
-                                               sequences, k)
+                                               sequences, k, name=config.mode)
     draft_seconds = time.monotonic() - draft_started
-    ngram, _ = evaluate_proposer(lambda s: ngram_proposer(s, k, config.ngram_max), prompts, sequences, k)
+    ngram, _ = evaluate_proposer(lambda s: ngram_proposer(s, k, config.ngram_max), prompts, sequences, k, "n-gram")
     results = {config.mode: candidate.summary(), "ngram": ngram.summary(),
                "no speculation": {"acceptance_length": 1.0, "acceptance_rate_per_position": [0.0] * k}}
     if config.untrained_baseline:
         reset_heads(model)
-        untrained, _ = evaluate_proposer(lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, k)
+        untrained, _ = evaluate_proposer(lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, k,
+                                         f"untrained {config.mode}")
         results[f"untrained {config.mode}"] = untrained.summary()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from components.export import trtllm
 from components.export.config import ExportConfig
+from components.train_heads.config import check_draft_checkpoint
 from spectrain.models import resolve_base_model
 from spectrain.errors import SpectrainError
 
@@ -92,6 +93,7 @@ def safetensors_dtypes(output_dir: Path) -> set[str]:
 
 def run(config: ExportConfig) -> dict:
     started = time.monotonic()
+    check_draft_checkpoint(config.checkpoint, config.mode, config.num_draft_tokens, "export")
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, config.dtype)

@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from components.regenerate.checkpoint import S3Checkpoint
 from components.regenerate.config import RegenerateConfig
+from spectrain.console import Progress, warn
 from spectrain.data import Conversation, SkippedLine, append_jsonl, content_id, read_conversations
 from spectrain.errors import SpectrainError
 
@@ -71,6 +70,24 @@ async def regenerate_conversation(client, model: str, conversation: Conversation
     return record, output_tokens
 
 
+async def _served_model(client, config: RegenerateConfig) -> str:
+    """The model to request, asking the first endpoint; a refused API key stops the step before any request."""
+    from openai import APIConnectionError, AuthenticationError, PermissionDeniedError
+
+    try:
+        models = await client.models.list()
+    except (AuthenticationError, PermissionDeniedError) as exc:
+        raise SpectrainError(f"{client.base_url} refused the API key (HTTP {exc.status_code})",
+                             where="regenerate.api_key (the VLLM_API_KEY variable wins over it)",
+                             fix="use the key the server was started with (its --api-key or VLLM_API_KEY)") from None
+    except APIConnectionError as exc:
+        if config.model:  # each conversation then records its own failure, and max_failure_ratio decides
+            return config.model
+        raise SpectrainError(f"cannot reach {client.base_url} ({exc})", where="regenerate.endpoint",
+                             fix="start the server or correct the URL (it ends in /v1)") from None
+    return config.model or models.data[0].id
+
+
 async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], output: Path, errors: Path,
                           checkpoint: S3Checkpoint | None) -> dict:
     from openai import AsyncOpenAI, BadRequestError
@@ -78,10 +95,10 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
     api_key = os.environ.get("VLLM_API_KEY") or config.api_key
     clients = [AsyncOpenAI(base_url=url.strip(), api_key=api_key, timeout=config.request_timeout_s,
                            max_retries=config.max_retries) for url in config.endpoint.split(",") if url.strip()]
-    model = config.model or (await clients[0].models.list()).data[0].id
+    model = await _served_model(clients[0], config)
     counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "output_tokens": 0}
     semaphore = asyncio.Semaphore(config.concurrency)
-    progress = tqdm(total=len(todo), desc="regenerate", unit="conv", mininterval=2.0)
+    progress = Progress(len(todo), "regenerate", "conv")
 
     def report(kind: str, conversation: Conversation, reason: str) -> None:
         counts[kind] += 1
@@ -95,7 +112,7 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
                 client = clients[index % len(clients)]  # data parallel over replicas
                 record, output_tokens = await regenerate_conversation(client, model, conversation, config)
             except BadRequestError as exc:  # the input's fault (e.g. longer than the context): not retried
-                print(f"[regenerate] {conversation.source}: rejected by the server: {exc.message}", flush=True)
+                warn(f"{conversation.source}: rejected by the server: {exc.message}")
                 report("rejected", conversation, exc.message)
             except Exception as exc:  # after the client's own retries: record it and go on
                 report("failed", conversation, f"{type(exc).__name__}: {exc}")
@@ -108,7 +125,6 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
                 if checkpoint and checkpoint.add(record):
                     await asyncio.to_thread(checkpoint.push)
             progress.update(1)
-            progress.set_postfix(failed=counts["failed"], truncated=counts["truncated"])
 
     try:
         await asyncio.gather(*(one(i, c) for i, c in enumerate(todo)))
@@ -174,7 +190,12 @@ def run(config: RegenerateConfig) -> dict:
           f"skipped input lines {len(skipped)} in {seconds:.0f} s", flush=True)
     if todo and counts["failed"] / len(todo) > config.max_failure_ratio:
         raise SpectrainError(f"{counts['failed']} of {len(todo)} conversations failed (over the "
-                             f"{config.max_failure_ratio:.0%} limit); reasons are in {errors}",
-                             where="regenerate.max_failure_ratio",
+                             f"{config.max_failure_ratio:.0%} limit of regenerate.max_failure_ratio); reasons, with "
+                             f"each conversation's file:line, are in {errors}", where=config.dataset,
                              fix="check the server and re-run: finished conversations are kept and skipped")
+    if todo and counts["done"] + summary["resumed"] == 0:
+        raise SpectrainError(f"the server rejected all {counts['rejected']} conversations, so there is nothing to "
+                             f"train on; reasons, with each conversation's file:line, are in {errors}",
+                             where=config.dataset,
+                             fix="shorten the prompts or raise the server's max_model_len (a pipeline parameter)")
     return summary

@@ -22,6 +22,6 @@ def register(base_model: str, mode: str, draft: Input[Model], serve_result: Inpu
         "pipeline_run_id": pipeline_run_id, "params": {**params, "mode": mode},
         "step_results": {"serve": serve_result.path, "regenerate": regenerate_result.path,
                          "train": train_result.path, "evaluate": evaluate_result.path,
-                         "export": export_result.path}})
+                         "export": export_result.path}}, label=mode)
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)

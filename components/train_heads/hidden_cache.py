@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
+
+from spectrain.console import Progress
 
 CACHE_VERSION = 1
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -106,8 +107,10 @@ def build(model, examples: list[dict], directory: Path, key: dict, batch_size: i
         shards.append({"file": name, "examples": len(pending)})
         pending, pending_tokens = [], 0
 
+    progress = Progress(len(examples), "hidden-state cache", "conv")
     try:
-        for start in tqdm(range(0, len(examples), batch_size), desc="hidden-state cache", unit="batch"):
+        for start in range(0, len(examples), batch_size):
+            progress.update(min(batch_size, len(examples) - start))
             batch = examples[start:start + batch_size]
             width = max(len(e["input_ids"]) for e in batch)
             input_ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -135,6 +138,7 @@ def build(model, examples: list[dict], directory: Path, key: dict, batch_size: i
                 flush()
         flush()
     finally:
+        progress.close()
         for hook in hooks:
             hook.remove()
     size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))

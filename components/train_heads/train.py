@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,9 +17,10 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from components.train_heads import hidden_cache, launch
-from components.train_heads.config import TrainHeadsConfig
+from components.train_heads.config import TRAIN_RESULT, TrainHeadsConfig
 from components.train_heads.datasets import IGNORE, CachedDataset, ConversationDataset
 from spectrain import s3
+from spectrain.console import EVENTS_ENV, Progress, warn
 from spectrain.data import SkippedLine, fingerprint, read_conversations
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
@@ -250,10 +252,30 @@ class WallClockBudget(transformers.TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() - self.started >= self.seconds:
-            print(f"[train] wall-clock budget of {self.seconds / 60:.1f} min reached at step {state.global_step}",
-                  flush=True)
+            warn(f"training stopped at step {state.global_step} of {state.max_steps}: the wall-clock budget of "
+                 f"{self.seconds / 60:.1f} min (max_minutes) was reached")
             control.should_training_stop = True
         return control
+
+
+class ProgressEvents(transformers.TrainerCallback):
+    """Optimizer steps as progress for the console of `spectrain run` (rank 0; the Trainer's own bar is in the log)."""
+
+    def __init__(self):
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and os.environ.get(EVENTS_ENV):
+            self.progress = Progress(state.max_steps, "train", "step")
+            self.progress.update(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(state.global_step - self.progress.done)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.close()
 
 
 class StepCounter(transformers.TrainerCallback):
@@ -408,6 +430,7 @@ def run(config: TrainHeadsConfig) -> dict:
         trainer.add_callback(WallClockBudget(config.max_minutes))
     counter = StepCounter()
     trainer.add_callback(counter)
+    trainer.add_callback(ProgressEvents())
     if config.checkpoint_uri:
         trainer.add_callback(CheckpointsToS3(config.checkpoint_uri))
     resume = config.resume_from_checkpoint
@@ -440,6 +463,7 @@ def run(config: TrainHeadsConfig) -> dict:
     plot_history(history, output_dir / "training_curves.png")
     result = {
         "mode": config.mode,
+        **({"medusa_num_heads": config.medusa_num_heads} if config.mode == "medusa" else {}),
         "checkpoint": str(output_dir),
         "base_model": config.base_model,
         "examples": len(examples),
@@ -458,7 +482,7 @@ def run(config: TrainHeadsConfig) -> dict:
         "base_frozen": True,
         "seconds": time.monotonic() - started,
     }
-    (output_dir / "train_result.json").write_text(json.dumps(result, indent=2))
+    (output_dir / TRAIN_RESULT).write_text(json.dumps(result, indent=2))
     print(f"[train] {config.mode}: {result['steps']} steps, loss {result['first_loss']} -> {result['final_loss']}, "
           f"{result['seconds_per_step']:.2f} s/step", flush=True)
     return result

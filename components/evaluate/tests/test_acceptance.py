@@ -74,3 +74,40 @@ def test_medusa_drafts_come_from_the_hidden_state_that_emitted_the_token(base, t
         hidden = model.model(input_ids=torch.tensor([sequence[:prompt_length]])).last_hidden_state[0, -1]
         expected = [int(head(hidden).argmax()) for head in model.medusa_heads]
     assert propose(prompt_length) == expected
+
+
+def spectrain_step(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "spectrain", "step", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_checkpoint_of_another_mode_is_refused_naming_both_modes(tiny_checkpoints):
+    eagle_dir, _ = tiny_checkpoints["eagle3"]
+    result = spectrain_step("evaluate", "--checkpoint", eagle_dir, "--mode", "medusa")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds a eagle3 draft, but evaluate.mode is 'medusa'" in result.stderr and "--mode eagle3" in result.stderr
+
+
+def test_more_draft_tokens_than_medusa_heads_is_refused(tiny_checkpoints):
+    medusa_dir, _ = tiny_checkpoints["medusa"]  # 2 heads
+    result = spectrain_step("evaluate", "--checkpoint", medusa_dir, "--mode", "medusa", "--num-draft-tokens", "3")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has 2 Medusa heads" in result.stderr and "use at most 2" in result.stderr
+
+
+def test_a_loaded_checkpoint_of_another_kind_is_refused_even_without_its_train_result(tiny_checkpoints, tmp_path):
+    import shutil
+
+    from components.evaluate.acceptance import draft_proposer
+    from components.evaluate.config import EvaluateConfig
+    from spectrain.errors import SpectrainError
+
+    eagle_dir, _ = tiny_checkpoints["eagle3"]
+    copy = tmp_path / "eagle"
+    shutil.copytree(eagle_dir, copy, ignore=shutil.ignore_patterns("train_result.json"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32)
+    with pytest.raises(SpectrainError, match="holds EAGLE, not a medusa draft"):
+        draft_proposer(model, EvaluateConfig(checkpoint=str(copy), mode="medusa"))

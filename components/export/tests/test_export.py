@@ -89,6 +89,15 @@ def test_the_tensorrt_llm_check_catches_wrong_names_and_shapes(tmp_path):
                        "lm_head.weight": "lm_head.weight", "d2t": "model.d2t"}
 
 
-def test_unknown_dtype_is_refused():
-    with pytest.raises(SpectrainError, match="unknown dtype"):
-        configs.from_dict(ExportConfig, {"checkpoint": "x", "dtype": "fp8"})
+def test_unknown_dtype_is_refused(tmp_path):
+    with pytest.raises(SpectrainError, match="export.dtype = 'fp8' is not allowed: expected one of bfloat16"):
+        configs.from_dict(ExportConfig, {"checkpoint": str(tmp_path), "dtype": "fp8"})
+
+
+def test_a_checkpoint_of_another_mode_is_refused_before_export(tiny_checkpoints, tmp_path):
+    from spectrain.errors import SpectrainError
+
+    medusa_dir, _ = tiny_checkpoints["medusa"]
+    with pytest.raises(SpectrainError, match="holds a medusa draft, but export.mode is 'eagle3'"):
+        run(ExportConfig(checkpoint=medusa_dir, mode="eagle3", output_dir=str(tmp_path / "draft")))
+    assert not (tmp_path / "draft").exists()  # refused before anything was written

@@ -12,6 +12,7 @@ import pytest
 from components.regenerate.config import RegenerateConfig
 from components.regenerate.regenerate import run
 from spectrain import s3
+from spectrain import config as configs
 from spectrain.errors import SpectrainError
 from spectrain.testing import FlakyServer
 
@@ -78,5 +79,5 @@ def test_a_bad_checkpoint_uri_fails_before_any_request(bucket, tmp_path):
         run(RegenerateConfig(dataset=str(data), output=str(tmp_path / "out.jsonl"), endpoint=server.url,
                              model="base", checkpoint_uri="s3://no-such-bucket/x/"))
     assert not server.attempts
-    with pytest.raises(SpectrainError, match="must be an S3 prefix"):
-        RegenerateConfig(checkpoint_uri="/tmp/somewhere").validate()
+    with pytest.raises(SpectrainError, match="regenerate.checkpoint_uri = '/tmp/somewhere' is not allowed"):
+        configs.from_dict(RegenerateConfig, {"checkpoint_uri": "/tmp/somewhere"})

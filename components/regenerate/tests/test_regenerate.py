@@ -110,3 +110,26 @@ def test_a_prompt_longer_than_the_context_is_rejected_with_its_line_and_the_run_
     assert (summary["done"], summary["rejected"], summary["failed"]) == (1, 1, 0)
     (error,) = records(tmp_path / "out.errors.jsonl")
     assert error["source"] == f"{path}:2" and "context" in error["rejected"].lower()
+
+
+@pytest.mark.slow
+def test_a_wrong_api_key_stops_the_step_before_any_conversation(vllm_server, dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    output = tmp_path / "out.jsonl"
+    with pytest.raises(SpectrainError) as error:
+        run(RegenerateConfig(dataset=dataset, output=str(output), endpoint=vllm_server["endpoint"], api_key="wrong"))
+    assert "refused the API key (HTTP 401)" in error.value.what and "regenerate.api_key" in error.value.where
+    assert not output.exists() or not output.read_text()
+
+
+@pytest.mark.slow
+def test_when_the_server_rejects_every_prompt_the_step_fails_naming_the_dataset(vllm_server, tmp_path):
+    path = tmp_path / "long.jsonl"
+    too_long = " ".join(["word"] * 3000)  # the test server has max_model_len 1024
+    path.write_text("".join(json.dumps({"id": f"long{i}", "conversations": [{"from": "User", "value": f"{i} {too_long}"}]})
+                            + "\n" for i in range(2)))
+    with pytest.raises(SpectrainError) as error:
+        run(RegenerateConfig(dataset=str(path), output=str(tmp_path / "out.jsonl"), endpoint=vllm_server["endpoint"],
+                             api_key="test-key", max_tokens=8))
+    assert error.value.where == str(path) and "rejected all 2 conversations" in error.value.what
+    assert "max_model_len" in error.value.fix

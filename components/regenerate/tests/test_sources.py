@@ -10,6 +10,7 @@ import pytest
 
 from components.regenerate.config import RegenerateConfig
 from spectrain.data import read_conversations
+from spectrain import config as configs
 from spectrain.errors import SpectrainError
 
 ROWS = [{"id": f"c{i}", "conversations": [{"from": "User", "value": f"question {i}"},
@@ -50,5 +51,5 @@ def test_an_unknown_hub_id_is_a_clear_error():
 
 
 def test_the_format_option_is_checked():
-    with pytest.raises(SpectrainError, match="unknown format"):
-        RegenerateConfig(format="alpaca").validate()
+    with pytest.raises(SpectrainError, match="regenerate.format = 'alpaca' is not allowed: expected one of auto"):
+        configs.from_dict(RegenerateConfig, {"format": "alpaca"})

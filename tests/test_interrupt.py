@@ -1,0 +1,55 @@
+"""Interrupting `spectrain run` stops every process it started, the vLLM server (its own session) included."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spectrain.processes import descendants
+from spectrain.vllm import alive
+
+TINY = ["--modes", "eagle3", "--regenerate-limit", "6", "--regenerate-max-tokens", "24", "--train-max-steps", "2",
+        "--eval-num-prompts", "3", "--eval-max-new-tokens", "12"]
+
+
+def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> list[str]:
+    seen, deadline = [], time.monotonic() + timeout_s
+    for line in process.stdout:
+        seen.append(line)
+        if text in line:
+            return seen
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout_s} s:\n" + "".join(seen[-30:])
+    pytest.fail(f"the run ended before {text!r}:\n" + "".join(seen[-30:]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_run_leaves_no_process_behind_and_says_where_it_stopped(tmp_path, how):
+    env = {**os.environ, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers"), "PYTHONUNBUFFERED": "1"}
+    # its own session, like a shell job: Ctrl-C reaches the run's process group, never the test's
+    run = subprocess.Popen([sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                           start_new_session=True)
+    try:
+        wait_for_line(run, "serve: done", timeout_s=900)
+        (state,) = (tmp_path / "servers").glob("*/server.json")
+        server = json.loads(state.read_text())["pid"]
+        started = descendants(run.pid)  # everything the run started so far
+        assert server in started, "the vLLM server is not below the run (subreaper)"
+        assert alive(server)
+        if how == "ctrl-c":
+            os.killpg(run.pid, signal.SIGINT)  # what a terminal sends to the foreground job
+        else:
+            run.send_signal(signal.SIGTERM)  # what `kill` or a job scheduler sends to the run alone
+        rest, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, rest[-3000:]
+    assert "interrupted after" in rest and str(tmp_path / "runs") in rest and "run the same command again" in rest
+    left = [pid for pid in started if alive(pid)]
+    assert not left, f"still running after the interrupt: {left}"
