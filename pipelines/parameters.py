@@ -14,9 +14,10 @@ from components.export.config import ExportConfig
 from components.regenerate.config import RegenerateConfig
 from components.register.config import RegisterConfig
 from components.serve.config import ServeConfig
-from components.train_heads.config import MODES, TrainHeadsConfig
+from components.train_heads.config import TrainHeadsConfig
 from spectrain import checks
 from spectrain.config import check_of, coerce, field_type, help_of, rule_problem
+from spectrain.drafts import MODES
 from spectrain.errors import SpectrainError
 
 # pipeline parameter -> the step config field it becomes (its type and rule apply to the parameter too)

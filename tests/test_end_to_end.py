@@ -15,7 +15,7 @@ TINY = ["--regenerate-limit", "6", "--regenerate-max-tokens", "24", "--train-max
 
 
 @pytest.mark.slow
-def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path, s3_endpoint):
+def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_readable_console(tmp_path, s3_endpoint):
     import boto3
 
     from spectrain import s3
@@ -32,6 +32,7 @@ def test_spectrain_run_goes_from_serving_to_a_registered_champion(tmp_path, s3_e
                             capture_output=True, text=True, timeout=1500, env={**env, **fresh})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| eagle3 |" in result.stdout and "| medusa |" in result.stdout  # the summary table
+    assert "τ / ngram τ" in result.stdout
     assert (tmp_path / "models" / "SmolLM2-135M-Instruct" / "config.json").is_file()  # converted by this run
 
     # The console: a line per step start and finish, not kfp.local's executor JSON; every log in the run directory

@@ -20,9 +20,9 @@ import torch
 import transformers
 
 from components.evaluate.config import EvaluateConfig
-from components.train_heads.config import check_draft_checkpoint
 from spectrain.console import Progress
 from spectrain.data import dataset_fingerprint, read_conversations
+from spectrain.drafts import check_draft_checkpoint
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 from spectrain.plots import figure

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.train_heads.config import MODES
 from spectrain import checks
 from spectrain.config import field
+from spectrain.drafts import MODES
 from spectrain.errors import SpectrainError
 
 DTYPES = ("bfloat16", "float16", "float32")

@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 
 from components.export import trtllm
 from components.export.config import ExportConfig
-from components.train_heads.config import check_draft_checkpoint
-from spectrain.models import resolve_base_model
+from spectrain.drafts import check_draft_checkpoint
 from spectrain.errors import SpectrainError
+from spectrain.models import resolve_base_model
 
 mto.enable_huggingface_checkpointing()
 

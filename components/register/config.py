@@ -25,5 +25,7 @@ class RegisterConfig:
     params: dict = field({}, "pipeline parameters to record (keys naming secrets are dropped)")
     min_acceptance_length: float = field(1.0, "gate: a draft whose τ is not above this is never promoted",
                                          check=checks.at_least(0.0, 1.0))
+    must_beat_ngram: bool = field(True, "promote only a draft whose τ beats the n-gram prompt-lookup baseline (free in "
+                                        "vLLM) on the same prompts, so a champion is always worth serving")
     margin: float = field(0.0, "promote only when τ beats the champion's by more than this",
                           check=checks.at_least(0.0, 0.05))

@@ -130,6 +130,10 @@ def promote(client: MlflowClient, name: str, version: str, candidate: dict, conf
     set_alias(client, name, CHALLENGER, version)
     if tau <= config.min_acceptance_length:
         return CHALLENGER, f"τ {tau:.3f} does not pass the gate min_acceptance_length={config.min_acceptance_length}"
+    ngram = candidate.get("ngram_acceptance_length")
+    if config.must_beat_ngram and ngram is not None and tau <= ngram:
+        return CHALLENGER, (f"τ {tau:.3f} does not beat the free n-gram baseline (τ {ngram:.3f} on the same prompts; "
+                            f"must_beat_ngram)")
     champion = alias_version(client, name, CHAMPION)
     if champion is None:
         set_alias(client, name, CHAMPION, version)

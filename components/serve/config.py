@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spectrain import images
-from spectrain import checks
+from spectrain import checks, images
 from spectrain.config import field
 from spectrain.errors import SpectrainError
 

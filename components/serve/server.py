@@ -76,7 +76,9 @@ def run(config: ServeConfig) -> dict:
 
 def run_in_cluster(config: ServeConfig, started: float) -> dict:
     """Cluster mode: the Deployment is ready (its /health answers); check the API through the Service too."""
-    from components.serve import cluster  # kubernetes is needed (and installed) for cluster mode only
+    from components.serve import (
+        cluster,  # kubernetes is needed (and installed) for cluster mode only
+    )
 
     api = cluster.connect()
     result = cluster.start(config, api)

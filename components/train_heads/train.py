@@ -17,11 +17,12 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from components.train_heads import hidden_cache, launch
-from components.train_heads.config import TRAIN_RESULT, TrainHeadsConfig
+from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.datasets import IGNORE, CachedDataset, ConversationDataset
 from spectrain import s3
 from spectrain.console import EVENTS_ENV, Progress, warn
 from spectrain.data import SkippedLine, fingerprint, read_conversations
+from spectrain.drafts import TRAIN_RESULT
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 from spectrain.plots import figure

@@ -4,7 +4,12 @@ import pytest
 import torch
 import transformers
 
-from components.evaluate.acceptance import EagleProposer, MedusaProposer, replay, ngram_proposer
+from components.evaluate.acceptance import (
+    EagleProposer,
+    MedusaProposer,
+    ngram_proposer,
+    replay,
+)
 from spectrain.models import resolve_base_model
 
 SEQUENCE = list(range(100, 120))  # 5 prompt tokens, 15 generated

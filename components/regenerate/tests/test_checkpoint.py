@@ -11,8 +11,8 @@ import pytest
 
 from components.regenerate.config import RegenerateConfig
 from components.regenerate.regenerate import run
-from spectrain import s3
 from spectrain import config as configs
+from spectrain import s3
 from spectrain.errors import SpectrainError
 from spectrain.testing import FlakyServer
 

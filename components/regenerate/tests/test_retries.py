@@ -13,6 +13,7 @@ from components.regenerate.regenerate import run
 from spectrain.errors import SpectrainError
 from spectrain.testing import FlakyServer
 
+
 @pytest.fixture
 def dataset(tmp_path):
     def write(*prompts):

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from components.regenerate.config import RegenerateConfig
-from spectrain.data import read_conversations
 from spectrain import config as configs
+from spectrain.data import read_conversations
 from spectrain.errors import SpectrainError
 
 ROWS = [{"id": f"c{i}", "conversations": [{"from": "User", "value": f"question {i}"},

@@ -14,9 +14,9 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
-from components.register.tests.test_register import results
 from components.register.config import RegisterConfig
 from components.register.register import run
+from components.register.tests.test_register import results
 from spectrain.vllm import free_port
 
 

@@ -62,7 +62,7 @@ def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
 
 def test_champion_moves_only_to_a_better_draft_on_the_same_eval_set(store):
     register(store, 1.30, "run-1")
-    worse = register(store, 1.20, "run-2")
+    worse = register(store, 1.25, "run-2")
     assert worse["alias"] == "challenger" and "does not beat champion v1" in worse["promotion"]
     better = register(store, 1.45, "run-3")
     assert better["alias"] == "champion"
@@ -149,3 +149,11 @@ def test_two_runs_promoting_at_once_leave_the_better_one_champion(store, monkeyp
     better, worse = outcomes["better"], outcomes["worse"]
     assert "lost to" in worse["promotion"]  # the worse run saw the better one and handed it back
     assert aliases(better)["champion"] == better["version"]
+
+
+def test_a_draft_that_loses_to_the_free_ngram_baseline_is_never_champion(store):
+    outcome = register(store, 1.15, "run-1")  # above the gate (1.0), below n-gram's 1.2 on the same prompts
+    assert outcome["alias"] == "challenger"
+    assert "does not beat the free n-gram baseline (τ 1.200" in outcome["promotion"]
+    allowed = run(RegisterConfig(pipeline_run_id="run-2", must_beat_ngram=False, **results(store, 1.15, "run-2")))
+    assert allowed["alias"] == "champion"

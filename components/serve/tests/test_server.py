@@ -9,9 +9,9 @@ import pytest
 
 from components.serve.config import ServeConfig, StopServerConfig
 from components.serve.server import stop, vllm_arguments
-from spectrain.vllm import alive, wait_until_ready
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
+from spectrain.vllm import alive, wait_until_ready
 
 
 def test_command_carries_the_seed_flags_and_never_the_api_key():

@@ -6,8 +6,13 @@ import transformers
 from safetensors.torch import load_file
 
 from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.train import (HEAD_PREFIXES, convert, draft_architecture, draft_vocabulary,
-                                          tokenize_conversation)
+from components.train_heads.train import (
+    HEAD_PREFIXES,
+    convert,
+    draft_architecture,
+    draft_vocabulary,
+    tokenize_conversation,
+)
 from spectrain.models import resolve_base_model
 
 

@@ -1,0 +1,33 @@
+"""What every step knows of a draft: its modes, and what train_heads records next to a trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spectrain.errors import SpectrainError
+
+MODES = ("eagle3", "eagle1", "medusa")
+TRAIN_RESULT = "train_result.json"  # what train_heads writes next to the checkpoint: mode, heads, steps, losses
+
+
+def check_draft_checkpoint(checkpoint: str, mode: str, num_draft_tokens: int, step: str) -> None:
+    """Refuse a checkpoint trained as another mode, or a k the draft cannot propose, before any work starts.
+
+    Reads ``train_result.json`` (written by train_heads); a checkpoint without one is checked when loaded.
+    """
+    path = Path(checkpoint) / TRAIN_RESULT
+    try:
+        trained = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if trained.get("mode") and trained["mode"] != mode:
+        raise SpectrainError(f"{checkpoint} holds a {trained['mode']} draft, but {step}.mode is {mode!r}",
+                             where=f"{step}.mode",
+                             fix=f"pass --mode {trained['mode']}, or the checkpoint of a {mode} draft")
+    heads = trained.get("medusa_num_heads")
+    if mode == "medusa" and heads and num_draft_tokens > heads:
+        raise SpectrainError(f"num_draft_tokens = {num_draft_tokens}, but the draft in {checkpoint} has {heads} "
+                             f"Medusa heads: each head proposes one token, so positions {heads + 1}.."
+                             f"{num_draft_tokens} would never be drafted", where=f"{step}.num_draft_tokens",
+                             fix=f"use at most {heads}, or train more heads (medusa_num_heads)")
