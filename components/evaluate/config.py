@@ -28,6 +28,8 @@ class EvaluateConfig:
                                   check=checks.at_least(1, 3))
     max_new_tokens: int = field(64, "greedy tokens generated per prompt",
                                 check=checks.at_least(1, 64))
+    generation_batch_size: int = field(16, "prompts generated at once for the base's greedy replies (each reply is "
+                                           "then confirmed by one teacher-forced pass)", check=checks.at_least(1, 16))
     ngram_max: int = field(3, "n-gram baseline: longest suffix matched in the context",
                            check=checks.at_least(1, 3))
     untrained_baseline: bool = field(True, "also measure the same draft architecture at initialisation")

@@ -116,3 +116,36 @@ def test_a_loaded_checkpoint_of_another_kind_is_refused_even_without_its_train_r
     model = transformers.AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32)
     with pytest.raises(SpectrainError, match="holds EAGLE, not a medusa draft"):
         draft_proposer(model, EvaluateConfig(checkpoint=str(copy), mode="medusa"))
+
+
+def test_batched_greedy_replies_are_exactly_the_base_models_own_greedy_text(base):
+    from components.evaluate.acceptance import confirm_greedy, generate_batch
+
+    path, tokenizer = base
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    questions = ["List three colours.", "What is the capital of France? Answer in one word.",
+                 "Write a haiku about the sea and the wind in the evening.", "Say hi."]
+    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+               for q in questions]
+    eos = {model.generation_config.eos_token_id} if isinstance(model.generation_config.eos_token_id, int) \
+        else set(model.generation_config.eos_token_id)
+    batched = [confirm_greedy(model, p, c) for p, c in zip(prompts, generate_batch(model, prompts, 16, eos))]
+    alone = [model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=16)[0].tolist() for p in prompts]
+    assert sum(b == a for b, a in zip(batched, alone)) >= 3  # left padding changes nothing but near-ties
+    for prompt, sequence in zip(prompts, batched):
+        assert len(sequence) > len(prompt)
+        predicted = model(input_ids=torch.tensor([sequence])).logits[0, len(prompt) - 1:-1].argmax(-1).tolist()
+        assert predicted == sequence[len(prompt):]  # every token is the base's greedy choice for its prefix
+
+
+def test_a_reply_that_disagrees_with_the_teacher_forced_pass_is_cut_at_the_first_disagreement(base):
+    from components.evaluate.acceptance import confirm_greedy
+
+    path, tokenizer = base
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    prompt = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
+    good = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=6)[0].tolist()[len(prompt):]
+    wrong = good[:2] + [(good[2] + 1) % model.config.vocab_size] + good[3:]
+    assert confirm_greedy(model, prompt, wrong) == prompt + good[:3]
+    assert confirm_greedy(model, prompt, good) == prompt + good
