@@ -11,7 +11,7 @@ MODES = ("eagle3", "eagle1", "medusa")
 TRAIN_RESULT = "train_result.json"  # what train_heads writes next to the checkpoint: mode, heads, steps, losses
 
 
-def check_draft_checkpoint(checkpoint: str, mode: str, num_draft_tokens: int, step: str) -> None:
+def check_draft_checkpoint(checkpoint: str, mode: str, step: str, num_draft_tokens: int | None = None) -> None:
     """Refuse a checkpoint trained as another mode, or a k the draft cannot propose, before any work starts.
 
     Reads ``train_result.json`` (written by train_heads); a checkpoint without one is checked when loaded.
@@ -26,7 +26,7 @@ def check_draft_checkpoint(checkpoint: str, mode: str, num_draft_tokens: int, st
                              where=f"{step}.mode",
                              fix=f"pass --mode {trained['mode']}, or the checkpoint of a {mode} draft")
     heads = trained.get("medusa_num_heads")
-    if mode == "medusa" and heads and num_draft_tokens > heads:
+    if mode == "medusa" and heads and num_draft_tokens is not None and num_draft_tokens > heads:
         raise SpectrainError(f"num_draft_tokens = {num_draft_tokens}, but the draft in {checkpoint} has {heads} "
                              f"Medusa heads: each head proposes one token, so positions {heads + 1}.."
                              f"{num_draft_tokens} would never be drafted", where=f"{step}.num_draft_tokens",

@@ -291,7 +291,7 @@ def reset_heads(model) -> None:
 
 def run(config: EvaluateConfig) -> dict:
     started = time.monotonic()
-    check_draft_checkpoint(config.checkpoint, config.mode, config.num_draft_tokens, "evaluate")
+    check_draft_checkpoint(config.checkpoint, config.mode, "evaluate", config.num_draft_tokens)
     model_path = resolve_base_model(config.base_model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     prompts = load_prompts(config, tokenizer)

@@ -87,5 +87,7 @@ def test_an_interrupted_cache_build_is_not_mistaken_for_a_cache(tmp_path):
 def test_cache_dtype_is_checked():
     from spectrain.errors import SpectrainError
 
-    with pytest.raises(SpectrainError, match="cache dtype"):
-        TrainHeadsConfig(data="x", hidden_state_cache_dtype="int8").validate()
+    from spectrain import config as configs
+
+    with pytest.raises(SpectrainError, match="train_heads.hidden_state_cache_dtype = 'int8' is not allowed"):
+        configs.from_dict(TrainHeadsConfig, {"data": "x", "hidden_state_cache_dtype": "int8"})

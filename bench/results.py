@@ -1,0 +1,98 @@
+"""Benchmark figures as JSON under bench/results/ (command, date, machine, commit) and the README tables made from them.
+
+    python bench/results.py table make-run      # the Markdown table of the newest make-run result
+
+A README table is pasted from that output, and tests/test_bench_results.py fails when it drifts from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what moves CPU speed most for these workloads
+
+
+def machine() -> dict:
+    """CPU model, core count and the instruction-set flags that decide bf16/AMX speed."""
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags], "gpu": None}
+
+
+def commit(root: Path = ROOT) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write(name: str, command: str, figures: dict, *, at_commit: str | None = None) -> Path:
+    """bench/results/<name>-<date>.json with what produced it and where."""
+    RESULTS.mkdir(exist_ok=True)
+    date = time.strftime("%Y-%m-%d")
+    path = RESULTS / f"{name}-{date}.json"
+    record = {"name": name, "command": command, "date": date, "machine": machine(),
+              "commit": at_commit or commit(), "figures": figures}
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def newest(name: str) -> dict:
+    paths = sorted(RESULTS.glob(f"{name}-*.json"))
+    if not paths:
+        raise SystemExit(f"no bench/results/{name}-*.json yet")
+    return json.loads(paths[-1].read_text())
+
+
+def make_run_table(record: dict) -> str:
+    """The README's `make run` table: the pipeline's steps with their times, then each draft's τ."""
+    figures = record["figures"]
+    lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+             f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: "
+             f"{figures['total_minutes']:.1f} minutes in all: the pipeline's steps {figures['pipeline_minutes']:.1f}, "
+             f"the rest (creating the virtualenvs, kfp.local) {figures['other_minutes']:.1f}.", "",
+             "| step | mode | seconds |", "|---|---|---:|"]
+    for row in figures["steps"]:
+        lines.append(f"| {row['step']} | {row['mode']} | {row['seconds']:.0f} |")
+    lines += ["", "| draft | τ | n-gram τ | τ / n-gram | per-position acceptance | untrained τ | registry alias |",
+              "|---|---:|---:|---:|---|---:|---|"]
+    for draft in figures["drafts"]:
+        lines.append(f"| {draft['mode']} | {draft['acceptance_length']:.3f} | {draft['ngram_acceptance_length']:.3f} | "
+                     f"{draft['acceptance_length'] / draft['ngram_acceptance_length']:.2f}× | "
+                     f"{' / '.join(f'{r:.2f}' for r in draft['acceptance_rate_per_position'])} | "
+                     f"{draft['untrained_acceptance_length']:.3f} | {draft['alias']} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"make-run": make_run_table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    table = commands.add_parser("table", help="print the Markdown table of the newest result of a benchmark")
+    table.add_argument("name", choices=sorted(TABLES))
+    args = parser.parse_args(argv)
+    sys.stdout.write(TABLES[args.name](newest(args.name)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
