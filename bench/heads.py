@@ -25,7 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import results  # noqa: E402  (bench/results.py: figures as JSON under bench/results/)
 from spectrain.steps import ENVIRONMENTS, run_step  # noqa: E402
 
 TARGETS = {"eagle3": 2.2, "medusa": 1.7}
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "regenerate": regenerated,
               "modes": rows, "epoch": timing, "seconds": time.monotonic() - started}
     (workdir / "heads.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {results.write('heads', 'python bench/heads.py ' + ' '.join(sys.argv[1:]), report)}")
     print_table(report, args)
     return 0
 

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import results  # noqa: E402  (bench/results.py: figures as JSON under bench/results/)
 from heads import use_local_envs  # noqa: E402
 
 from spectrain.data import embedded_path, read_conversations  # noqa: E402
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "max_tokens": args.max_tokens, "rows": rows,
               "seconds": time.monotonic() - started}
     (workdir / "regenerate.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {results.write('regenerate', 'python bench/regenerate.py ' + ' '.join(sys.argv[1:]), report)}")
     base = rows[0]["ours"]
     print(f"\noutput tokens/s, {args.max_tokens} tokens per reply (ignore_eos), one vLLM-CPU server")
     print(f"{'concurrency':>11} {'requests':>8} {'ours':>8} {'vllm bench':>10} {'ours/ceiling':>12} {'ours/c1':>8}")

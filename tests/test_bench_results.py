@@ -1,0 +1,23 @@
+"""Benchmark figures live in bench/results/*.json; the README's tables are made from them, not typed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_result_says_what_produced_it_where_and_when():
+    paths = sorted((ROOT / "bench" / "results").glob("*.json"))
+    assert paths
+    for path in paths:
+        record = json.loads(path.read_text())
+        assert {"name", "command", "date", "machine", "commit", "figures"} <= set(record), path.name
+        assert record["machine"]["cpu"] and record["machine"]["cores"] and record["commit"] != "unknown", path.name
+
+
+def test_the_readme_make_run_table_is_the_one_made_from_the_newest_result():
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "table", "make-run"],
+                           capture_output=True, text=True, check=True).stdout
+    assert table in (ROOT / "README.md").read_text(), "re-paste `python bench/results.py table make-run`"
