@@ -32,8 +32,11 @@ def emit(event: str, **fields: Any) -> None:
 
 
 def warn(text: str) -> None:
-    """A warning a person should see during `spectrain run` (and in the step's log)."""
-    emit("warn", label=os.environ.get(LABEL_ENV, ""), text=text)
+    """A warning a person should see: an event under `spectrain run` (and in the step's log), else a plain line."""
+    if os.environ.get(EVENTS_ENV):
+        emit("warn", label=os.environ.get(LABEL_ENV, ""), text=text)
+    else:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 class Progress:
