@@ -140,6 +140,23 @@ def _readable_path_problem(value: str) -> str | None:
     return None
 
 
+def _no_conversation_problem(value: str) -> str | None:
+    """A local dataset must hold at least one usable conversation; reading stops at the first one."""
+    if not checking_here():
+        return None
+    from spectrain.data import SkippedLine, read_conversations
+    from spectrain.errors import SpectrainError
+
+    skipped: list[SkippedLine] = []
+    try:
+        if next(iter(read_conversations(value, skipped=skipped)), None) is not None:
+            return None
+    except SpectrainError as exc:
+        return str(exc)
+    first = f"; first problem: {skipped[0].where}: {skipped[0].reason}" if skipped else ""
+    return f"{value} holds no usable conversation ({len(skipped)} records skipped{first})"
+
+
 def data_source(optional: bool = False) -> Rule:
     """'embedded', hf:<id>, s3://..., or a readable local file or folder."""
 
@@ -150,7 +167,7 @@ def data_source(optional: bool = False) -> Rule:
             return None
         if value.startswith("s3://"):
             return _s3_location_problem(value)
-        return _readable_path_problem(value)
+        return _readable_path_problem(value) or _no_conversation_problem(value)
 
     return Rule("'embedded', a .jsonl/.json/.parquet file or a folder of them, s3://bucket/key or prefix/, or "
                 "hf:<dataset id>", "embedded", test)

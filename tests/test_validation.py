@@ -60,6 +60,15 @@ def test_a_missing_local_dataset_is_named_with_its_path():
     assert "--dataset" in message and "/no/such/file.jsonl does not exist" in message and "e.g. embedded" in message
 
 
+def test_a_dataset_without_one_usable_conversation_is_refused_naming_the_first_bad_line(tmp_path):
+    data = tmp_path / "chats.jsonl"
+    data.write_text('{"foo": 1}\n{"conversations": []}\n')
+    message = problems(dataset=str(data))
+    assert "holds no usable conversation (2 records skipped; first problem: " in message and f"{data}:1" in message
+    data.write_text('{"foo": 1}\n{"conversations": [{"from": "User", "value": "Hi"}]}\n')
+    parameters.validate({"dataset": str(data)}, PARAMETERS, where="x")  # one usable conversation is enough
+
+
 def test_an_unreadable_dataset_is_refused(tmp_path, monkeypatch):
     data = tmp_path / "chats.jsonl"
     data.write_text("{}\n")
