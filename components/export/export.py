@@ -37,9 +37,9 @@ def medusa_state_dict(model) -> dict[str, torch.Tensor]:
     tensors = {}
     for h, head in enumerate(model.medusa_heads):
         *blocks, lm_head = list(head)
-        for l, block in enumerate(blocks):
-            tensors[f"blocks.{h}.layers.{l}.weight"] = block.linear.weight
-            tensors[f"blocks.{h}.layers.{l}.bias"] = block.linear.bias
+        for layer, block in enumerate(blocks):
+            tensors[f"blocks.{h}.layers.{layer}.weight"] = block.linear.weight
+            tensors[f"blocks.{h}.layers.{layer}.bias"] = block.linear.bias
         tensors[f"lm_heads.{h}.weight"] = lm_head.weight
     return tensors
 

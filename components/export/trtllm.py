@@ -80,9 +80,9 @@ def eagle3_config(draft_dir: Path, num_draft_tokens: int, capture_layers: list[i
 def expected_medusa(heads: int, layers: int, hidden: int, vocab: int) -> dict[str, tuple]:
     shapes = {}
     for h in range(heads):
-        for l in range(layers):
-            shapes[f"{h}.{l}.linear.weight"] = (hidden, hidden)
-            shapes[f"{h}.{l}.linear.bias"] = (hidden,)
+        for layer in range(layers):
+            shapes[f"{h}.{layer}.linear.weight"] = (hidden, hidden)
+            shapes[f"{h}.{layer}.linear.bias"] = (hidden,)
         shapes[f"{h}.{layers}.weight"] = (vocab, hidden)
     return shapes
 

@@ -332,7 +332,7 @@ def diagnostics(api: Api, namespace: str, name: str, pods: list[client.V1Pod],
     text = "recent events:\n" + ("\n".join(lines) or "  (none)")
     if culprit is not None:
         tail = pod_log(api, namespace, culprit.metadata.name, LOG_LINES)
-        text += f"\nlog tail of pod {culprit.metadata.name}:\n" + "\n".join(f"  {l}" for l in tail.splitlines())
+        text += f"\nlog tail of pod {culprit.metadata.name}:\n" + "\n".join(f"  {line}" for line in tail.splitlines())
     return text
 
 
