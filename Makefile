@@ -44,6 +44,9 @@ compile: $(VENVS)/orchestrate/.installed  ## write pipelines/speculative_decodin
 test: envs  ## run every test, each in the environment of the step it tests
 	bash tests/run_all.sh
 
+test-fast: envs  ## the tests not marked slow (no vLLM server, no end-to-end run): a few minutes
+	bash tests/run_all.sh -m "not slow"
+
 lint: $(VENVS)/orchestrate/.installed  ## ruff over the Python tree (errors and undefined names; run by .ci/run)
 	$(VENVS)/orchestrate/bin/ruff check spectrain components pipelines bench tests conftest.py
 
