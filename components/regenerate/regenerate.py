@@ -166,6 +166,9 @@ def run(config: RegenerateConfig) -> dict:
     inputs = sorted({c.source.rsplit(":", 1)[0] for c in conversations} | {s.path for s in skipped})
     for line in skipped:
         print(f"[regenerate] skipped {line}", flush=True)
+    if skipped:
+        warn(f"{len(skipped)} input record(s) skipped, first {skipped[0].where}: {skipped[0].reason} "
+             "(every one is in this step's log)")
     conversations = select(conversations, config)
     if not conversations:
         raise SpectrainError("no usable conversations", where=config.dataset, fix="check the file's format")
