@@ -81,7 +81,16 @@ def make_run_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"make-run": make_run_table}
+def make_test_table(record: dict) -> str:
+    """The README's `make test` line: total time and each environment's share."""
+    figures = record["figures"]
+    parts = ", ".join(f"{env} env {row['tests']} tests in {row['seconds'] / 60:.1f} min" for env, row in
+                      figures["environments"].items())
+    return (f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+            f"cores), commit {record['commit']}: {figures['total_seconds'] / 60:.1f} minutes ({parts}).\n")
+
+
+TABLES = {"make-run": make_run_table, "make-test": make_test_table}
 
 
 def main(argv: list[str] | None = None) -> int:

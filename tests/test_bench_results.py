@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,7 +19,8 @@ def test_every_result_says_what_produced_it_where_and_when():
         assert record["machine"]["cpu"] and record["machine"]["cores"] and record["commit"] != "unknown", path.name
 
 
-def test_the_readme_make_run_table_is_the_one_made_from_the_newest_result():
-    table = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "table", "make-run"],
+@pytest.mark.parametrize("name", ["make-run", "make-test"])
+def test_the_readme_table_is_the_one_made_from_the_newest_result(name):
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "table", name],
                            capture_output=True, text=True, check=True).stdout
-    assert table in (ROOT / "README.md").read_text(), "re-paste `python bench/results.py table make-run`"
+    assert table in (ROOT / "README.md").read_text(), f"re-paste `python bench/results.py table {name}`"

@@ -1,0 +1,50 @@
+"""Record a finished `make test` as bench/results/make-test-<date>.json, from its output.
+
+    make test 2>&1 | tee test.log; python bench/record_test.py test.log --total-seconds 1273 --commit abc1234
+
+Reads each environment's pytest summary (tests/run_all.sh prints `=== [env] pytest ...` before each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import results  # noqa: E402
+
+SECTION = re.compile(r"=== \[(\w+)\] pytest.*?\n(.*?)(?==== \[|\Z)", re.S)
+SUMMARY = re.compile(r"(?:(\d+) failed, )?(\d+) passed.* in ([\d.]+)s")
+
+
+def environments(log: str) -> dict:
+    found = {}
+    for env, block in SECTION.findall(log):
+        match = SUMMARY.search(block)
+        if match:
+            found[env] = {"tests": int(match.group(2)) + int(match.group(1) or 0),
+                          "failed": int(match.group(1) or 0), "seconds": float(match.group(3))}
+    if not found:
+        raise SystemExit("no `=== [env] pytest` sections with a pytest summary in that log")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--command", default="make test")
+    parser.add_argument("--total-seconds", type=float, required=True)
+    parser.add_argument("--commit", default=None, help="commit the tests ran at (default: this checkout's)")
+    args = parser.parse_args(argv)
+    envs = environments(args.log.read_text(errors="replace"))
+    figures = {"environments": envs, "total_seconds": args.total_seconds,
+               "failed": sum(row["failed"] for row in envs.values())}
+    print(f"wrote {results.write('make-test', args.command, figures, at_commit=args.commit)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
