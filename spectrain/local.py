@@ -12,9 +12,8 @@ import time
 import warnings
 from pathlib import Path
 
-from spectrain import console as console_events
 from spectrain import processes
-from spectrain.console import RunConsole, duration
+from spectrain.console import EVENTS_ENV, RunConsole, duration
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
 
@@ -104,12 +103,13 @@ def run_command(args: argparse.Namespace) -> int:
     console = RunConsole(run_dir / "logs", terminal=sys.stdout, verbose=args.verbose)
     console.say(f"spectrain run: {run_dir}\n  arguments {json.dumps(arguments)}\n  logs {run_dir / 'logs'}/ "
                 f"(--verbose shows them here)")
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    previous_handlers = signal.signal(signal.SIGTERM, _interrupt), signal.getsignal(signal.SIGINT)
     started = time.monotonic()
     try:
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
             _run_pipeline(arguments, run_dir)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         stopped = processes.stop_descendants()
         console.say(f"\ninterrupted after {duration(time.monotonic() - started)}: stopped {len(stopped)} "
                     f"process(es) this run started (vLLM, steps). The partial run is in {run_dir} (logs/ has each "
@@ -121,11 +121,13 @@ def run_command(args: argparse.Namespace) -> int:
                              f"{_plain(str(failure))}; {_failed_steps(console)}",
                              fix=f"read the failed step's log; every log of the run is in {run_dir / 'logs'}") from None
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         left = processes.stop_descendants()
         if left:
             console.say(f"stopped {len(left)} process(es) the run left running")
         console.close()
+        signal.signal(signal.SIGTERM, previous_handlers[0])
+        signal.signal(signal.SIGINT, previous_handlers[1])
     print(f"\n[spectrain] pipeline finished in {duration(time.monotonic() - started)}\n", flush=True)
     print(_find_summary(run_dir))
     print("logs (one per step): " + ", ".join(sorted(p.name for p in (run_dir / "logs").glob("*.log"))))
@@ -154,7 +156,7 @@ def _run_pipeline(arguments: dict, run_dir: Path) -> None:
 
     # The Kubernetes settings (GPUs, PVC, secrets) are for the cluster; kfp.local says so once per task.
     warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-    os.environ[console_events.EVENTS_ENV] = "1"  # steps report progress as events for RunConsole
+    os.environ[EVENTS_ENV] = "1"  # steps report progress as events for RunConsole
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline-root"),
                raise_on_error=True)
     speculative_decoding(**arguments)
