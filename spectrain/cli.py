@@ -66,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--output", default=None, help="where to write (default: pipelines/speculative_decoding.yaml)")
     compile_.set_defaults(handler=lambda a, p: local.compile_command(a))
 
-    from pipelines import (
-        submit as kfp_submit,  # light: imports kfp only when a command runs
-    )
+    from pipelines import submit as kfp_submit  # light: imports kfp only when a command runs
 
     kfp_submit.add_commands(commands)
 

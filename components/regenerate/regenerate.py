@@ -13,13 +13,7 @@ from pathlib import Path
 from components.regenerate.checkpoint import S3Checkpoint
 from components.regenerate.config import RegenerateConfig
 from spectrain.console import Progress, warn
-from spectrain.data import (
-    Conversation,
-    SkippedLine,
-    append_jsonl,
-    content_id,
-    read_conversations,
-)
+from spectrain.data import Conversation, SkippedLine, append_jsonl, content_id, read_conversations
 from spectrain.errors import SpectrainError
 
 
