@@ -6,8 +6,9 @@ Where data can come from (a *dataset spec*):
   path/to/folder/           every .jsonl/.json/.parquet file below it, in name order
   s3://bucket/key, s3://bucket/prefix/   the same, downloaded with boto3 (spectrain.s3)
   hf:owner/name[:split]     a Hugging Face ``datasets`` id (or hf:/local/dataset/dir)
-The record shape is detected per record (``conversations`` with from/value, or OpenAI
-``messages`` with role/content) unless a format is forced.
+The record shape is detected per record (``conversations`` with from/value, OpenAI ``messages``
+with role/content, or MT-Bench / EAGLE question files' ``turns``: the user turns only, as in
+``vicuna_bench_question.jsonl``) unless a format is forced.
 
 Every problem with an input record is reported with file, line (or record number) and reason,
 and the record is skipped and counted; nothing raises a bare traceback at the user.
@@ -27,7 +28,8 @@ from spectrain.errors import SpectrainError
 
 EMBEDDED = "embedded"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-FORMATS = {"auto": None, "daring-anteater": "conversations", "sharegpt": "conversations", "openai": "messages"}
+FORMATS = {"auto": None, "daring-anteater": "conversations", "sharegpt": "conversations", "openai": "messages",
+           "mt-bench": "turns"}
 ROLE_ALIASES = {
     "user": "user", "human": "user",
     "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
@@ -89,6 +91,15 @@ def content_id(system: str, turns: list[dict[str, str]]) -> str:
     return "sha1-" + hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:16]
 
 
+def _question_turns(turns: object) -> object:
+    """MT-Bench's ``turns`` (user messages; the replies are to be generated) as messages with empty replies."""
+    if turns is None:
+        return None
+    if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+        raise ValueError("'turns' is not a list of strings (the user's messages)")
+    return [m for text in turns for m in ({"role": "user", "content": text}, {"role": "assistant", "content": ""})]
+
+
 def parse_record(record: dict, data_format: str = "auto") -> Conversation:
     """One record in any supported shape (or the forced ``data_format``) -> Conversation; ValueError says what is wrong."""
     if not isinstance(record, dict):
@@ -98,8 +109,11 @@ def parse_record(record: dict, data_format: str = "auto") -> Conversation:
         raw, role_key, text_key = record.get("conversations"), "from", "value"
     elif wanted == "messages" or (wanted is None and "messages" in record):
         raw, role_key, text_key = record.get("messages"), "role", "content"
+    elif wanted == "turns" or (wanted is None and "turns" in record):
+        raw, role_key, text_key = _question_turns(record.get("turns")), "role", "content"
     else:
-        raise ValueError("no 'conversations' (Daring-Anteater/ShareGPT) or 'messages' (OpenAI) field")
+        raise ValueError("no 'conversations' (Daring-Anteater/ShareGPT), 'messages' (OpenAI) or 'turns' (MT-Bench) "
+                         "field")
     if raw is None:
         raise ValueError(f"no '{wanted}' field, which the forced format {data_format!r} reads")
     if not isinstance(raw, list) or not raw:
@@ -130,7 +144,8 @@ def parse_record(record: dict, data_format: str = "auto") -> Conversation:
     for previous, current in zip(turns, turns[1:]):
         if previous["role"] == current["role"]:
             raise ValueError(f"two {current['role']} turns in a row")
-    conversation_id = str(record.get("conversation_id") or record.get("id") or content_id(system, turns))
+    conversation_id = str(record.get("conversation_id") or record.get("id") or record.get("question_id")
+                          or content_id(system, turns))
     extra = {k: record[k] for k in ("finish_reasons", "truncated") if k in record}  # a regenerated record's
     return Conversation(conversation_id, turns, system, str(record.get("category") or ""), extra)
 

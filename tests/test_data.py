@@ -125,7 +125,8 @@ def test_bad_records_in_json_and_parquet_name_the_record(tmp_path):
     assert len(list(read_conversations(str(tmp_path), skipped=skipped))) == 1
     assert [str(s) for s in skipped] == [
         f"{tmp_path}/a.json record 2: the conversation is empty",
-        f"{tmp_path}/b.parquet record 1: no 'conversations' (Daring-Anteater/ShareGPT) or 'messages' (OpenAI) field"]
+        f"{tmp_path}/b.parquet record 1: no 'conversations' (Daring-Anteater/ShareGPT), 'messages' (OpenAI) or "
+        "'turns' (MT-Bench) field"]
     (tmp_path / "bad.json").write_text('{"data": 3}')
     with pytest.raises(SpectrainError, match="must be a list of records"):
         list(read_conversations(str(tmp_path / "bad.json")))
@@ -187,3 +188,15 @@ def test_a_file_named_explicitly_is_read_whatever_its_name(tmp_path):
     (tmp_path / "folder" / "regenerated_conversations").write_text(json.dumps(RECORD) + "\n")
     with pytest.raises(SpectrainError, match="no .jsonl/.json/.parquet file"):  # in a folder, names decide
         list(read_conversations(str(tmp_path / "folder")))
+
+
+def test_mt_bench_question_files_read_as_user_turns_to_answer(tmp_path):
+    """EAGLE's and MT-Bench's question.jsonl (e.g. vicuna_bench_question.jsonl): user turns only."""
+    path = write(tmp_path, [{"question_id": 7, "category": "math", "turns": ["Hi there", "Name a colour."]},
+                            {"question_id": 8, "turns": "not a list"}])
+    skipped = []
+    (conversation,) = read_conversations(path, skipped=skipped)
+    assert conversation.prompts == ["Hi there", "Name a colour."] and conversation.category == "math"
+    assert conversation.conversation_id == "7"
+    assert [t["content"] for t in conversation.turns if t["role"] == "assistant"] == ["", ""]
+    assert skipped[0].line == 2 and "'turns' is not a list of strings" in skipped[0].reason

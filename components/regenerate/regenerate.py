@@ -70,6 +70,50 @@ async def regenerate_conversation(client, model: str, conversation: Conversation
     return record, output_tokens
 
 
+SYNTHESIZED = "synthesized"  # the category of conversations whose prompt the base wrote
+
+
+def synthesized(config: RegenerateConfig) -> list[Conversation]:
+    """Placeholders for the ``synthesize`` prompts: ids fixed by seed and index, so a re-run resumes them."""
+    return [Conversation(f"synthesized-{config.seed}-{index:06d}", [], "", SYNTHESIZED)
+            for index in range(config.synthesize)]
+
+
+async def user_header(client, model: str) -> list[int]:
+    """Token ids of the served model's chat template up to where a user's message starts (vLLM's /tokenize).
+
+    Two one-message chats differing only in the message share exactly that prefix; it includes the
+    template's default system prompt, as the regenerated conversations do.
+    """
+    root = str(client.base_url).rstrip("/").removesuffix("/v1")
+    renderings = []
+    for text in ("Hello", "Why"):
+        response = await client.post(f"{root}/tokenize", cast_to=object, body={
+            "model": model, "messages": [{"role": "user", "content": text}], "add_generation_prompt": False})
+        renderings.append(response["tokens"])
+    header = []
+    for first, second in zip(*renderings):
+        if first != second:
+            break
+        header.append(first)
+    return header
+
+
+async def synthesize_prompt(client, model: str, header: list[int], conversation: Conversation,
+                            config: RegenerateConfig) -> Conversation | None:
+    """The base's own user message, sampled after ``header``; None when it runs past the limit or is empty."""
+    index = int(conversation.conversation_id.rsplit("-", 1)[1])
+    response = await client.completions.create(
+        model=model, prompt=header, max_tokens=config.synthesis_max_tokens, temperature=config.synthesis_temperature,
+        seed=config.seed * 1_000_003 + index)
+    choice = response.choices[0]
+    text = choice.text.strip()
+    if choice.finish_reason != "stop" or not text:
+        return None
+    return Conversation(conversation.conversation_id, [{"role": "user", "content": text},
+                                                       {"role": "assistant", "content": ""}], "", SYNTHESIZED)
+
+
 async def _served_model(client, config: RegenerateConfig) -> str:
     """The model to request, asking the first endpoint; a refused API key stops the step before any request."""
     from openai import APIConnectionError, AuthenticationError, PermissionDeniedError
@@ -96,7 +140,8 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
     clients = [AsyncOpenAI(base_url=url.strip(), api_key=api_key, timeout=config.request_timeout_s,
                            max_retries=config.max_retries) for url in config.endpoint.split(",") if url.strip()]
     model = await _served_model(clients[0], config)
-    counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "output_tokens": 0}
+    header = await user_header(clients[0], model) if any(c.category == SYNTHESIZED for c in todo) else []
+    counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "discarded": 0, "output_tokens": 0}
     semaphore = asyncio.Semaphore(config.concurrency)
     progress = Progress(len(todo), "regenerate", "conv")
 
@@ -110,6 +155,12 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
         async with semaphore:
             try:
                 client = clients[index % len(clients)]  # data parallel over replicas
+                if conversation.category == SYNTHESIZED and not conversation.turns:
+                    conversation = await synthesize_prompt(client, model, header, conversation, config)
+                    if conversation is None:
+                        counts["discarded"] += 1
+                        progress.update(1)
+                        return
                 record, output_tokens = await regenerate_conversation(client, model, conversation, config)
             except BadRequestError as exc:  # the input's fault (e.g. longer than the context): not retried
                 warn(f"{conversation.source}: rejected by the server: {exc.message}")
@@ -166,6 +217,7 @@ def run(config: RegenerateConfig) -> dict:
     conversations = select(conversations, config)
     if not conversations:
         raise SpectrainError("no usable conversations", where=config.dataset, fix="check the file's format")
+    conversations += synthesized(config)
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     errors = output.with_name(output.stem + ".errors.jsonl")
@@ -177,7 +229,7 @@ def run(config: RegenerateConfig) -> dict:
     todo = [c for c in conversations if c.conversation_id not in done]
     print(f"[regenerate] {len(conversations)} conversations, {len(conversations) - len(todo)} already done, "
           f"{len(todo)} to go, concurrency {config.concurrency}", flush=True)
-    counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "output_tokens": 0}
+    counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "discarded": 0, "output_tokens": 0}
     try:
         if todo:
             counts = asyncio.run(_regenerate_all(config, todo, output, errors, checkpoint))
@@ -189,7 +241,7 @@ def run(config: RegenerateConfig) -> dict:
                "total": len(conversations), "output": str(output), "inputs": inputs, "seconds": seconds,
                "checkpoint": checkpoint.summary() if checkpoint else None}
     print(f"[regenerate] done {counts['done']}, truncated {counts['truncated']}, failed {counts['failed']}, "
-          f"rejected {counts['rejected']}, "
+          f"rejected {counts['rejected']}, discarded synthesized prompts {counts['discarded']}, "
           f"skipped input lines {len(skipped)} in {seconds:.0f} s", flush=True)
     if todo and counts["failed"] / len(todo) > config.max_failure_ratio:
         raise SpectrainError(f"{counts['failed']} of {len(todo)} conversations failed (over the "

@@ -133,3 +133,25 @@ def test_when_the_server_rejects_every_prompt_the_step_fails_naming_the_dataset(
                              api_key="test-key", max_tokens=8))
     assert error.value.where == str(path) and "rejected all 2 conversations" in error.value.what
     assert "max_model_len" in error.value.fix
+
+
+@pytest.mark.slow
+def test_synthesized_prompts_are_the_bases_own_and_resume_by_id(vllm_server, dataset, tmp_path):
+    output = tmp_path / "out.jsonl"
+    config = RegenerateConfig(dataset=dataset, output=str(output), endpoint=vllm_server["endpoint"],
+                              api_key="test-key", max_tokens=12, concurrency=4, limit=1, synthesize=6,
+                              synthesis_max_tokens=48, seed=3)
+    summary = run(config)
+    assert summary["done"] + summary["discarded"] == 1 + 6 and summary["done"] >= 1 + 3
+    written = {r["conversation_id"]: r for r in records(output)}
+    made = {i: r for i, r in written.items() if r.get("category") == "synthesized"}
+    assert set(made) <= {f"synthesized-3-{n:06d}" for n in range(6)} and len(made) == summary["done"] - 1
+    for record in made.values():
+        user, assistant = record["conversations"]
+        assert user["from"] == "User" and user["value"].strip() and "<|im_" not in user["value"]
+        assert assistant["from"] == "Assistant" and assistant["value"]
+    assert len({r["conversations"][0]["value"] for r in made.values()}) > 1  # sampled, not one prompt repeated
+
+    again = run(config)  # finished ones are not asked again; only the discarded ones are tried again
+    assert again["resumed"] == len(written) and again["done"] + again["discarded"] == summary["discarded"]
+    assert len(records(output)) == len(written) + again["done"]
