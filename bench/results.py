@@ -90,7 +90,27 @@ def make_test_table(record: dict) -> str:
             f"cores), commit {record['commit']}: {figures['total_seconds'] / 60:.1f} minutes ({parts}).\n")
 
 
-TABLES = {"make-run": make_run_table, "make-test": make_test_table}
+def ablation_table(record: dict) -> str:
+    """components/evaluate/README.md's ablation: one row per training-recipe change at the same budget."""
+    figures = record["figures"]
+    ngram = {round(row["ngram_acceptance_length"], 6) for row in figures["rows"]}
+    lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+             f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: {figures['minutes']:g} "
+             f"minutes of training per row, k = {figures['k']}, {figures['rows'][0]['num_prompts']} held-out prompts x "
+             f"{figures['eval']['max_new_tokens']} greedy tokens; n-gram τ on the same prompts "
+             f"{' / '.join(f'{n:.3f}' for n in sorted(ngram))}.", "",
+             "| variant | change | from | steps | epochs | s/step | τ | τ / n-gram | per-position acceptance |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for row in figures["rows"]:
+        lines.append(f"| {row['variant']} | {row['change']} | {row['builds_on'] or ''} | {row['steps']} | "
+                     f"{row['epochs'] or 0:.1f} | "
+                     f"{row['seconds_per_step']:.2f} | {row['acceptance_length']:.3f} | "
+                     f"{row['acceptance_length'] / row['ngram_acceptance_length']:.2f}× | "
+                     f"{' / '.join(f'{r:.2f}' for r in row['acceptance_rate_per_position'])} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"make-run": make_run_table, "make-test": make_test_table, "ablation": ablation_table}
 
 
 def main(argv: list[str] | None = None) -> int:

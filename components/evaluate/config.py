@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from spectrain import checks
 from spectrain.config import field
-from spectrain.drafts import MODES
+from spectrain.drafts import MODES, RETIRED_MODES
 from spectrain.errors import SpectrainError
 
 
@@ -18,8 +18,8 @@ class EvaluateConfig:
                             check=checks.model_source())
     checkpoint: str = field("", "trained draft checkpoint (train_heads output)",
                             check=checks.existing_folder(optional=True))
-    mode: str = field("eagle3", "eagle3, eagle1 or medusa: how to run the draft",
-                      check=checks.one_of(*MODES))
+    mode: str = field("eagle3", "eagle3 or medusa: how to run the draft",
+                      check=checks.one_of(*MODES, retired=RETIRED_MODES))
     dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split",
                          check=checks.data_source())
     num_prompts: int = field(0, "evaluate on the first N prompts (0: all)",
@@ -41,7 +41,7 @@ class EvaluateConfig:
                                  fix="pass the directory written by train_heads")
 
 
-SPEC_METHODS = {"eagle3": "eagle3", "eagle1": "eagle", "medusa": "medusa"}
+SPEC_METHODS = {"eagle3": "eagle3", "medusa": "medusa"}
 
 
 @dataclass
@@ -50,8 +50,8 @@ class VllmCrosscheckConfig:
 
     base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id")
     draft_dir: str = field("", "exported draft directory (export step output)")
-    mode: str = field("eagle3", "eagle3, eagle1 or medusa (vLLM methods eagle3, eagle, medusa)",
-                      check=checks.one_of(*MODES))
+    mode: str = field("eagle3", "eagle3 or medusa (vLLM methods eagle3, medusa)",
+                      check=checks.one_of(*MODES, retired=RETIRED_MODES))
     dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split")
     num_prompts: int = field(0, "send the first N prompts (0: all)")
     num_draft_tokens: int = field(3, "num_speculative_tokens (Medusa: must equal the number of heads)")

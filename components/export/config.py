@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from spectrain import checks
 from spectrain.config import field
-from spectrain.drafts import MODES
+from spectrain.drafts import MODES, RETIRED_MODES
 from spectrain.errors import SpectrainError
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -18,8 +18,8 @@ class ExportConfig:
 
     checkpoint: str = field("", "trained draft checkpoint (train_heads output)",
                             check=checks.existing_folder(optional=True))
-    mode: str = field("eagle3", "eagle3, eagle1 or medusa",
-                      check=checks.one_of(*MODES))
+    mode: str = field("eagle3", "eagle3 or medusa",
+                      check=checks.one_of(*MODES, retired=RETIRED_MODES))
     output_dir: str = field("draft", "where the deployable draft directory is written")
     dtype: str = field("bfloat16", "weights dtype of the exported draft: bfloat16, float16 or float32",
                        check=checks.one_of(*DTYPES))

@@ -1,7 +1,7 @@
 """Export step logic: EAGLE via modelopt's exporter, Medusa in vLLM's Medusa layout; dtype checked in the file.
 
 Which runtime loads what (see README.md):
-  eagle3/eagle1 -> vLLM `--speculative-config '{"method": "eagle3"|"eagle", "model": DIR, ...}'`
+  eagle3        -> vLLM `--speculative-config '{"method": "eagle3", "model": DIR, ...}'`
   medusa        -> vLLM `--speculative-config '{"method": "medusa", "model": DIR, ...}'`
   eagle3        -> TensorRT-LLM `trtllm-serve BASE --config DIR/trtllm/config.yaml` (PyTorch backend)
   medusa        -> TensorRT-LLM engine from DIR/trtllm/medusa (`DIR/trtllm/build.sh`, see trtllm.py)

@@ -8,8 +8,6 @@ Which TensorRT-LLM path takes which draft (TensorRT-LLM 1.x, read from its sourc
   medusa  TensorRT engine (`examples/medusa/convert_checkpoint.py --medusa_model_dir trtllm/medusa`,
           then `trtllm-build --speculative_decoding_mode medusa`): `load_medusa_hf` reads
           `medusa_lm_head.safetensors` with `{h}.{l}.linear.weight|bias` and `{h}.{L}.weight`.
-  eagle1  not supported: the PyTorch backend takes EAGLE-3 drafts only (`decoding_type: Eagle` is an
-          alias of Eagle3 and rejects EAGLE-1/2 checkpoints).
 The engine build needs a GPU and the TensorRT-LLM image; elsewhere the checkpoint is written, validated
 here, and the result says that the build was skipped.
 """
@@ -150,8 +148,6 @@ def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: st
     out = draft_dir / "trtllm"
     out.mkdir(parents=True, exist_ok=True)
     dtype_name = str(dtype).removeprefix("torch.")
-    if mode == "eagle1":
-        return {"supported": False, "reason": "TensorRT-LLM's PyTorch backend serves EAGLE-3 drafts only"}
     if mode == "eagle3":
         config = json.loads((draft_dir / "config.json").read_text())
         (out / "config.yaml").write_text(eagle3_config(draft_dir, num_draft_tokens, capture_layers))

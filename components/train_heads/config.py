@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from spectrain import checks
 from spectrain.config import field
-from spectrain.drafts import MODES
+from spectrain.drafts import MODES, RETIRED_MODES
 from spectrain.errors import SpectrainError
 
 
@@ -18,9 +18,20 @@ class TrainHeadsConfig:
                             check=checks.model_source())
     data: str = field("", "regenerated conversations (jsonl written by the regenerate step)",
                       check=checks.data_source(optional=True))
+    extra_data: str = field("", "more conversations trained on as written ('embedded': the shipped prompt set's own "
+                                "answers): the loss distils the base's own next-token distribution at every "
+                                "position, so text the base did not write still teaches the draft, at no "
+                                "regeneration cost", check=checks.data_source(optional=True))
+    pack: bool = field(True, "fill each max_length row with several whole conversations (first-fit, longest first) "
+                              "instead of padding one: more tokens per step; attention then spans the "
+                              "conversations of a row, as in the base's own pretraining")
+    loss_on: str = field("all", "which positions the loss covers: all tokens (the loss distils the base's own "
+                                "distribution, so prompts teach too; measured better, components/evaluate/README.md) "
+                                "or answers (assistant replies only)",
+                         check=checks.one_of("answers", "all"))
     output_dir: str = field("draft-checkpoint", "where the checkpoint (base + heads, modelopt state) is written")
-    mode: str = field("eagle3", "eagle3 (aux hidden states), eagle1 (last hidden state only) or medusa",
-                      check=checks.one_of(*MODES))
+    mode: str = field("eagle3", "eagle3 (EAGLE-3: hidden states of three base layers) or medusa",
+                      check=checks.one_of(*MODES, retired=RETIRED_MODES))
     # Medusa
     medusa_num_heads: int = field(3, "Medusa heads; vLLM needs num_speculative_tokens equal to this",
                                   check=checks.at_least(1, 3))
@@ -40,6 +51,13 @@ class TrainHeadsConfig:
     draft_vocab_size: int = field(0, "EAGLE: draft predicts only the N most frequent tokens of the training data "
                                      "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary",
                                   check=checks.at_least(0, 4096))
+    eagle_init_from_base: bool = field(False, "EAGLE: start the draft's lm_head from the base's (the rows of the draft "
+                                             "vocabulary) and its final norm from the base's, instead of random")
+    eagle_freeze_lm_head: bool = field(False, "EAGLE: keep the draft's lm_head at its initial value (with "
+                                              "eagle_init_from_base: the base's own rows)")
+    eagle_feature_noise: float = field(0.0, "EAGLE: uniform noise of ±this × each vector's RMS added to the base's "
+                                            "features while training (EAGLE-1's regulariser; 0: none)",
+                                       check=checks.at_least(0.0, 0.1))
     eagle_ttt_steps: int = field(3, "training-time-test steps: how many draft positions the loss unrolls",
                                  check=checks.at_least(1, 3))
     # Offline hidden-state cache
@@ -47,6 +65,10 @@ class TrainHeadsConfig:
                                             "(sharded safetensors) and train every epoch from them")
     hidden_state_cache_dir: str = field("", "where the cache lives; '' puts it in output_dir and deletes it after "
                                             "training, a path keeps it for later runs on the same data and base")
+    hidden_state_cache_max_gb: float = field(20.0, "train online instead (with a warning) when the cache would "
+                                                   "exceed this many GB: 12.8 KB per token for EAGLE-3 on the "
+                                                   "embedded base, 41 KB for an 8B Llama",
+                                             check=checks.above(0.0, 20.0))
     hidden_state_cache_dtype: str = field("bfloat16", "dtype of the cached hidden states: bfloat16, float16 "
                                                       "or float32 (exact, twice the disk)",
                                           check=checks.one_of("bfloat16", "float16", "float32"))
@@ -59,6 +81,9 @@ class TrainHeadsConfig:
                            check=checks.at_least(0, 200))
     max_minutes: float = field(0.0, "stop after this much training time, wherever the schedule is (0: no limit)",
                                check=checks.at_least(0.0, 10))
+    schedule_by_time: bool = field(False, "with max_minutes: the cosine decay follows the wall-clock budget and "
+                                         "reaches 0 when it is spent (or at the last step, whichever comes first), "
+                                         "instead of decaying over steps the budget will never reach")
     batch_size: int = field(4, "sequences per device per step",
                             check=checks.at_least(1, 4))
     gradient_accumulation_steps: int = field(1, "micro-batches per optimizer step",
@@ -83,7 +108,8 @@ class TrainHeadsConfig:
     num_processes: int = field(0, "training processes (DDP through torchrun, this same command relaunched): 0 = "
                                   "one per visible GPU (1 on CPU); N > 1 on CPU runs N gloo processes",
                                check=checks.at_least(0, 2))
-    precision: str = field("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32; weights stay fp32",
+    precision: str = field("auto", "auto (bf16 autocast on a GPU or a CPU with AMX / AVX512-BF16, else "
+                                      "fp32), bf16 or fp32; weights stay fp32",
                            check=checks.one_of("auto", "bf16", "fp32"))
 
     def validate(self) -> None:

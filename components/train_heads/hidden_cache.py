@@ -63,10 +63,11 @@ def read_manifest(directory: Path) -> dict | None:
 
 @torch.no_grad()
 def build(model, examples: list[dict], directory: Path, key: dict, batch_size: int = 4,
-          draft_token_ids: torch.Tensor | None = None, shard_tokens: int = 1 << 20) -> dict:
+          draft_token_ids: torch.Tensor | None = None, shard_tokens: int = 1 << 20, bf16: bool = False) -> dict:
     """Run ``model`` (a plain HF causal LM, the frozen base) once over ``examples`` and write the cache.
 
-    ``draft_token_ids`` (the tokens of a reduced draft vocabulary) also stores those logit columns.
+    ``draft_token_ids`` (the tokens of a reduced draft vocabulary) also stores those logit columns;
+    ``bf16`` runs the base under bf16 autocast, as training does at that precision.
 
     Reuses an existing cache whose manifest matches ``key``; anything else in ``directory`` is replaced.
     """
@@ -119,13 +120,14 @@ def build(model, examples: list[dict], directory: Path, key: dict, batch_size: i
                 input_ids[row, :len(example["input_ids"])] = torch.tensor(example["input_ids"])
                 attention[row, :len(example["input_ids"])] = 1
             captured.clear()
-            outputs = model.model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                  output_hidden_states=True)
-            extra = {"hidden": outputs.last_hidden_state}
-            if aux_ids:
-                extra["aux"] = torch.cat(captured, dim=-1)
-            if draft_token_ids is not None:
-                extra["logits"] = model.lm_head(outputs.last_hidden_state)[..., draft_token_ids.to(device)]
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                outputs = model.model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                      output_hidden_states=True)
+                extra = {"hidden": outputs.last_hidden_state}
+                if aux_ids:
+                    extra["aux"] = torch.cat(captured, dim=-1)
+                if draft_token_ids is not None:
+                    extra["logits"] = model.lm_head(outputs.last_hidden_state)[..., draft_token_ids.to(device)]
             extra = {name: tensor.to("cpu", dtype) for name, tensor in extra.items()}
             for row, example in enumerate(batch):
                 n = len(example["input_ids"])

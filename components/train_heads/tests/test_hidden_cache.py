@@ -91,3 +91,20 @@ def test_cache_dtype_is_checked():
 
     with pytest.raises(SpectrainError, match="train_heads.hidden_state_cache_dtype = 'int8' is not allowed"):
         configs.from_dict(TrainHeadsConfig, {"data": "x", "hidden_state_cache_dtype": "int8"})
+
+
+def test_the_cache_size_is_estimated_before_it_is_built():
+    from components.train_heads.train import cache_bytes_per_token
+
+    base = transformers.AutoConfig.from_pretrained(resolve_base_model("embedded"))
+    eagle3 = TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=4096)
+    assert cache_bytes_per_token(eagle3, base) == (4 * 576 + 4096) * 2 + 5  # 12,805: what a built cache measured
+    medusa = TrainHeadsConfig(data="x", mode="medusa", hidden_state_cache_dtype="float32")
+    assert cache_bytes_per_token(medusa, base) == 576 * 4 + 5
+
+
+@pytest.mark.slow
+def test_a_cache_over_the_size_limit_is_skipped_with_a_warning(tiny_data, tmp_path, capsys):
+    result = train(tiny_data, tmp_path / "out", "medusa", hidden_state_cache=True, hidden_state_cache_max_gb=1e-6)
+    assert result["hidden_state_cache"] is None and result["steps"] == 4  # trained online
+    assert "would take" in capsys.readouterr().err and not (tmp_path / "out" / "hidden-state-cache").exists()

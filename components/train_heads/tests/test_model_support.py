@@ -29,7 +29,7 @@ def tokenizer():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["eagle3", "eagle1", "medusa"])
+@pytest.mark.parametrize("mode", ["eagle3", "medusa"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_trains_and_reloads_with_heads(family, mode, tokenizer, tiny_data, tmp_path):
     torch.manual_seed(0)

@@ -48,10 +48,9 @@ def test_eagle_draft_is_sized_from_the_base_model(base_path):
     assert (shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"],
             shape["intermediate_size"]) == (9, 3, 64, 1536)
     assert shape["use_aux_hidden_state"] is True
-    eagle1 = draft_architecture(config, TrainHeadsConfig(data="x", mode="eagle1", eagle_num_attention_heads=3,
+    narrow = draft_architecture(config, TrainHeadsConfig(data="x", mode="eagle3", eagle_num_attention_heads=3,
                                                          eagle_intermediate_size=512))
-    assert (eagle1["num_attention_heads"], eagle1["intermediate_size"], eagle1["use_aux_hidden_state"]) == \
-        (3, 512, False)
+    assert (narrow["num_attention_heads"], narrow["intermediate_size"]) == (3, 512)
 
 
 @pytest.mark.slow
@@ -84,3 +83,83 @@ def test_bad_data_is_a_clear_error(tmp_path):
     path.write_text('{"conversations": [{"from": "narrator", "value": "x"}]}\n')
     with pytest.raises(SpectrainError, match="no conversation with an assistant reply"):
         run(TrainHeadsConfig(data=str(path), output_dir=str(tmp_path / "out"), max_steps=1))
+
+
+def _embedded_examples(tokenizer, count=6, max_length=128):
+    from spectrain.data import read_conversations
+
+    conversations = list(read_conversations("embedded"))[:count]
+    return [tokenize_conversation(tokenizer, c.system, c.turns, max_length) for c in conversations]
+
+
+@pytest.mark.parametrize("init", [True, False])
+def test_the_eagle_draft_starts_from_the_base_lm_head_rows_and_final_norm(base_path, tmp_path, init):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    config = TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=64, eagle_init_from_base=init,
+                              eagle_freeze_lm_head=init)
+    convert(model, config, _embedded_examples(tokenizer), tmp_path)
+    draft = model.eagle_module
+    tokens = torch.arange(64) + draft.d2t
+    from_base = torch.equal(draft.lm_head.weight, model.lm_head.weight[tokens])
+    assert from_base is init
+    assert torch.equal(draft.norm.weight, model.model.norm.weight) is init  # the base's norm is not all ones
+    assert draft.lm_head.weight.requires_grad is not init
+
+
+def test_loss_can_cover_every_token_and_extra_data_is_read_as_written(base_path, tiny_data):
+    from components.train_heads.train import load_examples
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
+    answers, _ = load_examples(TrainHeadsConfig(data=tiny_data, loss_on="answers", max_length=128), tokenizer)
+    both, _ = load_examples(TrainHeadsConfig(data=tiny_data, extra_data="embedded", loss_on="answers",
+                                             max_length=128), tokenizer)
+    assert len(both) == len(answers) + 240  # the shipped train split's 240 conversations, after the data's
+    assert both[: len(answers)] == answers
+    everything, _ = load_examples(TrainHeadsConfig(data=tiny_data, loss_on="all", max_length=128), tokenizer)
+    assert all(0 < sum(e["loss_mask"]) < len(e["input_ids"]) for e in answers)
+    assert all(sum(e["loss_mask"]) == len(e["input_ids"]) for e in everything)
+
+
+def test_feature_noise_perturbs_the_base_features_only_while_training(base_path, tmp_path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    convert(model, TrainHeadsConfig(data="x", mode="eagle3", eagle_feature_noise=0.1), None, tmp_path)
+    batch = tokenizer(["The capital of France is Paris."], return_tensors="pt")
+    seen = []
+    model.eagle_module.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    for training in (True, True, False, False):
+        model.train(training)
+        with torch.no_grad():
+            model(**batch)
+    assert len(seen) == 3 + 3 + 1 + 1  # three training-time-test steps per training forward, one at evaluation
+    first, second, third, fourth = seen[0], seen[3], seen[6], seen[7]  # each forward's first step: base features
+    assert not torch.equal(first, second)  # fresh noise every training step
+    assert torch.equal(third, fourth)  # none at evaluation
+    relative = (first - third).abs().max() / third.pow(2).mean(-1).sqrt().max()
+    assert 0 < relative <= 0.1 + 1e-6
+
+
+def test_packing_fills_rows_with_whole_conversations():
+    from components.train_heads.train import pack_examples
+
+    examples = [{"input_ids": [n] * length, "loss_mask": [1] * length} for n, length in enumerate([5, 3, 8, 2, 6])]
+    rows = pack_examples(examples, max_length=10)
+    assert [len(r["input_ids"]) for r in rows] == [10, 9, 5]  # 8+2, 6+3, 5: three rows instead of five
+    assert sorted(t for r in rows for t in r["input_ids"]) == sorted(t for e in examples for t in e["input_ids"])
+    for row in rows:  # every conversation whole and contiguous
+        assert len(row["input_ids"]) == len(row["loss_mask"])
+        runs = [t for i, t in enumerate(row["input_ids"]) if i == 0 or row["input_ids"][i - 1] != t]
+        assert all(row["input_ids"].count(t) == len(examples[t]["input_ids"]) for t in runs)
+    assert pack_examples(examples, 10) == rows  # deterministic
+
+
+def test_a_time_budget_schedule_decays_to_zero_when_time_or_steps_run_out():
+    from components.train_heads.train import budget_cosine
+
+    assert budget_cosine(0, warmup=10, total_steps=1000, spent=0.0) == 0.0
+    assert budget_cosine(5, 10, 1000, 0.0) == 0.5  # warmup is by steps
+    assert budget_cosine(10, 10, 1000, 0.0) == 1.0
+    assert budget_cosine(20, 10, 1000, 0.5) == pytest.approx(0.5)  # half the time gone: half way down the cosine
+    assert budget_cosine(20, 10, 1000, 1.2) == pytest.approx(0.0)  # time is up
+    assert budget_cosine(505, 10, 1000, 0.1) == pytest.approx(0.5)  # the steps run out first here
