@@ -19,8 +19,10 @@ SETTINGS = {
 
 
 def train(data, output, mode, **extra):
+    # fp32: the comparisons below are of the cache against the online base, not of bf16 against fp32
     return run(TrainHeadsConfig(data=data, output_dir=str(output), mode=mode, max_steps=4, batch_size=2,
-                                max_length=96, logging_steps=1, warmup_steps=0, **SETTINGS[mode], **extra))
+                                max_length=96, logging_steps=1, warmup_steps=0, precision="fp32",
+                                **SETTINGS[mode], **extra))
 
 
 def losses(result):
