@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -101,13 +102,15 @@ def run_command(args: argparse.Namespace) -> int:
     console = RunConsole(run_dir / "logs", terminal=sys.stdout, verbose=args.verbose)
     console.say(f"spectrain run: {run_dir}\n  arguments {json.dumps(arguments)}\n  logs {run_dir / 'logs'}/ "
                 f"(--verbose shows them here)")
-    previous_handlers = signal.signal(signal.SIGTERM, _interrupt), signal.getsignal(signal.SIGINT)
+    interrupts = _Interrupts()
+    previous_handlers = signal.signal(signal.SIGTERM, interrupts), signal.signal(signal.SIGINT, interrupts)
     started = time.monotonic()
     try:
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
             _run_pipeline(arguments, run_dir)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        interrupts.handled.set()
         stopped = processes.stop_descendants()
         console.say(f"\ninterrupted after {duration(time.monotonic() - started)}: stopped {len(stopped)} "
                     f"process(es) this run started (vLLM, steps). The partial run is in {run_dir} (logs/ has each "
@@ -120,6 +123,7 @@ def run_command(args: argparse.Namespace) -> int:
                              fix=f"read the failed step's log; every log of the run is in {run_dir / 'logs'}") from None
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interrupts.handled.set()
         left = processes.stop_descendants()
         if left:
             console.say(f"stopped {len(left)} process(es) the run left running")
@@ -160,9 +164,24 @@ def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     speculative_decoding(**arguments)
 
 
-def _interrupt(signum, frame):
-    """SIGTERM ends a run as Ctrl-C does: the same cleanup."""
-    raise KeyboardInterrupt
+class _Interrupts:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread, and again every 2 s until the run has
+    handled one: an interrupt raised while a finalizer or a library's broad handler runs is lost (seen once in a
+    fresh-machine test run), and the run must stop all the same."""
+
+    def __init__(self):
+        self.handled = threading.Event()
+        self.resending = False
+
+    def __call__(self, signum, frame):
+        if not self.resending:
+            self.resending = True
+            threading.Thread(target=self._resend, name="interrupt-resend", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _resend(self) -> None:
+        while not self.handled.wait(2.0):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
 def _failed_steps(console: RunConsole) -> str:

@@ -38,24 +38,30 @@ class Tally:
     k: int
     steps: int = 0
     tokens: int = 0
+    drafted: int = 0  # steps that verified a draft: all but a sequence's last step when it ends on a base token
     accepted_at: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.accepted_at = self.accepted_at or [0] * self.k
 
-    def add(self, accepted: int, emitted: int) -> None:
+    def add(self, accepted: int, emitted: int, drafted: bool = True) -> None:
         self.steps += 1
         self.tokens += emitted
+        self.drafted += drafted
         for position in range(accepted):
             self.accepted_at[position] += 1
 
     def merge(self, other: "Tally") -> None:
         self.steps += other.steps
         self.tokens += other.tokens
+        self.drafted += other.drafted
         self.accepted_at = [a + b for a, b in zip(self.accepted_at, other.accepted_at)]
 
     def summary(self) -> dict:
+        """τ = tokens per base step; ``acceptance_length_per_draft`` = 1 + accepted / drafts, vLLM's counters'
+        definition, which leaves out a last step with nothing left to draft (it differs on short replies)."""
         return {"acceptance_length": self.tokens / max(self.steps, 1), "steps": self.steps, "tokens": self.tokens,
+                "acceptance_length_per_draft": 1 + sum(self.accepted_at) / max(self.drafted, 1),
                 "acceptance_rate_per_position": [a / max(self.steps, 1) for a in self.accepted_at]}
 
 
@@ -76,7 +82,7 @@ def replay(sequence: list[int], prompt_length: int, propose, k: int) -> Tally:
                 accepted += 1
             else:
                 break
-        tally.add(accepted, accepted + 1)
+        tally.add(accepted, accepted + 1, drafted=n + 1 < end)
         n += accepted + 1
     return tally
 

@@ -10,7 +10,8 @@ from spectrain import images
 def evaluate(base_model: str, draft_checkpoint: Input[Model], mode: str, eval_dataset: str, num_prompts: int,
              num_draft_tokens: int, max_new_tokens: int, metrics: Output[Metrics], evaluation: Output[Artifact],
              result: Output[Artifact]) -> float:
-    """Exact acceptance length τ of the draft on held-out prompts; returns τ."""
+    """Exact acceptance length τ of the draft on held-out prompts; returns τ by vLLM's definition (1 + accepted /
+    drafts), the figure the vLLM cross-check compares with its counters."""
     import json
 
     from spectrain.steps import run_step
@@ -25,7 +26,7 @@ def evaluate(base_model: str, draft_checkpoint: Input[Model], mode: str, eval_da
         metrics.log_metric(f"acceptance_rate_position_{position}", rate)
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)
-    return outcome["acceptance_length"]
+    return outcome["acceptance_length_per_draft"]
 
 
 @dsl.component(base_image=images.SERVE, install_kfp_package=False)
@@ -39,4 +40,4 @@ def vllm_crosscheck(base_model: str, draft: Input[Model], mode: str, eval_datase
         "base_model": base_model, "draft_dir": draft.path, "mode": mode, "dataset": eval_dataset,
         "num_prompts": num_prompts, "num_draft_tokens": num_draft_tokens, "max_new_tokens": max_new_tokens,
         "expected_acceptance_length": expected_acceptance_length, "output": crosscheck.path})
-    return outcome["acceptance_length"]
+    return outcome["acceptance_length_per_draft"]

@@ -52,7 +52,8 @@ class TrainHeadsConfig:
                                      "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary",
                                   check=checks.at_least(0, 4096))
     eagle_init_from_base: bool = field(False, "EAGLE: start the draft's lm_head from the base's (the rows of the draft "
-                                             "vocabulary) and its final norm from the base's, instead of random")
+                                              "vocabulary) and its final norm from the base's, instead of random "
+                                              "(measured behind at short budgets: components/evaluate/README.md)")
     eagle_freeze_lm_head: bool = field(False, "EAGLE: keep the draft's lm_head at its initial value (with "
                                               "eagle_init_from_base: the base's own rows)")
     eagle_feature_noise: float = field(0.0, "EAGLE: uniform noise of ±this × each vector's RMS added to the base's "

@@ -23,6 +23,17 @@ def test_a_perfect_draft_emits_k_plus_one_tokens_per_step():
     assert tally.accepted_at == [4, 4, 3]
 
 
+def test_vllms_definition_leaves_out_a_last_step_with_nothing_to_draft():
+    """vLLM's counters give 1 + accepted / drafts: the step that emits a reply's last token verifies no draft."""
+    perfect = replay(SEQUENCE, 5, lambda n: SEQUENCE[n + 1:n + 4], k=3)
+    assert perfect.drafted == perfect.steps == 4  # the reply ends inside the last accepted chain
+    assert perfect.summary()["acceptance_length_per_draft"] == pytest.approx(1 + 11 / 4)
+    cut = replay(SEQUENCE[:18], 5, lambda n: SEQUENCE[n + 1:n + 4], k=3)  # 13 tokens: 4 + 4 + 4, then 1 alone
+    assert (cut.steps, cut.drafted, cut.tokens) == (4, 3, 13)
+    assert cut.summary()["acceptance_length"] == pytest.approx(13 / 4)
+    assert cut.summary()["acceptance_length_per_draft"] == pytest.approx(1 + 9 / 3)
+
+
 def test_a_useless_draft_gives_one_token_per_step():
     tally = replay(SEQUENCE, 5, lambda n: [0, 0, 0], k=3)
     assert (tally.steps, tally.tokens, tally.summary()["acceptance_length"]) == (15, 15, 1.0)

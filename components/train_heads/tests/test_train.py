@@ -163,3 +163,16 @@ def test_a_time_budget_schedule_decays_to_zero_when_time_or_steps_run_out():
     assert budget_cosine(20, 10, 1000, 0.5) == pytest.approx(0.5)  # half the time gone: half way down the cosine
     assert budget_cosine(20, 10, 1000, 1.2) == pytest.approx(0.0)  # time is up
     assert budget_cosine(505, 10, 1000, 0.1) == pytest.approx(0.5)  # the steps run out first here
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_runs_it(monkeypatch):
+    from components.train_heads.train import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for amx, avx512_bf16, expected in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert resolve_precision("auto") == expected
+        assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_precision("auto") == "bf16"
