@@ -219,12 +219,20 @@ def add_feature_noise(model, scale: float) -> None:
 
     def noisy(*args, **kwargs):
         embeds, hiddens, *rest = prepare(*args, **kwargs)
-        if model.training:
-            rms = hiddens.pow(2).mean(-1, keepdim=True).sqrt()
-            hiddens = hiddens + (torch.rand_like(hiddens) * 2 - 1) * scale * rms
-        return (embeds, hiddens, *rest)
+        return (embeds, with_uniform_noise(hiddens, scale) if model.training else hiddens, *rest)
 
     model._prepare_eagle_inputs = noisy
+
+
+def with_uniform_noise(features: torch.Tensor, scale: float) -> torch.Tensor:
+    """``features`` plus uniform noise of ±scale × each vector's RMS.
+
+    The scale carries no gradient: d√x/dx is infinite at 0, and the cached features of padding are
+    all zero, so a differentiable RMS turned every weight into NaN after one step (bf16 + cache run).
+    """
+    with torch.no_grad():
+        rms = features.float().pow(2).mean(-1, keepdim=True).sqrt().to(features.dtype)
+    return features + (torch.rand_like(features) * 2 - 1) * scale * rms
 
 
 def base_fingerprint(model) -> str:

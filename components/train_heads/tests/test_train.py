@@ -140,6 +140,20 @@ def test_feature_noise_perturbs_the_base_features_only_while_training(base_path,
     assert 0 < relative <= 0.1 + 1e-6
 
 
+def test_feature_noise_keeps_gradients_finite_on_all_zero_padding():
+    from components.train_heads.train import with_uniform_noise
+
+    features = torch.zeros(1, 3, 8)
+    features[0, 0] = torch.arange(8.0)  # one real position, two of padding (cached padding is all zero)
+    for dtype in (torch.float32, torch.bfloat16):
+        leaf = features.to(dtype).detach().clone().requires_grad_()
+        noisy = with_uniform_noise(leaf, 0.1)
+        noisy.float().pow(2).sum().backward()
+        assert torch.isfinite(leaf.grad).all()
+        assert torch.equal(noisy[0, 1:], leaf[0, 1:])  # zero RMS: padding stays zero
+        assert not torch.equal(noisy[0, 0], leaf[0, 0])
+
+
 def test_packing_fills_rows_with_whole_conversations():
     from components.train_heads.train import pack_examples
 
