@@ -55,8 +55,14 @@ def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, di
     if done.exists():
         return output, json.loads(done.read_text())
     plain = workdir / f"regenerated-{args.max_tokens}.jsonl"
+    earlier = 0.0  # seconds already spent on the prompts this file starts from
     if synthesize and plain.exists() and not output.exists():
         shutil.copyfile(plain, output)  # regenerate resumes by conversation id: only the new prompts are asked
+        plain_done = plain.with_suffix(".json")
+        if plain_done.exists():
+            plain_result = json.loads(plain_done.read_text())
+            earlier = plain_result.get("data_seconds", plain_result.get("seconds", 0.0))
+    started = time.monotonic()
     os.environ["SPECTRAIN_STATE_DIR"] = str(workdir / "servers")
     server = run_step("serve", {"run_id": "bench-heads", "max_model_len": 2048})
     try:
@@ -65,6 +71,8 @@ def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, di
                                          "limit": args.regenerate_limit, "synthesize": synthesize})
     finally:
         run_step("stop-server", {"run_id": "bench-heads"})
+    # Everything the data cost, serving start-up included: it counts against each mode's budget.
+    result["data_seconds"] = earlier + time.monotonic() - started
     done.write_text(json.dumps(result))
     return output, result
 
@@ -78,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall budget per mode (default 20)")
     parser.add_argument("--modes", default="eagle3,medusa", help="comma-separated draft modes")
-    parser.add_argument("--max-tokens", type=int, default=256, help="max new tokens per regenerated reply")
+    parser.add_argument("--max-tokens", type=int, default=128, help="max new tokens per regenerated reply")
+    parser.add_argument("--synthesize", type=int, default=0,
+                        help="plus this many prompts the base writes itself (Magpie), answered the same way")
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="minutes per mode that data, cache and training together must fit (reported, not enforced)")
     parser.add_argument("--regenerate-limit", type=int, default=0, help="regenerate the first N conversations (0: all)")
     parser.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts to evaluate on (0: all)")
     parser.add_argument("--eval-max-new-tokens", type=int, default=64, help="greedy tokens per held-out prompt")
@@ -94,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    data, regenerated = regenerated_data(workdir, args)
+    data, regenerated = regenerated_data(workdir, args, args.synthesize)
+    data_minutes = regenerated.get("data_seconds", regenerated.get("seconds", 0.0)) / 60  # older files: no start-up
     rows = {}
     for mode in args.modes.split(","):
         trained = train(data, workdir / f"{mode}-{args.minutes:g}min", mode, num_epochs=1000, lr=args.lr,
@@ -103,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                                           "num_prompts": args.eval_prompts, "num_draft_tokens": args.k,
                                           "max_new_tokens": args.eval_max_new_tokens,
                                           "output_dir": str(workdir / f"{mode}-evaluation")})
-        rows[mode] = {"train": {k: trained[k] for k in ("steps", "examples", "final_loss", "seconds_per_step")},
-                      "epochs": trained["history"][-1].get("epoch"), **evaluated}
+        rows[mode] = {"train": {k: trained[k] for k in ("steps", "examples", "final_loss", "seconds_per_step",
+                                                         "seconds", "precision")},
+                      "epochs": trained["history"][-1].get("epoch"), **evaluated, "target": TARGETS.get(mode),
+                      # data (shared by the modes, counted in full for each) + cache + training
+                      "budget_minutes": {"data": data_minutes, "train_step": trained["seconds"] / 60,
+                                         "total": data_minutes + trained["seconds"] / 60, "limit": args.budget}}
         if args.vicuna and Path(args.vicuna).exists():
             rows[mode]["vicuna"] = run_step("evaluate", {
                 "checkpoint": trained["checkpoint"], "mode": mode, "dataset": args.vicuna, "num_draft_tokens": args.k,
@@ -141,6 +158,10 @@ def print_table(report: dict, args) -> None:
               f"{row['untrained_acceptance_length'] or 1:>10.3f} {ngram:>6.3f} {tau / ngram:>8.2f} "
               f"{(f'{target} {met}' if target else ''):>7}  "
               + " ".join(f"{r:.2f}" for r in row["acceptance_rate_per_position"]))
+        if "budget_minutes" in row:
+            spent = row["budget_minutes"]
+            print(f"{'':8} time: data {spent['data']:.1f} + cache and training {spent['train_step']:.1f} = "
+                  f"{spent['total']:.1f} min (budget {spent['limit']:g})")
         if "vicuna" in row:
             vicuna = row["vicuna"]
             print(f"{'':8} {'':>6} {'':>7} {vicuna['acceptance_length']:>6.3f} {'':>10} "

@@ -110,7 +110,36 @@ def ablation_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"make-run": make_run_table, "make-test": make_test_table, "ablation": ablation_table}
+def heads_table(record: dict) -> str:
+    """bench/README.md's heads table: each mode at issue 16's budget, on the held-out split and the vicuna questions."""
+    figures = record["figures"]
+    data = figures["regenerate"]
+    lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+             f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: training data "
+             f"{data.get('done', 0)} conversations answered by the served base ({data.get('output_tokens', 0):,} "
+             f"tokens), k = 3, greedy, prompts never trained on.", "",
+             "| mode | prompts | steps | epochs | minutes: data + cache and training | τ | n-gram τ | τ / n-gram "
+             "| per-position acceptance | untrained τ | target |",
+             "|---|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
+    for mode, row in figures["modes"].items():
+        spent, target = row["budget_minutes"], row.get("target")
+        for name, measured in (("held-out split", row), ("vicuna questions", row.get("vicuna"))):
+            if not measured:
+                continue
+            tau = measured["acceptance_length"]
+            untrained = measured.get("untrained_acceptance_length")
+            lines.append(
+                f"| {mode} | {name} ({measured['num_prompts']}) | {row['train']['steps']} | {row['epochs'] or 0:.1f} | "
+                f"{spent['data']:.1f} + {spent['train_step']:.1f} = {spent['total']:.1f} of {spent['limit']:g} | "
+                f"{tau:.3f} | {measured['ngram_acceptance_length']:.3f} | "
+                f"{tau / measured['ngram_acceptance_length']:.2f}× | "
+                f"{' / '.join(f'{r:.2f}' for r in measured['acceptance_rate_per_position'])} | "
+                f"{f'{untrained:.3f}' if untrained else ''} | "
+                f"{f'≥ {target}: ' + ('met' if tau >= target else 'missed') if target else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"make-run": make_run_table, "make-test": make_test_table, "ablation": ablation_table, "heads": heads_table}
 
 
 def main(argv: list[str] | None = None) -> int:
