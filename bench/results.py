@@ -116,8 +116,9 @@ def heads_table(record: dict) -> str:
     data = figures["regenerate"]
     lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
              f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: training data "
-             f"{data.get('done', 0)} conversations answered by the served base ({data.get('output_tokens', 0):,} "
-             f"tokens), k = 3, greedy, prompts never trained on.", "",
+             f"{data.get('done', 0) + data.get('resumed', 0)} conversations answered by the served base "
+             f"({data.get('resumed', 0)} of them in an earlier run; {data.get('output_tokens', 0):,} reply tokens in "
+             f"this one), k = 3, greedy, prompts never trained on.", "",
              "| mode | prompts | steps | epochs | minutes: data + cache and training | τ | n-gram τ | τ / n-gram "
              "| per-position acceptance | untrained τ | target |",
              "|---|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
@@ -139,7 +140,28 @@ def heads_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"make-run": make_run_table, "make-test": make_test_table, "ablation": ablation_table, "heads": heads_table}
+def regenerate_table(record: dict) -> str:
+    """components/regenerate/README.md's speed table: output tokens/s per server setting and concurrency."""
+    figures = record["figures"]
+    lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+             f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: the regenerate step on "
+             f"{figures['conversations']} shipped conversations, {figures['max_tokens']} tokens at most per reply.", "",
+             "| weights dtype | graphs | server start-up s | concurrency | output tokens | seconds | tokens/s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for row in figures["rows"]:
+        lines.append(f"| {row['dtype']} | {'eager' if row['eager'] else 'compiled'} | {row['startup_seconds']:.0f} | "
+                     f"{row['concurrency']} | {row['output_tokens']} | {row['seconds']:.1f} | "
+                     f"{row['output_tokens_per_s']:.0f} |")
+    if figures.get("synthesize"):
+        synth = figures["synthesize"]
+        lines += ["", f"Synthesis (`synthesize {synth['asked']}`, first setting): {synth['done']} prompts written and "
+                      f"answered, {synth['discarded']} discarded, {synth['output_tokens']} output tokens in "
+                      f"{synth['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"make-run": make_run_table, "make-test": make_test_table, "ablation": ablation_table, "heads": heads_table,
+          "regenerate-concurrency": regenerate_table}
 
 
 def main(argv: list[str] | None = None) -> int:
