@@ -16,7 +16,7 @@ from components.register.config import RegisterConfig
 from components.serve.config import ServeConfig
 from components.train_heads.config import TrainHeadsConfig
 from spectrain import checks
-from spectrain.config import check_of, coerce, field_type, help_of, rule_problem
+from spectrain.config import check_of, coerce, default_of, field_type, help_of, rule_problem
 from spectrain.drafts import MODES, RETIRED_MODES
 from spectrain.errors import SpectrainError
 
@@ -52,6 +52,13 @@ FEEDS: dict[str, tuple[type, str]] = {
     "model_cache_pvc": (ServeConfig, "model_cache_pvc"),
     "checkpoint_root": (TrainHeadsConfig, "checkpoint_uri"),
 }
+
+
+def default(name: str) -> Any:
+    """The pipeline's default of parameter ``name``: the default of the step config field it feeds (one truth)."""
+    return default_of(*FEEDS[name])
+
+
 # parameters that feed no single field: their own rule (None: the type is all there is to check)
 OWN_RULES: dict[str, checks.Rule | None] = {
     "modes": checks.each_one_of(*MODES, retired=RETIRED_MODES),
@@ -61,6 +68,10 @@ OWN_RULES: dict[str, checks.Rule | None] = {
     "trtllm_engine": None,
 }
 OPTIONS = {"regenerate_options": RegenerateConfig, "train_options": TrainHeadsConfig}
+# Fields of an *_options mapping the pipeline sets itself, from other parameters or its own artifacts.
+SET_BY_PIPELINE = {"regenerate_options": {"endpoint", "output", "checkpoint_uri"},
+                   "train_options": {"base_model", "data", "output_dir", "mode", "checkpoint_uri",
+                                     "resume_from_checkpoint"}}
 
 
 def flag(name: str) -> str:
@@ -87,7 +98,7 @@ def validate(arguments: dict[str, Any], parameters: dict[str, dict], where: str,
         if problem := rule_problem(label(name), coerced[name], rule):
             problems.append(problem)
         if name in OPTIONS:
-            problems += _options_problems(label(name), coerced[name], OPTIONS[name])
+            problems += _options_problems(name, coerced[name], label)
     effective = {name: spec["default"] for name, spec in parameters.items()} | coerced
     problems += _cross_problems(effective, label)
     if problems:
@@ -101,11 +112,20 @@ def _kind_name(kind: type) -> str:
             list: "a list (A,B or a JSON list)", dict: "a JSON object"}.get(kind, kind.__name__)
 
 
-def _options_problems(label: str, options: dict, cls: type) -> list[str]:
-    """Each key of an *_options mapping must be a field of ``cls``, its value of that field's type and rule."""
+def _options_problems(name: str, options: dict, label_of) -> list[str]:
+    """Each key of an *_options mapping must be a field of its step's config, of that field's type and rule,
+    and not one a parameter of its own sets: one value per setting, so no precedence rule to remember."""
+    cls, label = OPTIONS[name], label_of(name)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    own = {field: parameter for parameter, (owner, field) in FEEDS.items() if owner is cls}
     problems = []
     for key, value in options.items():
+        if key in own:
+            problems.append(f"{label}: {key!r} has a parameter of its own: set {label_of(own[key])} instead")
+            continue
+        if key in SET_BY_PIPELINE[name]:
+            problems.append(f"{label}: {key!r} is set by the pipeline itself: remove it")
+            continue
         if key not in fields:
             problems.append(f"{label}: unknown key {key!r}: expected fields of `spectrain step` "
                             f"({', '.join(sorted(fields))})")

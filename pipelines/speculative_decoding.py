@@ -14,6 +14,7 @@ from components.regenerate.component import regenerate
 from components.register.component import register
 from components.serve.component import serve_base_model, stop_server
 from components.train_heads.component import train_heads
+from pipelines.parameters import default
 from pipelines.summary import summarize
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -67,40 +68,40 @@ MLFLOW_SECRET = {"spectrain-mlflow": {"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_
                           "acceptance length (optionally cross-checked in vLLM), export them for vLLM and register "
                           "them in MLflow, promoting a draft to champion only when it wins.")
 def speculative_decoding(
-    base_model: str = "embedded",
-    dataset: str = "embedded",
-    eval_dataset: str = "embedded",
+    base_model: str = default("base_model"),
+    dataset: str = default("dataset"),
+    eval_dataset: str = default("eval_dataset"),
     modes: list = ["eagle3", "medusa"],
-    serve_mode: str = "local",
-    endpoint_url: str = "",
-    serve_replicas: int = 1,
-    max_model_len: int = 2048,
-    regenerate_max_tokens: int = 128,
-    regenerate_concurrency: int = 64,
-    regenerate_limit: int = 0,
+    serve_mode: str = default("serve_mode"),
+    endpoint_url: str = default("endpoint_url"),
+    serve_replicas: int = default("serve_replicas"),
+    max_model_len: int = default("max_model_len"),
+    regenerate_max_tokens: int = default("regenerate_max_tokens"),
+    regenerate_concurrency: int = default("regenerate_concurrency"),
+    regenerate_limit: int = default("regenerate_limit"),
     regenerate_options: dict = {},
-    train_max_steps: int = 0,
-    train_max_minutes: float = 0.0,
-    num_epochs: float = 1.0,
-    lr: float = 1e-3,
-    batch_size: int = 4,
-    max_length: int = 256,
-    draft_vocab_size: int = 4096,
-    hidden_state_cache: bool = True,
+    train_max_steps: int = default("train_max_steps"),
+    train_max_minutes: float = default("train_max_minutes"),
+    num_epochs: float = default("num_epochs"),
+    lr: float = default("lr"),
+    batch_size: int = default("batch_size"),
+    max_length: int = default("max_length"),
+    draft_vocab_size: int = default("draft_vocab_size"),
+    hidden_state_cache: bool = default("hidden_state_cache"),
     train_options: dict = {},
-    num_draft_tokens: int = 3,
-    eval_num_prompts: int = 0,
-    eval_max_new_tokens: int = 64,
+    num_draft_tokens: int = default("num_draft_tokens"),
+    eval_num_prompts: int = default("eval_num_prompts"),
+    eval_max_new_tokens: int = default("eval_max_new_tokens"),
     vllm_crosscheck_enabled: bool = False,
     trtllm_engine: bool = False,
-    export_dtype: str = "bfloat16",
-    registered_model_name: str = "",
-    mlflow_tracking_uri: str = "",
-    min_acceptance_length: float = 1.0,
-    node_selector: dict = {},
-    tolerations: list = [],
-    model_cache_pvc: str = "spectrain-model-cache",
-    checkpoint_root: str = "",
+    export_dtype: str = default("export_dtype"),
+    registered_model_name: str = default("registered_model_name"),
+    mlflow_tracking_uri: str = default("mlflow_tracking_uri"),
+    min_acceptance_length: float = default("min_acceptance_length"),
+    node_selector: dict = default("node_selector"),
+    tolerations: list = default("tolerations"),
+    model_cache_pvc: str = default("model_cache_pvc"),
+    checkpoint_root: str = default("checkpoint_root"),
 ):
     """Speculative-decoding draft training.
 
@@ -217,13 +218,7 @@ def speculative_decoding(
                 train_result=trained.outputs["result"], evaluate_result=evaluated.outputs["result"],
                 export_result=exported.outputs["result"], registered_model_name=registered_model_name,
                 mlflow_tracking_uri=mlflow_tracking_uri, min_acceptance_length=min_acceptance_length,
-                pipeline_run_id=RUN_ID,
-                params={"base_model": base_model, "dataset": dataset, "eval_dataset": eval_dataset,
-                        "num_draft_tokens": num_draft_tokens, "train_max_steps": train_max_steps,
-                        "train_max_minutes": train_max_minutes, "lr": lr,
-                        "batch_size": batch_size, "max_length": max_length, "draft_vocab_size": draft_vocab_size,
-                        "hidden_state_cache": hidden_state_cache, "train_options": train_options,
-                        "regenerate_max_tokens": regenerate_max_tokens})
+                pipeline_run_id=RUN_ID)
             # Not cached: registering is a side effect on the registry (and champion depends on its state).
             # Retried: a registry outage should not throw away the trained draft.
             registered.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")

@@ -30,6 +30,8 @@ def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     base = configs.read_json(args.config) if args.config else {}
     config = configs.from_args(config_cls, args, base)
     result = step.load(step.run)(config)
+    if isinstance(result, dict):
+        result["config"] = configs.public_dict(config)  # what ran, every field resolved: register logs it
     if os.environ.get("RANK", "0") != "0":  # a distributed step (torchrun): rank 0 reports for all
         return 0
     if args.result:

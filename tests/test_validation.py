@@ -36,6 +36,22 @@ def test_every_pipeline_parameter_has_a_rule_or_feeds_a_checked_step_field():
         assert configs.field_type(cls, field) is PARAMETERS[name]["type"], name  # same type as the field it feeds
 
 
+def test_each_pipeline_default_is_the_default_of_the_step_field_it_feeds():
+    drifted = {name: (PARAMETERS[name]["default"], configs.default_of(cls, field))
+               for name, (cls, field) in parameters.FEEDS.items()
+               if PARAMETERS[name]["default"] != configs.default_of(cls, field)}
+    assert not drifted, f"pipeline default vs step default: {drifted}"
+
+
+def test_an_options_key_with_a_parameter_of_its_own_is_refused_naming_that_parameter():
+    message = problems(regenerate_options={"max_tokens": 64}, train_options={"lr": 0.01, "data": "x.jsonl"})
+    assert "--regenerate-options: 'max_tokens' has a parameter of its own: set --regenerate-max-tokens" in message
+    assert "--train-options: 'lr' has a parameter of its own: set --lr instead" in message
+    assert "--train-options: 'data' is set by the pipeline itself" in message
+    parameters.validate({"regenerate_options": {"temperature": 0.6}, "train_options": {"seed": 7}}, PARAMETERS,
+                        where="x")  # settings without a parameter of their own stay welcome
+
+
 def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_path):
     started = time.monotonic()
     result = spectrain("run", "--workdir", str(tmp_path), "--modes", "eagle2", "--lr", "-1")

@@ -124,7 +124,8 @@ def test_loss_can_cover_every_token_and_extra_data_is_read_as_written(base_path,
 def test_feature_noise_perturbs_the_base_features_only_while_training(base_path, tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    convert(model, TrainHeadsConfig(data="x", mode="eagle3", eagle_feature_noise=0.1), None, tmp_path)
+    convert(model, TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=0, eagle_feature_noise=0.1), None,
+            tmp_path)
     batch = tokenizer(["The capital of France is Paris."], return_tensors="pt")
     seen = []
     model.eagle_module.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
