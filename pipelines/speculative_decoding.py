@@ -16,6 +16,7 @@ from components.serve.component import serve_base_model, stop_server
 from components.train_heads.component import train_heads
 from pipelines.parameters import default
 from pipelines.summary import summarize
+from spectrain import secrets
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 MODEL_CACHE_PATH = "/models"
@@ -52,15 +53,12 @@ def reads_cluster_config(task):
     and the S3 keys. Both optional: a cluster without them still runs the rest."""
     kubernetes.use_config_map_as_env(task, config_map_name="spectrain-config", optional=True,
                                      config_map_key_to_env={k: k for k in CLUSTER_CONFIG_KEYS})
-    kubernetes.use_secret_as_env(task, secret_name="spectrain-s3", secret_key_to_env=S3_SECRET["spectrain-s3"],
-                                 optional=True)
+    kubernetes.use_secret_as_env(task, secret_name=secrets.S3, secret_key_to_env=S3_SECRET[secrets.S3], optional=True)
     return task
 
 
-VLLM_SECRET = {"spectrain-vllm": {"VLLM_API_KEY": "VLLM_API_KEY"}}
-HF_SECRET = {"spectrain-hf": {"HF_TOKEN": "HF_TOKEN"}}
-S3_SECRET = {"spectrain-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}}
-MLFLOW_SECRET = {"spectrain-mlflow": {"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"}}
+VLLM_SECRET, HF_SECRET = secrets.as_env(secrets.VLLM), secrets.as_env(secrets.HF)
+S3_SECRET, MLFLOW_SECRET = secrets.as_env(secrets.S3), secrets.as_env(secrets.MLFLOW)
 
 
 @dsl.pipeline(name="speculative-decoding",
@@ -161,8 +159,8 @@ def speculative_decoding(
         regenerated.set_caching_options(False)
         # Retried: with checkpoint_root the new pod resumes from what the old one finished.
         regenerated.set_retry(num_retries=2, backoff_duration="30s")
-        kubernetes.use_secret_as_env(regenerated, secret_name="spectrain-vllm",
-                                     secret_key_to_env={"VLLM_API_KEY": "VLLM_API_KEY"}, optional=True)
+        kubernetes.use_secret_as_env(regenerated, secret_name=secrets.VLLM, secret_key_to_env=VLLM_SECRET[secrets.VLLM],
+                                     optional=True)
         reads_cluster_config(regenerated)
 
         with dsl.ParallelFor(modes, parallelism=MODE_PARALLELISM) as mode:
@@ -222,9 +220,8 @@ def speculative_decoding(
             # Not cached: registering is a side effect on the registry (and champion depends on its state).
             # Retried: a registry outage should not throw away the trained draft.
             registered.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
-            kubernetes.use_secret_as_env(registered, secret_name="spectrain-mlflow",
-                                         secret_key_to_env={"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"},
-                                         optional=True)
+            kubernetes.use_secret_as_env(registered, secret_name=secrets.MLFLOW,
+                                         secret_key_to_env=MLFLOW_SECRET[secrets.MLFLOW], optional=True)
             reads_cluster_config(registered)
 
         # Not cached: it reports this run's registrations.

@@ -25,15 +25,10 @@ def state_dir(run_id: str) -> Path:
 
 
 def vllm_arguments(config: ServeConfig, model_path: str, port: int) -> list[str]:
-    arguments = ["serve", model_path, "--host", config.host, "--port", str(port),
-                 "--served-model-name", config.served_model_name,
-                 "--max-model-len", str(config.max_model_len), "--dtype", config.dtype,
-                 "--tensor-parallel-size", str(config.tensor_parallel_size), "--seed", str(config.seed)]
-    if config.enforce_eager:
-        arguments.append("--enforce-eager")
-    if config.quantization:
-        arguments += ["--quantization", config.quantization]
-    return arguments + [str(a) for a in config.extra_args]
+    return vllm.serve_arguments(model_path, port, host=config.host, served_model_name=config.served_model_name,
+                                max_model_len=config.max_model_len, dtype=config.dtype, seed=config.seed,
+                                enforce_eager=config.enforce_eager, tensor_parallel_size=config.tensor_parallel_size,
+                                quantization=config.quantization, extra=config.extra_args)
 
 
 def api_key(config: ServeConfig) -> str:

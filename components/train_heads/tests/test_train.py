@@ -11,6 +11,7 @@ from components.train_heads.train import (
     convert,
     draft_architecture,
     draft_vocabulary,
+    reduced_vocabulary,
     tokenize_conversation,
 )
 from spectrain.models import resolve_base_model
@@ -68,7 +69,7 @@ def test_training_moves_only_the_heads_and_the_checkpoint_reloads_them(tiny_chec
     assert heads and all(torch.equal(p, saved[n]) for n, p in heads.items())
     fresh = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     torch.manual_seed(0)
-    convert(fresh, TrainHeadsConfig(data="x", mode=mode, medusa_num_heads=2))
+    convert(fresh, TrainHeadsConfig(data="x", mode=mode, medusa_num_heads=2, draft_vocab_size=0))
     untrained = fresh.state_dict()
     changed = [n for n in heads if n in untrained and untrained[n].shape == heads[n].shape
                and not torch.equal(untrained[n], heads[n])]
@@ -98,7 +99,7 @@ def test_the_eagle_draft_starts_from_the_base_lm_head_rows_and_final_norm(base_p
     model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     config = TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=64, eagle_init_from_base=init,
                               eagle_freeze_lm_head=init)
-    convert(model, config, _embedded_examples(tokenizer), tmp_path)
+    convert(model, config, reduced_vocabulary(config, model.config.vocab_size, _embedded_examples(tokenizer)), tmp_path)
     draft = model.eagle_module
     tokens = torch.arange(64) + draft.d2t
     from_base = torch.equal(draft.lm_head.weight, model.lm_head.weight[tokens])
