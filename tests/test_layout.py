@@ -45,3 +45,18 @@ def test_components_import_no_heavy_step_code_at_module_level():
         top_level = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
                      for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))}
         assert top_level <= {"kfp", "kfp.dsl", "spectrain", "typing"}, (path, top_level)
+
+
+def test_every_spectrain_environment_variable_is_in_the_readme_table():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Environment variables"):]
+    table = table[:table.index("\n## ")]
+    documented = set(re.findall(r"`(SPECTRAIN_[A-Z_<>]+)`", table))
+    patterns = [re.compile(re.sub(r"<[A-Z]+>", "[A-Z]+", name) + "$") for name in documented]
+    sources = [p for folder in ("spectrain", "components", "pipelines", "bench", "docker")
+               for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", "") and "tests" not in p.parts]
+    used = {name for path in sources for name in re.findall(r"SPECTRAIN_[A-Z_]+", path.read_text(errors="ignore"))}
+    missing = sorted(name for name in used if not any(p.match(name) or p.pattern.startswith(name) for p in patterns))
+    assert not missing, f"add {missing} to the README's environment table"
