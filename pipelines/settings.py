@@ -6,6 +6,9 @@ Light on purpose (no kfp import): the `spectrain` command builds its flags from 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_YAML = Path(__file__).resolve().parent / "speculative_decoding.yaml"  # the committed, compiled pipeline
 
 
 @dataclass(frozen=True)

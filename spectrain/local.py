@@ -13,13 +13,13 @@ import time
 import warnings
 from pathlib import Path
 
+from pipelines.settings import DEFAULT_YAML
 from spectrain import processes
 from spectrain.console import EVENTS_ENV, RunConsole, duration
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_YAML = ROOT / "pipelines" / "speculative_decoding.yaml"
 
 # What `spectrain run` changes from the pipeline's own defaults so that the whole DAG fits a laptop
 # (2 CPU cores: ~13 minutes after the environments exist): each draft trains for a fixed wall-clock
@@ -154,7 +154,8 @@ def new_run_dir(workdir: Path) -> Path:
 def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     from kfp import local
 
-    from pipelines.speculative_decoding import CompileSettings, build_pipeline
+    from pipelines.settings import CompileSettings
+    from pipelines.speculative_decoding import build_pipeline
 
     # One draft at a time: on a laptop each draft gets every core instead of two trainings thrashing them.
     speculative_decoding = build_pipeline(CompileSettings(mode_parallelism=1))

@@ -47,6 +47,54 @@ def test_components_import_no_heavy_step_code_at_module_level():
         assert top_level <= {"kfp", "kfp.dsl", "spectrain", "typing"}, (path, top_level)
 
 
+APPLICATION = {"spectrain.cli", "spectrain.local", "spectrain.__main__"}  # the `spectrain` command
+
+
+def first_party_import_graph() -> dict[str, set[str]]:
+    """Module -> the first-party modules it imports anywhere in its code (lazy imports included)."""
+    paths = {}
+    for folder in ("spectrain", "components", "pipelines"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if "tests" not in path.parts:
+                name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+                paths[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {m for m in found if m in paths and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def test_the_import_graph_has_no_cycles_and_the_library_stays_below_the_application():
+    graph = first_party_import_graph()
+    for name, imports in graph.items():
+        layer = "application" if name in APPLICATION else name.split(".")[0]
+        allowed = {"application": ("spectrain", "components", "pipelines"), "pipelines": ("spectrain", "components",
+                   "pipelines"), "components": ("spectrain", "components"), "spectrain": ("spectrain",)}[layer]
+        for module in imports:
+            assert module.split(".")[0] in allowed and module not in APPLICATION or name in APPLICATION, \
+                f"{name} ({layer}) imports {module}"
+    visiting, done = [], set()
+
+    def visit(module):
+        if module in visiting:
+            raise AssertionError("import cycle: " + " -> ".join(visiting[visiting.index(module):] + [module]))
+        if module not in done:
+            visiting.append(module)
+            for imported in sorted(graph[module]):
+                visit(imported)
+            visiting.pop()
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
 def test_every_spectrain_environment_variable_is_in_the_readme_table():
     import re
 

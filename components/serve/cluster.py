@@ -22,7 +22,6 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from components.serve.config import ServeConfig
-from components.serve.server import vllm_arguments
 from spectrain import secrets
 from spectrain.errors import SpectrainError
 from spectrain.models import EMBEDDED, resolve_base_model
@@ -140,7 +139,7 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
         "name": "vllm",
         "image": config.image,
         "command": ["vllm"],
-        "args": vllm_arguments(dataclasses.replace(config, host="0.0.0.0"), model, PORT),
+        "args": dataclasses.replace(config, host="0.0.0.0").vllm_arguments(model, PORT),
         "ports": [{"name": "http", "containerPort": PORT}],
         "env": [
             {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": "VLLM_API_KEY"}}},

@@ -56,6 +56,15 @@ class ServeConfig:
     model_cache_pvc: str = field("spectrain-model-cache", "cluster mode: PVC mounted at /models in the vLLM pods "
                                                           "(HF_HOME in it); base_model paths must be on it")
 
+    def vllm_arguments(self, model_path: str, port: int) -> list[str]:
+        """`vllm serve` arguments of this config: the same for a local process and a Deployment's pods."""
+        from spectrain.vllm import serve_arguments
+
+        return serve_arguments(model_path, port, host=self.host, served_model_name=self.served_model_name,
+                               max_model_len=self.max_model_len, dtype=self.dtype, seed=self.seed,
+                               enforce_eager=self.enforce_eager, tensor_parallel_size=self.tensor_parallel_size,
+                               quantization=self.quantization, extra=self.extra_args)
+
     def validate(self) -> None:
         if self.mode == "external" and not self.endpoint_url:
             raise SpectrainError("external mode needs endpoint_url", where="serve.endpoint_url",

@@ -24,13 +24,6 @@ def state_dir(run_id: str) -> Path:
     return root / safe
 
 
-def vllm_arguments(config: ServeConfig, model_path: str, port: int) -> list[str]:
-    return vllm.serve_arguments(model_path, port, host=config.host, served_model_name=config.served_model_name,
-                                max_model_len=config.max_model_len, dtype=config.dtype, seed=config.seed,
-                                enforce_eager=config.enforce_eager, tensor_parallel_size=config.tensor_parallel_size,
-                                quantization=config.quantization, extra=config.extra_args)
-
-
 def api_key(config: ServeConfig) -> str:
     return os.environ.get("VLLM_API_KEY") or config.api_key
 
@@ -55,7 +48,7 @@ def run(config: ServeConfig) -> dict:
     model_path = resolve_base_model(config.base_model)
     port = config.port or vllm.free_port(config.host)
     log = state / "vllm.log"
-    process = vllm.start(vllm_arguments(config, model_path, port), log,
+    process = vllm.start(config.vllm_arguments(model_path, port), log,
                          vllm.cpu_env(api_key(config), state / "vllm-cache", config.kv_cache_gib))
     url = f"http://{config.host}:{port}/v1"
     existing.write_text(json.dumps({"pid": process.pid, "endpoint": url, "log": str(log), "model_path": model_path}))

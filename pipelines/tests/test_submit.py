@@ -13,7 +13,7 @@ import yaml
 from pipelines import submit
 from pipelines.tests.fake_kfp import FakeKfpServer
 from spectrain.errors import SpectrainError
-from spectrain.local import DEFAULT_YAML
+from pipelines.settings import DEFAULT_YAML
 
 PACKAGE = DEFAULT_YAML  # the committed, compiled pipeline
 EXPERIMENTS, RUNS, RECURRING = "/apis/v2beta1/experiments", "/apis/v2beta1/runs", "/apis/v2beta1/recurringruns"

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from components.serve.config import ServeConfig, StopServerConfig
-from components.serve.server import stop, vllm_arguments
+from components.serve.server import stop
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
 from spectrain.vllm import alive, wait_until_ready
@@ -17,7 +17,7 @@ from spectrain.vllm import alive, wait_until_ready
 def test_command_carries_the_seed_flags_and_never_the_api_key():
     config = ServeConfig(tensor_parallel_size=2, quantization="modelopt", max_model_len=4096, dtype="bfloat16",
                          extra_args=["--max-num-seqs", "64"], api_key="do-not-leak")
-    command = vllm_arguments(config, "/models/base", 8000)
+    command = config.vllm_arguments("/models/base", 8000)
     text = " ".join(command)
     for flag in ("--tensor-parallel-size 2", "--quantization modelopt", "--max-model-len 4096",
                  "--dtype bfloat16", "--max-num-seqs 64", "--port 8000", "--enforce-eager"):
