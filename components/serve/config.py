@@ -32,7 +32,8 @@ class ServeConfig:
     served_model_name: str = field("base", "model name clients send in requests")
     max_model_len: int = field(2048, "context length vLLM allocates for",
                                check=checks.at_least(16, 2048))
-    dtype: str = field("auto", "weights dtype: auto, bfloat16, float16, float32",
+    dtype: str = field("auto", "weights dtype: bfloat16, float16, float32, or auto: on a GPU the checkpoint's; "
+                               "on a CPU bfloat16 where it runs natively (AMX / AVX512-BF16), else float32",
                        check=checks.one_of("auto", "bfloat16", "float16", "float32"))
     enforce_eager: bool = field(True, "skip graph compilation: ~45 s start instead of ~140 s on CPU, ~35% slower decode")
     tensor_parallel_size: int = field(1, "GPUs per server (vLLM --tensor-parallel-size)",

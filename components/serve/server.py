@@ -6,6 +6,7 @@ Deployment + Service built from the same `vllm serve` arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 from components.serve.config import ServeConfig, StopServerConfig
 from spectrain import vllm
 from spectrain.errors import SpectrainError
+from spectrain.hardware import cpu_runs_bf16, has_nvidia_gpu
 from spectrain.models import resolve_base_model
 
 
@@ -45,6 +47,7 @@ def run(config: ServeConfig) -> dict:
             raise SpectrainError(f"a server for run '{config.run_id}' is already running (pid {info['pid']})",
                                  where=str(existing), fix="stop it with `spectrain step stop-server --run-id ...`")
     state.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, dtype=local_dtype(config.dtype))
     model_path = resolve_base_model(config.base_model)
     port = config.port or vllm.free_port(config.host)
     log = state / "vllm.log"
@@ -59,7 +62,17 @@ def run(config: ServeConfig) -> dict:
         raise
     seconds = time.monotonic() - started
     print(f"[serve] ready at {url} after {seconds:.0f} s, serving {models}", flush=True)
-    return {"endpoint": url, "model": models[0], "pid": process.pid, "log": str(log), "seconds": seconds}
+    return {"endpoint": url, "model": models[0], "pid": process.pid, "log": str(log), "dtype": config.dtype,
+            "seconds": seconds}
+
+
+def local_dtype(dtype: str) -> str:
+    """``auto`` on a machine without an NVIDIA GPU: bfloat16 where the CPU runs it natively (AMX or
+    AVX512-BF16), else float32 — vLLM's own ``auto`` takes the checkpoint's bfloat16, which an AVX2-only
+    CPU emulates (bench/regenerate_concurrency.py measures both on a machine)."""
+    if dtype != "auto" or has_nvidia_gpu():
+        return dtype
+    return "bfloat16" if cpu_runs_bf16() else "float32"
 
 
 def run_in_cluster(config: ServeConfig, started: float) -> dict:

@@ -25,6 +25,7 @@ from spectrain.console import EVENTS_ENV, Progress, warn
 from spectrain.data import SkippedLine, fingerprint, read_conversations
 from spectrain.drafts import TRAIN_RESULT
 from spectrain.errors import SpectrainError
+from spectrain.hardware import cpu_runs_bf16
 from spectrain.models import resolve_base_model
 from spectrain.plots import figure
 
@@ -498,7 +499,7 @@ def resolve_precision(precision: str) -> str:
         return precision
     if torch.cuda.is_available():
         return "bf16"
-    return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "fp32"
+    return "bf16" if cpu_runs_bf16() else "fp32"
 
 
 def training_arguments(config: TrainHeadsConfig, output_dir: Path) -> transformers.TrainingArguments:

@@ -70,3 +70,15 @@ def test_stop_kills_the_server_and_keeps_its_log(tmp_path, monkeypatch):
     assert not alive(info["pid"])
     assert "Application startup complete" in log_copy.read_text()
     assert not os.path.exists(tmp_path / "stop-test" / "server.json")
+
+
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_it_runs_natively(monkeypatch):
+    from components.serve import server
+
+    monkeypatch.setattr(server, "has_nvidia_gpu", lambda: False)
+    for native, expected in [(True, "bfloat16"), (False, "float32")]:
+        monkeypatch.setattr(server, "cpu_runs_bf16", lambda native=native: native)
+        assert server.local_dtype("auto") == expected
+        assert server.local_dtype("float16") == "float16"  # an explicit choice is kept
+    monkeypatch.setattr(server, "has_nvidia_gpu", lambda: True)
+    assert server.local_dtype("auto") == "auto"  # on a GPU vLLM takes the checkpoint's dtype

@@ -184,10 +184,12 @@ def test_a_time_budget_schedule_decays_to_zero_when_time_or_steps_run_out():
 def test_auto_precision_is_bf16_only_where_the_hardware_runs_it(monkeypatch):
     from components.train_heads.train import resolve_precision
 
+    from components.train_heads import train
+    from spectrain import hardware
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for amx, avx512_bf16, expected in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]:
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+    for flags, expected in [({"amx_bf16", "avx2"}, "bf16"), ({"avx512_bf16"}, "bf16"), ({"avx2", "avx512f"}, "fp32")]:
+        monkeypatch.setattr(train, "cpu_runs_bf16", lambda flags=flags: any(f in flags for f in hardware.BF16_FLAGS))
         assert resolve_precision("auto") == expected
         assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
