@@ -26,32 +26,39 @@ FEEDS: dict[str, tuple[type, str]] = {
     "dataset": (RegenerateConfig, "dataset"),
     "eval_dataset": (EvaluateConfig, "dataset"),
     "serve_mode": (ServeConfig, "mode"),
-    "endpoint_url": (ServeConfig, "endpoint_url"),
+    "serve_endpoint_url": (ServeConfig, "endpoint_url"),
     "serve_replicas": (ServeConfig, "replicas"),
-    "max_model_len": (ServeConfig, "max_model_len"),
+    "serve_max_model_len": (ServeConfig, "max_model_len"),
     "regenerate_max_tokens": (RegenerateConfig, "max_tokens"),
     "regenerate_concurrency": (RegenerateConfig, "concurrency"),
     "regenerate_limit": (RegenerateConfig, "limit"),
     "train_max_steps": (TrainHeadsConfig, "max_steps"),
     "train_max_minutes": (TrainHeadsConfig, "max_minutes"),
-    "num_epochs": (TrainHeadsConfig, "num_epochs"),
-    "lr": (TrainHeadsConfig, "lr"),
-    "batch_size": (TrainHeadsConfig, "batch_size"),
-    "max_length": (TrainHeadsConfig, "max_length"),
-    "draft_vocab_size": (TrainHeadsConfig, "draft_vocab_size"),
-    "hidden_state_cache": (TrainHeadsConfig, "hidden_state_cache"),
+    "train_num_epochs": (TrainHeadsConfig, "num_epochs"),
+    "train_lr": (TrainHeadsConfig, "lr"),
+    "train_batch_size": (TrainHeadsConfig, "batch_size"),
+    "train_max_length": (TrainHeadsConfig, "max_length"),
+    "train_draft_vocab_size": (TrainHeadsConfig, "draft_vocab_size"),
+    "train_hidden_state_cache": (TrainHeadsConfig, "hidden_state_cache"),
     "num_draft_tokens": (EvaluateConfig, "num_draft_tokens"),
     "eval_num_prompts": (EvaluateConfig, "num_prompts"),
     "eval_max_new_tokens": (EvaluateConfig, "max_new_tokens"),
     "export_dtype": (ExportConfig, "dtype"),
-    "registered_model_name": (RegisterConfig, "registered_model_name"),
+    "register_model_name": (RegisterConfig, "registered_model_name"),
     "mlflow_tracking_uri": (RegisterConfig, "tracking_uri"),
-    "min_acceptance_length": (RegisterConfig, "min_acceptance_length"),
+    "register_min_acceptance_length": (RegisterConfig, "min_acceptance_length"),
     "node_selector": (ServeConfig, "node_selector"),
     "tolerations": (ServeConfig, "tolerations"),
     "model_cache_pvc": (ServeConfig, "model_cache_pvc"),
     "checkpoint_root": (TrainHeadsConfig, "checkpoint_uri"),
 }
+
+# A parameter of one step is named with that step's prefix; these few describe the run as a whole
+# (what to train on, which drafts, where things live) and are used by several steps.
+PREFIXES = {ServeConfig: "serve_", RegenerateConfig: "regenerate_", TrainHeadsConfig: "train_", EvaluateConfig: "eval_",
+            ExportConfig: "export_", RegisterConfig: "register_"}
+SHARED = {"base_model", "dataset", "modes", "num_draft_tokens", "mlflow_tracking_uri", "node_selector", "tolerations",
+          "model_cache_pvc", "checkpoint_root"}
 
 
 def default(name: str) -> Any:
@@ -64,8 +71,8 @@ OWN_RULES: dict[str, checks.Rule | None] = {
     "modes": checks.each_one_of(*MODES, retired=RETIRED_MODES),
     "regenerate_options": None,  # checked field by field against RegenerateConfig below
     "train_options": None,  # against TrainHeadsConfig
-    "vllm_crosscheck_enabled": None,
-    "trtllm_engine": None,
+    "eval_vllm_crosscheck": None,
+    "export_trtllm_engine": None,
 }
 OPTIONS = {"regenerate_options": RegenerateConfig, "train_options": TrainHeadsConfig}
 # Fields of an *_options mapping the pipeline sets itself, from other parameters or its own artifacts.
@@ -145,8 +152,8 @@ def _options_problems(name: str, options: dict, label_of) -> list[str]:
 def _cross_problems(arguments: dict[str, Any], label) -> list[str]:
     """Rules that tie several parameters together."""
     problems = []
-    if arguments.get("serve_mode") == "external" and not arguments.get("endpoint_url"):
-        problems.append(f"{label('endpoint_url')} is empty, but {label('serve_mode')} = 'external' needs the URL "
+    if arguments.get("serve_mode") == "external" and not arguments.get("serve_endpoint_url"):
+        problems.append(f"{label('serve_endpoint_url')} is empty, but {label('serve_mode')} = 'external' needs the URL "
                         f"of a running server, e.g. http://vllm.example:8000/v1")
     modes, k, options = arguments.get("modes"), arguments.get("num_draft_tokens"), arguments.get("train_options")
     if isinstance(modes, list) and "medusa" in modes and isinstance(k, int):

@@ -62,31 +62,31 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         eval_dataset: str = default("eval_dataset"),
         modes: list = ["eagle3", "medusa"],
         serve_mode: str = default("serve_mode"),
-        endpoint_url: str = default("endpoint_url"),
+        serve_endpoint_url: str = default("serve_endpoint_url"),
         serve_replicas: int = default("serve_replicas"),
-        max_model_len: int = default("max_model_len"),
+        serve_max_model_len: int = default("serve_max_model_len"),
         regenerate_max_tokens: int = default("regenerate_max_tokens"),
         regenerate_concurrency: int = default("regenerate_concurrency"),
         regenerate_limit: int = default("regenerate_limit"),
         regenerate_options: dict = {},
         train_max_steps: int = default("train_max_steps"),
         train_max_minutes: float = default("train_max_minutes"),
-        num_epochs: float = default("num_epochs"),
-        lr: float = default("lr"),
-        batch_size: int = default("batch_size"),
-        max_length: int = default("max_length"),
-        draft_vocab_size: int = default("draft_vocab_size"),
-        hidden_state_cache: bool = default("hidden_state_cache"),
+        train_num_epochs: float = default("train_num_epochs"),
+        train_lr: float = default("train_lr"),
+        train_batch_size: int = default("train_batch_size"),
+        train_max_length: int = default("train_max_length"),
+        train_draft_vocab_size: int = default("train_draft_vocab_size"),
+        train_hidden_state_cache: bool = default("train_hidden_state_cache"),
         train_options: dict = {},
         num_draft_tokens: int = default("num_draft_tokens"),
         eval_num_prompts: int = default("eval_num_prompts"),
         eval_max_new_tokens: int = default("eval_max_new_tokens"),
-        vllm_crosscheck_enabled: bool = False,
-        trtllm_engine: bool = False,
+        eval_vllm_crosscheck: bool = False,
+        export_trtllm_engine: bool = False,
         export_dtype: str = default("export_dtype"),
-        registered_model_name: str = default("registered_model_name"),
+        register_model_name: str = default("register_model_name"),
         mlflow_tracking_uri: str = default("mlflow_tracking_uri"),
-        min_acceptance_length: float = default("min_acceptance_length"),
+        register_min_acceptance_length: float = default("register_min_acceptance_length"),
         node_selector: dict = default("node_selector"),
         tolerations: list = default("tolerations"),
         model_cache_pvc: str = default("model_cache_pvc"),
@@ -99,32 +99,32 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             dataset: chat data whose assistant turns are regenerated (jsonl: Daring-Anteater, ShareGPT or OpenAI messages).
             eval_dataset: held-out prompts for acceptance length; 'embedded' is the shipped held-out split.
             modes: draft kinds to train side by side: eagle3, medusa.
-            serve_mode: 'local' starts vLLM inside the serve step; 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses endpoint_url.
-            endpoint_url: external mode: OpenAI-compatible base URL of a running server.
+            serve_mode: 'local' starts vLLM inside the serve step; 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses serve_endpoint_url.
+            serve_endpoint_url: external mode: OpenAI-compatible base URL of a running server.
             serve_replicas: cluster mode: vLLM pods behind the Service (data-parallel regeneration).
-            max_model_len: context length vLLM allocates for.
+            serve_max_model_len: context length vLLM allocates for.
             regenerate_max_tokens: max new tokens per regenerated assistant turn.
             regenerate_concurrency: conversations in flight against the server.
             regenerate_limit: regenerate only the first N conversations (0 = all).
             regenerate_options: any other regenerate setting, e.g. {"temperature": 0.6, "sample": 5000, "seed": 1, "system_prompt": "...", "chat_template_kwargs": {"enable_thinking": false}}; see `spectrain step regenerate --help`.
-            train_max_steps: optimizer steps per draft (0 = num_epochs over the data).
+            train_max_steps: optimizer steps per draft (0 = train_num_epochs over the data).
             train_max_minutes: stop each draft's training after this many minutes (0 = no limit).
-            num_epochs: passes over the regenerated data when train_max_steps is 0.
-            lr: peak learning rate of the draft heads.
-            batch_size: sequences per step.
-            max_length: tokens per training sequence.
-            draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
-            hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states (skipped, with a warning, when it would exceed the train step's hidden_state_cache_max_gb, 20 GB).
+            train_num_epochs: passes over the regenerated data when train_max_steps is 0.
+            train_lr: peak learning rate of the draft heads.
+            train_batch_size: sequences per step.
+            train_max_length: tokens per training sequence.
+            train_draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
+            train_hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states (skipped, with a warning, when it would exceed the train step's hidden_state_cache_max_gb, 20 GB).
             train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "warmup_steps": 20, "seed": 7}; see `spectrain step train-heads --help`.
             num_draft_tokens: k, draft tokens proposed per base step in evaluation.
             eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
             eval_max_new_tokens: greedy tokens generated per evaluation prompt.
-            vllm_crosscheck_enabled: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
-            trtllm_engine: also build the TensorRT-LLM engine of Medusa drafts, in the trtllm image on a GPU (EAGLE-3 drafts need none: TensorRT-LLM's PyTorch backend loads the exported directory).
+            eval_vllm_crosscheck: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
+            export_trtllm_engine: also build the TensorRT-LLM engine of Medusa drafts, in the trtllm image on a GPU (EAGLE-3 drafts need none: TensorRT-LLM's PyTorch backend loads the exported directory).
             export_dtype: dtype of the exported draft weights.
-            registered_model_name: registry name prefix (the mode is appended); empty derives it from the base model.
+            register_model_name: registry name prefix (the mode is appended); empty derives it from the base model.
             mlflow_tracking_uri: MLflow server; empty uses MLFLOW_TRACKING_URI or a local sqlite store.
-            min_acceptance_length: gate: drafts with τ at or below it are registered but never promoted.
+            register_min_acceptance_length: gate: drafts with τ at or below it are registered but never promoted.
             node_selector: Kubernetes nodeSelector for GPU steps, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
             tolerations: Kubernetes tolerations for GPU steps (list of toleration objects).
             model_cache_pvc: PVC holding the model cache, mounted at /models.
@@ -136,7 +136,8 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         with dsl.ExitHandler(teardown):
             # 1. serve: vLLM on the frozen base model
             server = serve_base_model(base_model=base_model, run_id=RUN_ID, serve_mode=serve_mode,
-                                      endpoint_url=endpoint_url, max_model_len=max_model_len, replicas=serve_replicas,
+                                      endpoint_url=serve_endpoint_url, max_model_len=serve_max_model_len,
+                                      replicas=serve_replicas,
                                       **placement)
             server.set_caching_options(False)  # a server is a side effect, never a cached result
             on_cluster(server, gpus=settings.serve_gpus or None, secrets={**VLLM_SECRET, **HF_SECRET}, **gpu)
@@ -160,9 +161,10 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 trained = train_heads(base_model=base_model,
                                       regenerated_conversations=regenerated.outputs["regenerated_conversations"],
                                       mode=mode, max_steps=train_max_steps, max_minutes=train_max_minutes,
-                                      num_epochs=num_epochs, lr=lr,
-                                      batch_size=batch_size, max_length=max_length, draft_vocab_size=draft_vocab_size,
-                                      hidden_state_cache=hidden_state_cache, options=train_options,
+                                      num_epochs=train_num_epochs, lr=train_lr,
+                                      batch_size=train_batch_size, max_length=train_max_length,
+                                      draft_vocab_size=train_draft_vocab_size,
+                                      hidden_state_cache=train_hidden_state_cache, options=train_options,
                                       checkpoint_root=checkpoint_root, run_id=RUN_ID)
                 # Cached (as evaluate, export, engine): pure functions of their inputs, so a hit is always
                 # correct. Each run brings a new regenerated artifact (and run id), so hits come from the
@@ -185,7 +187,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 exported.set_caching_options(True)
                 on_cluster(exported, gpus=1, secrets={}, **gpu)
 
-                with dsl.If(vllm_crosscheck_enabled == True):  # noqa: E712 (a KFP condition, not Python)
+                with dsl.If(eval_vllm_crosscheck == True):  # noqa: E712 (a KFP condition, not Python)
                     # 5b. the exported draft, loaded by vLLM itself: τ from vLLM's counters must match ours
                     checked = vllm_crosscheck(base_model=base_model, draft=exported.outputs["draft"], mode=mode,
                                               eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
@@ -194,7 +196,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     on_cluster(checked, gpus=1, secrets=HF_SECRET, **gpu)
                     reads_cluster_config(checked)
 
-                with dsl.If(trtllm_engine == True):  # noqa: E712
+                with dsl.If(export_trtllm_engine == True):  # noqa: E712
                     with dsl.If(mode == "medusa"):
                         # 5c. the TensorRT-LLM engine of a Medusa draft, built in the trtllm image
                         engine = build_trtllm_engine(draft=exported.outputs["draft"], base_model=base_model)
@@ -206,8 +208,8 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     base_model=base_model, mode=mode, draft=exported.outputs["draft"],
                     serve_result=server.outputs["result"], regenerate_result=regenerated.outputs["result"],
                     train_result=trained.outputs["result"], evaluate_result=evaluated.outputs["result"],
-                    export_result=exported.outputs["result"], registered_model_name=registered_model_name,
-                    mlflow_tracking_uri=mlflow_tracking_uri, min_acceptance_length=min_acceptance_length,
+                    export_result=exported.outputs["result"], registered_model_name=register_model_name,
+                    mlflow_tracking_uri=mlflow_tracking_uri, min_acceptance_length=register_min_acceptance_length,
                     pipeline_run_id=RUN_ID)
                 # Not cached: registering is a side effect on the registry (and champion depends on its state).
                 # Retried: a registry outage should not throw away the trained draft.

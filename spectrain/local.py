@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # budget, as many epochs as fit (bench/ablation.py measured what buys the most τ per minute).
 # `--preset full` runs the pipeline defaults instead.
 LAPTOP_PRESET = {
-    "num_epochs": 100.0,
+    "train_num_epochs": 100.0,
     "train_max_minutes": 4.0,
 }
 

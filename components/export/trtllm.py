@@ -162,7 +162,7 @@ def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: st
               "serve_command": shlex.join(["trtllm-serve", str(out / "engine"), "--backend", "tensorrt",
                                            "--tokenizer", base_model])}
     # Built in one place only: the pipeline's build-engine step (components/export/engine.py, trtllm image, GPU).
-    result["engine"] = ("not built here: the build-engine step builds it (pipeline parameter trtllm_engine), or "
+    result["engine"] = ("not built here: the build-engine step builds it (pipeline parameter export_trtllm_engine), or "
                         "run trtllm/build.sh in the trtllm image" if not problems
                         else "not buildable: the checkpoint does not match the loader")
     return result

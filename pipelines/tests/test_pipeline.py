@@ -92,9 +92,9 @@ def test_checkpoint_root_reaches_the_resumable_steps(tmp_path):
 
 def test_trtllm_engine_is_built_for_medusa_only_and_only_when_asked(tmp_path):
     _, (spec, _) = compiled(tmp_path)
-    assert spec["root"]["inputDefinitions"]["parameters"]["trtllm_engine"]["defaultValue"] is False
+    assert spec["root"]["inputDefinitions"]["parameters"]["export_trtllm_engine"]["defaultValue"] is False
     outer = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["condition-4"]
-    assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--trtllm_engine'] == true"
+    assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--export_trtllm_engine'] == true"
     inner = spec["components"]["comp-condition-4"]["dag"]["tasks"]["condition-5"]
     assert inner["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--modes-loop-item'] == 'medusa'"
     build = spec["components"]["comp-condition-5"]["dag"]["tasks"]["build-trtllm-engine"]
