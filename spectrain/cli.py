@@ -30,6 +30,8 @@ def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     base = configs.read_json(args.config) if args.config else {}
     config = configs.from_args(config_cls, args, base)
     result = step.load(step.run)(config)
+    if isinstance(result, dict):
+        result["config"] = configs.public_dict(config)  # what ran, every field resolved: register logs it
     if os.environ.get("RANK", "0") != "0":  # a distributed step (torchrun): rank 0 reports for all
         return 0
     if args.result:
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=lambda a, p: local.run_command(a))
 
     compile_ = commands.add_parser("compile", help="compile the pipeline to KFP YAML for Kubernetes")
-    compile_.add_argument("--output", default=None, help="where to write (default: pipelines/speculative_decoding.yaml)")
+    local.add_compile_arguments(compile_)
     compile_.set_defaults(handler=lambda a, p: local.compile_command(a))
 
     from pipelines import submit as kfp_submit  # light: imports kfp only when a command runs
@@ -94,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["run"]:
-        os.environ.setdefault("SPECTRAIN_MODE_PARALLELISM", "1")  # read when the pipeline is defined (import)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

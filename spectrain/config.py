@@ -123,6 +123,12 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
         ) from exc
 
 
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of config class ``cls`` (a fresh copy for a list or dict)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
 def check_of(cls: type, name: str) -> Rule | None:
     return next((f.metadata.get("check") for f in dataclasses.fields(cls) if f.name == name), None)
 
@@ -163,6 +169,19 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+
+
+def is_secret(name: str) -> bool:
+    """Whether a setting's name says it holds a secret (api_key, hf_token, ...): never logged or recorded."""
+    return any(word in name.lower() for word in SECRET_WORDS)
+
+
+def public_dict(config: Any) -> dict[str, Any]:
+    """``config`` as a dict with every secret-named field that is set replaced by '<redacted>'."""
+    return {k: ("<redacted>" if is_secret(k) and v else v) for k, v in to_dict(config).items()}
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
     """A JSON config file as a dict; bad JSON is reported with file and line."""
     try:
@@ -180,7 +199,7 @@ def load_file(cls: type[C], path: str | Path) -> C:
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One ``--flag`` per field, with the field's help and default."""
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = default_of(cls, f.name)
         kind = _base_type(_hints(cls)[f.name])
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata.get("help", "")

@@ -244,6 +244,19 @@ def _hf_records(spec: str) -> tuple[str, Iterator[tuple[int, object, str | None]
     return f"{spec}", ((number, row, None) for number, row in enumerate(loaded, start=1))
 
 
+def heldout_chats(spec: str, num_prompts: int = 0) -> list[tuple[Conversation, list[dict[str, str]]]]:
+    """The held-out prompts as chat messages: an optional system prompt + each conversation's first user turn.
+
+    One function for the evaluate step's replay and the vLLM cross-check, so both measure the same prompts.
+    ``num_prompts``: the first N (0: all).
+    """
+    chats = []
+    for conversation in read_conversations(spec, split="heldout"):
+        system = [{"role": "system", "content": conversation.system}] if conversation.system else []
+        chats.append((conversation, system + [{"role": "user", "content": conversation.prompts[0]}]))
+    return chats[:num_prompts] if num_prompts else chats
+
+
 def read_conversations(spec: str, split: str = "train", skipped: list[SkippedLine] | None = None,
                        data_format: str = "auto") -> Iterator[Conversation]:
     """Yield the valid conversations a dataset spec holds; collect what was skipped and why in ``skipped``.

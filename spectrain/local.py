@@ -13,20 +13,20 @@ import time
 import warnings
 from pathlib import Path
 
+from pipelines.settings import DEFAULT_YAML
 from spectrain import processes
 from spectrain.console import EVENTS_ENV, RunConsole, duration
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_YAML = ROOT / "pipelines" / "speculative_decoding.yaml"
 
 # What `spectrain run` changes from the pipeline's own defaults so that the whole DAG fits a laptop
 # (2 CPU cores: ~13 minutes after the environments exist): each draft trains for a fixed wall-clock
 # budget, as many epochs as fit (bench/ablation.py measured what buys the most τ per minute).
 # `--preset full` runs the pipeline defaults instead.
 LAPTOP_PRESET = {
-    "num_epochs": 100.0,
+    "train_num_epochs": 100.0,
     "train_max_minutes": 4.0,
 }
 
@@ -154,8 +154,11 @@ def new_run_dir(workdir: Path) -> Path:
 def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     from kfp import local
 
-    from pipelines.speculative_decoding import speculative_decoding
+    from pipelines.settings import CompileSettings
+    from pipelines.speculative_decoding import build_pipeline
 
+    # One draft at a time: on a laptop each draft gets every core instead of two trainings thrashing them.
+    speculative_decoding = build_pipeline(CompileSettings(mode_parallelism=1))
     # The Kubernetes settings (GPUs, PVC, secrets) are for the cluster; kfp.local says so once per task.
     warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
     os.environ[EVENTS_ENV] = "1"  # steps report progress as events for RunConsole
@@ -204,14 +207,34 @@ def _find_summary(run_dir: Path) -> str:
     return candidates[-1].read_text() if candidates else "(no summary was written)"
 
 
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per compile setting (pipelines.speculative_decoding.CompileSettings), its default shown."""
+    import dataclasses
+
+    from pipelines.settings import CompileSettings
+
+    parser.add_argument("--output", default=None, help="where to write (default: pipelines/speculative_decoding.yaml)")
+    for setting in dataclasses.fields(CompileSettings):
+        parser.add_argument("--" + setting.name.replace("_", "-"), type=type(setting.default),
+                            default=setting.default, help=f"{CompileSettings.HELP[setting.name]} (default: "
+                                                          f"{setting.default})")
+
+
 def compile_command(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from kfp import compiler
 
-    from pipelines.speculative_decoding import speculative_decoding
+    from pipelines.settings import CompileSettings
+    from pipelines.speculative_decoding import build_pipeline
 
+    settings = CompileSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompileSettings)})
+    if settings.train_gpus < 0 or settings.serve_gpus < 0 or settings.mode_parallelism < 0:
+        raise SpectrainError(f"GPU counts and mode parallelism cannot be negative: {settings}", where="spectrain compile",
+                             fix="pass 0 or more")
     output = Path(args.output) if args.output else DEFAULT_YAML
-    compiler.Compiler().compile(speculative_decoding, str(output))
-    print(f"wrote {output}")
+    compiler.Compiler().compile(build_pipeline(settings), str(output))
+    print(f"wrote {output} ({', '.join(f'{k} {v}' for k, v in dataclasses.asdict(settings).items())})")
     return 0
 
 

@@ -27,6 +27,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def serve_arguments(model_path: str, port: int, *, host: str = "127.0.0.1", served_model_name: str = "base",
+                    max_model_len: int = 2048, dtype: str = "auto", seed: int = 0, enforce_eager: bool = True,
+                    tensor_parallel_size: int = 1, quantization: str = "", extra: tuple | list = ()) -> list[str]:
+    """``vllm serve`` arguments, spelled in one place for the serve step, its cluster Deployment and the
+    cross-check."""
+    arguments = ["serve", model_path, "--host", host, "--port", str(port), "--served-model-name", served_model_name,
+                 "--max-model-len", str(max_model_len), "--dtype", dtype,
+                 "--tensor-parallel-size", str(tensor_parallel_size), "--seed", str(seed)]
+    if enforce_eager:
+        arguments.append("--enforce-eager")
+    if quantization:
+        arguments += ["--quantization", quantization]
+    return arguments + [str(a) for a in extra]
+
+
 def cpu_env(api_key: str, cache_root: Path, kv_cache_gib: int) -> dict[str, str]:
     """Environment for vLLM: the API key (never on the command line) and CPU defaults the user may override."""
     env = dict(os.environ)

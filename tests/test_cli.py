@@ -36,3 +36,16 @@ def test_a_bad_step_config_names_the_field_and_the_fix():
     assert result.returncode == 2
     assert "train_heads.mode" in result.stderr and "eagle3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_step_result_records_the_config_it_ran_with_every_field_resolved(tmp_path):
+    import json
+    import os
+
+    result_file = tmp_path / "result.json"
+    env = {**os.environ, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")}
+    run = spectrain("step", "stop-server", "--run-id", "nothing-here", "--result", str(result_file), env=env)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(result_file.read_text())
+    assert result["stopped"] is False
+    assert result["config"] == {"run_id": "nothing-here", "log_copy": "", "mode": "local", "namespace": ""}

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from spectrain import secrets
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 MANIFESTS = ROOT / "manifests"
@@ -38,12 +40,7 @@ ALLOWED_GRANTS = {
     ("", "events"): {"get", "list", "watch"},
 }
 PLACEHOLDER = re.compile(r"REPLACE_ME|change-me")
-EXPECTED_SECRETS = {
-    "spectrain-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
-    "spectrain-mlflow": {"MLFLOW_TRACKING_TOKEN"},
-    "spectrain-vllm": {"VLLM_API_KEY"},
-    "spectrain-hf": {"HF_TOKEN"},
-}
+EXPECTED_SECRETS = {name: set(keys) for name, keys in secrets.KEYS.items()}  # what the pipeline and serve read
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 
 

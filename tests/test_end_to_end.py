@@ -10,7 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 TINY = ["--regenerate-limit", "6", "--regenerate-max-tokens", "24", "--train-max-steps", "2",
-        "--train-max-minutes", "0", "--max-length", "96", "--batch-size", "2", "--draft-vocab-size", "1024",
+        "--train-max-minutes", "0", "--train-max-length", "96", "--train-batch-size", "2",
+        "--train-draft-vocab-size", "1024",
         "--eval-num-prompts", "3", "--eval-max-new-tokens", "12"]
 
 

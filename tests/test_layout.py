@@ -45,3 +45,66 @@ def test_components_import_no_heavy_step_code_at_module_level():
         top_level = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
                      for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))}
         assert top_level <= {"kfp", "kfp.dsl", "spectrain", "typing"}, (path, top_level)
+
+
+APPLICATION = {"spectrain.cli", "spectrain.local", "spectrain.__main__"}  # the `spectrain` command
+
+
+def first_party_import_graph() -> dict[str, set[str]]:
+    """Module -> the first-party modules it imports anywhere in its code (lazy imports included)."""
+    paths = {}
+    for folder in ("spectrain", "components", "pipelines"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if "tests" not in path.parts:
+                name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+                paths[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {m for m in found if m in paths and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def test_the_import_graph_has_no_cycles_and_the_library_stays_below_the_application():
+    graph = first_party_import_graph()
+    for name, imports in graph.items():
+        layer = "application" if name in APPLICATION else name.split(".")[0]
+        allowed = {"application": ("spectrain", "components", "pipelines"), "pipelines": ("spectrain", "components",
+                   "pipelines"), "components": ("spectrain", "components"), "spectrain": ("spectrain",)}[layer]
+        for module in imports:
+            assert module.split(".")[0] in allowed and module not in APPLICATION or name in APPLICATION, \
+                f"{name} ({layer}) imports {module}"
+    visiting, done = [], set()
+
+    def visit(module):
+        if module in visiting:
+            raise AssertionError("import cycle: " + " -> ".join(visiting[visiting.index(module):] + [module]))
+        if module not in done:
+            visiting.append(module)
+            for imported in sorted(graph[module]):
+                visit(imported)
+            visiting.pop()
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
+def test_every_spectrain_environment_variable_is_in_the_readme_table():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Environment variables"):]
+    table = table[:table.index("\n## ")]
+    documented = set(re.findall(r"`(SPECTRAIN_[A-Z_<>]+)`", table))
+    patterns = [re.compile(re.sub(r"<[A-Z]+>", "[A-Z]+", name) + "$") for name in documented]
+    sources = [p for folder in ("spectrain", "components", "pipelines", "bench", "docker")
+               for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", "") and "tests" not in p.parts]
+    used = {name for path in sources for name in re.findall(r"SPECTRAIN_[A-Z_]+", path.read_text(errors="ignore"))}
+    missing = sorted(name for name in used if not any(p.match(name) or p.pattern.startswith(name) for p in patterns))
+    assert not missing, f"add {missing} to the README's environment table"

@@ -36,13 +36,37 @@ def test_every_pipeline_parameter_has_a_rule_or_feeds_a_checked_step_field():
         assert configs.field_type(cls, field) is PARAMETERS[name]["type"], name  # same type as the field it feeds
 
 
+def test_a_parameter_of_one_step_carries_that_steps_prefix():
+    unprefixed = [name for name, (cls, _) in parameters.FEEDS.items()
+                  if name not in parameters.SHARED and not name.startswith(parameters.PREFIXES[cls])]
+    unprefixed += [name for name in parameters.OWN_RULES if name not in parameters.SHARED
+                   and not name.startswith(tuple(parameters.PREFIXES.values()))]
+    assert not unprefixed, f"name these after their step (serve_, regenerate_, train_, eval_, ...): {unprefixed}"
+
+
+def test_each_pipeline_default_is_the_default_of_the_step_field_it_feeds():
+    drifted = {name: (PARAMETERS[name]["default"], configs.default_of(cls, field))
+               for name, (cls, field) in parameters.FEEDS.items()
+               if PARAMETERS[name]["default"] != configs.default_of(cls, field)}
+    assert not drifted, f"pipeline default vs step default: {drifted}"
+
+
+def test_an_options_key_with_a_parameter_of_its_own_is_refused_naming_that_parameter():
+    message = problems(regenerate_options={"max_tokens": 64}, train_options={"lr": 0.01, "data": "x.jsonl"})
+    assert "--regenerate-options: 'max_tokens' has a parameter of its own: set --regenerate-max-tokens" in message
+    assert "--train-options: 'lr' has a parameter of its own: set --train-lr instead" in message
+    assert "--train-options: 'data' is set by the pipeline itself" in message
+    parameters.validate({"regenerate_options": {"temperature": 0.6}, "train_options": {"seed": 7}}, PARAMETERS,
+                        where="x")  # settings without a parameter of their own stay welcome
+
+
 def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_path):
     started = time.monotonic()
-    result = spectrain("run", "--workdir", str(tmp_path), "--modes", "eagle2", "--lr", "-1")
+    result = spectrain("run", "--workdir", str(tmp_path), "--modes", "eagle2", "--train-lr", "-1")
     assert result.returncode == 2, result.stderr
     assert time.monotonic() - started < 60
     assert "--modes" in result.stderr and "'eagle2'" in result.stderr and "eagle3, medusa" in result.stderr
-    assert "--lr = -1.0 is not allowed: expected a number > 0, e.g. 0.001" in result.stderr  # both problems, at once
+    assert "--train-lr = -1.0 is not allowed: expected a number > 0, e.g. 0.001" in result.stderr  # both problems, at once
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "servers").exists() and not (tmp_path / "runs").exists()  # nothing started
 
@@ -77,11 +101,11 @@ def test_an_unreadable_dataset_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_negative_learning_rate_is_refused():
-    assert "--lr = -1.0 is not allowed: expected a number > 0" in problems(lr="-1")
+    assert "--train-lr = -1.0 is not allowed: expected a number > 0" in problems(train_lr="-1")
 
 
-@pytest.mark.parametrize("name", ["batch_size", "regenerate_concurrency", "regenerate_max_tokens", "serve_replicas",
-                                  "eval_max_new_tokens"])
+@pytest.mark.parametrize("name", ["train_batch_size", "regenerate_concurrency", "regenerate_max_tokens",
+                                  "serve_replicas", "eval_max_new_tokens"])
 def test_counts_that_must_be_positive_refuse_zero(name):
     assert f"--{name.replace('_', '-')} = 0 is not allowed: expected an integer ≥ 1" in problems(**{name: 0})
 
@@ -99,21 +123,21 @@ def test_k_above_the_medusa_head_count_is_refused_with_the_fix():
 
 @pytest.mark.parametrize("text,expected", [("true", True), ("False", False), ("1", True), ("no", False)])
 def test_booleans_are_parsed_by_one_strict_parser(text, expected):
-    assert parameters.validate({"vllm_crosscheck_enabled": text}, PARAMETERS, where="x") == {
-        "vllm_crosscheck_enabled": expected}
+    assert parameters.validate({"eval_vllm_crosscheck": text}, PARAMETERS, where="x") == {
+        "eval_vllm_crosscheck": expected}
     assert configs.coerce(bool, text) is expected
 
 
 def test_a_boolean_typo_is_an_error_in_run_and_in_step_alike():
-    assert "--vllm-crosscheck-enabled = 'ture' is not allowed: expected true or false" in problems(
-        vllm_crosscheck_enabled="ture")
+    assert "--eval-vllm-crosscheck = 'ture' is not allowed: expected true or false" in problems(
+        eval_vllm_crosscheck="ture")
     with pytest.raises(SpectrainError, match="expects bool, got 'ture'"):
         configs.from_dict(parameters.TrainHeadsConfig, {"data": "x", "hidden_state_cache": "ture"})
 
 
 def test_a_malformed_url_is_refused():
-    message = problems(serve_mode="external", endpoint_url="localhost:8000")
-    assert "--endpoint-url = 'localhost:8000' is not allowed" in message and "http/https URL" in message
+    message = problems(serve_mode="external", serve_endpoint_url="localhost:8000")
+    assert "--serve-endpoint-url = 'localhost:8000' is not allowed" in message and "http/https URL" in message
 
 
 def test_external_serving_needs_an_endpoint():
@@ -158,8 +182,8 @@ def test_a_local_model_folder_needs_a_config(tmp_path):
 def test_a_cluster_submission_skips_local_paths_and_credentials():
     with checks.for_cluster():  # /models/... lives on the cluster's model-cache PVC
         parameters.validate({"base_model": "/models/llama", "dataset": "s3://chats/"}, PARAMETERS, where="p.yaml")
-        with pytest.raises(SpectrainError, match="--lr = 0.0"):  # domains still apply
-            parameters.validate({"lr": 0.0}, PARAMETERS, where="p.yaml")
+        with pytest.raises(SpectrainError, match="--train-lr = 0.0"):  # domains still apply
+            parameters.validate({"train_lr": 0.0}, PARAMETERS, where="p.yaml")
 
 
 def test_the_dropped_eagle1_mode_is_refused_with_its_reason(tmp_path):

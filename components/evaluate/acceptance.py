@@ -21,7 +21,7 @@ import transformers
 
 from components.evaluate.config import EvaluateConfig
 from spectrain.console import Progress
-from spectrain.data import dataset_fingerprint, read_conversations
+from spectrain.data import dataset_fingerprint, heldout_chats
 from spectrain.drafts import check_draft_checkpoint
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
@@ -193,13 +193,11 @@ class EagleProposer:
 
 def load_prompts(config: EvaluateConfig, tokenizer) -> list[dict]:
     prompts = []
-    for conversation in read_conversations(config.dataset, split="heldout"):
-        messages = ([{"role": "system", "content": conversation.system}] if conversation.system else [])
-        messages.append({"role": "user", "content": conversation.prompts[0]})
+    for conversation, messages in heldout_chats(config.dataset, config.num_prompts):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompts.append({"id": conversation.conversation_id, "category": conversation.category or "all",
                         "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
-    return prompts[: config.num_prompts] if config.num_prompts else prompts
+    return prompts
 
 
 @torch.no_grad()

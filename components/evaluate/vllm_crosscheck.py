@@ -14,7 +14,7 @@ from pathlib import Path
 
 from components.evaluate.config import SPEC_METHODS, VllmCrosscheckConfig
 from spectrain import vllm
-from spectrain.data import read_conversations
+from spectrain.data import heldout_chats
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 
@@ -47,15 +47,6 @@ def parse_counters(metrics_text: str) -> dict:
     }
 
 
-def prompts(config: VllmCrosscheckConfig) -> list[list[dict]]:
-    """The same prompts the evaluate step replays: optional system prompt + the first user turn."""
-    chats = []
-    for conversation in read_conversations(config.dataset, split="heldout"):
-        system = [{"role": "system", "content": conversation.system}] if conversation.system else []
-        chats.append(system + [{"role": "user", "content": conversation.prompts[0]}])
-    return chats[: config.num_prompts] if config.num_prompts else chats
-
-
 def post(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={
         "Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
@@ -74,15 +65,14 @@ def run(config: VllmCrosscheckConfig) -> dict:
     log = output.with_suffix(".vllm.log")
     speculative = {"method": SPEC_METHODS[config.mode], "model": str(Path(config.draft_dir).resolve()),
                    "num_speculative_tokens": config.num_draft_tokens}
-    arguments = ["serve", model_path, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "base",
-                 "--max-model-len", "2048", "--enforce-eager", "--seed", "0", "--dtype", config.dtype,
-                 "--speculative-config", json.dumps(speculative)]
+    arguments = vllm.serve_arguments(model_path, port, dtype=config.dtype,
+                                     extra=["--speculative-config", json.dumps(speculative)])
     process = vllm.start(arguments, log, vllm.cpu_env(API_KEY, output.parent / "vllm-cache", 1))
     base_url = f"http://127.0.0.1:{port}"
     try:
         vllm.wait_until_ready(f"{base_url}/v1", API_KEY, config.ready_timeout_s, process, log)
         completion_tokens = 0
-        chats = prompts(config)
+        chats = [messages for _, messages in heldout_chats(config.dataset, config.num_prompts)]  # evaluate's
         for messages in chats:  # one at a time: the counters then describe plain decoding steps
             reply = post(f"{base_url}/v1/chat/completions", {"model": "base", "messages": messages,
                                                              "max_tokens": config.max_new_tokens, "temperature": 0})

@@ -46,7 +46,7 @@ def run(config: BuildEngineConfig) -> dict:
     if missing:
         raise SpectrainError(f"cannot build a TensorRT-LLM engine here: no {', '.join(missing)}",
                              fix="run this step in the trtllm image on a GPU node (the pipeline does, with "
-                                 "trtllm_engine: true), or `bash DRAFT/trtllm/build.sh` there by hand")
+                                 "export_trtllm_engine: true), or `bash DRAFT/trtllm/build.sh` there by hand")
     from components.export.trtllm import medusa_commands
     from spectrain.models import resolve_base_model
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 import torch
@@ -138,13 +136,9 @@ def check(files: list[Path], expected: dict[str, tuple], rename=lambda names: {n
     return problems
 
 
-def can_build_engine() -> bool:
-    return torch.cuda.is_available() and shutil.which("trtllm-build") is not None
-
-
 def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: str, num_draft_tokens: int,
            capture_layers: list[int], vllm_tensors: dict[str, torch.Tensor] | None = None) -> dict:
-    """Write and validate the TensorRT-LLM files for ``mode``; build the engine where a GPU and TRT-LLM are."""
+    """Write and validate the TensorRT-LLM files for ``mode`` (for Medusa the engine's build commands)."""
     out = draft_dir / "trtllm"
     out.mkdir(parents=True, exist_ok=True)
     dtype_name = str(dtype).removeprefix("torch.")
@@ -167,11 +161,8 @@ def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: st
     result = {"supported": True, "problems": problems, "build_commands": [shlex.join(c) for c in commands],
               "serve_command": shlex.join(["trtllm-serve", str(out / "engine"), "--backend", "tensorrt",
                                            "--tokenizer", base_model])}
-    if problems or not can_build_engine():
-        result["engine"] = ("skipped: no GPU or no trtllm-build here; run trtllm/build.sh in the trtllm image"
-                            if not problems else "skipped: the checkpoint does not match the loader")
-        return result
-    for command in commands:
-        subprocess.run(command, check=True)
-    result["engine"] = str(out / "engine")
+    # Built in one place only: the pipeline's build-engine step (components/export/engine.py, trtllm image, GPU).
+    result["engine"] = ("not built here: the build-engine step builds it (pipeline parameter export_trtllm_engine), or "
+                        "run trtllm/build.sh in the trtllm image" if not problems
+                        else "not buildable: the checkpoint does not match the loader")
     return result

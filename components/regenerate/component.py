@@ -22,7 +22,8 @@ def regenerate(endpoint: str, dataset: str, max_tokens: int, concurrency: int, l
     from spectrain.steps import run_step
 
     checkpoint = {"checkpoint_uri": run_prefix(checkpoint_root, run_id, "regenerate")} if checkpoint_root else {}
-    outcome = run_step("regenerate", {**checkpoint, **options, "endpoint": endpoint, "dataset": dataset,
+    # `options` first: a parameter of its own wins (spectrain run/submit refuse such overlaps up front).
+    outcome = run_step("regenerate", {**options, **checkpoint, "endpoint": endpoint, "dataset": dataset,
                                       "max_tokens": max_tokens, "concurrency": concurrency, "limit": limit,
                                       "output": regenerated_conversations.path})
     with open(result.path, "w") as handle:

@@ -24,7 +24,7 @@ class RegenerateConfig:
                           check=checks.url(optional=False, several=True))
     api_key: str = field("spectrain-local", "API key of the endpoint (the VLLM_API_KEY env var wins)")
     model: str = field("", "model name to request; empty asks the server (/v1/models)")
-    max_tokens: int = field(256, "max new tokens per assistant turn",
+    max_tokens: int = field(128, "max new tokens per assistant turn",
                             check=checks.at_least(1, 256))
     temperature: float = field(0.0, "sampling temperature; 0 = greedy, what the draft must imitate",
                                check=checks.at_least(0.0, 0.0))

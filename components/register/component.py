@@ -10,7 +10,7 @@ from spectrain import images
 def register(base_model: str, mode: str, draft: Input[Model], serve_result: Input[Artifact],
              regenerate_result: Input[Artifact], train_result: Input[Artifact], evaluate_result: Input[Artifact],
              export_result: Input[Artifact], registered_model_name: str, mlflow_tracking_uri: str,
-             min_acceptance_length: float, pipeline_run_id: str, params: dict, result: Output[Artifact]):
+             min_acceptance_length: float, pipeline_run_id: str, result: Output[Artifact]):
     """Log everything to MLflow, register the draft, and promote it to `champion` if it wins."""
     import json
 
@@ -19,7 +19,7 @@ def register(base_model: str, mode: str, draft: Input[Model], serve_result: Inpu
     outcome = run_step("register", {
         "base_model": base_model, "draft_dir": draft.path, "registered_model_name": registered_model_name,
         "tracking_uri": mlflow_tracking_uri, "min_acceptance_length": min_acceptance_length,
-        "pipeline_run_id": pipeline_run_id, "params": {**params, "mode": mode},
+        "pipeline_run_id": pipeline_run_id,  # MLflow params: every step's resolved config, from its result
         "step_results": {"serve": serve_result.path, "regenerate": regenerate_result.path,
                          "train": train_result.path, "evaluate": evaluate_result.path,
                          "export": export_result.path}}, label=mode)

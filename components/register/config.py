@@ -22,7 +22,8 @@ class RegisterConfig:
     base_model: str = field("embedded", "base model spec the draft was trained for")
     draft_dir: str = field("", "exported draft directory (export step output)")
     step_results: dict = field({}, "step name -> result JSON file of that step (train, evaluate, export, ...)")
-    params: dict = field({}, "pipeline parameters to record (keys naming secrets are dropped)")
+    params: dict = field({}, "extra parameters to record next to every step's resolved config, which is logged "
+                             "as <step>.<field> from the step results (names of secrets are dropped)")
     min_acceptance_length: float = field(1.0, "gate: a draft whose τ is not above this is never promoted",
                                          check=checks.at_least(0.0, 1.0))
     must_beat_ngram: bool = field(True, "promote only a draft whose τ beats the n-gram prompt-lookup baseline (free in "

@@ -12,10 +12,10 @@ import mlflow
 from mlflow import MlflowClient
 
 from components.register.config import RegisterConfig
+from spectrain.config import is_secret, to_dict
 from spectrain.errors import SpectrainError
 from spectrain.models import model_slug
 
-SECRET_WORDS = ("key", "token", "secret", "password", "credential")
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 
 
@@ -37,8 +37,18 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-def public_params(params: dict) -> dict:
-    return {k: v for k, v in params.items() if not any(word in k.lower() for word in SECRET_WORDS)}
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter's value
+
+
+def run_params(config: RegisterConfig, results: dict[str, dict]) -> dict[str, str]:
+    """Every setting the run used, from each step's resolved config (``<step>.<field>``), this step's own
+    included, plus ``config.params``; names that say they hold a secret are left out."""
+    own = {k: v for k, v in to_dict(config).items() if k not in ("params", "step_results")}
+    params = {**config.params, **{f"register.{k}": v for k, v in own.items()}}
+    for step, result in results.items():
+        params.update({f"{step}.{k}": v for k, v in result.get("config", {}).items()})
+    return {k: (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_CHARS]
+            for k, v in params.items() if not is_secret(k)}
 
 
 def git_commit() -> str:
@@ -59,9 +69,9 @@ def load_results(paths: dict) -> dict[str, dict]:
     return results
 
 
-def log_run(config: RegisterConfig, results: dict[str, dict], mode: str) -> mlflow.ActiveRun:
+def log_run(config: RegisterConfig, results: dict[str, dict], mode: str) -> dict[str, float]:
     evaluation, train = results.get("evaluate", {}), results.get("train", {})
-    mlflow.log_params({k: str(v)[:500] for k, v in public_params(config.params).items()})
+    mlflow.log_params(run_params(config, results))
     metrics = {f"{step}_seconds": r["seconds"] for step, r in results.items() if "seconds" in r}
     if evaluation:
         metrics["acceptance_length"] = evaluation["acceptance_length"]

@@ -22,15 +22,14 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from components.serve.config import ServeConfig
-from components.serve.server import vllm_arguments
+from spectrain import secrets
 from spectrain.errors import SpectrainError
 from spectrain.models import EMBEDDED, resolve_base_model
 
 PORT = 8000
 MODEL_CACHE_PATH = "/models"  # where the pipeline mounts the model cache PVC in every step, this one included
 GPU_RESOURCE = "nvidia.com/gpu"
-API_KEY_SECRET = "spectrain-vllm"  # key VLLM_API_KEY; required: the server never runs without a key
-HF_SECRET = "spectrain-hf"  # key HF_TOKEN; optional (public models need none)
+API_KEY_SECRET, HF_SECRET = secrets.VLLM, secrets.HF  # VLLM_API_KEY required, HF_TOKEN optional
 MANAGED_BY = {"app.kubernetes.io/managed-by": "spectrain"}
 RUN_ID_LABEL = "spectrain.dev/run-id"
 NAME_PREFIX = "spectrain-vllm-"
@@ -140,7 +139,7 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
         "name": "vllm",
         "image": config.image,
         "command": ["vllm"],
-        "args": vllm_arguments(dataclasses.replace(config, host="0.0.0.0"), model, PORT),
+        "args": dataclasses.replace(config, host="0.0.0.0").vllm_arguments(model, PORT),
         "ports": [{"name": "http", "containerPort": PORT}],
         "env": [
             {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": "VLLM_API_KEY"}}},

@@ -32,7 +32,8 @@ class ServeConfig:
     served_model_name: str = field("base", "model name clients send in requests")
     max_model_len: int = field(2048, "context length vLLM allocates for",
                                check=checks.at_least(16, 2048))
-    dtype: str = field("auto", "weights dtype: auto, bfloat16, float16, float32",
+    dtype: str = field("auto", "weights dtype: bfloat16, float16, float32, or auto: on a GPU the checkpoint's; "
+                               "on a CPU bfloat16 where it runs natively (AMX / AVX512-BF16), else float32",
                        check=checks.one_of("auto", "bfloat16", "float16", "float32"))
     enforce_eager: bool = field(True, "skip graph compilation: ~45 s start instead of ~140 s on CPU, ~35% slower decode")
     tensor_parallel_size: int = field(1, "GPUs per server (vLLM --tensor-parallel-size)",
@@ -55,6 +56,15 @@ class ServeConfig:
     tolerations: list = field([], "cluster mode: tolerations of the vLLM pods (list of Kubernetes toleration objects)")
     model_cache_pvc: str = field("spectrain-model-cache", "cluster mode: PVC mounted at /models in the vLLM pods "
                                                           "(HF_HOME in it); base_model paths must be on it")
+
+    def vllm_arguments(self, model_path: str, port: int) -> list[str]:
+        """`vllm serve` arguments of this config: the same for a local process and a Deployment's pods."""
+        from spectrain.vllm import serve_arguments
+
+        return serve_arguments(model_path, port, host=self.host, served_model_name=self.served_model_name,
+                               max_model_len=self.max_model_len, dtype=self.dtype, seed=self.seed,
+                               enforce_eager=self.enforce_eager, tensor_parallel_size=self.tensor_parallel_size,
+                               quantization=self.quantization, extra=self.extra_args)
 
     def validate(self) -> None:
         if self.mode == "external" and not self.endpoint_url:

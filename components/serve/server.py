@@ -6,6 +6,7 @@ Deployment + Service built from the same `vllm serve` arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 from components.serve.config import ServeConfig, StopServerConfig
 from spectrain import vllm
 from spectrain.errors import SpectrainError
+from spectrain.hardware import cpu_runs_bf16, has_nvidia_gpu
 from spectrain.models import resolve_base_model
 
 
@@ -22,18 +24,6 @@ def state_dir(run_id: str) -> Path:
     root = Path(os.environ.get("SPECTRAIN_STATE_DIR", Path.home() / ".cache" / "spectrain" / "servers"))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
     return root / safe
-
-
-def vllm_arguments(config: ServeConfig, model_path: str, port: int) -> list[str]:
-    arguments = ["serve", model_path, "--host", config.host, "--port", str(port),
-                 "--served-model-name", config.served_model_name,
-                 "--max-model-len", str(config.max_model_len), "--dtype", config.dtype,
-                 "--tensor-parallel-size", str(config.tensor_parallel_size), "--seed", str(config.seed)]
-    if config.enforce_eager:
-        arguments.append("--enforce-eager")
-    if config.quantization:
-        arguments += ["--quantization", config.quantization]
-    return arguments + [str(a) for a in config.extra_args]
 
 
 def api_key(config: ServeConfig) -> str:
@@ -57,10 +47,11 @@ def run(config: ServeConfig) -> dict:
             raise SpectrainError(f"a server for run '{config.run_id}' is already running (pid {info['pid']})",
                                  where=str(existing), fix="stop it with `spectrain step stop-server --run-id ...`")
     state.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(config, dtype=local_dtype(config.dtype))
     model_path = resolve_base_model(config.base_model)
     port = config.port or vllm.free_port(config.host)
     log = state / "vllm.log"
-    process = vllm.start(vllm_arguments(config, model_path, port), log,
+    process = vllm.start(config.vllm_arguments(model_path, port), log,
                          vllm.cpu_env(api_key(config), state / "vllm-cache", config.kv_cache_gib))
     url = f"http://{config.host}:{port}/v1"
     existing.write_text(json.dumps({"pid": process.pid, "endpoint": url, "log": str(log), "model_path": model_path}))
@@ -71,7 +62,17 @@ def run(config: ServeConfig) -> dict:
         raise
     seconds = time.monotonic() - started
     print(f"[serve] ready at {url} after {seconds:.0f} s, serving {models}", flush=True)
-    return {"endpoint": url, "model": models[0], "pid": process.pid, "log": str(log), "seconds": seconds}
+    return {"endpoint": url, "model": models[0], "pid": process.pid, "log": str(log), "dtype": config.dtype,
+            "seconds": seconds}
+
+
+def local_dtype(dtype: str) -> str:
+    """``auto`` on a machine without an NVIDIA GPU: bfloat16 where the CPU runs it natively (AMX or
+    AVX512-BF16), else float32 — vLLM's own ``auto`` takes the checkpoint's bfloat16, which an AVX2-only
+    CPU emulates (bench/regenerate_concurrency.py measures both on a machine)."""
+    if dtype != "auto" or has_nvidia_gpu():
+        return dtype
+    return "bfloat16" if cpu_runs_bf16() else "float32"
 
 
 def run_in_cluster(config: ServeConfig, started: float) -> dict:

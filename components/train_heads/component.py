@@ -22,11 +22,12 @@ def train_heads(base_model: str, regenerated_conversations: Input[Dataset], mode
     from spectrain.steps import run_step
 
     checkpoint = {"checkpoint_uri": run_prefix(checkpoint_root, run_id, "train", mode)} if checkpoint_root else {}
-    outcome = run_step("train-heads", {"resume_from_checkpoint": "auto", **checkpoint,
+    # `options` first: a parameter of its own wins (spectrain run/submit refuse such overlaps up front).
+    outcome = run_step("train-heads", {**options, "resume_from_checkpoint": "auto", **checkpoint,
         "base_model": base_model, "data": regenerated_conversations.path, "output_dir": draft_checkpoint.path,
         "mode": mode, "max_steps": max_steps, "max_minutes": max_minutes, "num_epochs": num_epochs, "lr": lr, "batch_size": batch_size,
         "max_length": max_length, "draft_vocab_size": draft_vocab_size if mode != "medusa" else 0,
-        "hidden_state_cache": hidden_state_cache, **options})
+        "hidden_state_cache": hidden_state_cache})
     draft_checkpoint.metadata["mode"] = mode
     outcome["curves"] = f"{draft_checkpoint.path}/training_curves.png"
     with open(result.path, "w") as handle:

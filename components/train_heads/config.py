@@ -48,8 +48,9 @@ class TrainHeadsConfig:
                                            check=checks.at_least(0, 3))
     eagle_head_dim: int = field(0, "draft head dim (0: the base model's)",
                                 check=checks.at_least(0, 64))
-    draft_vocab_size: int = field(0, "EAGLE: draft predicts only the N most frequent tokens of the training data "
-                                     "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary",
+    draft_vocab_size: int = field(4096, "EAGLE: draft predicts only the N most frequent tokens of the training data "
+                                        "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary (Medusa: "
+                                        "ignored, its heads always cover the full vocabulary)",
                                   check=checks.at_least(0, 4096))
     eagle_init_from_base: bool = field(False, "EAGLE: start the draft's lm_head from the base's (the rows of the draft "
                                               "vocabulary) and its final norm from the base's, instead of random "
@@ -62,8 +63,9 @@ class TrainHeadsConfig:
     eagle_ttt_steps: int = field(3, "training-time-test steps: how many draft positions the loss unrolls",
                                  check=checks.at_least(1, 3))
     # Offline hidden-state cache
-    hidden_state_cache: bool = field(False, "run the frozen base once over the data, store its hidden states "
-                                            "(sharded safetensors) and train every epoch from them")
+    hidden_state_cache: bool = field(True, "run the frozen base once over the data, store its hidden states "
+                                           "(sharded safetensors) and train every epoch from them (skipped, with "
+                                           "a warning, above hidden_state_cache_max_gb)")
     hidden_state_cache_dir: str = field("", "where the cache lives; '' puts it in output_dir and deletes it after "
                                             "training, a path keeps it for later runs on the same data and base")
     hidden_state_cache_max_gb: float = field(20.0, "train online instead (with a warning) when the cache would "
@@ -93,7 +95,7 @@ class TrainHeadsConfig:
                               check=checks.at_least(0, 5))
     weight_decay: float = field(0.0, "AdamW weight decay",
                                 check=checks.at_least(0.0, 0.01))
-    max_length: int = field(384, "tokens per training sequence; every batch is padded to exactly this",
+    max_length: int = field(256, "tokens per training sequence; every batch is padded to exactly this",
                             check=checks.at_least(16, 256))
     save_steps: int = field(0, "save a resumable checkpoint every N steps (0: only at the end; with "
                                "checkpoint_uri: every 200 steps)",

@@ -8,7 +8,7 @@ more than one visible GPU, it writes its config to a file and runs
 
 Each process is one DDP rank of the HF Trainer (NCCL on GPUs, gloo on CPU); rank 0 writes the
 checkpoint and the result, which the launching process returns. On Kubernetes the train step
-requests N GPUs (``SPECTRAIN_TRAIN_GPUS`` at compile time) and this turns them into N ranks.
+requests N GPUs (``spectrain compile --train-gpus N``) and this turns them into N ranks.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from spectrain.console import EVENTS_ENV, Progress, warn
 from spectrain.data import SkippedLine, fingerprint, read_conversations
 from spectrain.drafts import TRAIN_RESULT
 from spectrain.errors import SpectrainError
+from spectrain.hardware import cpu_runs_bf16
 from spectrain.models import resolve_base_model
 from spectrain.plots import figure
 
@@ -152,9 +153,19 @@ def draft_vocabulary(examples: list[dict], draft_vocab_size: int, vocab_size: in
     return chosen - torch.arange(draft_vocab_size)
 
 
-def convert(model, config: TrainHeadsConfig, examples: list[dict] | None = None, output_dir: Path | None = None,
+def reduced_vocabulary(config: TrainHeadsConfig, vocab_size: int, examples: list[dict]) -> torch.Tensor | None:
+    """The EAGLE draft's d2t when its vocabulary is reduced (computed once per run), else None."""
+    if config.mode == "medusa" or not 0 < config.draft_vocab_size < vocab_size:
+        return None
+    return draft_vocabulary(examples, config.draft_vocab_size, vocab_size)
+
+
+def convert(model, config: TrainHeadsConfig, d2t: torch.Tensor | None = None, output_dir: Path | None = None,
             offline: bool = False):
-    """Add the draft module with ``mtsp.convert``; ``offline`` (EAGLE) drops the base decoder layers."""
+    """Add the draft module with ``mtsp.convert``; ``offline`` (EAGLE) drops the base decoder layers.
+
+    ``d2t``: the reduced draft vocabulary (:func:`reduced_vocabulary`), needed when the config asks for one.
+    """
     if config.mode == "medusa":
         mtsp.convert(model, [("medusa", {"medusa_num_heads": config.medusa_num_heads,
                                          "medusa_num_layers": config.medusa_num_layers})])
@@ -174,10 +185,10 @@ def convert(model, config: TrainHeadsConfig, examples: list[dict] | None = None,
             "eagle_offline": offline,
         })])
         if config.draft_vocab_size and config.draft_vocab_size < model.config.vocab_size:
-            if examples is None or output_dir is None:
-                raise ValueError("a reduced draft vocabulary needs the training examples")
+            if d2t is None or output_dir is None:
+                raise ValueError("a reduced draft vocabulary needs its d2t (reduced_vocabulary) and an output_dir")
             d2t_path = output_dir / "d2t.pt"
-            torch.save(draft_vocabulary(examples, config.draft_vocab_size, model.config.vocab_size), d2t_path)
+            torch.save(d2t, d2t_path)
             type(model).load_draft_vocab_cache(model, str(d2t_path))
         if config.eagle_init_from_base:
             init_draft_from_base(model)
@@ -456,7 +467,7 @@ def load_base(model_path: str):
                                                              attn_implementation="sdpa")
 
 
-def offline_training_model(model, model_path: str, config: TrainHeadsConfig, examples, output_dir: Path, cache: Path,
+def offline_training_model(model, model_path: str, config: TrainHeadsConfig, d2t, output_dir: Path, cache: Path,
                            manifest: dict, pad_id: int):
     """The model that trains from the hidden-state cache, and the dataset that feeds it.
 
@@ -467,7 +478,7 @@ def offline_training_model(model, model_path: str, config: TrainHeadsConfig, exa
     if config.mode == "medusa":
         model.model = hidden_cache.CachedBaseDecoder()
         return model, dataset
-    offline = convert(load_base(model_path), config, examples, output_dir, offline=True)
+    offline = convert(load_base(model_path), config, d2t, output_dir, offline=True)
     offline.eagle_module.load_state_dict(model.eagle_module.state_dict())
     if manifest["key"]["draft_token_ids_sha256"]:
         # The cache holds the base logits of the draft vocabulary only: modelopt's mapping from the
@@ -488,7 +499,7 @@ def resolve_precision(precision: str) -> str:
         return precision
     if torch.cuda.is_available():
         return "bf16"
-    return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "fp32"
+    return "bf16" if cpu_runs_bf16() else "fp32"
 
 
 def training_arguments(config: TrainHeadsConfig, output_dir: Path) -> transformers.TrainingArguments:
@@ -537,16 +548,14 @@ def run(config: TrainHeadsConfig) -> dict:
         examples = pack_examples(examples, config.max_length)
 
     model = load_base(model_path)
+    d2t = reduced_vocabulary(config, model.config.vocab_size, examples)
     cache_manifest = None
     if config.hidden_state_cache and not cache_fits(config, model.config, examples):
         config = dataclasses.replace(config, hidden_state_cache=False)
     if config.hidden_state_cache:
         cache = Path(config.hidden_state_cache_dir or output_dir / "hidden-state-cache")
         aux = aux_layer_ids(model.config.num_hidden_layers) if config.mode == "eagle3" else []
-        draft_ids = None
-        if config.mode != "medusa" and 0 < config.draft_vocab_size < model.config.vocab_size:
-            d2t = draft_vocabulary(examples, config.draft_vocab_size, model.config.vocab_size)
-            draft_ids = torch.arange(config.draft_vocab_size) + d2t
+        draft_ids = None if d2t is None else torch.arange(len(d2t)) + d2t
         key = hidden_cache.cache_key(examples, model_path, aux, config.hidden_state_cache_dtype, draft_ids)
         key["precision"] = resolve_precision(config.precision)  # the base's arithmetic, as training would run it
         with args.main_process_first(desc="hidden-state cache"):  # rank 0 builds, the others then reuse it
@@ -554,10 +563,10 @@ def run(config: TrainHeadsConfig) -> dict:
                                                 draft_token_ids=draft_ids, bf16=key["precision"] == "bf16")
     transformers.set_seed(config.seed)  # the same head init with or without the cache
     with args.main_process_first(desc="draft vocabulary"):
-        convert(model, config, examples, output_dir)
+        convert(model, config, d2t, output_dir)
     if cache_manifest:
         base_decoder = model.model
-        train_model, dataset = offline_training_model(model, model_path, config, examples, output_dir, cache,
+        train_model, dataset = offline_training_model(model, model_path, config, d2t, output_dir, cache,
                                                       cache_manifest, tokenizer.pad_token_id)
     else:
         train_model, dataset = model, ConversationDataset(examples, config.max_length, tokenizer.pad_token_id,

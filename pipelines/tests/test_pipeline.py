@@ -1,5 +1,7 @@
 """The compiled pipeline: committed YAML is current, the DAG is the seed's workflow, Kubernetes settings are in."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -90,9 +92,9 @@ def test_checkpoint_root_reaches_the_resumable_steps(tmp_path):
 
 def test_trtllm_engine_is_built_for_medusa_only_and_only_when_asked(tmp_path):
     _, (spec, _) = compiled(tmp_path)
-    assert spec["root"]["inputDefinitions"]["parameters"]["trtllm_engine"]["defaultValue"] is False
+    assert spec["root"]["inputDefinitions"]["parameters"]["export_trtllm_engine"]["defaultValue"] is False
     outer = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["condition-4"]
-    assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--trtllm_engine'] == true"
+    assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--export_trtllm_engine'] == true"
     inner = spec["components"]["comp-condition-4"]["dag"]["tasks"]["condition-5"]
     assert inner["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--modes-loop-item'] == 'medusa'"
     build = spec["components"]["comp-condition-5"]["dag"]["tasks"]["build-trtllm-engine"]
@@ -105,3 +107,18 @@ def test_images_come_from_one_place(tmp_path, monkeypatch):
     _, (spec, _) = compiled(tmp_path)
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {f"ghcr.io/spectrain/spectrain-{n}:0.1.0" for n in ("serve", "train", "trtllm", "orchestrate")}
+
+
+def test_compile_settings_are_arguments_not_environment_read_at_import(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "spectrain", "compile", "--output", str(tmp_path / "p.yaml"),
+                             "--accelerator-type", "amd.com/gpu", "--train-gpus", "4", "--serve-gpus", "0",
+                             "--mode-parallelism", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    spec, _ = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train-heads"]["container"]["resources"]["accelerator"]
+    assert (train["resourceType"], int(train["resourceCount"])) == ("amd.com/gpu", 4)
+    assert "accelerator" not in executors["exec-serve-base-model"]["container"].get("resources", {})
+    assert spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["for-loop-2"]["iteratorPolicy"] == \
+        {"parallelismLimit": 1}
+    assert "train_gpus 4" in result.stdout

@@ -13,7 +13,7 @@ import yaml
 from pipelines import submit
 from pipelines.tests.fake_kfp import FakeKfpServer
 from spectrain.errors import SpectrainError
-from spectrain.local import DEFAULT_YAML
+from pipelines.settings import DEFAULT_YAML
 
 PACKAGE = DEFAULT_YAML  # the committed, compiled pipeline
 EXPERIMENTS, RUNS, RECURRING = "/apis/v2beta1/experiments", "/apis/v2beta1/runs", "/apis/v2beta1/recurringruns"
@@ -94,7 +94,7 @@ def test_unknown_param_is_an_error_naming_file_and_key(fake, tmp_path):
         cli(fake, "submit", "--params", path)
     assert error.value.where == path
     assert "learning_rate" in error.value.what and "train_max_steps" not in error.value.what
-    assert "lr" in error.value.fix.split(": ", 1)[1].split(", ")  # the known names are listed
+    assert "train_lr" in error.value.fix.split(": ", 1)[1].split(", ")  # the known names are listed
     assert fake.requests == []  # checked before talking to the server
 
 
@@ -104,12 +104,12 @@ def test_wrongly_typed_param_is_an_error(fake, tmp_path):
 
 
 def test_a_param_outside_its_domain_is_refused_before_the_server_is_asked(fake, tmp_path):
-    path = params_file(tmp_path, {"lr": -1.0, "modes": ["eagle3", "eagle2"], "base_model": "/models/on-the-pvc"})
+    path = params_file(tmp_path, {"train_lr": -1.0, "modes": ["eagle3", "eagle2"], "base_model": "/models/on-the-pvc"})
     for command in (("submit",), ("schedule", "--name", "nightly", "--cron", "0 0 3 * * *")):
         with pytest.raises(SpectrainError) as error:
             cli(fake, *command, "--params", path)
         assert error.value.where == path
-        assert "lr = -1.0 is not allowed: expected a number > 0" in error.value.what
+        assert "train_lr = -1.0 is not allowed: expected a number > 0" in error.value.what
         assert "unknown: 'eagle2'" in error.value.what
         assert "on-the-pvc" not in error.value.what  # a path of the cluster's, not checked on this machine
     assert fake.requests == []

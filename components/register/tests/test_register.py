@@ -5,8 +5,12 @@ import json
 import pytest
 from mlflow import MlflowClient
 
+from components.evaluate.config import EvaluateConfig
+from components.regenerate.config import RegenerateConfig
 from components.register.config import RegisterConfig
 from components.register.register import run
+from components.train_heads.config import TrainHeadsConfig
+from spectrain.config import public_dict, to_dict
 
 
 @pytest.fixture
@@ -30,6 +34,10 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout") 
                      "ratio_to_ngram": tau / 1.2, "acceptance_rate_per_position": [tau - 1, 0.0, 0.0],
                      "num_draft_tokens": 3, "eval_dataset_fingerprint": eval_fingerprint, "seconds": 2.0},
     }
+    # each step's resolved config, as `spectrain step` records it in the step's result
+    files["train"]["config"] = public_dict(TrainHeadsConfig(data="regenerated.jsonl", lr=0.002))
+    files["evaluate"]["config"] = public_dict(EvaluateConfig(checkpoint="draft", mode="medusa"))
+    files["regenerate"] = {"config": public_dict(RegenerateConfig(api_key="sk-live", output="x"))}
     paths = {}
     for step, result in files.items():
         paths[step] = str(folder / f"{step}.json")
@@ -58,6 +66,19 @@ def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
     artifacts = {a.path for a in client.list_artifacts(outcome["run_id"], "draft")}
     assert artifacts == {"draft/config.json"}
     assert outcome["registered_model"] == "spectrain-smollm2-135m-instruct-medusa"
+
+
+def test_every_field_of_every_step_config_reaches_mlflow_and_no_secret_does(store):
+    outcome = register(store, 1.30, "run-1")
+    params = MlflowClient(tracking_uri=outcome["tracking_uri"]).get_run(outcome["run_id"]).data.params
+    for step, cls in (("train", TrainHeadsConfig), ("evaluate", EvaluateConfig), ("regenerate", RegenerateConfig),
+                      ("register", RegisterConfig)):
+        fields = {f"{step}.{name}" for name in to_dict(cls(**({"data": "x"} if cls is TrainHeadsConfig else {})))
+                  if not any(word in name for word in ("key", "token")) and name not in ("params", "step_results")}
+        assert fields <= set(params), f"{step}: {sorted(fields - set(params))} not logged"
+    assert params["train.lr"] == "0.002" and params["train.draft_vocab_size"] == "4096"
+    assert params["register.pipeline_run_id"] == "run-1"
+    assert "regenerate.api_key" not in params and "sk-live" not in " ".join(params.values())
 
 
 def test_champion_moves_only_to_a_better_draft_on_the_same_eval_set(store):

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from components.serve.config import ServeConfig, StopServerConfig
-from components.serve.server import stop, vllm_arguments
+from components.serve.server import stop
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
 from spectrain.vllm import alive, wait_until_ready
@@ -17,7 +17,7 @@ from spectrain.vllm import alive, wait_until_ready
 def test_command_carries_the_seed_flags_and_never_the_api_key():
     config = ServeConfig(tensor_parallel_size=2, quantization="modelopt", max_model_len=4096, dtype="bfloat16",
                          extra_args=["--max-num-seqs", "64"], api_key="do-not-leak")
-    command = vllm_arguments(config, "/models/base", 8000)
+    command = config.vllm_arguments("/models/base", 8000)
     text = " ".join(command)
     for flag in ("--tensor-parallel-size 2", "--quantization modelopt", "--max-model-len 4096",
                  "--dtype bfloat16", "--max-num-seqs 64", "--port 8000", "--enforce-eager"):
@@ -70,3 +70,15 @@ def test_stop_kills_the_server_and_keeps_its_log(tmp_path, monkeypatch):
     assert not alive(info["pid"])
     assert "Application startup complete" in log_copy.read_text()
     assert not os.path.exists(tmp_path / "stop-test" / "server.json")
+
+
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_it_runs_natively(monkeypatch):
+    from components.serve import server
+
+    monkeypatch.setattr(server, "has_nvidia_gpu", lambda: False)
+    for native, expected in [(True, "bfloat16"), (False, "float32")]:
+        monkeypatch.setattr(server, "cpu_runs_bf16", lambda native=native: native)
+        assert server.local_dtype("auto") == expected
+        assert server.local_dtype("float16") == "float16"  # an explicit choice is kept
+    monkeypatch.setattr(server, "has_nvidia_gpu", lambda: True)
+    assert server.local_dtype("auto") == "auto"  # on a GPU vLLM takes the checkpoint's dtype

@@ -11,6 +11,7 @@ from components.train_heads.train import (
     convert,
     draft_architecture,
     draft_vocabulary,
+    reduced_vocabulary,
     tokenize_conversation,
 )
 from spectrain.models import resolve_base_model
@@ -68,7 +69,7 @@ def test_training_moves_only_the_heads_and_the_checkpoint_reloads_them(tiny_chec
     assert heads and all(torch.equal(p, saved[n]) for n, p in heads.items())
     fresh = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     torch.manual_seed(0)
-    convert(fresh, TrainHeadsConfig(data="x", mode=mode, medusa_num_heads=2))
+    convert(fresh, TrainHeadsConfig(data="x", mode=mode, medusa_num_heads=2, draft_vocab_size=0))
     untrained = fresh.state_dict()
     changed = [n for n in heads if n in untrained and untrained[n].shape == heads[n].shape
                and not torch.equal(untrained[n], heads[n])]
@@ -98,7 +99,7 @@ def test_the_eagle_draft_starts_from_the_base_lm_head_rows_and_final_norm(base_p
     model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     config = TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=64, eagle_init_from_base=init,
                               eagle_freeze_lm_head=init)
-    convert(model, config, _embedded_examples(tokenizer), tmp_path)
+    convert(model, config, reduced_vocabulary(config, model.config.vocab_size, _embedded_examples(tokenizer)), tmp_path)
     draft = model.eagle_module
     tokens = torch.arange(64) + draft.d2t
     from_base = torch.equal(draft.lm_head.weight, model.lm_head.weight[tokens])
@@ -124,7 +125,8 @@ def test_loss_can_cover_every_token_and_extra_data_is_read_as_written(base_path,
 def test_feature_noise_perturbs_the_base_features_only_while_training(base_path, tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    convert(model, TrainHeadsConfig(data="x", mode="eagle3", eagle_feature_noise=0.1), None, tmp_path)
+    convert(model, TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=0, eagle_feature_noise=0.1), None,
+            tmp_path)
     batch = tokenizer(["The capital of France is Paris."], return_tensors="pt")
     seen = []
     model.eagle_module.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
@@ -182,10 +184,12 @@ def test_a_time_budget_schedule_decays_to_zero_when_time_or_steps_run_out():
 def test_auto_precision_is_bf16_only_where_the_hardware_runs_it(monkeypatch):
     from components.train_heads.train import resolve_precision
 
+    from components.train_heads import train
+    from spectrain import hardware
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for amx, avx512_bf16, expected in [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]:
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+    for flags, expected in [({"amx_bf16", "avx2"}, "bf16"), ({"avx512_bf16"}, "bf16"), ({"avx2", "avx512f"}, "fp32")]:
+        monkeypatch.setattr(train, "cpu_runs_bf16", lambda flags=flags: any(f in flags for f in hardware.BF16_FLAGS))
         assert resolve_precision("auto") == expected
         assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
