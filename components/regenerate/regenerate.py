@@ -43,8 +43,9 @@ def _drop_broken_lines(output: Path) -> None:
     os.replace(tmp, output)
 
 
-async def regenerate_conversation(client, model: str, conversation: Conversation, config: RegenerateConfig) -> dict:
-    """Replace each assistant turn with the model's reply to the conversation so far."""
+async def regenerate_conversation(client, model: str, conversation: Conversation,
+                                  config: RegenerateConfig) -> tuple[dict, int]:
+    """Replace each assistant turn with the model's reply to the conversation so far: (record, output tokens)."""
     messages = []
     system = config.system_prompt or (conversation.system if config.keep_system_prompt else "")
     if system:
