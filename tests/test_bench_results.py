@@ -21,7 +21,8 @@ def test_every_result_says_what_produced_it_where_and_when():
 
 @pytest.mark.parametrize("name, readme", [("make-run", "README.md"), ("make-test", "README.md"),
                                           ("ablation", "components/evaluate/README.md"),
-                                          ("heads", "components/evaluate/README.md")])
+                                          ("heads", "components/evaluate/README.md"),
+                                          ("regenerate-concurrency", "components/regenerate/README.md")])
 def test_the_readme_table_is_the_one_made_from_the_newest_result(name, readme):
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "table", name],
                            capture_output=True, text=True, check=True).stdout
