@@ -38,8 +38,8 @@ bench-heads: envs  ## benchmark: τ of EAGLE-3 and Medusa for a fixed training b
 bench-regenerate: envs  ## benchmark: our regenerate client against `vllm bench serve` (the server's ceiling)
 	$(VENVS)/orchestrate/bin/python bench/regenerate.py $(ARGS)
 
-compile: $(VENVS)/orchestrate/.installed  ## write pipelines/speculative_decoding.yaml
-	$(SPECTRAIN) compile
+compile: $(VENVS)/orchestrate/.installed  ## write pipelines/speculative_decoding.yaml (its images: REGISTRY=... TAG=...)
+	$(SPECTRAIN) compile --registry $(REGISTRY) --image-tag $(TAG) $(ARGS)
 
 test: envs  ## run every test, each in the environment of the step it tests
 	bash tests/run_all.sh

@@ -15,7 +15,7 @@ from components.train_heads.component import train_heads
 from pipelines.parameters import default
 from pipelines.settings import CompileSettings
 from pipelines.summary import summarize
-from spectrain import secrets
+from spectrain import images, secrets
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 MODEL_CACHE_PATH = "/models"
@@ -51,6 +51,11 @@ S3_SECRET, MLFLOW_SECRET = secrets.as_env(secrets.S3), secrets.as_env(secrets.ML
 
 def build_pipeline(settings: CompileSettings = CompileSettings()):
     """The pipeline function, with ``settings`` fixed in it; `spectrain compile` and `spectrain run` build theirs."""
+    default_to_family = {images.image(family): family for family in images.FAMILIES}
+
+    def in_image(task):
+        """Run ``task`` in its family's image from ``settings`` (components declare the default registry's)."""
+        return task.set_container_image(settings.image(default_to_family[task.container_spec.image]))
 
     @dsl.pipeline(name="speculative-decoding",
                   description="Train EAGLE/Medusa draft heads on text the base model itself wrote, measure their "
@@ -132,13 +137,14 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         """
         placement = dict(node_selector=node_selector, tolerations=tolerations, model_cache_pvc=model_cache_pvc)
         gpu = dict(placement, accelerator_type=settings.accelerator_type)  # on_cluster's settings of a GPU step
-        teardown = stop_server(run_id=RUN_ID, serve_mode=serve_mode).set_caching_options(False)
+        teardown = in_image(stop_server(run_id=RUN_ID, serve_mode=serve_mode)).set_caching_options(False)
         with dsl.ExitHandler(teardown):
             # 1. serve: vLLM on the frozen base model
             server = serve_base_model(base_model=base_model, run_id=RUN_ID, serve_mode=serve_mode,
                                       endpoint_url=serve_endpoint_url, max_model_len=serve_max_model_len,
-                                      replicas=serve_replicas,
+                                      replicas=serve_replicas, image=settings.image("serve"),
                                       **placement)
+            in_image(server)
             server.set_caching_options(False)  # a server is a side effect, never a cached result
             on_cluster(server, gpus=settings.serve_gpus or None, secrets={**VLLM_SECRET, **HF_SECRET}, **gpu)
 
@@ -149,7 +155,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             # Not cached: `dataset` may name data that changes under the same name (an S3 prefix a nightly
             # schedule reads, a hub dataset), and a cache hit would train on yesterday's. Everything
             # downstream takes its output artifact, so their cache keys follow from it.
-            regenerated.set_caching_options(False)
+            in_image(regenerated).set_caching_options(False)
             # Retried: with checkpoint_root the new pod resumes from what the old one finished.
             regenerated.set_retry(num_retries=2, backoff_duration="30s")
             kubernetes.use_secret_as_env(regenerated, secret_name=secrets.VLLM, secret_key_to_env=VLLM_SECRET[secrets.VLLM],
@@ -169,7 +175,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 # Cached (as evaluate, export, engine): pure functions of their inputs, so a hit is always
                 # correct. Each run brings a new regenerated artifact (and run id), so hits come from the
                 # same run (a task re-executed after a failure elsewhere), never from yesterday's data.
-                trained.set_caching_options(True)
+                in_image(trained).set_caching_options(True)
                 on_cluster(trained, gpus=settings.train_gpus, secrets=HF_SECRET, **gpu)
                 reads_cluster_config(trained)
 
@@ -177,14 +183,14 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 evaluated = evaluate(base_model=base_model, draft_checkpoint=trained.outputs["draft_checkpoint"],
                                      mode=mode, eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
                                      num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens)
-                evaluated.set_caching_options(True)
+                in_image(evaluated).set_caching_options(True)
                 on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **gpu)
                 reads_cluster_config(evaluated)  # eval_dataset may be on S3
 
                 # 5. export: the draft directory serving runtimes load
                 exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype,
                                   base_model=base_model, num_draft_tokens=num_draft_tokens)
-                exported.set_caching_options(True)
+                in_image(exported).set_caching_options(True)
                 on_cluster(exported, gpus=1, secrets={}, **gpu)
 
                 with dsl.If(eval_vllm_crosscheck == True):  # noqa: E712 (a KFP condition, not Python)
@@ -193,14 +199,14 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                                               eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
                                               num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens,
                                               expected_acceptance_length=evaluated.outputs["Output"])
-                    on_cluster(checked, gpus=1, secrets=HF_SECRET, **gpu)
+                    on_cluster(in_image(checked), gpus=1, secrets=HF_SECRET, **gpu)
                     reads_cluster_config(checked)
 
                 with dsl.If(export_trtllm_engine == True):  # noqa: E712
                     with dsl.If(mode == "medusa"):
                         # 5c. the TensorRT-LLM engine of a Medusa draft, built in the trtllm image
                         engine = build_trtllm_engine(draft=exported.outputs["draft"], base_model=base_model)
-                        engine.set_caching_options(True)  # a pure function of the draft; builds take minutes
+                        in_image(engine).set_caching_options(True)  # a pure function of the draft; builds take minutes
                         on_cluster(engine, gpus=1, secrets=HF_SECRET, **gpu)
 
                 # 6. register: MLflow run + model version; champion only if it wins
@@ -213,13 +219,13 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     pipeline_run_id=RUN_ID)
                 # Not cached: registering is a side effect on the registry (and champion depends on its state).
                 # Retried: a registry outage should not throw away the trained draft.
-                registered.set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
+                in_image(registered).set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
                 kubernetes.use_secret_as_env(registered, secret_name=secrets.MLFLOW,
                                              secret_key_to_env=MLFLOW_SECRET[secrets.MLFLOW], optional=True)
                 reads_cluster_config(registered)
 
             # Not cached: it reports this run's registrations.
-            summarize(register_results=dsl.Collected(registered.outputs["result"])).set_caching_options(False)
+            in_image(summarize(register_results=dsl.Collected(registered.outputs["result"]))).set_caching_options(False)
 
     return speculative_decoding
 

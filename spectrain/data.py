@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
+from spectrain import paths
 from spectrain.errors import SpectrainError
 
 EMBEDDED = "embedded"
@@ -151,7 +152,7 @@ def parse_record(record: dict, data_format: str = "auto") -> Conversation:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SPECTRAIN_DATA_CACHE", "~/.cache/spectrain/data")).expanduser()
+    return paths.data_cache()
 
 
 def input_files(spec: str, split: str = "train") -> list[tuple[str, Path]]:

@@ -1,21 +1,27 @@
-"""Container images of the pipeline's steps: one place, pinned defaults, overridable at compile time.
+"""Container images of the pipeline's steps: one per step family, named ``<registry>/spectrain-<family>:<tag>``.
 
-Set SPECTRAIN_IMAGE_<NAME> (e.g. SPECTRAIN_IMAGE_TRAIN=registry.example.com/spectrain-train:1.2)
-before `spectrain compile` to point the compiled pipeline at your registry. Every image bakes in
-kfp (docker/kfp-runtime.txt), so components are declared with install_kfp_package=False: nothing is
-pip-installed when a step starts, on a cluster or on a laptop.
+The components are declared with these defaults; `spectrain compile --registry R --image-tag T` points every
+task of the compiled pipeline at ``R/spectrain-<family>:T`` (pipelines.settings.CompileSettings), the names
+`make images REGISTRY=R TAG=T` builds and pushes. Every image bakes in kfp (docker/kfp-runtime.txt), so
+components are declared with install_kfp_package=False: nothing is pip-installed when a step starts.
 """
 
 from __future__ import annotations
 
-import os
+import re
 
-REGISTRY = os.environ.get("SPECTRAIN_REGISTRY", "ghcr.io/spectrain")
-TAG = os.environ.get("SPECTRAIN_IMAGE_TAG", "0.1.0")
+REGISTRY = "ghcr.io/spectrain"
+TAG = "0.1.0"
+FAMILIES = ("serve", "train", "trtllm", "orchestrate")
+# Docker's reference grammar, simplified: a registry host/path and a tag.
+REGISTRY_PATTERN = re.compile(r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*")
+TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
-def image(name: str) -> str:
-    return os.environ.get(f"SPECTRAIN_IMAGE_{name.upper()}", f"{REGISTRY}/spectrain-{name}:{TAG}")
+def image(family: str, registry: str = REGISTRY, tag: str = TAG) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown image family {family!r} (one of {', '.join(FAMILIES)})")
+    return f"{registry}/spectrain-{family}:{tag}"
 
 
 SERVE = image("serve")  # vLLM + the regenerate client

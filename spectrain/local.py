@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from pipelines.settings import DEFAULT_YAML
-from spectrain import processes
+from spectrain import paths, processes
 from spectrain.console import EVENTS_ENV, RunConsole, duration
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
@@ -56,7 +56,7 @@ def pipeline_parameters() -> dict[str, dict]:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", default="spectrain-runs",
+    parser.add_argument("--workdir", default=paths.WORKDIR,
                         help="where runs, the MLflow store, and server state go (default: ./spectrain-runs)")
     parser.add_argument("--preset", choices=("laptop", "full"), default="laptop",
                         help="laptop: the fast settings above; full: the pipeline's own defaults")
@@ -83,8 +83,7 @@ def configure_environments(workdir: Path) -> None:
                              fix="run `make envs` (it installs docker/<image>/requirements.txt into each)")
     for env in ENVIRONMENTS:
         os.environ[f"SPECTRAIN_PYTHON_{env.upper()}"] = str(venv_python(env))
-    os.environ["SPECTRAIN_HOME"] = str(workdir)
-    os.environ.setdefault("SPECTRAIN_STATE_DIR", str(workdir / "servers"))
+    paths.use_workdir(workdir)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -229,9 +228,9 @@ def compile_command(args: argparse.Namespace) -> int:
     from pipelines.speculative_decoding import build_pipeline
 
     settings = CompileSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompileSettings)})
-    if settings.train_gpus < 0 or settings.serve_gpus < 0 or settings.mode_parallelism < 0:
-        raise SpectrainError(f"GPU counts and mode parallelism cannot be negative: {settings}", where="spectrain compile",
-                             fix="pass 0 or more")
+    if problems := settings.problems():
+        raise SpectrainError("; ".join(problems), where="spectrain compile",
+                             fix="correct the flag (`spectrain compile --help` lists them with their defaults)")
     output = Path(args.output) if args.output else DEFAULT_YAML
     compiler.Compiler().compile(build_pipeline(settings), str(output))
     print(f"wrote {output} ({', '.join(f'{k} {v}' for k, v in dataclasses.asdict(settings).items())})")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
+from spectrain import paths
 from spectrain.errors import SpectrainError
 
 EMBEDDED = "embedded"
@@ -18,7 +18,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def cache_dir() -> Path:
     """Where converted models live; a PVC mount on Kubernetes, ~/.cache locally."""
-    return Path(os.environ.get("SPECTRAIN_MODEL_CACHE", Path.home() / ".cache" / "spectrain" / "models"))
+    return paths.model_cache()
 
 
 def embedded_gguf() -> Path:

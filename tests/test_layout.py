@@ -108,3 +108,15 @@ def test_every_spectrain_environment_variable_is_in_the_readme_table():
     used = {name for path in sources for name in re.findall(r"SPECTRAIN_[A-Z_]+", path.read_text(errors="ignore"))}
     missing = sorted(name for name in used if not any(p.match(name) or p.pattern.startswith(name) for p in patterns))
     assert not missing, f"add {missing} to the README's environment table"
+
+
+def test_one_module_owns_the_paths():
+    """Work directory and caches are read in spectrain/paths.py only: moving one is a change in one place."""
+    import re
+
+    owner = ROOT / "spectrain" / "paths.py"
+    reads = re.compile(r"(environ|getenv)\W[^\n]*SPECTRAIN_(HOME|MODEL_CACHE|DATA_CACHE|STATE_DIR)|Path\.home\(\)|\"~/\.cache")
+    readers = sorted(str(p.relative_to(ROOT)) for folder in ("spectrain", "components", "pipelines")
+                     for p in (ROOT / folder).rglob("*.py") if "tests" not in p.parts and p != owner
+                     and reads.search(p.read_text()))
+    assert readers == [], f"use spectrain.paths in {readers}"

@@ -12,6 +12,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from components.register.config import RegisterConfig
+from spectrain import paths
 from spectrain.config import is_secret, to_dict
 from spectrain.errors import SpectrainError
 from spectrain.models import model_slug
@@ -19,12 +20,8 @@ from spectrain.models import model_slug
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 
 
-def home() -> Path:
-    return Path(os.environ.get("SPECTRAIN_HOME", Path.cwd() / "spectrain-runs")).resolve()
-
-
 def tracking_uri(config: RegisterConfig) -> str:
-    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.home() / 'mlflow.db'}"
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -33,7 +30,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
     artifact_location = None
     if client.tracking_uri.startswith("sqlite:"):
-        artifact_location = (home() / "mlartifacts").as_uri()  # not ./mlruns of whatever the cwd is
+        artifact_location = (paths.home() / "mlartifacts").as_uri()  # not ./mlruns of whatever the cwd is
     return client.create_experiment(name, artifact_location=artifact_location)
 
 

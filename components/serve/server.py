@@ -14,16 +14,15 @@ import time
 from pathlib import Path
 
 from components.serve.config import ServeConfig, StopServerConfig
-from spectrain import vllm
+from spectrain import paths, vllm
 from spectrain.errors import SpectrainError
 from spectrain.hardware import cpu_runs_bf16, has_nvidia_gpu
 from spectrain.models import resolve_base_model
 
 
 def state_dir(run_id: str) -> Path:
-    root = Path(os.environ.get("SPECTRAIN_STATE_DIR", Path.home() / ".cache" / "spectrain" / "servers"))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
-    return root / safe
+    return paths.server_state() / safe
 
 
 def api_key(config: ServeConfig) -> str:

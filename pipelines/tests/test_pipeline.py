@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from kfp import compiler
 
@@ -112,13 +113,31 @@ def test_images_come_from_one_place(tmp_path, monkeypatch):
 def test_compile_settings_are_arguments_not_environment_read_at_import(tmp_path):
     result = subprocess.run([sys.executable, "-m", "spectrain", "compile", "--output", str(tmp_path / "p.yaml"),
                              "--accelerator-type", "amd.com/gpu", "--train-gpus", "4", "--serve-gpus", "0",
-                             "--mode-parallelism", "1"], capture_output=True, text=True, timeout=300)
+                             "--mode-parallelism", "1", "--registry", "registry.example.com:5000/team",
+                             "--image-tag", "1.2"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     spec, _ = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
     executors = spec["deploymentSpec"]["executors"]
+    # Every task, and the vLLM pods of cluster mode, run the images of the registry and tag compiled in.
+    assert {e["container"]["image"] for e in executors.values()} == \
+        {f"registry.example.com:5000/team/spectrain-{n}:1.2" for n in ("serve", "train", "trtllm", "orchestrate")}
+    serve = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["serve-base-model"]
+    assert serve["inputs"]["parameters"]["image"]["runtimeValue"]["constant"] == \
+        "registry.example.com:5000/team/spectrain-serve:1.2"
     train = executors["exec-train-heads"]["container"]["resources"]["accelerator"]
     assert (train["resourceType"], int(train["resourceCount"])) == ("amd.com/gpu", 4)
     assert "accelerator" not in executors["exec-serve-base-model"]["container"].get("resources", {})
     assert spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["for-loop-2"]["iteratorPolicy"] == \
         {"parallelismLimit": 1}
     assert "train_gpus 4" in result.stdout
+
+
+@pytest.mark.parametrize("flags, message", [(["--registry", "Registry.Example.com/team "], "registry"),
+                                            (["--image-tag", "1.2:latest"], "image_tag"),
+                                            (["--train-gpus", "-1"], "train_gpus is -1")])
+def test_bad_compile_settings_are_refused_before_compiling(tmp_path, flags, message):
+    result = subprocess.run([sys.executable, "-m", "spectrain", "compile", "--output", str(tmp_path / "p.yaml"),
+                             *flags], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "p.yaml").exists()
