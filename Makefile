@@ -8,7 +8,7 @@ STAMPS := $(foreach env,$(ENVS),$(VENVS)/$(env)/.installed)
 SPECTRAIN := $(VENVS)/orchestrate/bin/spectrain
 PYTEST = $(VENVS)/$(1)/bin/python -m pytest
 
-.PHONY: help envs run test test-fast compile images lint clean-envs bench-heads bench-regenerate
+.PHONY: help envs run test test-fast compile images lint format clean-envs bench-heads bench-regenerate
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -47,8 +47,15 @@ test: envs  ## run every test, each in the environment of the step it tests
 test-fast: envs  ## the tests not marked slow (no vLLM server, no end-to-end run): a few minutes
 	bash tests/run_all.sh -m "not slow"
 
-lint: $(VENVS)/orchestrate/.installed  ## ruff over the Python tree (errors and undefined names; run by .ci/run)
-	$(VENVS)/orchestrate/bin/ruff check spectrain components pipelines bench tests conftest.py
+LINTED := spectrain components pipelines bench tests conftest.py
+lint: $(VENVS)/orchestrate/.installed  ## ruff (lint and format) over the tree, mypy over spectrain/components/pipelines; run by .ci/run
+	$(VENVS)/orchestrate/bin/ruff check $(LINTED)
+	$(VENVS)/orchestrate/bin/ruff format --check $(LINTED)
+	$(VENVS)/orchestrate/bin/mypy
+
+format: $(VENVS)/orchestrate/.installed  ## apply ruff's fixes and formatting
+	$(VENVS)/orchestrate/bin/ruff check --fix $(LINTED)
+	$(VENVS)/orchestrate/bin/ruff format $(LINTED)
 
 REGISTRY ?= ghcr.io/spectrain
 TAG ?= 0.1.0

@@ -36,8 +36,19 @@ def tiny_checkpoints(tmp_path_factory, tiny_data):
     checkpoints = {}
     for mode, extra in (("eagle3", {"draft_vocab_size": 1024}), ("medusa", {"medusa_num_heads": 2})):
         output = tmp_path_factory.mktemp(mode)
-        result = run(TrainHeadsConfig(data=tiny_data, output_dir=str(output), mode=mode, max_steps=2, batch_size=2,
-                                      max_length=96, logging_steps=1, warmup_steps=0, **extra))
+        result = run(
+            TrainHeadsConfig(
+                data=tiny_data,
+                output_dir=str(output),
+                mode=mode,
+                max_steps=2,
+                batch_size=2,
+                max_length=96,
+                logging_steps=1,
+                warmup_steps=0,
+                **extra,
+            )
+        )
         checkpoints[mode] = (str(output), result)
     return checkpoints
 
@@ -55,10 +66,18 @@ def s3_endpoint():
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"})
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     yield f"http://127.0.0.1:{port}"
     server.stop()
     for key, value in saved.items():

@@ -10,7 +10,7 @@ cache (same steps, same data, this process) and the ratio printed.
     make bench-heads                       # = .venvs/orchestrate/bin/python bench/heads.py
     python bench/heads.py --minutes 5 --max-tokens 128
 
-Targets (issue 16): EAGLE-3 τ ≥ 1.9 and Medusa τ ≥ 1.5 at k = 3 with 30 minutes per mode, on the
+Targets: EAGLE-3 τ ≥ 1.9 and Medusa τ ≥ 1.5 at k = 3 with 30 minutes per mode, on the
 held-out split and on --vicuna (EAGLE's and MT-Bench's 80 vicuna questions, user turns only).
 The table is printed and written to <workdir>/heads.json and bench/results/heads-<date>.json.
 """
@@ -66,9 +66,17 @@ def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, di
     os.environ["SPECTRAIN_STATE_DIR"] = str(workdir / "servers")
     server = run_step("serve", {"run_id": "bench-heads", "max_model_len": 2048})
     try:
-        result = run_step("regenerate", {"endpoint": server["endpoint"], "output": str(output),
-                                         "max_tokens": args.max_tokens, "concurrency": 64,
-                                         "limit": args.regenerate_limit, "synthesize": synthesize})
+        result = run_step(
+            "regenerate",
+            {
+                "endpoint": server["endpoint"],
+                "output": str(output),
+                "max_tokens": args.max_tokens,
+                "concurrency": 64,
+                "limit": args.regenerate_limit,
+                "synthesize": synthesize,
+            },
+        )
     finally:
         run_step("stop-server", {"run_id": "bench-heads"})
     # Everything the data cost, serving start-up included: it counts against each mode's budget.
@@ -78,8 +86,19 @@ def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, di
 
 
 def train(data: Path, output: Path, mode: str, **settings) -> dict:
-    return run_step("train-heads", {"data": str(data), "output_dir": str(output), "mode": mode, "max_length": 256,
-                                    "batch_size": 4, "logging_steps": 10, **MODE_SETTINGS[mode], **settings})
+    return run_step(
+        "train-heads",
+        {
+            "data": str(data),
+            "output_dir": str(output),
+            "mode": mode,
+            "max_length": 256,
+            "batch_size": 4,
+            "logging_steps": 10,
+            **MODE_SETTINGS[mode],
+            **settings,
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,18 +106,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall budget per mode (default 20)")
     parser.add_argument("--modes", default="eagle3,medusa", help="comma-separated draft modes")
     parser.add_argument("--max-tokens", type=int, default=128, help="max new tokens per regenerated reply")
-    parser.add_argument("--synthesize", type=int, default=0,
-                        help="plus this many prompts the base writes itself (Magpie), answered the same way")
-    parser.add_argument("--budget", type=float, default=30.0,
-                        help="minutes per mode that data, cache and training together must fit (reported, not enforced)")
+    parser.add_argument(
+        "--synthesize",
+        type=int,
+        default=0,
+        help="plus this many prompts the base writes itself (Magpie), answered the same way",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        help="minutes per mode that data, cache and training together must fit (reported, not enforced)",
+    )
     parser.add_argument("--regenerate-limit", type=int, default=0, help="regenerate the first N conversations (0: all)")
     parser.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts to evaluate on (0: all)")
     parser.add_argument("--eval-max-new-tokens", type=int, default=64, help="greedy tokens per held-out prompt")
     parser.add_argument("--k", type=int, default=3, help="draft tokens per base step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--epoch-steps", type=int, default=8, help="steps timed for the online-vs-cache epoch figure")
-    parser.add_argument("--vicuna", default=str(ROOT.parent / "shared" / "data" / "vicuna_bench_question.jsonl"),
-                        help="a second prompt set evaluated like the held-out split ('' to skip)")
+    parser.add_argument(
+        "--vicuna",
+        default=str(ROOT.parent / "shared" / "data" / "vicuna_bench_question.jsonl"),
+        help="a second prompt set evaluated like the held-out split ('' to skip)",
+    )
     parser.add_argument("--workdir", default=str(ROOT / "bench" / ".work" / "heads"), help="data, checkpoints, results")
     args = parser.parse_args(argv)
     use_local_envs()
@@ -110,36 +140,82 @@ def main(argv: list[str] | None = None) -> int:
     data_minutes = regenerated.get("data_seconds", regenerated.get("seconds", 0.0)) / 60  # older files: no start-up
     rows = {}
     for mode in args.modes.split(","):
-        trained = train(data, workdir / f"{mode}-{args.minutes:g}min", mode, num_epochs=1000, lr=args.lr,
-                        max_minutes=args.minutes, hidden_state_cache=True, warmup_steps=20)
-        evaluated = run_step("evaluate", {"checkpoint": trained["checkpoint"], "mode": mode,
-                                          "num_prompts": args.eval_prompts, "num_draft_tokens": args.k,
-                                          "max_new_tokens": args.eval_max_new_tokens,
-                                          "output_dir": str(workdir / f"{mode}-evaluation")})
-        rows[mode] = {"train": {k: trained[k] for k in ("steps", "examples", "final_loss", "seconds_per_step",
-                                                         "seconds", "precision")},
-                      "epochs": trained["history"][-1].get("epoch"), **evaluated, "target": TARGETS.get(mode),
-                      # data (shared by the modes, counted in full for each) + cache + training
-                      "budget_minutes": {"data": data_minutes, "train_step": trained["seconds"] / 60,
-                                         "total": data_minutes + trained["seconds"] / 60, "limit": args.budget}}
+        trained = train(
+            data,
+            workdir / f"{mode}-{args.minutes:g}min",
+            mode,
+            num_epochs=1000,
+            lr=args.lr,
+            max_minutes=args.minutes,
+            hidden_state_cache=True,
+            warmup_steps=20,
+        )
+        evaluated = run_step(
+            "evaluate",
+            {
+                "checkpoint": trained["checkpoint"],
+                "mode": mode,
+                "num_prompts": args.eval_prompts,
+                "num_draft_tokens": args.k,
+                "max_new_tokens": args.eval_max_new_tokens,
+                "output_dir": str(workdir / f"{mode}-evaluation"),
+            },
+        )
+        rows[mode] = {
+            "train": {
+                k: trained[k] for k in ("steps", "examples", "final_loss", "seconds_per_step", "seconds", "precision")
+            },
+            "epochs": trained["history"][-1].get("epoch"),
+            **evaluated,
+            "target": TARGETS.get(mode),
+            # data (shared by the modes, counted in full for each) + cache + training
+            "budget_minutes": {
+                "data": data_minutes,
+                "train_step": trained["seconds"] / 60,
+                "total": data_minutes + trained["seconds"] / 60,
+                "limit": args.budget,
+            },
+        }
         if args.vicuna and Path(args.vicuna).exists():
-            rows[mode]["vicuna"] = run_step("evaluate", {
-                "checkpoint": trained["checkpoint"], "mode": mode, "dataset": args.vicuna, "num_draft_tokens": args.k,
-                "max_new_tokens": args.eval_max_new_tokens, "untrained_baseline": False,
-                "output_dir": str(workdir / f"{mode}-evaluation-vicuna")})
+            rows[mode]["vicuna"] = run_step(
+                "evaluate",
+                {
+                    "checkpoint": trained["checkpoint"],
+                    "mode": mode,
+                    "dataset": args.vicuna,
+                    "num_draft_tokens": args.k,
+                    "max_new_tokens": args.eval_max_new_tokens,
+                    "untrained_baseline": False,
+                    "output_dir": str(workdir / f"{mode}-evaluation-vicuna"),
+                },
+            )
 
     # One epoch online vs from the cache: the same EAGLE-3 steps on the same data, per-step time.
     timing = {}
     for cached in (False, True):
-        result = train(data, workdir / f"epoch-{'cache' if cached else 'online'}", "eagle3",
-                       max_steps=args.epoch_steps, hidden_state_cache=cached, warmup_steps=0)
+        result = train(
+            data,
+            workdir / f"epoch-{'cache' if cached else 'online'}",
+            "eagle3",
+            max_steps=args.epoch_steps,
+            hidden_state_cache=cached,
+            warmup_steps=0,
+        )
         steps_per_epoch = -(-result["examples"] // 4)
         timing["cache" if cached else "online"] = {
-            "seconds_per_step": result["seconds_per_step"], "epoch_seconds": result["seconds_per_step"] * steps_per_epoch,
-            "cache": result["hidden_state_cache"]}
+            "seconds_per_step": result["seconds_per_step"],
+            "epoch_seconds": result["seconds_per_step"] * steps_per_epoch,
+            "cache": result["hidden_state_cache"],
+        }
 
-    report = {"date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "regenerate": regenerated,
-              "modes": rows, "epoch": timing, "seconds": time.monotonic() - started}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "argv": sys.argv[1:],
+        "regenerate": regenerated,
+        "modes": rows,
+        "epoch": timing,
+        "seconds": time.monotonic() - started,
+    }
     (workdir / "heads.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {results.write('heads', 'python bench/heads.py ' + ' '.join(sys.argv[1:]), report)}")
     print_table(report, args)
@@ -148,31 +224,41 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(report: dict, args) -> None:
     print(f"\nacceptance length τ, k = {args.k}, {args.minutes:g} min training per mode (held-out split)")
-    print(f"{'mode':8} {'steps':>6} {'epochs':>7} {'τ':>6} {'untrained':>10} {'ngram':>6} {'τ/ngram':>8} "
-          f"{'target':>7}  per-position acceptance")
+    print(
+        f"{'mode':8} {'steps':>6} {'epochs':>7} {'τ':>6} {'untrained':>10} {'ngram':>6} {'τ/ngram':>8} "
+        f"{'target':>7}  per-position acceptance"
+    )
     for mode, row in report["modes"].items():
         tau, ngram = row["acceptance_length"], row["ngram_acceptance_length"]
         target = TARGETS.get(mode)
         met = "met" if target and tau >= target else "missed"
-        print(f"{mode:8} {row['train']['steps']:>6} {row['epochs'] or 0:>7.1f} {tau:>6.3f} "
-              f"{row['untrained_acceptance_length'] or 1:>10.3f} {ngram:>6.3f} {tau / ngram:>8.2f} "
-              f"{(f'{target} {met}' if target else ''):>7}  "
-              + " ".join(f"{r:.2f}" for r in row["acceptance_rate_per_position"]))
+        print(
+            f"{mode:8} {row['train']['steps']:>6} {row['epochs'] or 0:>7.1f} {tau:>6.3f} "
+            f"{row['untrained_acceptance_length'] or 1:>10.3f} {ngram:>6.3f} {tau / ngram:>8.2f} "
+            f"{(f'{target} {met}' if target else ''):>7}  "
+            + " ".join(f"{r:.2f}" for r in row["acceptance_rate_per_position"])
+        )
         if "budget_minutes" in row:
             spent = row["budget_minutes"]
-            print(f"{'':8} time: data {spent['data']:.1f} + cache and training {spent['train_step']:.1f} = "
-                  f"{spent['total']:.1f} min (budget {spent['limit']:g})")
+            print(
+                f"{'':8} time: data {spent['data']:.1f} + cache and training {spent['train_step']:.1f} = "
+                f"{spent['total']:.1f} min (budget {spent['limit']:g})"
+            )
         if "vicuna" in row:
             vicuna = row["vicuna"]
-            print(f"{'':8} {'':>6} {'':>7} {vicuna['acceptance_length']:>6.3f} {'':>10} "
-                  f"{vicuna['ngram_acceptance_length']:>6.3f} "
-                  f"{vicuna['acceptance_length'] / vicuna['ngram_acceptance_length']:>8.2f}   (vicuna questions)")
+            print(
+                f"{'':8} {'':>6} {'':>7} {vicuna['acceptance_length']:>6.3f} {'':>10} "
+                f"{vicuna['ngram_acceptance_length']:>6.3f} "
+                f"{vicuna['acceptance_length'] / vicuna['ngram_acceptance_length']:>8.2f}   (vicuna questions)"
+            )
     online, cache = report["epoch"]["online"], report["epoch"]["cache"]
     info = cache["cache"] or {}
-    print(f"\nEAGLE-3 epoch: online {online['epoch_seconds']:.0f} s, from cache {cache['epoch_seconds']:.0f} s "
-          f"-> {online['seconds_per_step'] / cache['seconds_per_step']:.2f}x faster (target >= 3x); cache "
-          f"{info.get('bytes_per_token', 0):.0f} bytes/token, {info.get('bytes', 0) / 2**20:.0f} MiB for "
-          f"{info.get('tokens', 0)} tokens")
+    print(
+        f"\nEAGLE-3 epoch: online {online['epoch_seconds']:.0f} s, from cache {cache['epoch_seconds']:.0f} s "
+        f"-> {online['seconds_per_step'] / cache['seconds_per_step']:.2f}x faster (target >= 3x); cache "
+        f"{info.get('bytes_per_token', 0):.0f} bytes/token, {info.get('bytes', 0) / 2**20:.0f} MiB for "
+        f"{info.get('tokens', 0)} tokens"
+    )
     print(f"total {report['seconds'] / 60:.1f} min")
 
 

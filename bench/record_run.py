@@ -23,30 +23,45 @@ DRAFT_STEPS = ("train", "evaluate", "export")
 
 
 def figures_of(run_dir: Path, total_seconds: float) -> dict:
-    registered = sorted((json.loads(p.read_text()) for p in
-                         run_dir.glob("pipeline-root/speculative-decoding-*/for-loop-*/register/result")),
-                        key=lambda r: r["mode"])
+    registered = sorted(
+        (
+            json.loads(p.read_text())
+            for p in run_dir.glob("pipeline-root/speculative-decoding-*/for-loop-*/register/result")
+        ),
+        key=lambda r: r["mode"],
+    )
     if not registered:
         raise SystemExit(f"{run_dir}: no register results (did the run finish?)")
     steps = [{"step": step, "mode": "all", "seconds": registered[0]["step_seconds"][step]} for step in SHARED_STEPS]
     for result in registered:
-        steps += [{"step": step, "mode": result["mode"], "seconds": result["step_seconds"][step]}
-                  for step in DRAFT_STEPS]
+        steps += [
+            {"step": step, "mode": result["mode"], "seconds": result["step_seconds"][step]} for step in DRAFT_STEPS
+        ]
         steps.append({"step": "register", "mode": result["mode"], "seconds": result["seconds"]})
     pipeline_seconds = sum(row["seconds"] for row in steps)
     drafts = []
     for result in registered:
         m = result["metrics"]
-        drafts.append({"mode": result["mode"], "acceptance_length": m["acceptance_length"],
-                       "ngram_acceptance_length": m["ngram_acceptance_length"],
-                       "untrained_acceptance_length": m.get("untrained_acceptance_length"),
-                       "acceptance_rate_per_position": [m[k] for k in sorted(m)
-                                                        if k.startswith("acceptance_rate_position_")],
-                       "train_steps": m.get("train_steps"), "alias": result["alias"],
-                       "promotion": result["promotion"]})
-    return {"arguments": json.loads((run_dir / "arguments.json").read_text()), "steps": steps, "drafts": drafts,
-            "total_minutes": total_seconds / 60, "pipeline_minutes": pipeline_seconds / 60,
-            "other_minutes": (total_seconds - pipeline_seconds) / 60}
+        drafts.append(
+            {
+                "mode": result["mode"],
+                "acceptance_length": m["acceptance_length"],
+                "ngram_acceptance_length": m["ngram_acceptance_length"],
+                "untrained_acceptance_length": m.get("untrained_acceptance_length"),
+                "acceptance_rate_per_position": [m[k] for k in sorted(m) if k.startswith("acceptance_rate_position_")],
+                "train_steps": m.get("train_steps"),
+                "alias": result["alias"],
+                "promotion": result["promotion"],
+            }
+        )
+    return {
+        "arguments": json.loads((run_dir / "arguments.json").read_text()),
+        "steps": steps,
+        "drafts": drafts,
+        "total_minutes": total_seconds / 60,
+        "pipeline_minutes": pipeline_seconds / 60,
+        "other_minutes": (total_seconds - pipeline_seconds) / 60,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default=None, help="commit the run was made at (default: this checkout's)")
     parser.add_argument("--name", default="make-run")
     args = parser.parse_args(argv)
-    path = results.write(args.name, args.command, figures_of(args.run_dir, args.total_seconds),
-                         at_commit=args.commit)
+    path = results.write(args.name, args.command, figures_of(args.run_dir, args.total_seconds), at_commit=args.commit)
     print(f"wrote {path}")
     return 0
 

@@ -25,8 +25,11 @@ def environments(log: str) -> dict:
     for env, block in SECTION.findall(log):
         match = SUMMARY.search(block)
         if match:
-            found[env] = {"tests": int(match.group(2)) + int(match.group(1) or 0),
-                          "failed": int(match.group(1) or 0), "seconds": float(match.group(3))}
+            found[env] = {
+                "tests": int(match.group(2)) + int(match.group(1) or 0),
+                "failed": int(match.group(1) or 0),
+                "seconds": float(match.group(3)),
+            }
     if not found:
         raise SystemExit("no `=== [env] pytest` sections with a pytest summary in that log")
     return found
@@ -40,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default=None, help="commit the tests ran at (default: this checkout's)")
     args = parser.parse_args(argv)
     envs = environments(args.log.read_text(errors="replace"))
-    figures = {"environments": envs, "total_seconds": args.total_seconds,
-               "failed": sum(row["failed"] for row in envs.values())}
+    figures = {
+        "environments": envs,
+        "total_seconds": args.total_seconds,
+        "failed": sum(row["failed"] for row in envs.values()),
+    }
     print(f"wrote {results.write('make-test', args.command, figures, at_commit=args.commit)}")
     return 0
 

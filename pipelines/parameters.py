@@ -55,10 +55,25 @@ FEEDS: dict[str, tuple[type, str]] = {
 
 # A parameter of one step is named with that step's prefix; these few describe the run as a whole
 # (what to train on, which drafts, where things live) and are used by several steps.
-PREFIXES = {ServeConfig: "serve_", RegenerateConfig: "regenerate_", TrainHeadsConfig: "train_", EvaluateConfig: "eval_",
-            ExportConfig: "export_", RegisterConfig: "register_"}
-SHARED = {"base_model", "dataset", "modes", "num_draft_tokens", "mlflow_tracking_uri", "node_selector", "tolerations",
-          "model_cache_pvc", "checkpoint_root"}
+PREFIXES = {
+    ServeConfig: "serve_",
+    RegenerateConfig: "regenerate_",
+    TrainHeadsConfig: "train_",
+    EvaluateConfig: "eval_",
+    ExportConfig: "export_",
+    RegisterConfig: "register_",
+}
+SHARED = {
+    "base_model",
+    "dataset",
+    "modes",
+    "num_draft_tokens",
+    "mlflow_tracking_uri",
+    "node_selector",
+    "tolerations",
+    "model_cache_pvc",
+    "checkpoint_root",
+}
 
 
 def default(name: str) -> Any:
@@ -76,9 +91,10 @@ OWN_RULES: dict[str, checks.Rule | None] = {
 }
 OPTIONS = {"regenerate_options": RegenerateConfig, "train_options": TrainHeadsConfig}
 # Fields of an *_options mapping the pipeline sets itself, from other parameters or its own artifacts.
-SET_BY_PIPELINE = {"regenerate_options": {"endpoint", "output", "checkpoint_uri"},
-                   "train_options": {"base_model", "data", "output_dir", "mode", "checkpoint_uri",
-                                     "resume_from_checkpoint"}}
+SET_BY_PIPELINE = {
+    "regenerate_options": {"endpoint", "output", "checkpoint_uri"},
+    "train_options": {"base_model", "data", "output_dir", "mode", "checkpoint_uri", "resume_from_checkpoint"},
+}
 
 
 def flag(name: str) -> str:
@@ -109,14 +125,23 @@ def validate(arguments: dict[str, Any], parameters: dict[str, dict], where: str,
     effective = {name: spec["default"] for name, spec in parameters.items()} | coerced
     problems += _cross_problems(effective, label)
     if problems:
-        raise SpectrainError("\n  ".join(problems), where=where,
-                             fix="change the value(s) above; `spectrain run --help` explains every parameter")
+        raise SpectrainError(
+            "\n  ".join(problems),
+            where=where,
+            fix="change the value(s) above; `spectrain run --help` explains every parameter",
+        )
     return coerced
 
 
 def _kind_name(kind: type) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "text",
-            list: "a list (A,B or a JSON list)", dict: "a JSON object"}.get(kind, kind.__name__)
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "text",
+        list: "a list (A,B or a JSON list)",
+        dict: "a JSON object",
+    }.get(kind, kind.__name__)
 
 
 def _options_problems(name: str, options: dict, label_of) -> list[str]:
@@ -134,15 +159,17 @@ def _options_problems(name: str, options: dict, label_of) -> list[str]:
             problems.append(f"{label}: {key!r} is set by the pipeline itself: remove it")
             continue
         if key not in fields:
-            problems.append(f"{label}: unknown key {key!r}: expected fields of `spectrain step` "
-                            f"({', '.join(sorted(fields))})")
+            problems.append(
+                f"{label}: unknown key {key!r}: expected fields of `spectrain step` ({', '.join(sorted(fields))})"
+            )
             continue
         kind = field_type(cls, key)
         try:
             value = coerce(kind, value)
         except (TypeError, ValueError):
-            problems.append(f"{label}: {key} = {value!r} is not allowed: expected {_kind_name(kind)} "
-                            f"({help_of(cls, key)})")
+            problems.append(
+                f"{label}: {key} = {value!r} is not allowed: expected {_kind_name(kind)} ({help_of(cls, key)})"
+            )
             continue
         if problem := rule_problem(f"{label}: {key}", value, fields[key].metadata.get("check")):
             problems.append(problem)
@@ -153,14 +180,19 @@ def _cross_problems(arguments: dict[str, Any], label) -> list[str]:
     """Rules that tie several parameters together."""
     problems = []
     if arguments.get("serve_mode") == "external" and not arguments.get("serve_endpoint_url"):
-        problems.append(f"{label('serve_endpoint_url')} is empty, but {label('serve_mode')} = 'external' needs the URL "
-                        f"of a running server, e.g. http://vllm.example:8000/v1")
+        problems.append(
+            f"{label('serve_endpoint_url')} is empty, but {label('serve_mode')} = 'external' needs the URL "
+            f"of a running server, e.g. http://vllm.example:8000/v1"
+        )
     modes, k, options = arguments.get("modes"), arguments.get("num_draft_tokens"), arguments.get("train_options")
     if isinstance(modes, list) and "medusa" in modes and isinstance(k, int):
-        heads = (options if isinstance(options, dict) else {}).get("medusa_num_heads",
-                                                                   TrainHeadsConfig().medusa_num_heads)
+        heads = (options if isinstance(options, dict) else {}).get(
+            "medusa_num_heads", TrainHeadsConfig().medusa_num_heads
+        )
         if isinstance(heads, int) and k > heads:
-            problems.append(f"{label('num_draft_tokens')} = {k} is more than the {heads} Medusa heads trained (one "
-                            f"draft token per head): expected at most {heads}, or train more heads with "
-                            f"{label('train_options')} '{{\"medusa_num_heads\": {k}}}'")
+            problems.append(
+                f"{label('num_draft_tokens')} = {k} is more than the {heads} Medusa heads trained (one "
+                f"draft token per head): expected at most {heads}, or train more heads with "
+                f"{label('train_options')} '{{\"medusa_num_heads\": {k}}}'"
+            )
     return problems

@@ -31,13 +31,14 @@ class CompileSettings:
     registry: str = images.REGISTRY
     image_tag: str = images.TAG
 
-    HELP = {"accelerator_type": "Kubernetes accelerator resource of the GPU steps",
-            "train_gpus": "GPUs of the train step (one DDP rank each)",
-            "serve_gpus": "GPUs of the serve step's own pod (0 with serve_mode cluster: vLLM runs in its own "
-                          "Deployment)",
-            "mode_parallelism": "draft modes trained at once (0: all)",
-            "registry": "registry (and path) of the spectrain-<family> images the steps run",
-            "image_tag": "tag of those images"}
+    HELP = {
+        "accelerator_type": "Kubernetes accelerator resource of the GPU steps",
+        "train_gpus": "GPUs of the train step (one DDP rank each)",
+        "serve_gpus": "GPUs of the serve step's own pod (0 with serve_mode cluster: vLLM runs in its own Deployment)",
+        "mode_parallelism": "draft modes trained at once (0: all)",
+        "registry": "registry (and path) of the spectrain-<family> images the steps run",
+        "image_tag": "tag of those images",
+    }
 
     def image(self, family: str) -> str:
         """The image of a step family (serve, train, trtllm, orchestrate)."""
@@ -45,12 +46,19 @@ class CompileSettings:
 
     def problems(self) -> list[str]:
         """What is wrong with these settings, one sentence each (empty: nothing)."""
-        found = [f"{name} is {value}: it cannot be negative" for name, value in
-                 (("train_gpus", self.train_gpus), ("serve_gpus", self.serve_gpus),
-                  ("mode_parallelism", self.mode_parallelism)) if value < 0]
+        found = [
+            f"{name} is {value}: it cannot be negative"
+            for name, value in (
+                ("train_gpus", self.train_gpus),
+                ("serve_gpus", self.serve_gpus),
+                ("mode_parallelism", self.mode_parallelism),
+            )
+            if value < 0
+        ]
         if not images.REGISTRY_PATTERN.fullmatch(self.registry):
             found.append(f"registry {self.registry!r} is not an image registry path (e.g. registry.example.com/team)")
         if not images.TAG_PATTERN.fullmatch(self.image_tag):
-            found.append(f"image_tag {self.image_tag!r} is not an image tag (letters, digits, '_', '.', '-'; at most "
-                         "128)")
+            found.append(
+                f"image_tag {self.image_tag!r} is not an image tag (letters, digits, '_', '.', '-'; at most 128)"
+            )
         return found

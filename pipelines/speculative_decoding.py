@@ -4,6 +4,8 @@ One function for both worlds: `spectrain run` executes it with kfp.local on this
 `spectrain compile` writes speculative_decoding.yaml for Kubeflow Pipelines on Kubernetes.
 """
 
+from typing import Any
+
 from kfp import dsl, kubernetes
 
 from components.evaluate.component import evaluate, vllm_crosscheck
@@ -19,8 +21,18 @@ from spectrain import images, secrets
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 MODEL_CACHE_PATH = "/models"
-def on_cluster(task, *, gpus: int | None, accelerator_type: str, node_selector, tolerations, model_cache_pvc,
-               secrets: dict[str, dict[str, str]]):
+
+
+def on_cluster(
+    task,
+    *,
+    gpus: int | None,
+    accelerator_type: str,
+    node_selector,
+    tolerations,
+    model_cache_pvc,
+    secrets: dict[str, dict[str, str]],
+):
     """Kubernetes settings of a task (kfp.local ignores them): GPUs, placement, model cache, secrets."""
     if gpus is not None:
         task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
@@ -39,8 +51,12 @@ CLUSTER_CONFIG_KEYS = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDP
 def reads_cluster_config(task):
     """Environment for steps that touch S3 or MLflow: the spectrain-config ConfigMap (endpoints, region)
     and the S3 keys. Both optional: a cluster without them still runs the rest."""
-    kubernetes.use_config_map_as_env(task, config_map_name="spectrain-config", optional=True,
-                                     config_map_key_to_env={k: k for k in CLUSTER_CONFIG_KEYS})
+    kubernetes.use_config_map_as_env(
+        task,
+        config_map_name="spectrain-config",
+        optional=True,
+        config_map_key_to_env={k: k for k in CLUSTER_CONFIG_KEYS},
+    )
     kubernetes.use_secret_as_env(task, secret_name=secrets.S3, secret_key_to_env=S3_SECRET[secrets.S3], optional=True)
     return task
 
@@ -57,10 +73,12 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         """Run ``task`` in its family's image from ``settings`` (components declare the default registry's)."""
         return task.set_container_image(settings.image(default_to_family[task.container_spec.image]))
 
-    @dsl.pipeline(name="speculative-decoding",
-                  description="Train EAGLE/Medusa draft heads on text the base model itself wrote, measure their "
-                              "acceptance length (optionally cross-checked in vLLM), export them for vLLM and register "
-                              "them in MLflow, promoting a draft to champion only when it wins.")
+    @dsl.pipeline(
+        name="speculative-decoding",
+        description="Train EAGLE/Medusa draft heads on text the base model itself wrote, measure their "
+        "acceptance length (optionally cross-checked in vLLM), export them for vLLM and register "
+        "them in MLflow, promoting a draft to champion only when it wins.",
+    )
     def speculative_decoding(
         base_model: str = default("base_model"),
         dataset: str = default("dataset"),
@@ -136,42 +154,66 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             checkpoint_root: s3://bucket/prefix/ where regenerate and train copy their progress (finished conversations, training checkpoints) under the run id, so a retried step, a new pod, resumes instead of starting over; empty: progress stays on the pod's disk.
         """
         placement = dict(node_selector=node_selector, tolerations=tolerations, model_cache_pvc=model_cache_pvc)
-        gpu = dict(placement, accelerator_type=settings.accelerator_type)  # on_cluster's settings of a GPU step
+        gpu: dict[str, Any] = dict(
+            placement, accelerator_type=settings.accelerator_type
+        )  # on_cluster's settings of a GPU step
         teardown = in_image(stop_server(run_id=RUN_ID, serve_mode=serve_mode)).set_caching_options(False)
         with dsl.ExitHandler(teardown):
             # 1. serve: vLLM on the frozen base model
-            server = serve_base_model(base_model=base_model, run_id=RUN_ID, serve_mode=serve_mode,
-                                      endpoint_url=serve_endpoint_url, max_model_len=serve_max_model_len,
-                                      replicas=serve_replicas, image=settings.image("serve"),
-                                      **placement)
+            server = serve_base_model(
+                base_model=base_model,
+                run_id=RUN_ID,
+                serve_mode=serve_mode,
+                endpoint_url=serve_endpoint_url,
+                max_model_len=serve_max_model_len,
+                replicas=serve_replicas,
+                image=settings.image("serve"),
+                **placement,
+            )
             in_image(server)
             server.set_caching_options(False)  # a server is a side effect, never a cached result
             on_cluster(server, gpus=settings.serve_gpus or None, secrets={**VLLM_SECRET, **HF_SECRET}, **gpu)
 
             # 2. regenerate: the base model rewrites every assistant turn
-            regenerated = regenerate(endpoint=server.outputs["Output"], dataset=dataset, max_tokens=regenerate_max_tokens,
-                                     concurrency=regenerate_concurrency, limit=regenerate_limit,
-                                     options=regenerate_options, checkpoint_root=checkpoint_root, run_id=RUN_ID)
+            regenerated = regenerate(
+                endpoint=server.outputs["Output"],
+                dataset=dataset,
+                max_tokens=regenerate_max_tokens,
+                concurrency=regenerate_concurrency,
+                limit=regenerate_limit,
+                options=regenerate_options,
+                checkpoint_root=checkpoint_root,
+                run_id=RUN_ID,
+            )
             # Not cached: `dataset` may name data that changes under the same name (an S3 prefix a nightly
             # schedule reads, a hub dataset), and a cache hit would train on yesterday's. Everything
             # downstream takes its output artifact, so their cache keys follow from it.
             in_image(regenerated).set_caching_options(False)
             # Retried: with checkpoint_root the new pod resumes from what the old one finished.
             regenerated.set_retry(num_retries=2, backoff_duration="30s")
-            kubernetes.use_secret_as_env(regenerated, secret_name=secrets.VLLM, secret_key_to_env=VLLM_SECRET[secrets.VLLM],
-                                         optional=True)
+            kubernetes.use_secret_as_env(
+                regenerated, secret_name=secrets.VLLM, secret_key_to_env=VLLM_SECRET[secrets.VLLM], optional=True
+            )
             reads_cluster_config(regenerated)
 
             with dsl.ParallelFor(modes, parallelism=settings.mode_parallelism) as mode:
                 # 3. train: heads on the frozen base
-                trained = train_heads(base_model=base_model,
-                                      regenerated_conversations=regenerated.outputs["regenerated_conversations"],
-                                      mode=mode, max_steps=train_max_steps, max_minutes=train_max_minutes,
-                                      num_epochs=train_num_epochs, lr=train_lr,
-                                      batch_size=train_batch_size, max_length=train_max_length,
-                                      draft_vocab_size=train_draft_vocab_size,
-                                      hidden_state_cache=train_hidden_state_cache, options=train_options,
-                                      checkpoint_root=checkpoint_root, run_id=RUN_ID)
+                trained = train_heads(
+                    base_model=base_model,
+                    regenerated_conversations=regenerated.outputs["regenerated_conversations"],
+                    mode=mode,
+                    max_steps=train_max_steps,
+                    max_minutes=train_max_minutes,
+                    num_epochs=train_num_epochs,
+                    lr=train_lr,
+                    batch_size=train_batch_size,
+                    max_length=train_max_length,
+                    draft_vocab_size=train_draft_vocab_size,
+                    hidden_state_cache=train_hidden_state_cache,
+                    options=train_options,
+                    checkpoint_root=checkpoint_root,
+                    run_id=RUN_ID,
+                )
                 # Cached (as evaluate, export, engine): pure functions of their inputs, so a hit is always
                 # correct. Each run brings a new regenerated artifact (and run id), so hits come from the
                 # same run (a task re-executed after a failure elsewhere), never from yesterday's data.
@@ -180,25 +222,42 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 reads_cluster_config(trained)
 
                 # 4. evaluate: acceptance length on held-out prompts
-                evaluated = evaluate(base_model=base_model, draft_checkpoint=trained.outputs["draft_checkpoint"],
-                                     mode=mode, eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
-                                     num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens)
+                evaluated = evaluate(
+                    base_model=base_model,
+                    draft_checkpoint=trained.outputs["draft_checkpoint"],
+                    mode=mode,
+                    eval_dataset=eval_dataset,
+                    num_prompts=eval_num_prompts,
+                    num_draft_tokens=num_draft_tokens,
+                    max_new_tokens=eval_max_new_tokens,
+                )
                 in_image(evaluated).set_caching_options(True)
                 on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **gpu)
                 reads_cluster_config(evaluated)  # eval_dataset may be on S3
 
                 # 5. export: the draft directory serving runtimes load
-                exported = export(draft_checkpoint=trained.outputs["draft_checkpoint"], mode=mode, dtype=export_dtype,
-                                  base_model=base_model, num_draft_tokens=num_draft_tokens)
+                exported = export(
+                    draft_checkpoint=trained.outputs["draft_checkpoint"],
+                    mode=mode,
+                    dtype=export_dtype,
+                    base_model=base_model,
+                    num_draft_tokens=num_draft_tokens,
+                )
                 in_image(exported).set_caching_options(True)
                 on_cluster(exported, gpus=1, secrets={}, **gpu)
 
                 with dsl.If(eval_vllm_crosscheck == True):  # noqa: E712 (a KFP condition, not Python)
                     # 5b. the exported draft, loaded by vLLM itself: τ from vLLM's counters must match ours
-                    checked = vllm_crosscheck(base_model=base_model, draft=exported.outputs["draft"], mode=mode,
-                                              eval_dataset=eval_dataset, num_prompts=eval_num_prompts,
-                                              num_draft_tokens=num_draft_tokens, max_new_tokens=eval_max_new_tokens,
-                                              expected_acceptance_length=evaluated.outputs["Output"])
+                    checked = vllm_crosscheck(
+                        base_model=base_model,
+                        draft=exported.outputs["draft"],
+                        mode=mode,
+                        eval_dataset=eval_dataset,
+                        num_prompts=eval_num_prompts,
+                        num_draft_tokens=num_draft_tokens,
+                        max_new_tokens=eval_max_new_tokens,
+                        expected_acceptance_length=evaluated.outputs["Output"],
+                    )
                     on_cluster(in_image(checked), gpus=1, secrets=HF_SECRET, **gpu)
                     reads_cluster_config(checked)
 
@@ -211,17 +270,28 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
 
                 # 6. register: MLflow run + model version; champion only if it wins
                 registered = register(
-                    base_model=base_model, mode=mode, draft=exported.outputs["draft"],
-                    serve_result=server.outputs["result"], regenerate_result=regenerated.outputs["result"],
-                    train_result=trained.outputs["result"], evaluate_result=evaluated.outputs["result"],
-                    export_result=exported.outputs["result"], registered_model_name=register_model_name,
-                    mlflow_tracking_uri=mlflow_tracking_uri, min_acceptance_length=register_min_acceptance_length,
-                    pipeline_run_id=RUN_ID)
+                    base_model=base_model,
+                    mode=mode,
+                    draft=exported.outputs["draft"],
+                    serve_result=server.outputs["result"],
+                    regenerate_result=regenerated.outputs["result"],
+                    train_result=trained.outputs["result"],
+                    evaluate_result=evaluated.outputs["result"],
+                    export_result=exported.outputs["result"],
+                    registered_model_name=register_model_name,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                    min_acceptance_length=register_min_acceptance_length,
+                    pipeline_run_id=RUN_ID,
+                )
                 # Not cached: registering is a side effect on the registry (and champion depends on its state).
                 # Retried: a registry outage should not throw away the trained draft.
                 in_image(registered).set_caching_options(False).set_retry(num_retries=2, backoff_duration="10s")
-                kubernetes.use_secret_as_env(registered, secret_name=secrets.MLFLOW,
-                                             secret_key_to_env=MLFLOW_SECRET[secrets.MLFLOW], optional=True)
+                kubernetes.use_secret_as_env(
+                    registered,
+                    secret_name=secrets.MLFLOW,
+                    secret_key_to_env=MLFLOW_SECRET[secrets.MLFLOW],
+                    optional=True,
+                )
                 reads_cluster_config(registered)
 
             # Not cached: it reports this run's registrations.

@@ -36,11 +36,21 @@ DEFAULT_SERVICE_ACCOUNT = "spectrain-pipeline-runner"
 CRON_EXAMPLE = "0 0 3 * * *"
 # Python types a parameter of each pipeline-spec (IR) type accepts in a --params file.
 PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
-    "STRING": (str,), "NUMBER_INTEGER": (int,), "NUMBER_DOUBLE": (int, float), "BOOLEAN": (bool,),
-    "LIST": (list,), "STRUCT": (dict,),
+    "STRING": (str,),
+    "NUMBER_INTEGER": (int,),
+    "NUMBER_DOUBLE": (int, float),
+    "BOOLEAN": (bool,),
+    "LIST": (list,),
+    "STRUCT": (dict,),
 }
-PYTHON_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool, "LIST": list,
-                "STRUCT": dict}
+PYTHON_TYPES = {
+    "STRING": str,
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "BOOLEAN": bool,
+    "LIST": list,
+    "STRUCT": dict,
+}
 # What `schedule` writes in a recurring run's description, and reads back to decide whether it changed.
 FINGERPRINT = re.compile(r"package sha256:(?P<package>[0-9a-f]+); params sha256:(?P<params>[0-9a-f]+)")
 
@@ -53,17 +63,23 @@ def pipeline_parameters(package: Path) -> dict[str, dict]:
     import yaml
 
     if not package.is_file():
-        raise SpectrainError("pipeline package not found", where=str(package),
-                             fix="`spectrain compile` writes pipelines/speculative_decoding.yaml, or pass --package")
+        raise SpectrainError(
+            "pipeline package not found",
+            where=str(package),
+            fix="`spectrain compile` writes pipelines/speculative_decoding.yaml, or pass --package",
+        )
     if package.suffix not in (".yaml", ".yml"):
         raise SpectrainError("the pipeline package must be compiled YAML (.yaml or .yml)", where=str(package))
     with package.open() as handle:
-        spec = next(yaml.safe_load_all(handle), None)
+        spec: Any = next(yaml.safe_load_all(handle), None)
     try:
         return dict(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
     except (TypeError, KeyError, AttributeError):
-        raise SpectrainError("not a compiled KFP pipeline (no `root` in its first document)", where=str(package),
-                             fix="compile it with `spectrain compile`") from None
+        raise SpectrainError(
+            "not a compiled KFP pipeline (no `root` in its first document)",
+            where=str(package),
+            fix="compile it with `spectrain compile`",
+        ) from None
 
 
 def read_params(path: Path | None, package: Path) -> dict[str, Any]:
@@ -80,22 +96,33 @@ def read_params(path: Path | None, package: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise SpectrainError(f"not valid YAML: {exc}", where=str(path)) from None
     if not isinstance(params, dict):
-        raise SpectrainError(f"expected a mapping of pipeline parameters, got {type(params).__name__}",
-                             where=str(path), fix="write one `name: value` per line, e.g. `train_max_steps: 40`")
+        raise SpectrainError(
+            f"expected a mapping of pipeline parameters, got {type(params).__name__}",
+            where=str(path),
+            fix="write one `name: value` per line, e.g. `train_max_steps: 40`",
+        )
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise SpectrainError(f"unknown pipeline parameter(s): {', '.join(map(str, unknown))}", where=str(path),
-                             fix=f"known parameters of {package.name}: {', '.join(sorted(known))}")
+        raise SpectrainError(
+            f"unknown pipeline parameter(s): {', '.join(map(str, unknown))}",
+            where=str(path),
+            fix=f"known parameters of {package.name}: {', '.join(sorted(known))}",
+        )
     for name, value in params.items():
         kind = known[name].get("parameterType", "")
         accepted = PARAMETER_TYPES.get(kind)
         if accepted and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)):
-            raise SpectrainError(f"{name}: expected {kind.lower()}, got {type(value).__name__} {value!r}",
-                                 where=str(path), fix=f"{name}: {known[name].get('description', '')}")
+            raise SpectrainError(
+                f"{name}: expected {kind.lower()}, got {type(value).__name__} {value!r}",
+                where=str(path),
+                fix=f"{name}: {known[name].get('description', '')}",
+            )
     from pipelines import parameters
 
-    types = {name: {"type": PYTHON_TYPES.get(spec.get("parameterType", ""), object),
-                    "default": spec.get("defaultValue")} for name, spec in known.items()}
+    types = {
+        name: {"type": PYTHON_TYPES.get(spec.get("parameterType", ""), object), "default": spec.get("defaultValue")}
+        for name, spec in known.items()
+    }
     with checks.for_cluster():  # paths and credentials are the cluster's, not this machine's
         parameters.validate(params, types, where=str(path), label=str)
     return params
@@ -107,9 +134,11 @@ def check_cron(cron: str) -> str:
     if len(fields) != 6:
         raise SpectrainError(
             f"cron {cron!r} has {len(fields)} field(s); Kubeflow Pipelines wants 6: "
-            "second minute hour day-of-month month day-of-week", where="--cron",
+            "second minute hour day-of-month month day-of-week",
+            where="--cron",
             fix=f"e.g. --cron '{CRON_EXAMPLE}' runs every day at 03:00:00 (put a `0` for seconds in front of a "
-                "crontab line)")
+            "crontab line)",
+        )
     return " ".join(fields)
 
 
@@ -127,16 +156,22 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def fingerprint(package: Path, params: dict[str, Any], pipeline_root: str | None = None,
-                service_account: str | None = None) -> str:
+def fingerprint(
+    package: Path, params: dict[str, Any], pipeline_root: str | None = None, service_account: str | None = None
+) -> str:
     """What a recurring run was created from, kept in its description (KFP cannot update a recurring run).
 
     The pipeline root (where the run's artifacts go) and the service account count as parameters.
     """
-    settings = {**params, **({"<pipeline_root>": pipeline_root} if pipeline_root else {}),
-                **({"<service_account>": service_account} if service_account else {})}
-    return (f"managed by `spectrain schedule`: package sha256:{digest(package.read_bytes())}; "
-            f"params sha256:{digest(json.dumps(settings, sort_keys=True).encode())}")
+    settings = {
+        **params,
+        **({"<pipeline_root>": pipeline_root} if pipeline_root else {}),
+        **({"<service_account>": service_account} if service_account else {}),
+    }
+    return (
+        f"managed by `spectrain schedule`: package sha256:{digest(package.read_bytes())}; "
+        f"params sha256:{digest(json.dumps(settings, sort_keys=True).encode())}"
+    )
 
 
 # --- the KFP API ---------------------------------------------------------------------------------------------
@@ -161,16 +196,22 @@ def api_errors(host: str | None) -> Iterator[None]:
     try:
         yield
     except kfp_server_api.ApiException as exc:
-        raise SpectrainError(f"KFP API answered {exc.status} {exc.reason}: {(exc.body or '').strip()[:500]}",
-                             where=where, fix="check --host/$KFP_HOST, --namespace and the token ($KFP_TOKEN)"
-                             ) from None
+        raise SpectrainError(
+            f"KFP API answered {exc.status} {exc.reason}: {(exc.body or '').strip()[:500]}",
+            where=where,
+            fix="check --host/$KFP_HOST, --namespace and the token ($KFP_TOKEN)",
+        ) from None
     except TimeoutError as exc:  # kfp.Client's health check gave up (it retries API errors)
-        raise SpectrainError(f"KFP API health check failed: {exc}", where=where,
-                             fix="check --host/$KFP_HOST and the token ($KFP_TOKEN)") from None
+        raise SpectrainError(
+            f"KFP API health check failed: {exc}", where=where, fix="check --host/$KFP_HOST and the token ($KFP_TOKEN)"
+        ) from None
     except urllib3.exceptions.HTTPError as exc:
-        raise SpectrainError(f"cannot reach the KFP API: {exc}", where=where,
-                             fix="pass --host (or set KFP_HOST), e.g. http://localhost:8080 after "
-                                 "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`") from None
+        raise SpectrainError(
+            f"cannot reach the KFP API: {exc}",
+            where=where,
+            fix="pass --host (or set KFP_HOST), e.g. http://localhost:8080 after "
+            "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`",
+        ) from None
 
 
 def display_name_filter(name: str) -> str:
@@ -183,8 +224,9 @@ def find_experiment(client: kfp.Client, name: str) -> str:
     try:
         return client.get_experiment(experiment_name=name).experiment_id
     except ValueError as exc:
-        raise SpectrainError(str(exc), where="--experiment",
-                             fix="`spectrain submit` or `spectrain schedule` create it") from None
+        raise SpectrainError(
+            str(exc), where="--experiment", fix="`spectrain submit` or `spectrain schedule` create it"
+        ) from None
 
 
 def ui_url(client: kfp.Client, kind: str, object_id: str) -> str:
@@ -195,27 +237,39 @@ def ui_url(client: kfp.Client, kind: str, object_id: str) -> str:
     return f"{client._get_url_prefix()}/#/{kind}/details/{object_id}"
 
 
-def submit_run(client: kfp.Client, *, package: Path, params: dict[str, Any], run_name: str, experiment: str,
-               force: bool = False, pipeline_root: str | None = None,
-               service_account: str | None = None) -> tuple[Any, bool]:
+def submit_run(
+    client: kfp.Client,
+    *,
+    package: Path,
+    params: dict[str, Any],
+    run_name: str,
+    experiment: str,
+    force: bool = False,
+    pipeline_root: str | None = None,
+    service_account: str | None = None,
+) -> tuple[Any, bool]:
     """Create a run of `package` in `experiment` (created if missing), unless one named `run_name` exists.
 
     Returns (run, created).
     """
     experiment_id = client.create_experiment(name=experiment).experiment_id
     if not force:
-        existing = client.list_runs(experiment_id=experiment_id, page_size=1,
-                                    filter=display_name_filter(run_name)).runs
+        existing = client.list_runs(experiment_id=experiment_id, page_size=1, filter=display_name_filter(run_name)).runs
         if existing:
             return existing[0], False
-    run = client.run_pipeline(experiment_id=experiment_id, job_name=run_name, pipeline_package_path=str(package),
-                              params=params, pipeline_root=pipeline_root, service_account=service_account)
+    run = client.run_pipeline(
+        experiment_id=experiment_id,
+        job_name=run_name,
+        pipeline_package_path=str(package),
+        params=params,
+        pipeline_root=pipeline_root,
+        service_account=service_account,
+    )
     return run, True
 
 
 def find_recurring_runs(client: kfp.Client, experiment_id: str, name: str) -> list[Any]:
-    response = client.list_recurring_runs(experiment_id=experiment_id, page_size=100,
-                                          filter=display_name_filter(name))
+    response = client.list_recurring_runs(experiment_id=experiment_id, page_size=100, filter=display_name_filter(name))
     return list(response.recurring_runs or [])
 
 
@@ -226,7 +280,7 @@ def differences(existing: Any, *, cron: str, description: str) -> list[str]:
     if old_cron != cron:
         found.append(f"cron {old_cron!r} -> {cron!r}")
     old, new = FINGERPRINT.search(existing.description or ""), FINGERPRINT.search(description)
-    if old is None:
+    if old is None or new is None:
         found.append("not created by `spectrain schedule`")
     else:
         found += [f"{what} changed" for what in ("package", "params") if old[what] != new[what]]
@@ -235,9 +289,17 @@ def differences(existing: Any, *, cron: str, description: str) -> list[str]:
     return found
 
 
-def schedule_recurring_run(client: kfp.Client, *, name: str, cron: str, package: Path, params: dict[str, Any],
-                           experiment: str, pipeline_root: str | None = None,
-                           service_account: str | None = None) -> tuple[Any, str]:
+def schedule_recurring_run(
+    client: kfp.Client,
+    *,
+    name: str,
+    cron: str,
+    package: Path,
+    params: dict[str, Any],
+    experiment: str,
+    pipeline_root: str | None = None,
+    service_account: str | None = None,
+) -> tuple[Any, str]:
     """Create-or-replace the recurring run `name`: one run at a time, no backfill of missed runs.
 
     Returns (recurring run, what happened: "created", "unchanged" or "replaced: <differences>").
@@ -247,17 +309,31 @@ def schedule_recurring_run(client: kfp.Client, *, name: str, cron: str, package:
     experiment_id = client.create_experiment(name=experiment).experiment_id
     description = fingerprint(package, params, pipeline_root, service_account)
     existing = find_recurring_runs(client, experiment_id, name)
-    changes = ([f"{len(existing)} recurring runs had this name"] if len(existing) > 1 else
-               differences(existing[0], cron=cron, description=description) if existing else [])
+    changes = (
+        [f"{len(existing)} recurring runs had this name"]
+        if len(existing) > 1
+        else differences(existing[0], cron=cron, description=description)
+        if existing
+        else []
+    )
     if existing and not changes:
         return existing[0], "unchanged"
     for old in existing:
         client.delete_recurring_run(old.recurring_run_id)
     enabled = all(old.mode != "DISABLE" for old in existing)
     created = client.create_recurring_run(
-        experiment_id=experiment_id, job_name=name, description=description, cron_expression=cron,
-        max_concurrency=1, no_catchup=True, params=params, pipeline_package_path=str(package), enabled=enabled,
-        pipeline_root=pipeline_root, service_account=service_account)
+        experiment_id=experiment_id,
+        job_name=name,
+        description=description,
+        cron_expression=cron,
+        max_concurrency=1,
+        no_catchup=True,
+        params=params,
+        pipeline_package_path=str(package),
+        enabled=enabled,
+        pipeline_root=pipeline_root,
+        service_account=service_account,
+    )
     return created, f"replaced: {'; '.join(changes)}" if existing else "created"
 
 
@@ -266,8 +342,11 @@ def toggle_recurring_run(client: kfp.Client, *, name: str, experiment: str, enab
     experiment_id = find_experiment(client, experiment)
     found = find_recurring_runs(client, experiment_id, name)
     if not found:
-        raise SpectrainError(f"no recurring run named {name!r} in experiment {experiment!r}", where="--name",
-                             fix=f"create it first: spectrain schedule --name {name} --cron '{CRON_EXAMPLE}'")
+        raise SpectrainError(
+            f"no recurring run named {name!r} in experiment {experiment!r}",
+            where="--name",
+            fix=f"create it first: spectrain schedule --name {name} --cron '{CRON_EXAMPLE}'",
+        )
     changed = False
     for recurring in found:
         if (recurring.mode == "ENABLE") != enable:
@@ -286,8 +365,9 @@ def runs_table(runs: list[Any]) -> str:
     """A plain table: run id, name, state, created (UTC)."""
     rows = [("RUN ID", "NAME", "STATE", "CREATED")]
     for run in runs:
-        created = run.created_at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") \
-            if run.created_at else "-"
+        created = (
+            run.created_at.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if run.created_at else "-"
+        )
         rows.append((run.run_id or "-", run.display_name or "-", run.state or "-", created))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
@@ -297,8 +377,9 @@ def runs_table(runs: list[Any]) -> str:
 
 
 def _connection(args: argparse.Namespace) -> tuple[str | None, str]:
-    return args.host or os.environ.get("KFP_HOST") or None, \
-        args.namespace or os.environ.get("KFP_NAMESPACE") or "kubeflow"
+    return args.host or os.environ.get("KFP_HOST") or None, args.namespace or os.environ.get(
+        "KFP_NAMESPACE"
+    ) or "kubeflow"
 
 
 def submit_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -308,14 +389,23 @@ def submit_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     host, namespace = _connection(args)
     with api_errors(host):
         client = make_client(host, namespace)
-        run, created = submit_run(client, package=package, params=params, run_name=run_name,
-                                  experiment=args.experiment, force=args.force, **_run_settings(args))
+        run, created = submit_run(
+            client,
+            package=package,
+            params=params,
+            run_name=run_name,
+            experiment=args.experiment,
+            force=args.force,
+            **_run_settings(args),
+        )
         url = ui_url(client, "runs", run.run_id)
     if created:
         print(f"submitted run {run_name!r} to experiment {args.experiment!r}")
     else:
-        print(f"run {run_name!r} already exists in experiment {args.experiment!r} (state {run.state}); "
-              "not submitting another (--force to submit anyway)")
+        print(
+            f"run {run_name!r} already exists in experiment {args.experiment!r} (state {run.state}); "
+            "not submitting another (--force to submit anyway)"
+        )
     print(f"run id:  {run.run_id}\nrun URL: {url}")
     return 0
 
@@ -324,28 +414,41 @@ def schedule_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     host, namespace = _connection(args)
     if args.enable or args.disable:
         if args.cron or args.params:
-            raise SpectrainError("--enable/--disable only toggle an existing recurring run",
-                                 where="--cron/--params", fix="drop --cron and --params, or drop --enable/--disable")
+            raise SpectrainError(
+                "--enable/--disable only toggle an existing recurring run",
+                where="--cron/--params",
+                fix="drop --cron and --params, or drop --enable/--disable",
+            )
         with api_errors(host):
             client = make_client(host, namespace)
-            recurring, changed = toggle_recurring_run(client, name=args.name, experiment=args.experiment,
-                                                      enable=args.enable)
+            recurring, changed = toggle_recurring_run(
+                client, name=args.name, experiment=args.experiment, enable=args.enable
+            )
             url = ui_url(client, "recurringrun", recurring.recurring_run_id)
         state = "enabled" if args.enable else "disabled"
         print(f"recurring run {args.name!r} {state}" if changed else f"recurring run {args.name!r} was already {state}")
         print(f"recurring run id:  {recurring.recurring_run_id}\nrecurring run URL: {url}")
         return 0
     if not args.cron:
-        raise SpectrainError("--cron is required to create or update a recurring run", where="--cron",
-                             fix=f"e.g. --cron '{CRON_EXAMPLE}' (daily at 03:00:00), or --enable/--disable")
+        raise SpectrainError(
+            "--cron is required to create or update a recurring run",
+            where="--cron",
+            fix=f"e.g. --cron '{CRON_EXAMPLE}' (daily at 03:00:00), or --enable/--disable",
+        )
     cron = check_cron(args.cron)
     package = Path(args.package)
     params = read_params(Path(args.params) if args.params else None, package)
     with api_errors(host):
         client = make_client(host, namespace)
-        recurring, outcome = schedule_recurring_run(client, name=args.name, cron=cron, package=package,
-                                                    params=params, experiment=args.experiment,
-                                                    **_run_settings(args))
+        recurring, outcome = schedule_recurring_run(
+            client,
+            name=args.name,
+            cron=cron,
+            package=package,
+            params=params,
+            experiment=args.experiment,
+            **_run_settings(args),
+        )
         url = ui_url(client, "recurringrun", recurring.recurring_run_id)
     if outcome == "unchanged":
         print(f"recurring run {args.name!r} is already scheduled with this cron, package and params: left as is")
@@ -369,13 +472,22 @@ def runs_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Kubeflow Pipelines server")
-    group.add_argument("--host", default=None,
-                       help="KFP API endpoint, e.g. http://localhost:8080 (default: $KFP_HOST, else the in-cluster "
-                            "service). Token: $KFP_TOKEN, else the pod's service-account token if present")
-    group.add_argument("--namespace", default=None,
-                       help="Kubernetes namespace of a multi-user deployment (default: $KFP_NAMESPACE or kubeflow)")
-    group.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                       help=f"KFP experiment (default: {DEFAULT_EXPERIMENT}; created if missing)")
+    group.add_argument(
+        "--host",
+        default=None,
+        help="KFP API endpoint, e.g. http://localhost:8080 (default: $KFP_HOST, else the in-cluster "
+        "service). Token: $KFP_TOKEN, else the pod's service-account token if present",
+    )
+    group.add_argument(
+        "--namespace",
+        default=None,
+        help="Kubernetes namespace of a multi-user deployment (default: $KFP_NAMESPACE or kubeflow)",
+    )
+    group.add_argument(
+        "--experiment",
+        default=DEFAULT_EXPERIMENT,
+        help=f"KFP experiment (default: {DEFAULT_EXPERIMENT}; created if missing)",
+    )
 
 
 def _run_settings(args: argparse.Namespace) -> dict[str, str | None]:
@@ -383,35 +495,55 @@ def _run_settings(args: argparse.Namespace) -> dict[str, str | None]:
     account = args.service_account
     if account is None:
         account = os.environ.get("SPECTRAIN_SERVICE_ACCOUNT", DEFAULT_SERVICE_ACCOUNT)
-    return {"pipeline_root": args.pipeline_root or os.environ.get("SPECTRAIN_PIPELINE_ROOT") or None,
-            "service_account": account or None}
+    return {
+        "pipeline_root": args.pipeline_root or os.environ.get("SPECTRAIN_PIPELINE_ROOT") or None,
+        "service_account": account or None,
+    }
 
 
 def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pipeline-root", default=None, metavar="URI",
-                        help="where KFP stores the run's artifacts, e.g. s3://spectrain/pipeline-root (default: "
-                             "$SPECTRAIN_PIPELINE_ROOT, else the KFP installation's default bucket)")
-    parser.add_argument("--service-account", default=None, metavar="NAME",
-                        help=f"service account the run's pods use (default: $SPECTRAIN_SERVICE_ACCOUNT, else "
-                             f"{DEFAULT_SERVICE_ACCOUNT}, which manifests/ creates with the RBAC serve_mode "
-                             f"'cluster' needs; '' for the KFP installation's default)")
-    parser.add_argument("--package", default=str(DEFAULT_YAML),
-                        help="compiled pipeline YAML (default: pipelines/speculative_decoding.yaml)")
-    parser.add_argument("--params", default=None, metavar="FILE",
-                        help="YAML mapping of pipeline parameters, e.g. `train_max_steps: 40`; names and types are "
-                             "checked against the package (`spectrain run --help` describes them)")
+    parser.add_argument(
+        "--pipeline-root",
+        default=None,
+        metavar="URI",
+        help="where KFP stores the run's artifacts, e.g. s3://spectrain/pipeline-root (default: "
+        "$SPECTRAIN_PIPELINE_ROOT, else the KFP installation's default bucket)",
+    )
+    parser.add_argument(
+        "--service-account",
+        default=None,
+        metavar="NAME",
+        help=f"service account the run's pods use (default: $SPECTRAIN_SERVICE_ACCOUNT, else "
+        f"{DEFAULT_SERVICE_ACCOUNT}, which manifests/ creates with the RBAC serve_mode "
+        f"'cluster' needs; '' for the KFP installation's default)",
+    )
+    parser.add_argument(
+        "--package",
+        default=str(DEFAULT_YAML),
+        help="compiled pipeline YAML (default: pipelines/speculative_decoding.yaml)",
+    )
+    parser.add_argument(
+        "--params",
+        default=None,
+        metavar="FILE",
+        help="YAML mapping of pipeline parameters, e.g. `train_max_steps: 40`; names and types are "
+        "checked against the package (`spectrain run --help` describes them)",
+    )
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add `submit`, `schedule` and `runs` to the CLI's subcommands; each sets `handler(args, parser) -> int`."""
     raw = argparse.RawDescriptionHelpFormatter
     submit = subparsers.add_parser(
-        "submit", help="submit one run of the compiled pipeline to Kubeflow Pipelines", formatter_class=raw,
+        "submit",
+        help="submit one run of the compiled pipeline to Kubeflow Pipelines",
+        formatter_class=raw,
         description="Submit one run of the compiled pipeline to a Kubeflow Pipelines server; print its id and URL.\n"
-                    "Idempotent: if a run named --run-name exists in the experiment, it is printed and no other\n"
-                    "is created (--force creates one anyway).\n\nexamples:\n"
-                    "  spectrain submit --host http://localhost:8080 --params params.yaml\n"
-                    "  spectrain submit --run-name nightly-2026-01-01 --params params.yaml")
+        "Idempotent: if a run named --run-name exists in the experiment, it is printed and no other\n"
+        "is created (--force creates one anyway).\n\nexamples:\n"
+        "  spectrain submit --host http://localhost:8080 --params params.yaml\n"
+        "  spectrain submit --run-name nightly-2026-01-01 --params params.yaml",
+    )
     _add_server_arguments(submit)
     _add_pipeline_arguments(submit)
     submit.add_argument("--run-name", default=None, help="run name (default: spectrain-<UTC timestamp>)")
@@ -419,17 +551,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     submit.set_defaults(handler=submit_command)
 
     schedule = subparsers.add_parser(
-        "schedule", help="create or replace a recurring run of the pipeline (cron), or enable/disable it",
+        "schedule",
+        help="create or replace a recurring run of the pipeline (cron), or enable/disable it",
         formatter_class=raw,
         description="Create or replace the recurring run --name: KFP cron (6 fields, seconds first), one run at\n"
-                    "a time, no catch-up of missed runs. Idempotent: an existing recurring run with the same cron,\n"
-                    "params and package content is left as is; otherwise it is deleted and created again (keeping\n"
-                    "its enabled/disabled mode). --enable / --disable only toggle an existing one.\n\nexamples:\n"
-                    f"  spectrain schedule --name nightly --cron '{CRON_EXAMPLE}' --params params.yaml\n"
-                    "  spectrain schedule --name nightly --disable")
+        "a time, no catch-up of missed runs. Idempotent: an existing recurring run with the same cron,\n"
+        "params and package content is left as is; otherwise it is deleted and created again (keeping\n"
+        "its enabled/disabled mode). --enable / --disable only toggle an existing one.\n\nexamples:\n"
+        f"  spectrain schedule --name nightly --cron '{CRON_EXAMPLE}' --params params.yaml\n"
+        "  spectrain schedule --name nightly --disable",
+    )
     schedule.add_argument("--name", required=True, help="recurring run name (unique in the experiment)")
-    schedule.add_argument("--cron", default=None,
-                          help=f"6-field cron, seconds first: '{CRON_EXAMPLE}' is daily at 03:00:00")
+    schedule.add_argument(
+        "--cron", default=None, help=f"6-field cron, seconds first: '{CRON_EXAMPLE}' is daily at 03:00:00"
+    )
     toggle = schedule.add_mutually_exclusive_group()
     toggle.add_argument("--enable", action="store_true", help="only enable the existing recurring run")
     toggle.add_argument("--disable", action="store_true", help="only disable the existing recurring run")
@@ -437,9 +572,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_pipeline_arguments(schedule)
     schedule.set_defaults(handler=schedule_command)
 
-    runs = subparsers.add_parser("runs", help="list the experiment's most recent runs",
-                                 description="List the most recent runs of the experiment, newest first: run id, "
-                                             "name, state, created time (UTC).")
+    runs = subparsers.add_parser(
+        "runs",
+        help="list the experiment's most recent runs",
+        description="List the most recent runs of the experiment, newest first: run id, "
+        "name, state, created time (UTC).",
+    )
     runs.add_argument("--limit", type=int, default=10, help="how many runs (default: 10)")
     _add_server_arguments(runs)
     runs.set_defaults(handler=runs_command)

@@ -49,8 +49,7 @@ class Rule:
 
 def at_least(low: float, example: Any = None) -> Rule:
     kind = "an integer" if isinstance(low, int) else "a number"
-    return Rule(f"{kind} ≥ {low}", str(example if example is not None else low),
-                lambda v: None if v >= low else "")
+    return Rule(f"{kind} ≥ {low}", str(example if example is not None else low), lambda v: None if v >= low else "")
 
 
 def above(low: float, example: Any) -> Rule:
@@ -64,8 +63,7 @@ def between(low: float, high: float, example: Any) -> Rule:
 def one_of(*choices: str, retired: dict[str, str] | None = None) -> Rule:
     """One of ``choices``; a value in ``retired`` (value -> why it went) is refused with its reason."""
     retired = retired or {}
-    return Rule(f"one of {', '.join(choices)}", choices[0],
-                lambda v: None if v in choices else retired.get(v, ""))
+    return Rule(f"one of {', '.join(choices)}", choices[0], lambda v: None if v in choices else retired.get(v, ""))
 
 
 def each_one_of(*choices: str, retired: dict[str, str] | None = None) -> Rule:
@@ -111,14 +109,23 @@ def s3_credentials_problem() -> str | None:
     """
     if not checking_here():
         return None
-    variables = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
-             os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"))
+    variables = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    )
+    files = (
+        os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+        os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"),
+    )
     if any(os.environ.get(v) for v in variables) or any(Path(f).expanduser().is_file() for f in files):
         return None
-    return ("no S3 credentials are configured (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
-            "or ~/.aws/credentials; AWS_ENDPOINT_URL for a MinIO or other S3 server)")
+    return (
+        "no S3 credentials are configured (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+        "or ~/.aws/credentials; AWS_ENDPOINT_URL for a MinIO or other S3 server)"
+    )
 
 
 def _s3_location_problem(value: str) -> str | None:
@@ -133,8 +140,11 @@ def s3_prefix(optional: bool = True) -> Rule:
             return None if optional else "it is empty"
         return _s3_location_problem(value)
 
-    return Rule("an s3://bucket/prefix/ with credentials configured" + (", or empty" if optional else ""),
-                "s3://my-bucket/spectrain/", test)
+    return Rule(
+        "an s3://bucket/prefix/ with credentials configured" + (", or empty" if optional else ""),
+        "s3://my-bucket/spectrain/",
+        test,
+    )
 
 
 def _readable_path_problem(value: str) -> str | None:
@@ -177,8 +187,11 @@ def data_source(optional: bool = False) -> Rule:
             return _s3_location_problem(value)
         return _readable_path_problem(value) or _no_conversation_problem(value)
 
-    return Rule("'embedded', a .jsonl/.json/.parquet file or a folder of them, s3://bucket/key or prefix/, or "
-                "hf:<dataset id>", "embedded", test)
+    return Rule(
+        "'embedded', a .jsonl/.json/.parquet file or a folder of them, s3://bucket/key or prefix/, or hf:<dataset id>",
+        "embedded",
+        test,
+    )
 
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
@@ -202,8 +215,9 @@ def model_source() -> Rule:
             return None
         return None if HUB_ID.fullmatch(value) else f"{value!r} is neither a local folder nor a hub id org/name"
 
-    return Rule("'embedded', a local Hugging Face checkpoint folder, or a hub id", "HuggingFaceTB/SmolLM2-135M-Instruct",
-                test)
+    return Rule(
+        "'embedded', a local Hugging Face checkpoint folder, or a hub id", "HuggingFaceTB/SmolLM2-135M-Instruct", test
+    )
 
 
 def existing_folder(optional: bool = False) -> Rule:

@@ -50,14 +50,19 @@ def _promote_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spectrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="spectrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from spectrain import local  # light: imports kfp lazily
 
-    run = commands.add_parser("run", help="run the whole pipeline locally (kfp.local, one virtualenv per image)",
-                              description=local.RUN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = commands.add_parser(
+        "run",
+        help="run the whole pipeline locally (kfp.local, one virtualenv per image)",
+        description=local.RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     try:
         local.add_run_arguments(run)
     except ImportError:  # a step's environment (serve, train) has no kfp: only `spectrain step` is used there
@@ -73,14 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     kfp_submit.add_commands(commands)
 
     promote = commands.add_parser(
-        "promote", help="move registry aliases by hand: --rollback puts the previous champion back",
+        "promote",
+        help="move registry aliases by hand: --rollback puts the previous champion back",
         description="Promotion itself happens in the register step (champion only when a draft wins on the same "
-                    "eval set). `spectrain promote --rollback --model NAME` undoes the last promotion: champion "
-                    "goes back to previous_champion and the two swap, so a second rollback re-applies it.")
+        "eval set). `spectrain promote --rollback --model NAME` undoes the last promotion: champion "
+        "goes back to previous_champion and the two swap, so a second rollback re-applies it.",
+    )
     promote.add_argument("--model", required=True, help="registered model, e.g. spectrain-smollm2-135m-instruct-eagle3")
     promote.add_argument("--rollback", action="store_true", required=True, help="move champion back")
-    promote.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or "
-                                                            "the local store in $SPECTRAIN_HOME)")
+    promote.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the local store in $SPECTRAIN_HOME)",
+    )
     promote.set_defaults(handler=_promote_command)
 
     step = commands.add_parser("step", help="run one step in the current environment (what components call)")

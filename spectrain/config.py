@@ -9,12 +9,15 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 from spectrain.checks import Rule
 from spectrain.errors import SpectrainError
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 
 
 def field(default: Any, help: str, check: Rule | None = None, **kwargs: Any) -> Any:
@@ -87,8 +90,9 @@ def rule_problem(label: str, value: Any, rule: Rule | None) -> str | None:
     why = rule.problem(value)
     if why is None:
         return None
-    return (f"{label} = {value!r} is not allowed{f' ({why})' if why else ''}: expected {rule.allowed}, "
-            f"e.g. {rule.example}")
+    return (
+        f"{label} = {value!r} is not allowed{f' ({why})' if why else ''}: expected {rule.allowed}, e.g. {rule.example}"
+    )
 
 
 def _base_type(annotation: Any) -> Any:
@@ -126,7 +130,7 @@ def _coerce(cls: type, name: str, value: Any, where: str) -> Any:
 def default_of(cls: type, name: str) -> Any:
     """The default of field ``name`` of config class ``cls`` (a fresh copy for a list or dict)."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
 
 
 def check_of(cls: type, name: str) -> Rule | None:
@@ -136,11 +140,17 @@ def check_of(cls: type, name: str) -> Rule | None:
 def check_fields(config: Any, where: str) -> None:
     """Every field against its rule; all problems in one error."""
     cls = type(config)
-    problems = [p for f in dataclasses.fields(cls)
-                if (p := rule_problem(f"{section(cls)}.{f.name}", getattr(config, f.name), f.metadata.get("check")))]
+    problems = [
+        p
+        for f in dataclasses.fields(cls)
+        if (p := rule_problem(f"{section(cls)}.{f.name}", getattr(config, f.name), f.metadata.get("check")))
+    ]
     if problems:
-        raise SpectrainError("\n  ".join(problems), where=where,
-                             fix="change the value(s) above; `spectrain step <name> --help` describes each field")
+        raise SpectrainError(
+            "\n  ".join(problems),
+            where=where,
+            fix="change the value(s) above; `spectrain step <name> --help` describes each field",
+        )
 
 
 def help_of(cls: type, name: str) -> str:
@@ -187,7 +197,9 @@ def read_json(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
-        raise SpectrainError(f"not valid JSON: {exc.msg}", where=f"{path}:{exc.lineno}", fix="fix the JSON syntax") from exc
+        raise SpectrainError(
+            f"not valid JSON: {exc.msg}", where=f"{path}:{exc.lineno}", fix="fix the JSON syntax"
+        ) from exc
     except OSError as exc:
         raise SpectrainError(f"cannot read the config file ({exc.strerror})", where=str(path)) from exc
 
@@ -204,8 +216,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata.get("help", "")
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{text} (default: {default})")
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{text} (default: {default})",
+            )
         else:
             metavar = {int: "INT", float: "FLOAT", list: "A,B,..", dict: "JSON"}.get(kind, "TEXT")
             parser.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=f"{text} (default: {default!r})")

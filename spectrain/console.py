@@ -47,8 +47,9 @@ class Progress:
 
         self.total, self.desc, self.unit, self.done = total, desc, unit, 0
         self.events = bool(os.environ.get(EVENTS_ENV))
-        self.bar = tqdm(total=total, desc=desc, unit=unit, mininterval=PROGRESS_INTERVAL_S, file=sys.stderr,
-                        disable=self.events)
+        self.bar = tqdm(
+            total=total, desc=desc, unit=unit, mininterval=PROGRESS_INTERVAL_S, file=sys.stderr, disable=self.events
+        )
         self.last = 0.0
         self._report(force=True)
 
@@ -61,8 +62,14 @@ class Progress:
         if not self.events or (not force and time.monotonic() - self.last < PROGRESS_INTERVAL_S):
             return
         self.last = time.monotonic()
-        emit("progress", label=os.environ.get(LABEL_ENV, ""), desc=self.desc, done=self.done, total=self.total,
-             unit=self.unit)
+        emit(
+            "progress",
+            label=os.environ.get(LABEL_ENV, ""),
+            desc=self.desc,
+            done=self.done,
+            total=self.total,
+            unit=self.unit,
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -94,7 +101,7 @@ class RunConsole(io.TextIOBase):
         self.current: str | None = None  # label of the step whose output is streaming now
         self.current_log: TextIO | None = None
         self.failed: dict[str, dict] = {}  # label -> its end event
-        self.bar = None
+        self.bar: Any = None  # tqdm while a step reports progress
         self.pending = ""
         self.lock = threading.RLock()
         self.started = time.monotonic()
@@ -131,7 +138,7 @@ class RunConsole(io.TextIOBase):
         event = None
         if body.lstrip().startswith(MARK):
             try:
-                event = json.loads(body.lstrip()[len(MARK):])
+                event = json.loads(body.lstrip()[len(MARK) :])
             except ValueError:
                 event = None
         if event is None or event.get("event") != "progress":
@@ -176,8 +183,9 @@ class RunConsole(io.TextIOBase):
                 note = f" ({event['note']})" if event.get("note") else ""
                 self._say(f"{label}: done in {duration(event.get('seconds', 0))}{note}")
             else:
-                self._say(f"{label}: FAILED after {duration(event.get('seconds', 0))} — log: "
-                          f"{self.step_logs.get(label)}")
+                self._say(
+                    f"{label}: FAILED after {duration(event.get('seconds', 0))} — log: {self.step_logs.get(label)}"
+                )
                 if event.get("error"):
                     self._say("  " + event["error"].replace("\n", "\n  "), stamp=False)
                 else:
@@ -194,8 +202,15 @@ class RunConsole(io.TextIOBase):
         desc = f"  {event.get('desc', '')}"
         if self.bar is None or self.bar.desc != desc or self.bar.total != event.get("total"):
             self._close_bar()
-            self.bar = tqdm(total=event.get("total"), desc=desc, unit=event.get("unit", "it"), file=self.terminal,
-                            dynamic_ncols=True, leave=False, disable=not self.terminal.isatty())
+            self.bar = tqdm(
+                total=event.get("total"),
+                desc=desc,
+                unit=event.get("unit", "it"),
+                file=self.terminal,
+                dynamic_ncols=True,
+                leave=False,
+                disable=not self.terminal.isatty(),
+            )
         self.bar.n = event.get("done", 0)
         self.bar.refresh()
 

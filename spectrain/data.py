@@ -22,18 +22,27 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from spectrain import paths
 from spectrain.errors import SpectrainError
 
 EMBEDDED = "embedded"
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-FORMATS = {"auto": None, "daring-anteater": "conversations", "sharegpt": "conversations", "openai": "messages",
-           "mt-bench": "turns"}
+FORMATS = {
+    "auto": None,
+    "daring-anteater": "conversations",
+    "sharegpt": "conversations",
+    "openai": "messages",
+    "mt-bench": "turns",
+}
 ROLE_ALIASES = {
-    "user": "user", "human": "user",
-    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
     "system": "system",
 }
 
@@ -57,8 +66,9 @@ class Conversation:
             "conversation_id": self.conversation_id,
             "system": self.system,
             "mask": "User",
-            "conversations": [{"from": "User" if t["role"] == "user" else "Assistant", "value": t["content"]}
-                              for t in self.turns],
+            "conversations": [
+                {"from": "User" if t["role"] == "user" else "Assistant", "value": t["content"]} for t in self.turns
+            ],
         }
         if self.category:
             record["category"] = self.category
@@ -113,8 +123,9 @@ def parse_record(record: dict, data_format: str = "auto") -> Conversation:
     elif wanted == "turns" or (wanted is None and "turns" in record):
         raw, role_key, text_key = _question_turns(record.get("turns")), "role", "content"
     else:
-        raise ValueError("no 'conversations' (Daring-Anteater/ShareGPT), 'messages' (OpenAI) or 'turns' (MT-Bench) "
-                         "field")
+        raise ValueError(
+            "no 'conversations' (Daring-Anteater/ShareGPT), 'messages' (OpenAI) or 'turns' (MT-Bench) field"
+        )
     if raw is None:
         raise ValueError(f"no '{wanted}' field, which the forced format {data_format!r} reads")
     if not isinstance(raw, list) or not raw:
@@ -127,7 +138,9 @@ def parse_record(record: dict, data_format: str = "auto") -> Conversation:
         role_name = str(turn.get(role_key, turn.get("role", turn.get("from", ""))))
         role = ROLE_ALIASES.get(role_name.lower())
         if role is None:
-            raise ValueError(f"turn {position} has unknown role {role_name!r} (known: {', '.join(sorted(ROLE_ALIASES))})")
+            raise ValueError(
+                f"turn {position} has unknown role {role_name!r} (known: {', '.join(sorted(ROLE_ALIASES))})"
+            )
         text = turn.get(text_key, turn.get("content", turn.get("value")))
         if not isinstance(text, str) or not text.strip():
             if role == "assistant":
@@ -145,8 +158,9 @@ def parse_record(record: dict, data_format: str = "auto") -> Conversation:
     for previous, current in zip(turns, turns[1:]):
         if previous["role"] == current["role"]:
             raise ValueError(f"two {current['role']} turns in a row")
-    conversation_id = str(record.get("conversation_id") or record.get("id") or record.get("question_id")
-                          or content_id(system, turns))
+    conversation_id = str(
+        record.get("conversation_id") or record.get("id") or record.get("question_id") or content_id(system, turns)
+    )
     extra = {k: record[k] for k in ("finish_reasons", "truncated") if k in record}  # a regenerated record's
     return Conversation(conversation_id, turns, system, str(record.get("category") or ""), extra)
 
@@ -173,20 +187,26 @@ def input_files(spec: str, split: str = "train") -> list[tuple[str, Path]]:
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise SpectrainError(f"no such file or folder: {spec}", where="dataset",
-                                 fix="pass a .jsonl/.json/.parquet file, a folder of them, an s3:// URI, "
-                                     "hf:<datasets id>, or 'embedded'")
+            raise SpectrainError(
+                f"no such file or folder: {spec}",
+                where="dataset",
+                fix="pass a .jsonl/.json/.parquet file, a folder of them, an s3:// URI, "
+                "hf:<datasets id>, or 'embedded'",
+            )
         if not path.is_dir():
             return [(str(path), path)]  # a file named explicitly is read whatever its name (jsonl by default)
         pairs = [(str(f), f) for f in sorted(p for p in path.rglob("*") if p.is_file())]
     data = [(origin, f) for origin, f in pairs if f.suffix in DATA_SUFFIXES]
     if not data:
-        raise SpectrainError(f"no {'/'.join(DATA_SUFFIXES)} file in {spec}", where="dataset",
-                             fix="point at a data file or a folder holding some")
+        raise SpectrainError(
+            f"no {'/'.join(DATA_SUFFIXES)} file in {spec}",
+            where="dataset",
+            fix="point at a data file or a folder holding some",
+        )
     return data
 
 
-def _records(path: Path) -> Iterator[tuple[int, object, str | None]]:
+def _records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """(line or record number, record, or None and the reason it cannot be read) of one file."""
     if path.suffix == ".parquet":
         import pyarrow.parquet
@@ -205,7 +225,7 @@ def _records(path: Path) -> Iterator[tuple[int, object, str | None]]:
         if isinstance(records, dict) and isinstance(records.get("data"), list):
             records = records["data"]
         if not isinstance(records, list):
-            yield 1, None, "a .json dataset must be a list of records (or {\"data\": [...]})"
+            yield 1, None, 'a .json dataset must be a list of records (or {"data": [...]})'
             return
         for number, record in enumerate(records, start=1):
             yield number, record, None
@@ -222,7 +242,7 @@ def _records(path: Path) -> Iterator[tuple[int, object, str | None]]:
             yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno}){ending}"
 
 
-def _hf_records(spec: str) -> tuple[str, Iterator[tuple[int, object, str | None]]]:
+def _hf_records(spec: str) -> tuple[str, Iterator[tuple[int, Any, str | None]]]:
     """Rows of a Hugging Face dataset: hf:owner/name[:split] (the hub) or hf:/a/local/dataset/dir."""
     name, split = spec[3:], "train"
     if ":" in name and "/" not in name.rsplit(":", 1)[1]:
@@ -230,8 +250,11 @@ def _hf_records(spec: str) -> tuple[str, Iterator[tuple[int, object, str | None]
     try:
         import datasets
     except ImportError as exc:
-        raise SpectrainError("reading hf: datasets needs the `datasets` package", where=spec,
-                             fix="run in the serve or train environment (or pip install datasets)") from exc
+        raise SpectrainError(
+            "reading hf: datasets needs the `datasets` package",
+            where=spec,
+            fix="run in the serve or train environment (or pip install datasets)",
+        ) from exc
     try:
         local = Path(name).expanduser()
         if (local / "dataset_info.json").exists() or (local / "state.json").exists():
@@ -240,8 +263,11 @@ def _hf_records(spec: str) -> tuple[str, Iterator[tuple[int, object, str | None]
         else:
             loaded = datasets.load_dataset(name, split=split)
     except Exception as exc:  # the hub, auth and file errors of datasets are many; all mean "cannot load"
-        raise SpectrainError(f"cannot load the Hugging Face dataset {name!r} (split {split!r}): {exc}", where=spec,
-                             fix="check the id and split, HF_TOKEN for gated sets, or HF_DATASETS_OFFLINE") from exc
+        raise SpectrainError(
+            f"cannot load the Hugging Face dataset {name!r} (split {split!r}): {exc}",
+            where=spec,
+            fix="check the id and split, HF_TOKEN for gated sets, or HF_DATASETS_OFFLINE",
+        ) from exc
     return f"{spec}", ((number, row, None) for number, row in enumerate(loaded, start=1))
 
 
@@ -258,8 +284,9 @@ def heldout_chats(spec: str, num_prompts: int = 0) -> list[tuple[Conversation, l
     return chats[:num_prompts] if num_prompts else chats
 
 
-def read_conversations(spec: str, split: str = "train", skipped: list[SkippedLine] | None = None,
-                       data_format: str = "auto") -> Iterator[Conversation]:
+def read_conversations(
+    spec: str, split: str = "train", skipped: list[SkippedLine] | None = None, data_format: str = "auto"
+) -> Iterator[Conversation]:
     """Yield the valid conversations a dataset spec holds; collect what was skipped and why in ``skipped``.
 
     Without ``skipped`` the first bad record raises a SpectrainError naming file, line and reason.

@@ -11,9 +11,9 @@ MODES = ("eagle3", "medusa")
 # Modes spectrain no longer trains, and why; naming one is an error that says so.
 RETIRED_MODES = {
     "eagle1": "EAGLE-1 was dropped: modelopt 0.47 trains an EAGLE-1 draft that reads the base's last hidden state "
-              "only, while vLLM's EAGLE-1 model (llama_eagle.py) first applies an fc layer over [token embedding, "
-              "hidden state] that such a draft does not have, so vLLM would run it with that layer random; "
-              "use eagle3",
+    "only, while vLLM's EAGLE-1 model (llama_eagle.py) first applies an fc layer over [token embedding, "
+    "hidden state] that such a draft does not have, so vLLM would run it with that layer random; "
+    "use eagle3",
 }
 TRAIN_RESULT = "train_result.json"  # what train_heads writes next to the checkpoint: mode, heads, steps, losses
 
@@ -29,12 +29,17 @@ def check_draft_checkpoint(checkpoint: str, mode: str, step: str, num_draft_toke
     except (OSError, ValueError):
         return
     if trained.get("mode") and trained["mode"] != mode:
-        raise SpectrainError(f"{checkpoint} holds a {trained['mode']} draft, but {step}.mode is {mode!r}",
-                             where=f"{step}.mode",
-                             fix=f"pass --mode {trained['mode']}, or the checkpoint of a {mode} draft")
+        raise SpectrainError(
+            f"{checkpoint} holds a {trained['mode']} draft, but {step}.mode is {mode!r}",
+            where=f"{step}.mode",
+            fix=f"pass --mode {trained['mode']}, or the checkpoint of a {mode} draft",
+        )
     heads = trained.get("medusa_num_heads")
     if mode == "medusa" and heads and num_draft_tokens is not None and num_draft_tokens > heads:
-        raise SpectrainError(f"num_draft_tokens = {num_draft_tokens}, but the draft in {checkpoint} has {heads} "
-                             f"Medusa heads: each head proposes one token, so positions {heads + 1}.."
-                             f"{num_draft_tokens} would never be drafted", where=f"{step}.num_draft_tokens",
-                             fix=f"use at most {heads}, or train more heads (medusa_num_heads)")
+        raise SpectrainError(
+            f"num_draft_tokens = {num_draft_tokens}, but the draft in {checkpoint} has {heads} "
+            f"Medusa heads: each head proposes one token, so positions {heads + 1}.."
+            f"{num_draft_tokens} would never be drafted",
+            where=f"{step}.num_draft_tokens",
+            fix=f"use at most {heads}, or train more heads (medusa_num_heads)",
+        )

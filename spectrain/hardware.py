@@ -12,7 +12,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one runs bf16 matrix maths na
 @functools.cache
 def cpu() -> tuple[str, frozenset[str]]:
     """(model name, instruction-set flags); the flags are empty where /proc/cpuinfo is not readable."""
-    model, flags = platform.processor(), frozenset()
+    model, flags = platform.processor(), frozenset[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and ":" in line:

@@ -51,24 +51,41 @@ def pipeline_parameters() -> dict[str, dict]:
     """name -> {type, default, help}, read from the pipeline function (its signature and docstring)."""
     from pipelines.speculative_decoding import speculative_decoding
 
-    return {name: {"type": KFP_TYPES[spec.type], "default": spec.default, "help": spec.description or ""}
-            for name, spec in speculative_decoding.component_spec.inputs.items()}
+    return {
+        name: {"type": KFP_TYPES[spec.type], "default": spec.default, "help": spec.description or ""}
+        for name, spec in speculative_decoding.component_spec.inputs.items()
+    }
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", default=paths.WORKDIR,
-                        help="where runs, the MLflow store, and server state go (default: ./spectrain-runs)")
-    parser.add_argument("--preset", choices=("laptop", "full"), default="laptop",
-                        help="laptop: the fast settings above; full: the pipeline's own defaults")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the raw stream (kfp.local's task inputs/outputs, every step's log) as well; "
-                             "either way it is in <workdir>/runs/<run>/logs/")
+    parser.add_argument(
+        "--workdir",
+        default=paths.WORKDIR,
+        help="where runs, the MLflow store, and server state go (default: ./spectrain-runs)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("laptop", "full"),
+        default="laptop",
+        help="laptop: the fast settings above; full: the pipeline's own defaults",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the raw stream (kfp.local's task inputs/outputs, every step's log) as well; "
+        "either way it is in <workdir>/runs/<run>/logs/",
+    )
     group = parser.add_argument_group("pipeline parameters")
     for name, parameter in pipeline_parameters().items():
         shown = LAPTOP_PRESET.get(name, parameter["default"])
         metavar = {int: "INT", float: "FLOAT", list: "A,B", dict: "JSON", bool: "BOOL"}.get(parameter["type"], "TEXT")
-        group.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=metavar,
-                           help=f"{parameter['help']} (default: {shown!r})")
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=metavar,
+            help=f"{parameter['help']} (default: {shown!r})",
+        )
 
 
 def venv_python(env: str) -> Path:
@@ -79,8 +96,10 @@ def configure_environments(workdir: Path) -> None:
     """Point each step at its image's virtualenv, and machine-local paths at the workdir."""
     missing = [env for env in ENVIRONMENTS if not venv_python(env).exists()]
     if missing:
-        raise SpectrainError(f"missing virtualenv(s): {', '.join('.venvs/' + m for m in missing)}",
-                             fix="run `make envs` (it installs docker/<image>/requirements.txt into each)")
+        raise SpectrainError(
+            f"missing virtualenv(s): {', '.join('.venvs/' + m for m in missing)}",
+            fix="run `make envs` (it installs docker/<image>/requirements.txt into each)",
+        )
     for env in ENVIRONMENTS:
         os.environ[f"SPECTRAIN_PYTHON_{env.upper()}"] = str(venv_python(env))
     paths.use_workdir(workdir)
@@ -99,8 +118,10 @@ def run_command(args: argparse.Namespace) -> int:
     (run_dir / "arguments.json").write_text(json.dumps(arguments, indent=2))
     processes.become_subreaper()  # servers started below stay ours to stop (spectrain/processes.py)
     console = RunConsole(run_dir / "logs", terminal=sys.stdout, verbose=args.verbose)
-    console.say(f"spectrain run: {run_dir}\n  arguments {json.dumps(arguments)}\n  logs {run_dir / 'logs'}/ "
-                f"(--verbose shows them here)")
+    console.say(
+        f"spectrain run: {run_dir}\n  arguments {json.dumps(arguments)}\n  logs {run_dir / 'logs'}/ "
+        f"(--verbose shows them here)"
+    )
     interrupts = _Interrupts()
     previous_handlers = signal.signal(signal.SIGTERM, interrupts), signal.signal(signal.SIGINT, interrupts)
     started = time.monotonic()
@@ -111,15 +132,19 @@ def run_command(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         interrupts.handled.set()
         stopped = processes.stop_descendants()
-        console.say(f"\ninterrupted after {duration(time.monotonic() - started)}: stopped {len(stopped)} "
-                    f"process(es) this run started (vLLM, steps). The partial run is in {run_dir} (logs/ has each "
-                    f"step's log).\nTo go on, run the same command again: the converted model and the evaluation "
-                    f"cache are reused; a local run has no per-step resume (on Kubeflow, checkpoint_root gives one).")
+        console.say(
+            f"\ninterrupted after {duration(time.monotonic() - started)}: stopped {len(stopped)} "
+            f"process(es) this run started (vLLM, steps). The partial run is in {run_dir} (logs/ has each "
+            f"step's log).\nTo go on, run the same command again: the converted model and the evaluation "
+            f"cache are reused; a local run has no per-step resume (on Kubeflow, checkpoint_root gives one)."
+        )
         return 130
     except RuntimeError as failure:  # kfp.local: a task failed; RunConsole showed which, with its log
-        raise SpectrainError(f"the pipeline failed after {duration(time.monotonic() - started)}: "
-                             f"{_plain(str(failure))}; {_failed_steps(console)}",
-                             fix=f"read the failed step's log; every log of the run is in {run_dir / 'logs'}") from None
+        raise SpectrainError(
+            f"the pipeline failed after {duration(time.monotonic() - started)}: "
+            f"{_plain(str(failure))}; {_failed_steps(console)}",
+            fix=f"read the failed step's log; every log of the run is in {run_dir / 'logs'}",
+        ) from None
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         interrupts.handled.set()
@@ -161,8 +186,9 @@ def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     # The Kubernetes settings (GPUs, PVC, secrets) are for the cluster; kfp.local says so once per task.
     warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
     os.environ[EVENTS_ENV] = "1"  # steps report progress as events for RunConsole
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline-root"),
-               raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline-root"), raise_on_error=True
+    )
     speculative_decoding(**arguments)
 
 
@@ -183,7 +209,7 @@ class _Interrupts:
 
     def _resend(self) -> None:
         while not self.handled.wait(2.0):
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
 def _failed_steps(console: RunConsole) -> str:
@@ -201,8 +227,9 @@ def _plain(text: str) -> str:
 
 def _find_summary(run_dir: Path) -> str:
     """The summary of the run that just finished: the summarize task's output in its pipeline root."""
-    candidates = sorted(run_dir.glob("pipeline-root/speculative-decoding-*/summarize/summary"),
-                        key=lambda p: p.stat().st_mtime)
+    candidates = sorted(
+        run_dir.glob("pipeline-root/speculative-decoding-*/summarize/summary"), key=lambda p: p.stat().st_mtime
+    )
     return candidates[-1].read_text() if candidates else "(no summary was written)"
 
 
@@ -214,9 +241,12 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--output", default=None, help="where to write (default: pipelines/speculative_decoding.yaml)")
     for setting in dataclasses.fields(CompileSettings):
-        parser.add_argument("--" + setting.name.replace("_", "-"), type=type(setting.default),
-                            default=setting.default, help=f"{CompileSettings.HELP[setting.name]} (default: "
-                                                          f"{setting.default})")
+        parser.add_argument(
+            "--" + setting.name.replace("_", "-"),
+            type=type(setting.default),
+            default=setting.default,
+            help=f"{CompileSettings.HELP[setting.name]} (default: {setting.default})",
+        )
 
 
 def compile_command(args: argparse.Namespace) -> int:
@@ -229,8 +259,11 @@ def compile_command(args: argparse.Namespace) -> int:
 
     settings = CompileSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompileSettings)})
     if problems := settings.problems():
-        raise SpectrainError("; ".join(problems), where="spectrain compile",
-                             fix="correct the flag (`spectrain compile --help` lists them with their defaults)")
+        raise SpectrainError(
+            "; ".join(problems),
+            where="spectrain compile",
+            fix="correct the flag (`spectrain compile --help` lists them with their defaults)",
+        )
     output = Path(args.output) if args.output else DEFAULT_YAML
     compiler.Compiler().compile(build_pipeline(settings), str(output))
     print(f"wrote {output} ({', '.join(f'{k} {v}' for k, v in dataclasses.asdict(settings).items())})")

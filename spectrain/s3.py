@@ -61,8 +61,9 @@ def failures(what: str, where: str) -> Iterator[None]:
     try:
         yield
     except (Boto3Error, BotoCoreError, ClientError) as exc:
-        raise SpectrainError(f"{what}: {exc}", where=where,
-                             fix="check the bucket name, AWS_ENDPOINT_URL and the S3 credentials") from exc
+        raise SpectrainError(
+            f"{what}: {exc}", where=where, fix="check the bucket name, AWS_ENDPOINT_URL and the S3 credentials"
+        ) from exc
 
 
 def list_objects(uri: str) -> list[dict]:
@@ -70,8 +71,12 @@ def list_objects(uri: str) -> list[dict]:
     location = S3Uri.parse(uri)
     with failures(f"cannot list {uri}", uri):
         pages = client().get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.key)
-        objects = [{"key": o["Key"], "size": o["Size"], "etag": o["ETag"].strip('"')}
-                   for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+        objects = [
+            {"key": o["Key"], "size": o["Size"], "etag": o["ETag"].strip('"')}
+            for page in pages
+            for o in page.get("Contents", [])
+            if not o["Key"].endswith("/")
+        ]
     return sorted(objects, key=lambda o: o["key"])
 
 
@@ -89,14 +94,15 @@ def download(uri: str, destination: Path) -> list[Path]:
     prefix = location.key if location.key.endswith("/") or len(objects) > 1 else location.key.rsplit("/", 1)[0] + "/"
     files = []
     for obj in objects:
-        relative = obj["key"][len(prefix):] if obj["key"].startswith(prefix) else obj["key"].rsplit("/", 1)[-1]
+        relative = obj["key"][len(prefix) :] if obj["key"].startswith(prefix) else obj["key"].rsplit("/", 1)[-1]
         target = destination / relative
         if not (target.exists() and target.stat().st_size == obj["size"]):
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")
             with failures(f"cannot download s3://{location.bucket}/{obj['key']}", uri):
-                s3.download_file(location.bucket, obj["key"], str(partial), Config=config,
-                                 ExtraArgs={"ChecksumMode": "ENABLED"})
+                s3.download_file(
+                    location.bucket, obj["key"], str(partial), Config=config, ExtraArgs={"ChecksumMode": "ENABLED"}
+                )
             partial.rename(target)  # never a half file under the real name
         files.append(target)
     return files
@@ -107,9 +113,15 @@ def upload(source: Path, uri: str) -> list[str]:
     location = S3Uri.parse(uri)
     s3, config = client(), transfer_config()
     source = Path(source)
-    pairs = ([(source, location.key)] if source.is_file() else
-             [(f, f"{location.key.rstrip('/')}/{f.relative_to(source).as_posix()}")
-              for f in sorted(source.rglob("*")) if f.is_file()])
+    pairs = (
+        [(source, location.key)]
+        if source.is_file()
+        else [
+            (f, f"{location.key.rstrip('/')}/{f.relative_to(source).as_posix()}")
+            for f in sorted(source.rglob("*"))
+            if f.is_file()
+        ]
+    )
     for path, key in pairs:
         with failures(f"cannot upload {path} to s3://{location.bucket}/{key}", uri):
             s3.upload_file(str(path), location.bucket, key, Config=config, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
@@ -148,9 +160,9 @@ def latest_checkpoint(uri: str) -> tuple[int, str] | None:
     prefix = location.key.rstrip("/") + "/" if location.key else ""
     steps = []
     for obj in list_objects(f"s3://{location.bucket}/{prefix}"):
-        folder, _, name = obj["key"][len(prefix):].partition("/")
-        if name == COMPLETE and folder.startswith("checkpoint-") and folder[len("checkpoint-"):].isdigit():
-            steps.append(int(folder[len("checkpoint-"):]))
+        folder, _, name = obj["key"][len(prefix) :].partition("/")
+        if name == COMPLETE and folder.startswith("checkpoint-") and folder[len("checkpoint-") :].isdigit():
+            steps.append(int(folder[len("checkpoint-") :]))
     if not steps:
         return None
     step = max(steps)

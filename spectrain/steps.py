@@ -53,31 +53,77 @@ class Step:
 STEPS: dict[str, Step] = {
     s.name: s
     for s in (
-        Step("serve", "components.serve.config:ServeConfig", "components.serve.server:run", "serve",
-             "start vLLM on the base model and wait until it answers",
-             needs=("vllm.entrypoints.cli.main", "kubernetes", *LOADS_BASE_MODEL)),
-        Step("stop-server", "components.serve.config:StopServerConfig", "components.serve.server:stop", "serve",
-             "stop the vLLM server a serve step started for a run", needs=("kubernetes",)),
-        Step("regenerate", "components.regenerate.config:RegenerateConfig", "components.regenerate.regenerate:run",
-             "serve", "rewrite every assistant turn of a chat dataset with the served model",
-             needs=("openai", *DATA_SOURCES)),
-        Step("train-heads", "components.train_heads.config:TrainHeadsConfig", "components.train_heads.train:run",
-             "train", "train EAGLE or Medusa heads on the frozen base model with modelopt",
-             needs=(*LOADS_BASE_MODEL, *DATA_SOURCES, "matplotlib.pyplot")),
-        Step("evaluate", "components.evaluate.config:EvaluateConfig", "components.evaluate.acceptance:run", "train",
-             "measure acceptance length on held-out prompts", needs=(*LOADS_BASE_MODEL, *DATA_SOURCES)),
-        Step("vllm-crosscheck", "components.evaluate.config:VllmCrosscheckConfig",
-             "components.evaluate.vllm_crosscheck:run", "serve",
-             "serve the base in vLLM with the exported draft and read vLLM's acceptance counters",
-             needs=("vllm.entrypoints.cli.main", *LOADS_BASE_MODEL, *DATA_SOURCES)),
-        Step("export", "components.export.config:ExportConfig", "components.export.export:run", "train",
-             "write draft checkpoints that vLLM and TensorRT-LLM load",
-             needs=("modelopt.torch.export", *LOADS_BASE_MODEL)),
-        Step("build-engine", "components.export.config:BuildEngineConfig", "components.export.engine:run",
-             "trtllm", "build the TensorRT-LLM engine of a Medusa draft (trtllm image, NVIDIA GPU)"),
-        Step("register", "components.register.config:RegisterConfig", "components.register.register:run",
-             "orchestrate", "log the run to MLflow, register the draft, promote the champion",
-             needs=("mlflow", "boto3", "matplotlib.pyplot")),
+        Step(
+            "serve",
+            "components.serve.config:ServeConfig",
+            "components.serve.server:run",
+            "serve",
+            "start vLLM on the base model and wait until it answers",
+            needs=("vllm.entrypoints.cli.main", "kubernetes", *LOADS_BASE_MODEL),
+        ),
+        Step(
+            "stop-server",
+            "components.serve.config:StopServerConfig",
+            "components.serve.server:stop",
+            "serve",
+            "stop the vLLM server a serve step started for a run",
+            needs=("kubernetes",),
+        ),
+        Step(
+            "regenerate",
+            "components.regenerate.config:RegenerateConfig",
+            "components.regenerate.regenerate:run",
+            "serve",
+            "rewrite every assistant turn of a chat dataset with the served model",
+            needs=("openai", *DATA_SOURCES),
+        ),
+        Step(
+            "train-heads",
+            "components.train_heads.config:TrainHeadsConfig",
+            "components.train_heads.train:run",
+            "train",
+            "train EAGLE or Medusa heads on the frozen base model with modelopt",
+            needs=(*LOADS_BASE_MODEL, *DATA_SOURCES, "matplotlib.pyplot"),
+        ),
+        Step(
+            "evaluate",
+            "components.evaluate.config:EvaluateConfig",
+            "components.evaluate.acceptance:run",
+            "train",
+            "measure acceptance length on held-out prompts",
+            needs=(*LOADS_BASE_MODEL, *DATA_SOURCES),
+        ),
+        Step(
+            "vllm-crosscheck",
+            "components.evaluate.config:VllmCrosscheckConfig",
+            "components.evaluate.vllm_crosscheck:run",
+            "serve",
+            "serve the base in vLLM with the exported draft and read vLLM's acceptance counters",
+            needs=("vllm.entrypoints.cli.main", *LOADS_BASE_MODEL, *DATA_SOURCES),
+        ),
+        Step(
+            "export",
+            "components.export.config:ExportConfig",
+            "components.export.export:run",
+            "train",
+            "write draft checkpoints that vLLM and TensorRT-LLM load",
+            needs=("modelopt.torch.export", *LOADS_BASE_MODEL),
+        ),
+        Step(
+            "build-engine",
+            "components.export.config:BuildEngineConfig",
+            "components.export.engine:run",
+            "trtllm",
+            "build the TensorRT-LLM engine of a Medusa draft (trtllm image, NVIDIA GPU)",
+        ),
+        Step(
+            "register",
+            "components.register.config:RegisterConfig",
+            "components.register.register:run",
+            "orchestrate",
+            "log the run to MLflow, register the draft, promote the champion",
+            needs=("mlflow", "boto3", "matplotlib.pyplot"),
+        ),
     )
 }
 
@@ -103,8 +149,17 @@ def run_step(name: str, config: dict[str, Any], label: str = "") -> dict[str, An
     with tempfile.TemporaryDirectory(prefix=f"spectrain-{name}-") as tmp:
         config_path, result_path, error_path = Path(tmp, "config.json"), Path(tmp, "result.json"), Path(tmp, "error")
         config_path.write_text(json.dumps(config))
-        command = [python_for(step.env), "-m", "spectrain", "step", name,
-                   "--config", str(config_path), "--result", str(result_path)]
+        command = [
+            python_for(step.env),
+            "-m",
+            "spectrain",
+            "step",
+            name,
+            "--config",
+            str(config_path),
+            "--result",
+            str(result_path),
+        ]
         env = {**os.environ, console.LABEL_ENV: f"{name} {label}".strip(), ERROR_FILE_ENV: str(error_path)}
         console.emit("start", step=name, label=label)
         started = time.monotonic()
@@ -113,8 +168,14 @@ def run_step(name: str, config: dict[str, Any], label: str = "") -> dict[str, An
         if completed.returncode != 0:
             user_error = completed.returncode == USER_ERROR_EXIT
             message = error_path.read_text() if user_error and error_path.exists() else ""
-            console.emit("end", step=name, label=label, seconds=seconds, status="bad input" if user_error else "failed",
-                         error=message)
+            console.emit(
+                "end",
+                step=name,
+                label=label,
+                seconds=seconds,
+                status="bad input" if user_error else "failed",
+                error=message,
+            )
             if user_error:
                 raise SpectrainError(f"step '{name}' stopped on bad input: {message or '(its message is above)'}")
             raise RuntimeError(f"step '{name}' failed with exit code {completed.returncode} (its log is above)")
@@ -132,12 +193,17 @@ def headline(result: dict[str, Any]) -> str:
     if result.get("ngram_acceptance_length"):
         parts.append(f"n-gram τ {result['ngram_acceptance_length']:.3f}")
     if "final_loss" in result and result.get("steps") is not None:
-        losses = (f", loss {result['first_loss']:.2f} → {result['final_loss']:.2f}"
-                  if result["final_loss"] is not None else "")
+        losses = (
+            f", loss {result['first_loss']:.2f} → {result['final_loss']:.2f}"
+            if result["final_loss"] is not None
+            else ""
+        )
         parts.append(f"{result['steps']} steps{losses}")
     if "done" in result and "total" in result:
-        parts.append(f"{result['done'] + result.get('resumed', 0)}/{result['total']} conversations, "
-                     f"{result.get('failed', 0)} failed, {result.get('rejected', 0)} rejected")
+        parts.append(
+            f"{result['done'] + result.get('resumed', 0)}/{result['total']} conversations, "
+            f"{result.get('failed', 0)} failed, {result.get('rejected', 0)} rejected"
+        )
     if result.get("endpoint") and "model" in result:
         parts.append(f"serving at {result['endpoint']}")
     if result.get("alias") is not None and "version" in result:

@@ -19,15 +19,21 @@ def summary_table(register_results: list[dict]) -> str:
             shared_done.add(step) if shared else None
             lines.append(f"| {step} | {'all' if shared else result['mode']} | {seconds:.0f} |")
         lines.append(f"| register | {result['mode']} | {result['seconds']:.0f} |")
-    lines += ["", "| draft | τ (tokens/base step) | untrained τ | ngram τ | τ / ngram τ | per-position acceptance | "
-                  "registry | alias |", "|---|---:|---:|---:|---:|---|---|---|"]
+    lines += [
+        "",
+        "| draft | τ (tokens/base step) | untrained τ | ngram τ | τ / ngram τ | per-position acceptance | "
+        "registry | alias |",
+        "|---|---:|---:|---:|---:|---|---|---|",
+    ]
     for result in register_results:
         m = result["metrics"]
         per_position = " / ".join(f"{m[k]:.2f}" for k in sorted(m) if k.startswith("acceptance_rate_position_"))
         untrained = m.get("untrained_acceptance_length")
-        lines.append(f"| {result['mode']} | {m['acceptance_length']:.3f} | "
-                     f"{'-' if untrained is None else f'{untrained:.3f}'} | {m['ngram_acceptance_length']:.3f} | "
-                     f"{m['acceptance_length'] / m['ngram_acceptance_length']:.2f}× | "
-                     f"{per_position} | {result['registered_model']} v{result['version']} | "
-                     f"{result['alias'] or '-'} ({result['promotion']}) |")
+        lines.append(
+            f"| {result['mode']} | {m['acceptance_length']:.3f} | "
+            f"{'-' if untrained is None else f'{untrained:.3f}'} | {m['ngram_acceptance_length']:.3f} | "
+            f"{m['acceptance_length'] / m['ngram_acceptance_length']:.2f}× | "
+            f"{per_position} | {result['registered_model']} v{result['version']} | "
+            f"{result['alias'] or '-'} ({result['promotion']}) |"
+        )
     return "\n".join(lines) + "\n"

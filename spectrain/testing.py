@@ -13,6 +13,7 @@ from typing import Any
 @dataclass
 class Request:
     """One request as a stand-in API server received it."""
+
     method: str
     path: str
     query: dict[str, str]
@@ -31,9 +32,14 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> Non
     handler.wfile.write(data)
 
 
-REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "base",
-         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+REPLY = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "base",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
 
 
 class FlakyServer:
@@ -44,7 +50,7 @@ class FlakyServer:
     """
 
     def __init__(self, script: dict[str, list[str]]):
-        self.script, self.attempts = script, []
+        self.script, self.attempts = script, list[tuple[str, float]]()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

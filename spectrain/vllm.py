@@ -27,14 +27,40 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def serve_arguments(model_path: str, port: int, *, host: str = "127.0.0.1", served_model_name: str = "base",
-                    max_model_len: int = 2048, dtype: str = "auto", seed: int = 0, enforce_eager: bool = True,
-                    tensor_parallel_size: int = 1, quantization: str = "", extra: tuple | list = ()) -> list[str]:
+def serve_arguments(
+    model_path: str,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    served_model_name: str = "base",
+    max_model_len: int = 2048,
+    dtype: str = "auto",
+    seed: int = 0,
+    enforce_eager: bool = True,
+    tensor_parallel_size: int = 1,
+    quantization: str = "",
+    extra: tuple | list = (),
+) -> list[str]:
     """``vllm serve`` arguments, spelled in one place for the serve step, its cluster Deployment and the
     cross-check."""
-    arguments = ["serve", model_path, "--host", host, "--port", str(port), "--served-model-name", served_model_name,
-                 "--max-model-len", str(max_model_len), "--dtype", dtype,
-                 "--tensor-parallel-size", str(tensor_parallel_size), "--seed", str(seed)]
+    arguments = [
+        "serve",
+        model_path,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_model_name,
+        "--max-model-len",
+        str(max_model_len),
+        "--dtype",
+        dtype,
+        "--tensor-parallel-size",
+        str(tensor_parallel_size),
+        "--seed",
+        str(seed),
+    ]
     if enforce_eager:
         arguments.append("--enforce-eager")
     if quantization:
@@ -59,8 +85,9 @@ def start(arguments: list[str], log: Path, env: dict[str, str]) -> subprocess.Po
     print(f"[vllm] starting: {' '.join(command)}\n[vllm] log: {log}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as handle:
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=str(PROJECT_ROOT))
+        return subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=str(PROJECT_ROOT)
+        )
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -70,17 +97,21 @@ def log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def wait_until_ready(url: str, api_key: str, timeout_s: float, process: subprocess.Popen | None = None,
-                     log: Path | None = None) -> list[str]:
+def wait_until_ready(
+    url: str, api_key: str, timeout_s: float, process: subprocess.Popen | None = None, log: Path | None = None
+) -> list[str]:
     """Poll ``{url}/models`` until it lists a model; fail fast with the log tail if the server dies."""
     deadline = time.monotonic() + timeout_s
     request = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {api_key}"})
     last_error = ""
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise SpectrainError(f"vLLM exited with code {process.returncode} before it was ready; log tail:\n"
-                                 f"{log_tail(log) if log else ''}", where=str(log),
-                                 fix="read the log above (model path? memory? port in use?)")
+            raise SpectrainError(
+                f"vLLM exited with code {process.returncode} before it was ready; log tail:\n"
+                f"{log_tail(log) if log else ''}",
+                where=str(log),
+                fix="read the log above (model path? memory? port in use?)",
+            )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 models = [m["id"] for m in json.load(response)["data"]]
@@ -88,15 +119,21 @@ def wait_until_ready(url: str, api_key: str, timeout_s: float, process: subproce
                     return models
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise SpectrainError(f"{url} refused the API key (HTTP {exc.code})", where="api_key",
-                                     fix="pass the key the server expects (VLLM_API_KEY)") from exc
+                raise SpectrainError(
+                    f"{url} refused the API key (HTTP {exc.code})",
+                    where="api_key",
+                    fix="pass the key the server expects (VLLM_API_KEY)",
+                ) from exc
             last_error = f"HTTP {exc.code}"
         except (OSError, ValueError) as exc:
             last_error = str(exc)
         time.sleep(1.0)
     tail = f"; log tail:\n{log_tail(log)}" if log else ""
-    raise SpectrainError(f"{url} was not ready after {timeout_s:.0f} s (last error: {last_error}){tail}",
-                         where="ready_timeout_s", fix="raise ready_timeout_s or check the server")
+    raise SpectrainError(
+        f"{url} was not ready after {timeout_s:.0f} s (last error: {last_error}){tail}",
+        where="ready_timeout_s",
+        fix="raise ready_timeout_s or check the server",
+    )
 
 
 def alive(pid: int) -> bool:

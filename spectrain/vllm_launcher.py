@@ -22,7 +22,7 @@ def _version_with_cpu_fallback(name: str) -> str:
         raise
 
 
-metadata.version = _version_with_cpu_fallback
+metadata.version = _version_with_cpu_fallback  # type: ignore[assignment]  # same call, other parameter name
 
 try:
     _version("vllm")

@@ -19,11 +19,18 @@ def test_every_result_says_what_produced_it_where_and_when():
         assert record["machine"]["cpu"] and record["machine"]["cores"] and record["commit"] != "unknown", path.name
 
 
-@pytest.mark.parametrize("name, readme", [("make-run", "README.md"), ("make-test", "README.md"),
-                                          ("ablation", "components/evaluate/README.md"),
-                                          ("heads", "components/evaluate/README.md"),
-                                          ("regenerate-concurrency", "components/regenerate/README.md")])
+@pytest.mark.parametrize(
+    "name, readme",
+    [
+        ("make-run", "README.md"),
+        ("make-test", "README.md"),
+        ("ablation", "components/evaluate/README.md"),
+        ("heads", "components/evaluate/README.md"),
+        ("regenerate-concurrency", "components/regenerate/README.md"),
+    ],
+)
 def test_the_readme_table_is_the_one_made_from_the_newest_result(name, readme):
-    table = subprocess.run([sys.executable, str(ROOT / "bench" / "results.py"), "table", name],
-                           capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "results.py"), "table", name], capture_output=True, text=True, check=True
+    ).stdout
     assert table in (ROOT / readme).read_text(), f"re-paste `python bench/results.py table {name}` into {readme}"

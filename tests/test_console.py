@@ -13,7 +13,7 @@ def event(**fields) -> str:
 def test_steps_become_one_line_each_and_their_output_goes_to_their_own_log(tmp_path):
     terminal = io.StringIO()
     console = RunConsole(tmp_path / "logs", terminal)
-    console.write("\x1b[32mExecuting task\x1b[0m serve-base-model\n{\"executorInput\": 1}\n")
+    console.write('\x1b[32mExecuting task\x1b[0m serve-base-model\n{"executorInput": 1}\n')
     console.write(event(event="start", step="serve", label=""))
     console.write("    [vllm] starting\n" + event(event="progress", desc="load", done=1, total=2, unit="x"))
     console.write(event(event="end", step="serve", label="", seconds=61.2, status="ok", note="serving at http://h"))
@@ -40,8 +40,16 @@ def test_a_step_error_message_is_shown_as_it_was_written(tmp_path):
     terminal = io.StringIO()
     console = RunConsole(tmp_path / "logs", terminal)
     console.write(event(event="start", step="regenerate", label=""))
-    console.write(event(event="end", step="regenerate", label="", seconds=1, status="bad input",
-                        error="data.jsonl: the server rejected all 2 conversations\n  fix: shorten the prompts"))
+    console.write(
+        event(
+            event="end",
+            step="regenerate",
+            label="",
+            seconds=1,
+            status="bad input",
+            error="data.jsonl: the server rejected all 2 conversations\n  fix: shorten the prompts",
+        )
+    )
     console.close()
     assert "  data.jsonl: the server rejected all 2 conversations\n    fix: shorten the prompts" in terminal.getvalue()
 

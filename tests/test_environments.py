@@ -18,15 +18,17 @@ def test_every_step_imports_what_it_needs_in_its_own_environment(env):
     steps = [step for step in STEPS.values() if step.env == env]
     assert steps
     modules = {step.name: [step.config.split(":")[0], step.run.split(":")[0], *step.needs] for step in steps}
-    script = ("import importlib, json, sys\n"
-              "failed = {}\n"
-              f"for step, modules in {modules!r}.items():\n"
-              "    for module in modules:\n"
-              "        try:\n"
-              "            importlib.import_module(module)\n"
-              "        except Exception as exc:\n"
-              "            failed.setdefault(step, []).append(f'{module}: {type(exc).__name__}: {exc}')\n"
-              "print(json.dumps(failed))\n")
+    script = (
+        "import importlib, json, sys\n"
+        "failed = {}\n"
+        f"for step, modules in {modules!r}.items():\n"
+        "    for module in modules:\n"
+        "        try:\n"
+        "            importlib.import_module(module)\n"
+        "        except Exception as exc:\n"
+        "            failed.setdefault(step, []).append(f'{module}: {type(exc).__name__}: {exc}')\n"
+        "print(json.dumps(failed))\n"
+    )
     result = subprocess.run([python_for(env), "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "{}", f"{env}: {result.stdout[-2000:]}"

@@ -4,8 +4,12 @@ from spectrain import hardware
 
 
 def test_bf16_is_native_only_with_amx_or_avx512_bf16(monkeypatch):
-    for flags, native in [({"avx2", "amx_bf16"}, True), ({"avx512f", "avx512_bf16"}, True),
-                          ({"avx2", "avx512f"}, False), (set(), False)]:
+    for flags, native in [
+        ({"avx2", "amx_bf16"}, True),
+        ({"avx512f", "avx512_bf16"}, True),
+        ({"avx2", "avx512f"}, False),
+        (set(), False),
+    ]:
         monkeypatch.setattr(hardware, "cpu", lambda flags=flags: ("test cpu", frozenset(flags)))
         assert hardware.cpu_runs_bf16() is native
 

@@ -12,8 +12,20 @@ import pytest
 from spectrain.processes import descendants
 from spectrain.vllm import alive
 
-TINY = ["--modes", "eagle3", "--regenerate-limit", "6", "--regenerate-max-tokens", "24", "--train-max-steps", "2",
-        "--eval-num-prompts", "3", "--eval-max-new-tokens", "12"]
+TINY = [
+    "--modes",
+    "eagle3",
+    "--regenerate-limit",
+    "6",
+    "--regenerate-max-tokens",
+    "24",
+    "--train-max-steps",
+    "2",
+    "--eval-num-prompts",
+    "3",
+    "--eval-max-new-tokens",
+    "12",
+]
 
 
 def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> list[str]:
@@ -31,9 +43,14 @@ def wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> lis
 def test_an_interrupted_run_leaves_no_process_behind_and_says_where_it_stopped(tmp_path, how):
     env = {**os.environ, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers"), "PYTHONUNBUFFERED": "1"}
     # its own session, like a shell job: Ctrl-C reaches the run's process group, never the test's
-    run = subprocess.Popen([sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                           start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         wait_for_line(run, "serve: done", timeout_s=900)
         (state,) = (tmp_path / "servers").glob("*/server.json")

@@ -1,6 +1,7 @@
 """The architecture stays visible: one folder per step with its parts, and no step reaching into another."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,11 @@ def test_no_step_imports_another_steps_code(step):
 def test_components_import_no_heavy_step_code_at_module_level():
     """KFP component files are loaded by the orchestrator: only kfp and spectrain at the top."""
     for path in (ROOT / "components").glob("*/component.py"):
-        top_level = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
-                     for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import, ast.ImportFrom))}
+        top_level = {
+            n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
+            for n in ast.parse(path.read_text()).body
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+        }
         assert top_level <= {"kfp", "kfp.dsl", "spectrain", "typing"}, (path, top_level)
 
 
@@ -74,16 +78,21 @@ def test_the_import_graph_has_no_cycles_and_the_library_stays_below_the_applicat
     graph = first_party_import_graph()
     for name, imports in graph.items():
         layer = "application" if name in APPLICATION else name.split(".")[0]
-        allowed = {"application": ("spectrain", "components", "pipelines"), "pipelines": ("spectrain", "components",
-                   "pipelines"), "components": ("spectrain", "components"), "spectrain": ("spectrain",)}[layer]
+        allowed = {
+            "application": ("spectrain", "components", "pipelines"),
+            "pipelines": ("spectrain", "components", "pipelines"),
+            "components": ("spectrain", "components"),
+            "spectrain": ("spectrain",),
+        }[layer]
         for module in imports:
-            assert module.split(".")[0] in allowed and module not in APPLICATION or name in APPLICATION, \
+            assert module.split(".")[0] in allowed and module not in APPLICATION or name in APPLICATION, (
                 f"{name} ({layer}) imports {module}"
+            )
     visiting, done = [], set()
 
     def visit(module):
         if module in visiting:
-            raise AssertionError("import cycle: " + " -> ".join(visiting[visiting.index(module):] + [module]))
+            raise AssertionError("import cycle: " + " -> ".join(visiting[visiting.index(module) :] + [module]))
         if module not in done:
             visiting.append(module)
             for imported in sorted(graph[module]):
@@ -99,12 +108,16 @@ def test_every_spectrain_environment_variable_is_in_the_readme_table():
     import re
 
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Environment variables"):]
-    table = table[:table.index("\n## ")]
+    table = readme[readme.index("## Environment variables") :]
+    table = table[: table.index("\n## ")]
     documented = set(re.findall(r"`(SPECTRAIN_[A-Z_<>]+)`", table))
     patterns = [re.compile(re.sub(r"<[A-Z]+>", "[A-Z]+", name) + "$") for name in documented]
-    sources = [p for folder in ("spectrain", "components", "pipelines", "bench", "docker")
-               for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", "") and "tests" not in p.parts]
+    sources = [
+        p
+        for folder in ("spectrain", "components", "pipelines", "bench", "docker")
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and p.suffix in (".py", "") and "tests" not in p.parts
+    ]
     used = {name for path in sources for name in re.findall(r"SPECTRAIN_[A-Z_]+", path.read_text(errors="ignore"))}
     missing = sorted(name for name in used if not any(p.match(name) or p.pattern.startswith(name) for p in patterns))
     assert not missing, f"add {missing} to the README's environment table"
@@ -115,8 +128,21 @@ def test_one_module_owns_the_paths():
     import re
 
     owner = ROOT / "spectrain" / "paths.py"
-    reads = re.compile(r"(environ|getenv)\W[^\n]*SPECTRAIN_(HOME|MODEL_CACHE|DATA_CACHE|STATE_DIR)|Path\.home\(\)|\"~/\.cache")
-    readers = sorted(str(p.relative_to(ROOT)) for folder in ("spectrain", "components", "pipelines")
-                     for p in (ROOT / folder).rglob("*.py") if "tests" not in p.parts and p != owner
-                     and reads.search(p.read_text()))
+    reads = re.compile(
+        r"(environ|getenv)\W[^\n]*SPECTRAIN_(HOME|MODEL_CACHE|DATA_CACHE|STATE_DIR)|Path\.home\(\)|\"~/\.cache"
+    )
+    readers = sorted(
+        str(p.relative_to(ROOT))
+        for folder in ("spectrain", "components", "pipelines")
+        for p in (ROOT / folder).rglob("*.py")
+        if "tests" not in p.parts and p != owner and reads.search(p.read_text())
+    )
     assert readers == [], f"use spectrain.paths in {readers}"
+
+
+@pytest.mark.parametrize("readme", sorted((ROOT / "components").glob("*/README.md")), ids=lambda p: p.parent.name)
+def test_component_readme_opens_with_its_interface(readme):
+    """Inputs, config, outputs and how to run the step alone come first, before any section or measurement."""
+    opening = re.split(r"\n## |\nMeasured", readme.read_text())[0]
+    missing = [label for label in ("Input", "Config", "Output", "Run alone") if f"\n- **{label}" not in opening]
+    assert not missing, f"{readme.relative_to(ROOT)}: put {missing} in the opening list"

@@ -23,7 +23,8 @@ def test_a_folder_goes_up_and_comes_back_byte_for_byte(s3_endpoint, tmp_path, mo
     objects = {o["key"]: o for o in s3.list_objects("s3://artifacts/runs/7/")}
     assert objects["runs/7/draft/model.safetensors"]["etag"].endswith("-3")  # 3 parts of 5 MiB
     head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(
-        Bucket="artifacts", Key="runs/7/draft/sub/config.json", ChecksumMode="ENABLED")
+        Bucket="artifacts", Key="runs/7/draft/sub/config.json", ChecksumMode="ENABLED"
+    )
     assert head["ChecksumSHA256"]
 
     files = s3.download("s3://artifacts/runs/7/draft/", tmp_path / "back")

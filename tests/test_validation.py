@@ -26,8 +26,9 @@ def problems(**arguments) -> str:
 
 
 def spectrain(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "spectrain", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "spectrain", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_every_pipeline_parameter_has_a_rule_or_feeds_a_checked_step_field():
@@ -37,17 +38,25 @@ def test_every_pipeline_parameter_has_a_rule_or_feeds_a_checked_step_field():
 
 
 def test_a_parameter_of_one_step_carries_that_steps_prefix():
-    unprefixed = [name for name, (cls, _) in parameters.FEEDS.items()
-                  if name not in parameters.SHARED and not name.startswith(parameters.PREFIXES[cls])]
-    unprefixed += [name for name in parameters.OWN_RULES if name not in parameters.SHARED
-                   and not name.startswith(tuple(parameters.PREFIXES.values()))]
+    unprefixed = [
+        name
+        for name, (cls, _) in parameters.FEEDS.items()
+        if name not in parameters.SHARED and not name.startswith(parameters.PREFIXES[cls])
+    ]
+    unprefixed += [
+        name
+        for name in parameters.OWN_RULES
+        if name not in parameters.SHARED and not name.startswith(tuple(parameters.PREFIXES.values()))
+    ]
     assert not unprefixed, f"name these after their step (serve_, regenerate_, train_, eval_, ...): {unprefixed}"
 
 
 def test_each_pipeline_default_is_the_default_of_the_step_field_it_feeds():
-    drifted = {name: (PARAMETERS[name]["default"], configs.default_of(cls, field))
-               for name, (cls, field) in parameters.FEEDS.items()
-               if PARAMETERS[name]["default"] != configs.default_of(cls, field)}
+    drifted = {
+        name: (PARAMETERS[name]["default"], configs.default_of(cls, field))
+        for name, (cls, field) in parameters.FEEDS.items()
+        if PARAMETERS[name]["default"] != configs.default_of(cls, field)
+    }
     assert not drifted, f"pipeline default vs step default: {drifted}"
 
 
@@ -56,8 +65,9 @@ def test_an_options_key_with_a_parameter_of_its_own_is_refused_naming_that_param
     assert "--regenerate-options: 'max_tokens' has a parameter of its own: set --regenerate-max-tokens" in message
     assert "--train-options: 'lr' has a parameter of its own: set --train-lr instead" in message
     assert "--train-options: 'data' is set by the pipeline itself" in message
-    parameters.validate({"regenerate_options": {"temperature": 0.6}, "train_options": {"seed": 7}}, PARAMETERS,
-                        where="x")  # settings without a parameter of their own stay welcome
+    parameters.validate(
+        {"regenerate_options": {"temperature": 0.6}, "train_options": {"seed": 7}}, PARAMETERS, where="x"
+    )  # settings without a parameter of their own stay welcome
 
 
 def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_path):
@@ -66,7 +76,9 @@ def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_
     assert result.returncode == 2, result.stderr
     assert time.monotonic() - started < 60
     assert "--modes" in result.stderr and "'eagle2'" in result.stderr and "eagle3, medusa" in result.stderr
-    assert "--train-lr = -1.0 is not allowed: expected a number > 0, e.g. 0.001" in result.stderr  # both problems, at once
+    assert (
+        "--train-lr = -1.0 is not allowed: expected a number > 0, e.g. 0.001" in result.stderr
+    )  # both problems, at once
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "servers").exists() and not (tmp_path / "runs").exists()  # nothing started
 
@@ -104,8 +116,10 @@ def test_a_negative_learning_rate_is_refused():
     assert "--train-lr = -1.0 is not allowed: expected a number > 0" in problems(train_lr="-1")
 
 
-@pytest.mark.parametrize("name", ["train_batch_size", "regenerate_concurrency", "regenerate_max_tokens",
-                                  "serve_replicas", "eval_max_new_tokens"])
+@pytest.mark.parametrize(
+    "name",
+    ["train_batch_size", "regenerate_concurrency", "regenerate_max_tokens", "serve_replicas", "eval_max_new_tokens"],
+)
 def test_counts_that_must_be_positive_refuse_zero(name):
     assert f"--{name.replace('_', '-')} = 0 is not allowed: expected an integer ≥ 1" in problems(**{name: 0})
 
@@ -124,13 +138,15 @@ def test_k_above_the_medusa_head_count_is_refused_with_the_fix():
 @pytest.mark.parametrize("text,expected", [("true", True), ("False", False), ("1", True), ("no", False)])
 def test_booleans_are_parsed_by_one_strict_parser(text, expected):
     assert parameters.validate({"eval_vllm_crosscheck": text}, PARAMETERS, where="x") == {
-        "eval_vllm_crosscheck": expected}
+        "eval_vllm_crosscheck": expected
+    }
     assert configs.coerce(bool, text) is expected
 
 
 def test_a_boolean_typo_is_an_error_in_run_and_in_step_alike():
     assert "--eval-vllm-crosscheck = 'ture' is not allowed: expected true or false" in problems(
-        eval_vllm_crosscheck="ture")
+        eval_vllm_crosscheck="ture"
+    )
     with pytest.raises(SpectrainError, match="expects bool, got 'ture'"):
         configs.from_dict(parameters.TrainHeadsConfig, {"data": "x", "hidden_state_cache": "ture"})
 
@@ -149,8 +165,13 @@ def test_an_unknown_serve_mode_is_refused():
 
 
 def test_an_s3_location_needs_credentials(monkeypatch, tmp_path):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("AWS_SHARED_CREDENTIALS_FILE", raising=False)

@@ -60,9 +60,13 @@ class Tally:
     def summary(self) -> dict:
         """τ = tokens per base step; ``acceptance_length_per_draft`` = 1 + accepted / drafts, vLLM's counters'
         definition, which leaves out a last step with nothing left to draft (it differs on short replies)."""
-        return {"acceptance_length": self.tokens / max(self.steps, 1), "steps": self.steps, "tokens": self.tokens,
-                "acceptance_length_per_draft": 1 + sum(self.accepted_at) / max(self.drafted, 1),
-                "acceptance_rate_per_position": [a / max(self.steps, 1) for a in self.accepted_at]}
+        return {
+            "acceptance_length": self.tokens / max(self.steps, 1),
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "acceptance_length_per_draft": 1 + sum(self.accepted_at) / max(self.drafted, 1),
+            "acceptance_rate_per_position": [a / max(self.steps, 1) for a in self.accepted_at],
+        }
 
 
 def replay(sequence: list[int], prompt_length: int, propose, k: int) -> Tally:
@@ -95,8 +99,8 @@ def ngram_proposer(sequence: list[int], k: int, ngram_max: int):
         for size in range(min(ngram_max, len(context) - 1), 0, -1):
             suffix = context[-size:]
             for start in range(len(context) - size - 1, -1, -1):
-                if context[start:start + size] == suffix:
-                    return context[start + size:start + size + k]
+                if context[start : start + size] == suffix:
+                    return context[start + size : start + size + k]
         return []
 
     return propose
@@ -120,15 +124,22 @@ def draft_proposer(model, config: EvaluateConfig):
     """The proposer of ``config.mode`` for a loaded checkpoint; a checkpoint of another kind is refused."""
     k, wanted = config.num_draft_tokens, "medusa_heads" if config.mode == "medusa" else "eagle_module"
     if not hasattr(model, wanted):
-        found = next((kind for attr, kind in (("medusa_heads", "Medusa"), ("eagle_module", "EAGLE"))
-                      if hasattr(model, attr)), "no draft module")
-        raise SpectrainError(f"{config.checkpoint} holds {found}, not a {config.mode} draft", where="evaluate.mode",
-                             fix="pass the mode the checkpoint was trained with, or the train_heads output of this mode")
+        found = next(
+            (kind for attr, kind in (("medusa_heads", "Medusa"), ("eagle_module", "EAGLE")) if hasattr(model, attr)),
+            "no draft module",
+        )
+        raise SpectrainError(
+            f"{config.checkpoint} holds {found}, not a {config.mode} draft",
+            where="evaluate.mode",
+            fix="pass the mode the checkpoint was trained with, or the train_heads output of this mode",
+        )
     if config.mode == "medusa":
         if k > len(model.medusa_heads):
-            raise SpectrainError(f"num_draft_tokens = {k}, but the draft has {len(model.medusa_heads)} Medusa heads "
-                                 "(one token each)", where="evaluate.num_draft_tokens",
-                                 fix=f"use at most {len(model.medusa_heads)}")
+            raise SpectrainError(
+                f"num_draft_tokens = {k}, but the draft has {len(model.medusa_heads)} Medusa heads (one token each)",
+                where="evaluate.num_draft_tokens",
+                fix=f"use at most {len(model.medusa_heads)}",
+            )
         return MedusaProposer(model, k)
     return EagleProposer(model, k)
 
@@ -151,9 +162,14 @@ class EagleProposer:
         length = hidden.shape[1]
         mask = self.model._prepare_decoder_attention_mask(None, (1, length), start, hidden.device, hidden.dtype)
         positions = torch.arange(start, start + length, device=hidden.device).unsqueeze(0)
-        postnorm, prenorm, cache = self.module(hidden, self.model._base_model_embeddings(token_ids),
-                                               attention_mask=mask, position_ids=positions,
-                                               use_cache=True, past_key_values=cache)
+        postnorm, prenorm, cache = self.module(
+            hidden,
+            self.model._base_model_embeddings(token_ids),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            past_key_values=cache,
+        )
         token = self.lm_head(postnorm[:, -1:]).argmax(-1)
         if self.reduced_vocab:
             token = token + self.module.d2t[token]
@@ -178,9 +194,9 @@ class EagleProposer:
             cache = state["cache"]
             if state["cached"] < n - 1:  # extend the true-context cache up to position n-2
                 start = state["cached"]
-                _, _, cache = self._step(context_hidden[:, start:n - 1], next_ids[:, start:n - 1], cache, start)
+                _, _, cache = self._step(context_hidden[:, start : n - 1], next_ids[:, start : n - 1], cache, start)
                 state["cached"] = n - 1
-            token, hidden, cache = self._step(context_hidden[:, n - 1:n], next_ids[:, n - 1:n], cache, n - 1)
+            token, hidden, cache = self._step(context_hidden[:, n - 1 : n], next_ids[:, n - 1 : n], cache, n - 1)
             drafts = [int(token)]
             for step in range(1, self.k):
                 token, hidden, cache = self._step(hidden, token, cache, n - 1 + step)
@@ -195,8 +211,13 @@ def load_prompts(config: EvaluateConfig, tokenizer) -> list[dict]:
     prompts = []
     for conversation, messages in heldout_chats(config.dataset, config.num_prompts):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompts.append({"id": conversation.conversation_id, "category": conversation.category or "all",
-                        "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
+        prompts.append(
+            {
+                "id": conversation.conversation_id,
+                "category": conversation.category or "all",
+                "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"],
+            }
+        )
     return prompts
 
 
@@ -207,8 +228,9 @@ def generate_batch(base, prompts: list[list[int]], max_new_tokens: int, eos_ids:
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    output = base.generate(input_ids, attention_mask=attention, do_sample=False, max_new_tokens=max_new_tokens,
-                           pad_token_id=pad)
+    output = base.generate(
+        input_ids, attention_mask=attention, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad
+    )
     continuations = []
     for row in output[:, width:].tolist():
         end = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
@@ -228,7 +250,7 @@ def confirm_greedy(base, prompt: list[int], continuation: list[int]) -> list[int
     if not continuation:
         return sequence
     logits = base(input_ids=torch.tensor([sequence])).logits[0]
-    predicted = logits[len(prompt) - 1:-1].argmax(-1).tolist()
+    predicted = logits[len(prompt) - 1 : -1].argmax(-1).tolist()
     for offset, (token, expected) in enumerate(zip(continuation, predicted)):
         if token != expected:
             return prompt + continuation[:offset] + [expected]
@@ -239,8 +261,11 @@ def greedy_sequences(base, prompts: list[dict], config: EvaluateConfig, model_pa
     """The base model's greedy continuations, cached on disk: every mode and baseline replays the same ones."""
     from spectrain.models import cache_dir
 
-    key = hashlib.sha256(json.dumps([GREEDY_CACHE_VERSION, model_path, config.max_new_tokens,
-                                     [p["input_ids"] for p in prompts]]).encode())
+    key = hashlib.sha256(
+        json.dumps(
+            [GREEDY_CACHE_VERSION, model_path, config.max_new_tokens, [p["input_ids"] for p in prompts]]
+        ).encode()
+    )
     path = cache_dir() / "greedy" / f"{key.hexdigest()[:24]}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -250,7 +275,7 @@ def greedy_sequences(base, prompts: list[dict], config: EvaluateConfig, model_pa
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     with Progress(len(prompts), "base greedy replies (cached after this)", "prompt") as progress:
         for start in range(0, len(order), config.generation_batch_size):
-            batch = [prompts[i]["input_ids"] for i in order[start:start + config.generation_batch_size]]
+            batch = [prompts[i]["input_ids"] for i in order[start : start + config.generation_batch_size]]
             for index, continuation in zip(order[start:], generate_batch(base, batch, config.max_new_tokens, eos_ids)):
                 sequences[index] = confirm_greedy(base, prompts[index]["input_ids"], continuation)
             progress.update(len(batch))
@@ -260,7 +285,7 @@ def greedy_sequences(base, prompts: list[dict], config: EvaluateConfig, model_pa
 
 
 def evaluate_proposer(make_propose, prompts, sequences, k, name: str = "draft") -> tuple[Tally, dict[str, Tally]]:
-    total, by_category = Tally(k), {}
+    total, by_category = Tally(k), dict[str, Tally]()
     with Progress(len(prompts), f"replay: {name}", "prompt") as progress:
         for prompt, sequence in zip(prompts, sequences):
             tally = replay(sequence, len(prompt["input_ids"]), make_propose(sequence), k)
@@ -277,8 +302,12 @@ def plot_acceptance(results: dict[str, dict], path: Path) -> None:
     with figure(path) as (_, axis):
         for index, name in enumerate(names):
             rates = results[name]["acceptance_rate_per_position"]
-            axis.bar([p + index * width for p in range(k)], rates, width=width,
-                     label=f"{name} (τ={results[name]['acceptance_length']:.2f})")
+            axis.bar(
+                [p + index * width for p in range(k)],
+                rates,
+                width=width,
+                label=f"{name} (τ={results[name]['acceptance_length']:.2f})",
+            )
         axis.set_xticks([p + width * (len(names) - 1) / 2 for p in range(k)], [f"draft {p + 1}" for p in range(k)])
         axis.set(ylabel="accepted per base step", ylim=(0, 1), title="per-position acceptance")
         axis.legend()
@@ -302,22 +331,28 @@ def run(config: EvaluateConfig) -> dict:
     base = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     sequences = greedy_sequences(base, prompts, config, model_path)
     del base
-    model = transformers.AutoModelForCausalLM.from_pretrained(config.checkpoint, dtype=torch.float32,
-                                                              attn_implementation="sdpa").eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        config.checkpoint, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
     k = config.num_draft_tokens
     proposer = draft_proposer(model, config)
 
     draft_started = time.monotonic()
-    candidate, by_category = evaluate_proposer(lambda s: proposer.for_sequence(torch.tensor([s])), prompts,
-                                               sequences, k, name=config.mode)
+    candidate, by_category = evaluate_proposer(
+        lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, k, name=config.mode
+    )
     draft_seconds = time.monotonic() - draft_started
     ngram, _ = evaluate_proposer(lambda s: ngram_proposer(s, k, config.ngram_max), prompts, sequences, k, "n-gram")
-    results = {config.mode: candidate.summary(), "ngram": ngram.summary(),
-               "no speculation": {"acceptance_length": 1.0, "acceptance_rate_per_position": [0.0] * k}}
+    results = {
+        config.mode: candidate.summary(),
+        "ngram": ngram.summary(),
+        "no speculation": {"acceptance_length": 1.0, "acceptance_rate_per_position": [0.0] * k},
+    }
     if config.untrained_baseline:
         reset_heads(model)
-        untrained, _ = evaluate_proposer(lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, k,
-                                         f"untrained {config.mode}")
+        untrained, _ = evaluate_proposer(
+            lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, k, f"untrained {config.mode}"
+        )
         results[f"untrained {config.mode}"] = untrained.summary()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -338,10 +373,11 @@ def run(config: EvaluateConfig) -> dict:
         "plot": str(output_dir / "acceptance.png"),
     }
     (output_dir / "evaluation.json").write_text(json.dumps(summary, indent=2))
-    print(f"[evaluate] {config.mode}: τ = {summary['acceptance_length']:.3f} over {len(prompts)} prompts "
-          f"(per position {', '.join(f'{r:.2f}' for r in summary['acceptance_rate_per_position'])}); "
-          f"ngram τ = {summary['ngram_acceptance_length']:.3f}"
-          + (f", untrained τ = {summary['untrained_acceptance_length']:.3f}" if config.untrained_baseline else ""),
-          flush=True)
+    print(
+        f"[evaluate] {config.mode}: τ = {summary['acceptance_length']:.3f} over {len(prompts)} prompts "
+        f"(per position {', '.join(f'{r:.2f}' for r in summary['acceptance_rate_per_position'])}); "
+        f"ngram τ = {summary['ngram_acceptance_length']:.3f}"
+        + (f", untrained τ = {summary['untrained_acceptance_length']:.3f}" if config.untrained_baseline else ""),
+        flush=True,
+    )
     return summary
-

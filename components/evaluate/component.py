@@ -7,19 +7,37 @@ from spectrain import images
 
 
 @dsl.component(base_image=images.TRAIN, install_kfp_package=False)
-def evaluate(base_model: str, draft_checkpoint: Input[Model], mode: str, eval_dataset: str, num_prompts: int,
-             num_draft_tokens: int, max_new_tokens: int, metrics: Output[Metrics], evaluation: Output[Artifact],
-             result: Output[Artifact]) -> float:
+def evaluate(
+    base_model: str,
+    draft_checkpoint: Input[Model],
+    mode: str,
+    eval_dataset: str,
+    num_prompts: int,
+    num_draft_tokens: int,
+    max_new_tokens: int,
+    metrics: Output[Metrics],
+    evaluation: Output[Artifact],
+    result: Output[Artifact],
+) -> float:
     """Exact acceptance length τ of the draft on held-out prompts; returns τ by vLLM's definition (1 + accepted /
     drafts), the figure the vLLM cross-check compares with its counters."""
     import json
 
     from spectrain.steps import run_step
 
-    outcome = run_step("evaluate", {
-        "base_model": base_model, "checkpoint": draft_checkpoint.path, "mode": mode, "dataset": eval_dataset,
-        "num_prompts": num_prompts, "num_draft_tokens": num_draft_tokens, "max_new_tokens": max_new_tokens,
-        "output_dir": evaluation.path})
+    outcome = run_step(
+        "evaluate",
+        {
+            "base_model": base_model,
+            "checkpoint": draft_checkpoint.path,
+            "mode": mode,
+            "dataset": eval_dataset,
+            "num_prompts": num_prompts,
+            "num_draft_tokens": num_draft_tokens,
+            "max_new_tokens": max_new_tokens,
+            "output_dir": evaluation.path,
+        },
+    )
     metrics.log_metric("acceptance_length", outcome["acceptance_length"])
     metrics.log_metric("ngram_acceptance_length", outcome["ngram_acceptance_length"])
     for position, rate in enumerate(outcome["acceptance_rate_per_position"], start=1):
@@ -30,14 +48,32 @@ def evaluate(base_model: str, draft_checkpoint: Input[Model], mode: str, eval_da
 
 
 @dsl.component(base_image=images.SERVE, install_kfp_package=False)
-def vllm_crosscheck(base_model: str, draft: Input[Model], mode: str, eval_dataset: str, num_prompts: int,
-                    num_draft_tokens: int, max_new_tokens: int, expected_acceptance_length: float,
-                    crosscheck: Output[Artifact]) -> float:
+def vllm_crosscheck(
+    base_model: str,
+    draft: Input[Model],
+    mode: str,
+    eval_dataset: str,
+    num_prompts: int,
+    num_draft_tokens: int,
+    max_new_tokens: int,
+    expected_acceptance_length: float,
+    crosscheck: Output[Artifact],
+) -> float:
     """Serve the base in vLLM with the exported draft; returns vLLM's measured τ (and checks it against ours)."""
     from spectrain.steps import run_step
 
-    outcome = run_step("vllm-crosscheck", {
-        "base_model": base_model, "draft_dir": draft.path, "mode": mode, "dataset": eval_dataset,
-        "num_prompts": num_prompts, "num_draft_tokens": num_draft_tokens, "max_new_tokens": max_new_tokens,
-        "expected_acceptance_length": expected_acceptance_length, "output": crosscheck.path})
+    outcome = run_step(
+        "vllm-crosscheck",
+        {
+            "base_model": base_model,
+            "draft_dir": draft.path,
+            "mode": mode,
+            "dataset": eval_dataset,
+            "num_prompts": num_prompts,
+            "num_draft_tokens": num_draft_tokens,
+            "max_new_tokens": max_new_tokens,
+            "expected_acceptance_length": expected_acceptance_length,
+            "output": crosscheck.path,
+        },
+    )
     return outcome["acceptance_length_per_draft"]

@@ -14,31 +14,38 @@ from spectrain.errors import SpectrainError
 class EvaluateConfig:
     """Simulate speculative decoding with the base model in torch and count accepted draft tokens."""
 
-    base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id",
-                            check=checks.model_source())
-    checkpoint: str = field("", "trained draft checkpoint (train_heads output)",
-                            check=checks.existing_folder(optional=True))
-    mode: str = field("eagle3", "eagle3 or medusa: how to run the draft",
-                      check=checks.one_of(*MODES, retired=RETIRED_MODES))
-    dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split",
-                         check=checks.data_source())
-    num_prompts: int = field(0, "evaluate on the first N prompts (0: all)",
-                             check=checks.at_least(0, 20))
-    num_draft_tokens: int = field(3, "k: draft chain length proposed per base step",
-                                  check=checks.at_least(1, 3))
-    max_new_tokens: int = field(64, "greedy tokens generated per prompt",
-                                check=checks.at_least(1, 64))
-    generation_batch_size: int = field(16, "prompts generated at once for the base's greedy replies (each reply is "
-                                           "then confirmed by one teacher-forced pass)", check=checks.at_least(1, 16))
-    ngram_max: int = field(3, "n-gram baseline: longest suffix matched in the context",
-                           check=checks.at_least(1, 3))
+    base_model: str = field(
+        "embedded", "'embedded', a local HF checkpoint directory, or a hub id", check=checks.model_source()
+    )
+    checkpoint: str = field(
+        "", "trained draft checkpoint (train_heads output)", check=checks.existing_folder(optional=True)
+    )
+    mode: str = field(
+        "eagle3", "eagle3 or medusa: how to run the draft", check=checks.one_of(*MODES, retired=RETIRED_MODES)
+    )
+    dataset: str = field(
+        "embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split", check=checks.data_source()
+    )
+    num_prompts: int = field(0, "evaluate on the first N prompts (0: all)", check=checks.at_least(0, 20))
+    num_draft_tokens: int = field(3, "k: draft chain length proposed per base step", check=checks.at_least(1, 3))
+    max_new_tokens: int = field(64, "greedy tokens generated per prompt", check=checks.at_least(1, 64))
+    generation_batch_size: int = field(
+        16,
+        "prompts generated at once for the base's greedy replies (each reply is "
+        "then confirmed by one teacher-forced pass)",
+        check=checks.at_least(1, 16),
+    )
+    ngram_max: int = field(3, "n-gram baseline: longest suffix matched in the context", check=checks.at_least(1, 3))
     untrained_baseline: bool = field(True, "also measure the same draft architecture at initialisation")
     output_dir: str = field("evaluation", "where metrics JSON and the acceptance plot go")
 
     def validate(self) -> None:
         if not self.checkpoint:
-            raise SpectrainError("no draft checkpoint given", where="evaluate.checkpoint",
-                                 fix="pass the directory written by train_heads")
+            raise SpectrainError(
+                "no draft checkpoint given",
+                where="evaluate.checkpoint",
+                fix="pass the directory written by train_heads",
+            )
 
 
 SPEC_METHODS = {"eagle3": "eagle3", "medusa": "medusa"}
@@ -50,19 +57,25 @@ class VllmCrosscheckConfig:
 
     base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id")
     draft_dir: str = field("", "exported draft directory (export step output)")
-    mode: str = field("eagle3", "eagle3 or medusa (vLLM methods eagle3, medusa)",
-                      check=checks.one_of(*MODES, retired=RETIRED_MODES))
+    mode: str = field(
+        "eagle3", "eagle3 or medusa (vLLM methods eagle3, medusa)", check=checks.one_of(*MODES, retired=RETIRED_MODES)
+    )
     dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split")
     num_prompts: int = field(0, "send the first N prompts (0: all)")
     num_draft_tokens: int = field(3, "num_speculative_tokens (Medusa: must equal the number of heads)")
     max_new_tokens: int = field(64, "greedy tokens generated per prompt")
     expected_acceptance_length: float = field(0.0, "our τ from the evaluate step, to compare with (0: no check)")
     tolerance: float = field(0.15, "largest |τ_vLLM - τ_ours| that counts as agreement")
-    dtype: str = field("float32", "vLLM --dtype; float32 matches the evaluate step, so both replay the same greedy text")
+    dtype: str = field(
+        "float32", "vLLM --dtype; float32 matches the evaluate step, so both replay the same greedy text"
+    )
     output: str = field("vllm_crosscheck.json", "where the counters and the verdict are written")
     ready_timeout_s: float = field(600.0, "give up if vLLM is not ready after this many seconds")
 
     def validate(self) -> None:
         if not self.draft_dir:
-            raise SpectrainError("no draft directory given", where="vllm_crosscheck.draft_dir",
-                                 fix="pass the directory written by the export step")
+            raise SpectrainError(
+                "no draft directory given",
+                where="vllm_crosscheck.draft_dir",
+                fix="pass the directory written by the export step",
+            )

@@ -7,16 +7,31 @@ from spectrain import images
 
 
 @dsl.component(base_image=images.TRAIN, install_kfp_package=False)
-def export(draft_checkpoint: Input[Model], mode: str, dtype: str, base_model: str, num_draft_tokens: int,
-           draft: Output[Model], result: Output[Artifact]):
+def export(
+    draft_checkpoint: Input[Model],
+    mode: str,
+    dtype: str,
+    base_model: str,
+    num_draft_tokens: int,
+    draft: Output[Model],
+    result: Output[Artifact],
+):
     """Write the deployable draft directory (vLLM layout, TensorRT-LLM files in trtllm/) in ``dtype``."""
     import json
 
     from spectrain.steps import run_step
 
-    outcome = run_step("export", {"checkpoint": draft_checkpoint.path, "mode": mode, "dtype": dtype,
-                                  "base_model": base_model, "num_draft_tokens": num_draft_tokens,
-                                  "output_dir": draft.path})
+    outcome = run_step(
+        "export",
+        {
+            "checkpoint": draft_checkpoint.path,
+            "mode": mode,
+            "dtype": dtype,
+            "base_model": base_model,
+            "num_draft_tokens": num_draft_tokens,
+            "output_dir": draft.path,
+        },
+    )
     draft.metadata.update({"mode": mode, "dtype": dtype})
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)

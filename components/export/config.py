@@ -16,24 +16,31 @@ DTYPES = ("bfloat16", "float16", "float32")
 class ExportConfig:
     """Turn a trained modelopt checkpoint into the draft directory a serving runtime loads."""
 
-    checkpoint: str = field("", "trained draft checkpoint (train_heads output)",
-                            check=checks.existing_folder(optional=True))
-    mode: str = field("eagle3", "eagle3 or medusa",
-                      check=checks.one_of(*MODES, retired=RETIRED_MODES))
+    checkpoint: str = field(
+        "", "trained draft checkpoint (train_heads output)", check=checks.existing_folder(optional=True)
+    )
+    mode: str = field("eagle3", "eagle3 or medusa", check=checks.one_of(*MODES, retired=RETIRED_MODES))
     output_dir: str = field("draft", "where the deployable draft directory is written")
-    dtype: str = field("bfloat16", "weights dtype of the exported draft: bfloat16, float16 or float32",
-                       check=checks.one_of(*DTYPES))
-    base_model: str = field("embedded", "the base model the draft serves with (for the TensorRT-LLM commands)",
-                            check=checks.model_source())
-    num_draft_tokens: int = field(3, "draft tokens per step written into the serving configs (EAGLE)",
-                                  check=checks.at_least(1, 3))
-    trtllm: bool = field(True, "also write and validate the TensorRT-LLM files (trtllm/), and build the engine "
-                               "where a GPU and trtllm-build are present")
+    dtype: str = field(
+        "bfloat16", "weights dtype of the exported draft: bfloat16, float16 or float32", check=checks.one_of(*DTYPES)
+    )
+    base_model: str = field(
+        "embedded", "the base model the draft serves with (for the TensorRT-LLM commands)", check=checks.model_source()
+    )
+    num_draft_tokens: int = field(
+        3, "draft tokens per step written into the serving configs (EAGLE)", check=checks.at_least(1, 3)
+    )
+    trtllm: bool = field(
+        True,
+        "also write and validate the TensorRT-LLM files (trtllm/), and build the engine "
+        "where a GPU and trtllm-build are present",
+    )
 
     def validate(self) -> None:
         if not self.checkpoint:
-            raise SpectrainError("no checkpoint given", where="export.checkpoint",
-                                 fix="pass the directory written by train_heads")
+            raise SpectrainError(
+                "no checkpoint given", where="export.checkpoint", fix="pass the directory written by train_heads"
+            )
 
 
 @dataclass
@@ -46,5 +53,6 @@ class BuildEngineConfig:
 
     def validate(self) -> None:
         if not self.draft:
-            raise SpectrainError("no draft given", where="build_engine.draft",
-                                 fix="pass the directory written by the export step")
+            raise SpectrainError(
+                "no draft given", where="build_engine.draft", fix="pass the directory written by the export step"
+            )

@@ -39,27 +39,41 @@ def run(config: BuildEngineConfig) -> dict:
     started = time.monotonic()
     medusa_dir = Path(config.draft) / "trtllm" / "medusa"
     if not (medusa_dir / "medusa_lm_head.safetensors").exists():
-        raise SpectrainError(f"no TensorRT-LLM Medusa heads in {medusa_dir}", where="build_engine.draft",
-                             fix="export a medusa draft (EAGLE-3 drafts need no engine: the PyTorch backend "
-                                 "loads the draft directory)")
+        raise SpectrainError(
+            f"no TensorRT-LLM Medusa heads in {medusa_dir}",
+            where="build_engine.draft",
+            fix="export a medusa draft (EAGLE-3 drafts need no engine: the PyTorch backend loads the draft directory)",
+        )
     missing = missing_tools()
     if missing:
-        raise SpectrainError(f"cannot build a TensorRT-LLM engine here: no {', '.join(missing)}",
-                             fix="run this step in the trtllm image on a GPU node (the pipeline does, with "
-                                 "export_trtllm_engine: true), or `bash DRAFT/trtllm/build.sh` there by hand")
+        raise SpectrainError(
+            f"cannot build a TensorRT-LLM engine here: no {', '.join(missing)}",
+            fix="run this step in the trtllm image on a GPU node (the pipeline does, with "
+            "export_trtllm_engine: true), or `bash DRAFT/trtllm/build.sh` there by hand",
+        )
     from components.export.trtllm import medusa_commands
     from spectrain.models import resolve_base_model
 
     meta = json.loads((medusa_dir / "config.json").read_text())
     out = Path(config.output_dir)
-    commands = medusa_commands(str(resolve_base_model(config.base_model)), medusa_dir, out,
-                               meta["medusa_num_heads"], meta["medusa_num_layers"], meta["torch_dtype"])
+    commands = medusa_commands(
+        str(resolve_base_model(config.base_model)),
+        medusa_dir,
+        out,
+        meta["medusa_num_heads"],
+        meta["medusa_num_layers"],
+        meta["torch_dtype"],
+    )
     for command in commands:
         print(f"[build-engine] {shlex.join(command)}", flush=True)
         subprocess.run(command, check=True)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # intermediate: the engine is what gets served
     engine = out / "engine"
-    return {"engine": str(engine), "commands": [shlex.join(c) for c in commands],
-            "serve_command": shlex.join(["trtllm-serve", str(engine), "--backend", "tensorrt",
-                                         "--tokenizer", config.base_model]),
-            "seconds": time.monotonic() - started}
+    return {
+        "engine": str(engine),
+        "commands": [shlex.join(c) for c in commands],
+        "serve_command": shlex.join(
+            ["trtllm-serve", str(engine), "--backend", "tensorrt", "--tokenizer", config.base_model]
+        ),
+        "seconds": time.monotonic() - started,
+    }

@@ -76,8 +76,9 @@ def export_eagle(model, output_dir: Path, dtype: torch.dtype) -> None:
         if isinstance(config.get("eagle_config"), dict):
             config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] = vllm_ids
     # The exporter injects yarn rope scaling by default; export the rope the draft was trained with.
-    trained_rope = getattr(model.eagle_config, "rope_parameters", None) or getattr(model.eagle_config, "rope_scaling",
-                                                                                  None)
+    trained_rope = getattr(model.eagle_config, "rope_parameters", None) or getattr(
+        model.eagle_config, "rope_scaling", None
+    )
     config["rope_scaling"] = dict(trained_rope) if trained_rope else None
     config_path.write_text(json.dumps(config, indent=2))
 
@@ -100,23 +101,37 @@ def run(config: ExportConfig) -> dict:
     model = transformers.AutoModelForCausalLM.from_pretrained(config.checkpoint, dtype=torch.float32)
     if config.mode == "medusa":
         if not hasattr(model, "medusa_heads"):
-            raise SpectrainError("the checkpoint has no Medusa heads", where=config.checkpoint,
-                                 fix="export it with the mode it was trained with")
+            raise SpectrainError(
+                "the checkpoint has no Medusa heads",
+                where=config.checkpoint,
+                fix="export it with the mode it was trained with",
+            )
         export_medusa(model, output_dir, dtype)
     else:
         if not hasattr(model, "eagle_module"):
-            raise SpectrainError("the checkpoint has no EAGLE module", where=config.checkpoint,
-                                 fix="export it with the mode it was trained with")
+            raise SpectrainError(
+                "the checkpoint has no EAGLE module",
+                where=config.checkpoint,
+                fix="export it with the mode it was trained with",
+            )
         export_eagle(model, output_dir, dtype)
     trt = None
     if config.trtllm:
         capture = list(model.eagle_config.eagle_aux_hidden_state_layer_ids) if config.mode == "eagle3" else []
-        trt = trtllm.export(model, config.mode, output_dir, dtype, str(resolve_base_model(config.base_model)),
-                            config.num_draft_tokens, capture,
-                            medusa_state_dict(model) if config.mode == "medusa" else None)
+        trt = trtllm.export(
+            model,
+            config.mode,
+            output_dir,
+            dtype,
+            str(resolve_base_model(config.base_model)),
+            config.num_draft_tokens,
+            capture,
+            medusa_state_dict(model) if config.mode == "medusa" else None,
+        )
         if trt.get("problems"):
-            raise RuntimeError("the TensorRT-LLM export does not match what its loader reads: "
-                               + "; ".join(trt["problems"]))
+            raise RuntimeError(
+                "the TensorRT-LLM export does not match what its loader reads: " + "; ".join(trt["problems"])
+            )
         print(f"[export] TensorRT-LLM: {trt.get('engine') or trt.get('reason')}", flush=True)
     found = safetensors_dtypes(output_dir)
     expected = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
@@ -126,5 +141,12 @@ def run(config: ExportConfig) -> dict:
     files = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
     print(f"[export] {config.mode} draft -> {output_dir} ({size / 1e6:.1f} MB, {config.dtype}): {files}", flush=True)
-    return {"mode": config.mode, "draft_dir": str(output_dir), "files": files, "bytes": size,
-            "dtype": config.dtype, "trtllm": trt, "seconds": time.monotonic() - started}
+    return {
+        "mode": config.mode,
+        "draft_dir": str(output_dir),
+        "files": files,
+        "bytes": size,
+        "dtype": config.dtype,
+        "trtllm": trt,
+        "seconds": time.monotonic() - started,
+    }

@@ -45,36 +45,58 @@ def write_medusa(model, vllm_tensors: dict[str, torch.Tensor], directory: Path, 
     directory.mkdir(parents=True, exist_ok=True)
     layers = model.medusa_num_layers
     renamed = {trtllm_medusa_name(name, layers): tensor for name, tensor in vllm_tensors.items()}
-    save_file({n: t.detach().to(dtype).contiguous() for n, t in renamed.items()},
-              str(directory / "medusa_lm_head.safetensors"), metadata={"format": "pt"})
-    config = {"medusa_num_heads": model.medusa_num_heads, "medusa_num_layers": layers,
-              "hidden_size": model.config.hidden_size, "vocab_size": model.config.vocab_size,
-              "torch_dtype": str(dtype).removeprefix("torch.")}
+    save_file(
+        {n: t.detach().to(dtype).contiguous() for n, t in renamed.items()},
+        str(directory / "medusa_lm_head.safetensors"),
+        metadata={"format": "pt"},
+    )
+    config = {
+        "medusa_num_heads": model.medusa_num_heads,
+        "medusa_num_layers": layers,
+        "hidden_size": model.config.hidden_size,
+        "vocab_size": model.config.vocab_size,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def medusa_commands(base_model: str, medusa_dir: Path, out: Path, heads: int, layers: int, dtype: str) -> list[list]:
     checkpoint, engine = out / "checkpoint", out / "engine"
     return [
-        ["python3", MEDUSA_CONVERT, "--model_dir", base_model,
-         "--medusa_model_dir", str(medusa_dir), "--output_dir", str(checkpoint), "--dtype", dtype,
-         "--num_medusa_heads", str(heads), "--num_medusa_layers", str(layers)],
+        [
+            "python3",
+            MEDUSA_CONVERT,
+            "--model_dir",
+            base_model,
+            "--medusa_model_dir",
+            str(medusa_dir),
+            "--output_dir",
+            str(checkpoint),
+            "--dtype",
+            dtype,
+            "--num_medusa_heads",
+            str(heads),
+            "--num_medusa_layers",
+            str(layers),
+        ],
         ["trtllm-build", "--checkpoint_dir", str(checkpoint), "--output_dir", str(engine), *MEDUSA_BUILD],
     ]
 
 
 def eagle3_config(draft_dir: Path, num_draft_tokens: int, capture_layers: list[int]) -> str:
     """`trtllm-serve --config` YAML for an EAGLE-3 draft (written by hand: a few keys, no YAML dependency)."""
-    return (f"# trtllm-serve BASE_MODEL --backend pytorch --config {draft_dir}/trtllm/config.yaml\n"
-            "speculative_config:\n"
-            "  decoding_type: Eagle3\n"
-            f"  max_draft_len: {num_draft_tokens}\n"
-            f"  speculative_model: {draft_dir}\n"
-            f"  eagle3_layers_to_capture: {json.dumps(capture_layers)}  # outputs of these base layers\n")
+    return (
+        f"# trtllm-serve BASE_MODEL --backend pytorch --config {draft_dir}/trtllm/config.yaml\n"
+        "speculative_config:\n"
+        "  decoding_type: Eagle3\n"
+        f"  max_draft_len: {num_draft_tokens}\n"
+        f"  speculative_model: {draft_dir}\n"
+        f"  eagle3_layers_to_capture: {json.dumps(capture_layers)}  # outputs of these base layers\n"
+    )
 
 
 def expected_medusa(heads: int, layers: int, hidden: int, vocab: int) -> dict[str, tuple]:
-    shapes = {}
+    shapes: dict[str, tuple] = {}
     for h in range(heads):
         for layer in range(layers):
             shapes[f"{h}.{layer}.linear.weight"] = (hidden, hidden)
@@ -114,13 +136,20 @@ def eagle3_names_as_trtllm_loads_them(names: list[str], num_layers: int) -> dict
     """Our name -> the name `Eagle3ForCausalLM.load_weights` gives it (its rename, restated to check against)."""
     renamed = {}
     for name in names:
-        new = re.sub(r"^layers\.0\.", "midlayer.", name) if num_layers == 1 else \
-            re.sub(r"^layers\.(\d+)\.", r"midlayer.\1.", name)
+        new = (
+            re.sub(r"^layers\.0\.", "midlayer.", name)
+            if num_layers == 1
+            else re.sub(r"^layers\.(\d+)\.", r"midlayer.\1.", name)
+        )
         renamed[name] = new if "lm_head" in new else f"model.{new}"
     return renamed
 
 
-def check(files: list[Path], expected: dict[str, tuple], rename=lambda names: {n: n for n in names}) -> list[str]:
+def same_names(names: list[str]) -> dict[str, str]:
+    return {name: name for name in names}
+
+
+def check(files: list[Path], expected: dict[str, tuple], rename=same_names) -> list[str]:
     """Problems (missing, unexpected or misshapen tensors) between the files and what the loader reads."""
     shapes = {}
     for path in files:
@@ -129,15 +158,29 @@ def check(files: list[Path], expected: dict[str, tuple], rename=lambda names: {n
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
     loaded = {rename_to: shapes[name] for name, rename_to in rename(list(shapes)).items()}
     problems = [f"missing {name} {shape}" for name, shape in expected.items() if name not in loaded]
-    problems += [f"unexpected {name} (the loader would skip it)" for name in loaded if name not in expected
-                 and name != "model.t2d"]
-    problems += [f"{name}: shape {loaded[name]}, expected {shape}" for name, shape in expected.items()
-                 if name in loaded and loaded[name] != shape]
+    problems += [
+        f"unexpected {name} (the loader would skip it)"
+        for name in loaded
+        if name not in expected and name != "model.t2d"
+    ]
+    problems += [
+        f"{name}: shape {loaded[name]}, expected {shape}"
+        for name, shape in expected.items()
+        if name in loaded and loaded[name] != shape
+    ]
     return problems
 
 
-def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: str, num_draft_tokens: int,
-           capture_layers: list[int], vllm_tensors: dict[str, torch.Tensor] | None = None) -> dict:
+def export(
+    model,
+    mode: str,
+    draft_dir: Path,
+    dtype: torch.dtype,
+    base_model: str,
+    num_draft_tokens: int,
+    capture_layers: list[int],
+    vllm_tensors: dict[str, torch.Tensor] | None = None,
+) -> dict:
     """Write and validate the TensorRT-LLM files for ``mode`` (for Medusa the engine's build commands)."""
     out = draft_dir / "trtllm"
     out.mkdir(parents=True, exist_ok=True)
@@ -145,24 +188,45 @@ def export(model, mode: str, draft_dir: Path, dtype: torch.dtype, base_model: st
     if mode == "eagle3":
         config = json.loads((draft_dir / "config.json").read_text())
         (out / "config.yaml").write_text(eagle3_config(draft_dir, num_draft_tokens, capture_layers))
-        problems = check(sorted(draft_dir.glob("*.safetensors")), expected_eagle3(config),
-                         lambda names: eagle3_names_as_trtllm_loads_them(names, config["num_hidden_layers"]))
+        problems = check(
+            sorted(draft_dir.glob("*.safetensors")),
+            expected_eagle3(config),
+            lambda names: eagle3_names_as_trtllm_loads_them(names, config["num_hidden_layers"]),
+        )
         command = ["trtllm-serve", base_model, "--backend", "pytorch", "--config", str(out / "config.yaml")]
-        return {"supported": True, "problems": problems, "serve_command": shlex.join(command),
-                "engine": "not needed: the PyTorch backend loads the draft directory"}
+        return {
+            "supported": True,
+            "problems": problems,
+            "serve_command": shlex.join(command),
+            "engine": "not needed: the PyTorch backend loads the draft directory",
+        }
     medusa_dir = out / "medusa"
+    if vllm_tensors is None:
+        raise ValueError("a Medusa export needs the draft's tensors as vLLM loads them (vllm_tensors)")
     write_medusa(model, vllm_tensors, medusa_dir, dtype)
     heads, layers = model.medusa_num_heads, model.medusa_num_layers
-    problems = check([medusa_dir / "medusa_lm_head.safetensors"],
-                     expected_medusa(heads, layers, model.config.hidden_size, model.config.vocab_size))
+    problems = check(
+        [medusa_dir / "medusa_lm_head.safetensors"],
+        expected_medusa(heads, layers, model.config.hidden_size, model.config.vocab_size),
+    )
     commands = medusa_commands(base_model, medusa_dir, out, heads, layers, dtype_name)
-    (out / "build.sh").write_text("#!/usr/bin/env bash\n# Run in the trtllm image (GPU): Medusa engine\nset -euo pipefail\n"
-                                  + "".join(shlex.join(c) + "\n" for c in commands))
-    result = {"supported": True, "problems": problems, "build_commands": [shlex.join(c) for c in commands],
-              "serve_command": shlex.join(["trtllm-serve", str(out / "engine"), "--backend", "tensorrt",
-                                           "--tokenizer", base_model])}
+    (out / "build.sh").write_text(
+        "#!/usr/bin/env bash\n# Run in the trtllm image (GPU): Medusa engine\nset -euo pipefail\n"
+        + "".join(shlex.join(c) + "\n" for c in commands)
+    )
+    result = {
+        "supported": True,
+        "problems": problems,
+        "build_commands": [shlex.join(c) for c in commands],
+        "serve_command": shlex.join(
+            ["trtllm-serve", str(out / "engine"), "--backend", "tensorrt", "--tokenizer", base_model]
+        ),
+    }
     # Built in one place only: the pipeline's build-engine step (components/export/engine.py, trtllm image, GPU).
-    result["engine"] = ("not built here: the build-engine step builds it (pipeline parameter export_trtllm_engine), or "
-                        "run trtllm/build.sh in the trtllm image" if not problems
-                        else "not buildable: the checkpoint does not match the loader")
+    result["engine"] = (
+        "not built here: the build-engine step builds it (pipeline parameter export_trtllm_engine), or "
+        "run trtllm/build.sh in the trtllm image"
+        if not problems
+        else "not buildable: the checkpoint does not match the loader"
+    )
     return result

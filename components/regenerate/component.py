@@ -7,9 +7,18 @@ from spectrain import images
 
 
 @dsl.component(base_image=images.SERVE, install_kfp_package=False)
-def regenerate(endpoint: str, dataset: str, max_tokens: int, concurrency: int, limit: int, options: dict,
-               checkpoint_root: str, run_id: str, regenerated_conversations: Output[Dataset],
-               result: Output[Artifact]):
+def regenerate(
+    endpoint: str,
+    dataset: str,
+    max_tokens: int,
+    concurrency: int,
+    limit: int,
+    options: dict,
+    checkpoint_root: str,
+    run_id: str,
+    regenerated_conversations: Output[Dataset],
+    result: Output[Artifact],
+):
     """Rewrite every assistant turn of ``dataset`` with the served base model.
 
     ``options`` holds any other RegenerateConfig field (sampling, system prompt, sample, dedupe, ...).
@@ -23,8 +32,18 @@ def regenerate(endpoint: str, dataset: str, max_tokens: int, concurrency: int, l
 
     checkpoint = {"checkpoint_uri": run_prefix(checkpoint_root, run_id, "regenerate")} if checkpoint_root else {}
     # `options` first: a parameter of its own wins (spectrain run/submit refuse such overlaps up front).
-    outcome = run_step("regenerate", {**options, **checkpoint, "endpoint": endpoint, "dataset": dataset,
-                                      "max_tokens": max_tokens, "concurrency": concurrency, "limit": limit,
-                                      "output": regenerated_conversations.path})
+    outcome = run_step(
+        "regenerate",
+        {
+            **options,
+            **checkpoint,
+            "endpoint": endpoint,
+            "dataset": dataset,
+            "max_tokens": max_tokens,
+            "concurrency": concurrency,
+            "limit": limit,
+            "output": regenerated_conversations.path,
+        },
+    )
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)

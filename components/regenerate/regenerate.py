@@ -43,21 +43,29 @@ def _drop_broken_lines(output: Path) -> None:
     os.replace(tmp, output)
 
 
-async def regenerate_conversation(client, model: str, conversation: Conversation,
-                                  config: RegenerateConfig) -> tuple[dict, int]:
+async def regenerate_conversation(
+    client, model: str, conversation: Conversation, config: RegenerateConfig
+) -> tuple[dict, int]:
     """Replace each assistant turn with the model's reply to the conversation so far: (record, output tokens)."""
     messages = []
     system = config.system_prompt or (conversation.system if config.keep_system_prompt else "")
     if system:
         messages.append({"role": "system", "content": system})
-    extra_body = {**config.request_options,
-                  **({"chat_template_kwargs": config.chat_template_kwargs} if config.chat_template_kwargs else {})}
+    extra_body = {
+        **config.request_options,
+        **({"chat_template_kwargs": config.chat_template_kwargs} if config.chat_template_kwargs else {}),
+    }
     turns, finish_reasons, output_tokens = [], [], 0
     for prompt in conversation.prompts:
         messages.append({"role": "user", "content": prompt})
         response = await client.chat.completions.create(
-            model=model, messages=messages, max_tokens=config.max_tokens,
-            temperature=config.temperature, top_p=config.top_p, extra_body=extra_body or None)
+            model=model,
+            messages=messages,
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            extra_body=extra_body or None,
+        )
         choice = response.choices[0]
         reply = choice.message.content or ""
         messages.append({"role": "assistant", "content": reply})
@@ -76,8 +84,10 @@ SYNTHESIZED = "synthesized"  # the category of conversations whose prompt the ba
 
 def synthesized(config: RegenerateConfig) -> list[Conversation]:
     """Placeholders for the ``synthesize`` prompts: ids fixed by seed and index, so a re-run resumes them."""
-    return [Conversation(f"synthesized-{config.seed}-{index:06d}", [], "", SYNTHESIZED)
-            for index in range(config.synthesize)]
+    return [
+        Conversation(f"synthesized-{config.seed}-{index:06d}", [], "", SYNTHESIZED)
+        for index in range(config.synthesize)
+    ]
 
 
 async def user_header(client, model: str) -> list[int]:
@@ -89,8 +99,11 @@ async def user_header(client, model: str) -> list[int]:
     root = str(client.base_url).rstrip("/").removesuffix("/v1")
     renderings = []
     for text in ("Hello", "Why"):
-        response = await client.post(f"{root}/tokenize", cast_to=object, body={
-            "model": model, "messages": [{"role": "user", "content": text}], "add_generation_prompt": False})
+        response = await client.post(
+            f"{root}/tokenize",
+            cast_to=object,
+            body={"model": model, "messages": [{"role": "user", "content": text}], "add_generation_prompt": False},
+        )
         renderings.append(response["tokens"])
     header = []
     for first, second in zip(*renderings):
@@ -100,19 +113,28 @@ async def user_header(client, model: str) -> list[int]:
     return header
 
 
-async def synthesize_prompt(client, model: str, header: list[int], conversation: Conversation,
-                            config: RegenerateConfig) -> Conversation | None:
+async def synthesize_prompt(
+    client, model: str, header: list[int], conversation: Conversation, config: RegenerateConfig
+) -> Conversation | None:
     """The base's own user message, sampled after ``header``; None when it runs past the limit or is empty."""
     index = int(conversation.conversation_id.rsplit("-", 1)[1])
     response = await client.completions.create(
-        model=model, prompt=header, max_tokens=config.synthesis_max_tokens, temperature=config.synthesis_temperature,
-        seed=config.seed * 1_000_003 + index)
+        model=model,
+        prompt=header,
+        max_tokens=config.synthesis_max_tokens,
+        temperature=config.synthesis_temperature,
+        seed=config.seed * 1_000_003 + index,
+    )
     choice = response.choices[0]
     text = choice.text.strip()
     if choice.finish_reason != "stop" or not text:
         return None
-    return Conversation(conversation.conversation_id, [{"role": "user", "content": text},
-                                                       {"role": "assistant", "content": ""}], "", SYNTHESIZED)
+    return Conversation(
+        conversation.conversation_id,
+        [{"role": "user", "content": text}, {"role": "assistant", "content": ""}],
+        "",
+        SYNTHESIZED,
+    )
 
 
 async def _served_model(client, config: RegenerateConfig) -> str:
@@ -122,24 +144,35 @@ async def _served_model(client, config: RegenerateConfig) -> str:
     try:
         models = await client.models.list()
     except (AuthenticationError, PermissionDeniedError) as exc:
-        raise SpectrainError(f"{client.base_url} refused the API key (HTTP {exc.status_code})",
-                             where="regenerate.api_key (the VLLM_API_KEY variable wins over it)",
-                             fix="use the key the server was started with (its --api-key or VLLM_API_KEY)") from None
+        raise SpectrainError(
+            f"{client.base_url} refused the API key (HTTP {exc.status_code})",
+            where="regenerate.api_key (the VLLM_API_KEY variable wins over it)",
+            fix="use the key the server was started with (its --api-key or VLLM_API_KEY)",
+        ) from None
     except APIConnectionError as exc:
         if config.model:  # each conversation then records its own failure, and max_failure_ratio decides
             return config.model
-        raise SpectrainError(f"cannot reach {client.base_url} ({exc})", where="regenerate.endpoint",
-                             fix="start the server or correct the URL (it ends in /v1)") from None
+        raise SpectrainError(
+            f"cannot reach {client.base_url} ({exc})",
+            where="regenerate.endpoint",
+            fix="start the server or correct the URL (it ends in /v1)",
+        ) from None
     return config.model or models.data[0].id
 
 
-async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], output: Path, errors: Path,
-                          checkpoint: S3Checkpoint | None) -> dict:
+async def _regenerate_all(
+    config: RegenerateConfig, todo: list[Conversation], output: Path, errors: Path, checkpoint: S3Checkpoint | None
+) -> dict:
     from openai import AsyncOpenAI, BadRequestError
 
     api_key = os.environ.get("VLLM_API_KEY") or config.api_key
-    clients = [AsyncOpenAI(base_url=url.strip(), api_key=api_key, timeout=config.request_timeout_s,
-                           max_retries=config.max_retries) for url in config.endpoint.split(",") if url.strip()]
+    clients = [
+        AsyncOpenAI(
+            base_url=url.strip(), api_key=api_key, timeout=config.request_timeout_s, max_retries=config.max_retries
+        )
+        for url in config.endpoint.split(",")
+        if url.strip()
+    ]
     model = await _served_model(clients[0], config)
     header = await user_header(clients[0], model) if any(c.category == SYNTHESIZED for c in todo) else []
     counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "discarded": 0, "output_tokens": 0}
@@ -149,19 +182,21 @@ async def _regenerate_all(config: RegenerateConfig, todo: list[Conversation], ou
     def report(kind: str, conversation: Conversation, reason: str) -> None:
         counts[kind] += 1
         with open(errors, "a", encoding="utf-8") as handle:
-            append_jsonl(handle, {"conversation_id": conversation.conversation_id, "source": conversation.source,
-                                  kind: reason})
+            append_jsonl(
+                handle, {"conversation_id": conversation.conversation_id, "source": conversation.source, kind: reason}
+            )
 
     async def one(index: int, conversation: Conversation) -> None:
         async with semaphore:
             try:
                 client = clients[index % len(clients)]  # data parallel over replicas
                 if conversation.category == SYNTHESIZED and not conversation.turns:
-                    conversation = await synthesize_prompt(client, model, header, conversation, config)
-                    if conversation is None:
+                    synthesized = await synthesize_prompt(client, model, header, conversation, config)
+                    if synthesized is None:
                         counts["discarded"] += 1
                         progress.update(1)
                         return
+                    conversation = synthesized
                 record, output_tokens = await regenerate_conversation(client, model, conversation, config)
             except BadRequestError as exc:  # the input's fault (e.g. longer than the context): not retried
                 warn(f"{conversation.source}: rejected by the server: {exc.message}")
@@ -197,8 +232,10 @@ def select(conversations: list[Conversation], config: RegenerateConfig) -> list[
                 seen.add(key)
                 unique.append(conversation)
         if len(unique) < len(conversations):
-            print(f"[regenerate] dropped {len(conversations) - len(unique)} conversations with repeated prompts",
-                  flush=True)
+            print(
+                f"[regenerate] dropped {len(conversations) - len(unique)} conversations with repeated prompts",
+                flush=True,
+            )
         conversations = unique
     if config.sample and config.sample < len(conversations):
         conversations = random.Random(config.seed).sample(conversations, config.sample)
@@ -213,8 +250,10 @@ def run(config: RegenerateConfig) -> dict:
     for line in skipped:
         print(f"[regenerate] skipped {line}", flush=True)
     if skipped:
-        warn(f"{len(skipped)} input record(s) skipped, first {skipped[0].where}: {skipped[0].reason} "
-             "(every one is in this step's log)")
+        warn(
+            f"{len(skipped)} input record(s) skipped, first {skipped[0].where}: {skipped[0].reason} "
+            "(every one is in this step's log)"
+        )
     conversations = select(conversations, config)
     if not conversations:
         raise SpectrainError("no usable conversations", where=config.dataset, fix="check the file's format")
@@ -228,8 +267,11 @@ def run(config: RegenerateConfig) -> dict:
         restored = checkpoint.restore(output, done)
         print(f"[regenerate] {restored} finished conversations restored from {config.checkpoint_uri}", flush=True)
     todo = [c for c in conversations if c.conversation_id not in done]
-    print(f"[regenerate] {len(conversations)} conversations, {len(conversations) - len(todo)} already done, "
-          f"{len(todo)} to go, concurrency {config.concurrency}", flush=True)
+    print(
+        f"[regenerate] {len(conversations)} conversations, {len(conversations) - len(todo)} already done, "
+        f"{len(todo)} to go, concurrency {config.concurrency}",
+        flush=True,
+    )
     counts = {"done": 0, "truncated": 0, "failed": 0, "rejected": 0, "discarded": 0, "output_tokens": 0}
     try:
         if todo:
@@ -238,20 +280,36 @@ def run(config: RegenerateConfig) -> dict:
         if checkpoint:  # what finished goes up even when the step fails; only a clean finish must upload
             checkpoint.push(final=sys.exc_info()[0] is None)
     seconds = time.monotonic() - started
-    summary = {**counts, "output_tokens_per_s": counts["output_tokens"] / seconds, "resumed": len(conversations) - len(todo), "skipped_input_lines": len(skipped),
-               "total": len(conversations), "output": str(output), "inputs": inputs, "seconds": seconds,
-               "checkpoint": checkpoint.summary() if checkpoint else None}
-    print(f"[regenerate] done {counts['done']}, truncated {counts['truncated']}, failed {counts['failed']}, "
-          f"rejected {counts['rejected']}, discarded synthesized prompts {counts['discarded']}, "
-          f"skipped input lines {len(skipped)} in {seconds:.0f} s", flush=True)
+    summary = {
+        **counts,
+        "output_tokens_per_s": counts["output_tokens"] / seconds,
+        "resumed": len(conversations) - len(todo),
+        "skipped_input_lines": len(skipped),
+        "total": len(conversations),
+        "output": str(output),
+        "inputs": inputs,
+        "seconds": seconds,
+        "checkpoint": checkpoint.summary() if checkpoint else None,
+    }
+    print(
+        f"[regenerate] done {counts['done']}, truncated {counts['truncated']}, failed {counts['failed']}, "
+        f"rejected {counts['rejected']}, discarded synthesized prompts {counts['discarded']}, "
+        f"skipped input lines {len(skipped)} in {seconds:.0f} s",
+        flush=True,
+    )
     if todo and counts["failed"] / len(todo) > config.max_failure_ratio:
-        raise SpectrainError(f"{counts['failed']} of {len(todo)} conversations failed (over the "
-                             f"{config.max_failure_ratio:.0%} limit of regenerate.max_failure_ratio); reasons, with "
-                             f"each conversation's file:line, are in {errors}", where=config.dataset,
-                             fix="check the server and re-run: finished conversations are kept and skipped")
-    if todo and counts["done"] + summary["resumed"] == 0:
-        raise SpectrainError(f"the server rejected all {counts['rejected']} conversations, so there is nothing to "
-                             f"train on; reasons, with each conversation's file:line, are in {errors}",
-                             where=config.dataset,
-                             fix="shorten the prompts or raise the server's max_model_len (a pipeline parameter)")
+        raise SpectrainError(
+            f"{counts['failed']} of {len(todo)} conversations failed (over the "
+            f"{config.max_failure_ratio:.0%} limit of regenerate.max_failure_ratio); reasons, with "
+            f"each conversation's file:line, are in {errors}",
+            where=config.dataset,
+            fix="check the server and re-run: finished conversations are kept and skipped",
+        )
+    if todo and counts["done"] + len(conversations) - len(todo) == 0:
+        raise SpectrainError(
+            f"the server rejected all {counts['rejected']} conversations, so there is nothing to "
+            f"train on; reasons, with each conversation's file:line, are in {errors}",
+            where=config.dataset,
+            fix="shorten the prompts or raise the server's max_model_len (a pipeline parameter)",
+        )
     return summary

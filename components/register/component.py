@@ -7,21 +7,44 @@ from spectrain import images
 
 
 @dsl.component(base_image=images.ORCHESTRATE, install_kfp_package=False)
-def register(base_model: str, mode: str, draft: Input[Model], serve_result: Input[Artifact],
-             regenerate_result: Input[Artifact], train_result: Input[Artifact], evaluate_result: Input[Artifact],
-             export_result: Input[Artifact], registered_model_name: str, mlflow_tracking_uri: str,
-             min_acceptance_length: float, pipeline_run_id: str, result: Output[Artifact]):
+def register(
+    base_model: str,
+    mode: str,
+    draft: Input[Model],
+    serve_result: Input[Artifact],
+    regenerate_result: Input[Artifact],
+    train_result: Input[Artifact],
+    evaluate_result: Input[Artifact],
+    export_result: Input[Artifact],
+    registered_model_name: str,
+    mlflow_tracking_uri: str,
+    min_acceptance_length: float,
+    pipeline_run_id: str,
+    result: Output[Artifact],
+):
     """Log everything to MLflow, register the draft, and promote it to `champion` if it wins."""
     import json
 
     from spectrain.steps import run_step
 
-    outcome = run_step("register", {
-        "base_model": base_model, "draft_dir": draft.path, "registered_model_name": registered_model_name,
-        "tracking_uri": mlflow_tracking_uri, "min_acceptance_length": min_acceptance_length,
-        "pipeline_run_id": pipeline_run_id,  # MLflow params: every step's resolved config, from its result
-        "step_results": {"serve": serve_result.path, "regenerate": regenerate_result.path,
-                         "train": train_result.path, "evaluate": evaluate_result.path,
-                         "export": export_result.path}}, label=mode)
+    outcome = run_step(
+        "register",
+        {
+            "base_model": base_model,
+            "draft_dir": draft.path,
+            "registered_model_name": registered_model_name,
+            "tracking_uri": mlflow_tracking_uri,
+            "min_acceptance_length": min_acceptance_length,
+            "pipeline_run_id": pipeline_run_id,  # MLflow params: every step's resolved config, from its result
+            "step_results": {
+                "serve": serve_result.path,
+                "regenerate": regenerate_result.path,
+                "train": train_result.path,
+                "evaluate": evaluate_result.path,
+                "export": export_result.path,
+            },
+        },
+        label=mode,
+    )
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)

@@ -44,14 +44,16 @@ def run_params(config: RegisterConfig, results: dict[str, dict]) -> dict[str, st
     params = {**config.params, **{f"register.{k}": v for k, v in own.items()}}
     for step, result in results.items():
         params.update({f"{step}.{k}": v for k, v in result.get("config", {}).items()})
-    return {k: (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_CHARS]
-            for k, v in params.items() if not is_secret(k)}
+    return {
+        k: (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_CHARS] for k, v in params.items() if not is_secret(k)
+    }
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("SPECTRAIN_GIT_COMMIT", "unknown")
 
@@ -79,8 +81,13 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str) -> dict
         for position, rate in enumerate(evaluation["acceptance_rate_per_position"], start=1):
             metrics[f"acceptance_rate_position_{position}"] = rate
     if train:
-        metrics.update({"train_steps": train["steps"], "train_seconds_per_step": train["seconds_per_step"],
-                        "trainable_parameters": train["trainable_parameters"]})
+        metrics.update(
+            {
+                "train_steps": train["steps"],
+                "train_seconds_per_step": train["seconds_per_step"],
+                "trainable_parameters": train["trainable_parameters"],
+            }
+        )
     mlflow.log_metrics(metrics)
     for entry in train.get("history", []):  # curves: one point per logging step
         values = {k: v for k, v in entry.items() if k == "loss" or k.startswith("head_")}
@@ -108,8 +115,9 @@ def comparable(version, candidate: dict, base_model: str) -> str:
     if version.tags.get("base_model") != base_model:
         return f"v{version.version} drafts for another base model ({version.tags.get('base_model')})"
     if version.tags.get("eval_dataset_fingerprint") != candidate.get("eval_dataset_fingerprint"):
-        return (f"v{version.version} was evaluated on a different eval set "
-                f"({version.tags.get('eval_dataset_fingerprint')})")
+        return (
+            f"v{version.version} was evaluated on a different eval set ({version.tags.get('eval_dataset_fingerprint')})"
+        )
     return ""
 
 
@@ -129,8 +137,7 @@ def tau_of(version) -> float:
     return float(version.tags.get("acceptance_length") or 0.0)
 
 
-def promote(client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig
-            ) -> tuple[str, str]:
+def promote(client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig) -> tuple[str, str]:
     """Aliases, never stages: the candidate is `challenger`; it becomes `champion` (the old one
     `previous_champion`) when it passes the gate and beats the champion on the same eval set by the margin."""
     tau = candidate.get("acceptance_length", 0.0)
@@ -139,8 +146,9 @@ def promote(client: MlflowClient, name: str, version: str, candidate: dict, conf
         return CHALLENGER, f"τ {tau:.3f} does not pass the gate min_acceptance_length={config.min_acceptance_length}"
     ngram = candidate.get("ngram_acceptance_length")
     if config.must_beat_ngram and ngram is not None and tau <= ngram:
-        return CHALLENGER, (f"τ {tau:.3f} does not beat the free n-gram baseline (τ {ngram:.3f} on the same prompts; "
-                            f"must_beat_ngram)")
+        return CHALLENGER, (
+            f"τ {tau:.3f} does not beat the free n-gram baseline (τ {ngram:.3f} on the same prompts; must_beat_ngram)"
+        )
     champion = alias_version(client, name, CHAMPION)
     if champion is None:
         set_alias(client, name, CHAMPION, version)
@@ -151,22 +159,32 @@ def promote(client: MlflowClient, name: str, version: str, candidate: dict, conf
     if tau > tau_of(champion) + config.margin:
         set_alias(client, name, PREVIOUS, champion.version)
         set_alias(client, name, CHAMPION, version)
-        return settle(client, name, version, candidate, config,
-                      f"τ {tau:.3f} beats champion v{champion.version} ({tau_of(champion):.3f}) by more than "
-                      f"{config.margin}")
-    return CHALLENGER, (f"τ {tau:.3f} does not beat champion v{champion.version} ({tau_of(champion):.3f}) "
-                        f"by more than {config.margin}")
+        return settle(
+            client,
+            name,
+            version,
+            candidate,
+            config,
+            f"τ {tau:.3f} beats champion v{champion.version} ({tau_of(champion):.3f}) by more than {config.margin}",
+        )
+    return CHALLENGER, (
+        f"τ {tau:.3f} does not beat champion v{champion.version} ({tau_of(champion):.3f}) by more than {config.margin}"
+    )
 
 
-def settle(client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig, reason: str
-           ) -> tuple[str, str]:
+def settle(
+    client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig, reason: str
+) -> tuple[str, str]:
     """Check after set: a concurrent run may have promoted a better draft against the same stale champion.
 
     Every promoting run ends by handing `champion` to the best comparable version that passed the
     gate, so whatever the interleaving, the last check leaves the best one in place.
     """
-    eligible = [v for v in client.search_model_versions(f"name='{name}'")
-                if not comparable(v, candidate, config.base_model) and tau_of(v) > config.min_acceptance_length]
+    eligible = [
+        v
+        for v in client.search_model_versions(f"name='{name}'")
+        if not comparable(v, candidate, config.base_model) and tau_of(v) > config.min_acceptance_length
+    ]
     best = max(eligible, key=lambda v: (tau_of(v), -int(v.version)))
     if str(best.version) != str(version) and tau_of(best) > candidate.get("acceptance_length", 0.0):
         set_alias(client, name, CHAMPION, best.version)
@@ -180,8 +198,11 @@ def rollback(name: str, tracking_uri_: str = "") -> dict:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     previous, champion = alias_version(client, name, PREVIOUS), alias_version(client, name, CHAMPION)
     if previous is None or champion is None:
-        raise SpectrainError(f"'{name}' has no {PREVIOUS if previous is None else CHAMPION} alias to roll back with",
-                             where=uri, fix="check the model name (`mlflow ui` lists them) and tracking URI")
+        raise SpectrainError(
+            f"'{name}' has no {PREVIOUS if previous is None else CHAMPION} alias to roll back with",
+            where=uri,
+            fix="check the model name (`mlflow ui` lists them) and tracking URI",
+        )
     set_alias(client, name, CHAMPION, previous.version)
     set_alias(client, name, PREVIOUS, champion.version)
     print(f"[promote] {name}: champion v{champion.version} -> v{previous.version}", flush=True)
@@ -200,24 +221,42 @@ def run(config: RegisterConfig) -> dict:
     name = config.registered_model_name or f"spectrain-{model_slug(config.base_model)}-{mode}"
     with mlflow.start_run(run_name=config.run_name or f"{mode}-{config.pipeline_run_id}") as active:
         metrics = log_run(config, results, mode)
-        mlflow.set_tags({"mode": mode, "base_model": config.base_model, "pipeline_run_id": config.pipeline_run_id,
-                         "git_commit": git_commit()})
+        mlflow.set_tags(
+            {
+                "mode": mode,
+                "base_model": config.base_model,
+                "pipeline_run_id": config.pipeline_run_id,
+                "git_commit": git_commit(),
+            }
+        )
         run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(name, description="spectrain draft heads (speculative decoding)")
-    tags = {"base_model": config.base_model, "mode": mode, "pipeline_run_id": config.pipeline_run_id,
-            "git_commit": git_commit(),
-            "num_draft_tokens": str(evaluation.get("num_draft_tokens", "")),
-            "eval_dataset_fingerprint": str(evaluation.get("eval_dataset_fingerprint", "")),
-            "dataset_fingerprint": str(results.get("train", {}).get("data_fingerprint", "")),
-            "acceptance_length": str(evaluation.get("acceptance_length", ""))}
+    tags = {
+        "base_model": config.base_model,
+        "mode": mode,
+        "pipeline_run_id": config.pipeline_run_id,
+        "git_commit": git_commit(),
+        "num_draft_tokens": str(evaluation.get("num_draft_tokens", "")),
+        "eval_dataset_fingerprint": str(evaluation.get("eval_dataset_fingerprint", "")),
+        "dataset_fingerprint": str(results.get("train", {}).get("data_fingerprint", "")),
+        "acceptance_length": str(evaluation.get("acceptance_length", "")),
+    }
     # MLflow 3: register from the run's artifact URI (mlflow.register_model needs a logged MLflow Model).
     version = str(client.create_model_version(name, source=f"{artifact_uri}/draft", run_id=run_id, tags=tags).version)
     alias, reason = promote(client, name, version, evaluation, config)
     print(f"[register] {name} v{version} ({alias}): {reason}", flush=True)
-    return {"registered_model": name, "version": version, "alias": alias, "promotion": reason, "run_id": run_id,
-            "tracking_uri": uri, "metrics": metrics, "mode": mode,
-            "step_seconds": {step: r.get("seconds") for step, r in results.items()},
-            "seconds": time.monotonic() - started}
+    return {
+        "registered_model": name,
+        "version": version,
+        "alias": alias,
+        "promotion": reason,
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "metrics": metrics,
+        "mode": mode,
+        "step_seconds": {step: r.get("seconds") for step, r in results.items()},
+        "seconds": time.monotonic() - started,
+    }

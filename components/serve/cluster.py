@@ -35,8 +35,13 @@ RUN_ID_LABEL = "spectrain.dev/run-id"
 NAME_PREFIX = "spectrain-vllm-"
 SERVICEACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Container states that do not heal by waiting (ErrImagePull turns into ImagePullBackOff once it is final).
-FATAL_WAITING = ("CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
-                 "CreateContainerError")
+FATAL_WAITING = (
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
 POLL_S = 5.0
 LOG_LINES = 40
 EVENTS_SHOWN = 15
@@ -57,8 +62,11 @@ def connect() -> Api:
         try:
             kube_config.load_kube_config()
         except (kube_config.ConfigException, OSError) as exc:
-            raise SpectrainError(f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc})",
-                                 where="serve.mode", fix="run in the cluster, or set KUBECONFIG") from exc
+            raise SpectrainError(
+                f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc})",
+                where="serve.mode",
+                fix="run in the cluster, or set KUBECONFIG",
+            ) from exc
     return Api(client.AppsV1Api(), client.CoreV1Api())
 
 
@@ -71,8 +79,9 @@ def own_namespace(configured: str = "") -> str:
     try:
         _, active = kube_config.list_kube_config_contexts()
     except (kube_config.ConfigException, OSError) as exc:
-        raise SpectrainError("cannot tell which namespace to use", where="serve.namespace",
-                             fix="set namespace, or run in a pod") from exc
+        raise SpectrainError(
+            "cannot tell which namespace to use", where="serve.namespace", fix="set namespace, or run in a pod"
+        ) from exc
     return active.get("context", {}).get("namespace", "default")
 
 
@@ -115,14 +124,19 @@ def model_reference(base_model: str) -> str:
 
     The embedded model is converted here once, into the cache (SPECTRAIN_MODEL_CACHE=/models in the image).
     """
-    if base_model not in ("", EMBEDDED) and not base_model.startswith(("/", ".", "~")) \
-            and not Path(base_model).exists():
+    if (
+        base_model not in ("", EMBEDDED)
+        and not base_model.startswith(("/", ".", "~"))
+        and not Path(base_model).exists()
+    ):
         return base_model  # a hub id: vLLM downloads it into HF_HOME on the PVC
     path = resolve_base_model(base_model)
     if not Path(path).is_relative_to(MODEL_CACHE_PATH):
-        raise SpectrainError(f"{path} is not on the model cache PVC (mounted at {MODEL_CACHE_PATH}), so the vLLM "
-                             f"pods cannot read it", where="serve.base_model",
-                             fix=f"copy the checkpoint under {MODEL_CACHE_PATH}, or pass a hub id")
+        raise SpectrainError(
+            f"{path} is not on the model cache PVC (mounted at {MODEL_CACHE_PATH}), so the vLLM pods cannot read it",
+            where="serve.base_model",
+            fix=f"copy the checkpoint under {MODEL_CACHE_PATH}, or pass a hub id",
+        )
     return path
 
 
@@ -132,8 +146,7 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
 
     def probe(period_s: int, failures: int) -> dict[str, Any]:
         # /health needs no API key (/v1/models does).
-        return {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": period_s,
-                "failureThreshold": failures}
+        return {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": period_s, "failureThreshold": failures}
 
     container = {
         "name": "vllm",
@@ -143,13 +156,17 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": PORT}],
         "env": [
             {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": "VLLM_API_KEY"}}},
-            {"name": "HF_TOKEN",
-             "valueFrom": {"secretKeyRef": {"name": HF_SECRET, "key": "HF_TOKEN", "optional": True}}},
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": HF_SECRET, "key": "HF_TOKEN", "optional": True}},
+            },
             {"name": "HF_HOME", "value": f"{MODEL_CACHE_PATH}/huggingface"},
         ],
         "resources": {"limits": {GPU_RESOURCE: config.gpus}},
-        "volumeMounts": [{"name": "model-cache", "mountPath": MODEL_CACHE_PATH},
-                         {"name": "shm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": MODEL_CACHE_PATH},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
         # Loading (and downloading) may take the whole ready_timeout_s; liveness only counts after that.
         "startupProbe": probe(10, math.ceil(config.ready_timeout_s / 10) + 1),
         "readinessProbe": probe(5, 3),
@@ -157,8 +174,10 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "volumes": [{"name": "model-cache", "persistentVolumeClaim": {"claimName": config.model_cache_pvc}},
-                    {"name": "shm", "emptyDir": {"medium": "Memory"}}],  # tensor parallelism shares memory here
+        "volumes": [
+            {"name": "model-cache", "persistentVolumeClaim": {"claimName": config.model_cache_pvc}},
+            {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        ],  # tensor parallelism shares memory here
         "automountServiceAccountToken": False,  # vLLM needs no Kubernetes API access
         "enableServiceLinks": False,  # a Service named `vllm` would inject VLLM_PORT=tcp://..., which vLLM reads
     }
@@ -184,8 +203,11 @@ def service_manifest(run_id: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": resource_name(run_id), "labels": labels(run_id)},
-        "spec": {"type": "ClusterIP", "selector": labels(run_id),
-                 "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels(run_id),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http"}],
+        },
     }
 
 
@@ -193,16 +215,23 @@ def service_manifest(run_id: str) -> dict[str, Any]:
 
 
 def _api_error(exc: ApiException, doing: str, namespace: str) -> SpectrainError:
-    fixes = {403: "apply manifests/base/rbac.yaml and run the pipeline as spectrain-pipeline-runner",
-             409: "stop the old one: `spectrain step stop-server --mode cluster --run-id ...`"}
-    return SpectrainError(f"Kubernetes refused to {doing} (HTTP {exc.status} {exc.reason}): {exc.body}",
-                          where=f"namespace {namespace}", fix=fixes.get(exc.status or 0))
+    fixes = {
+        403: "apply manifests/base/rbac.yaml and run the pipeline as spectrain-pipeline-runner",
+        409: "stop the old one: `spectrain step stop-server --mode cluster --run-id ...`",
+    }
+    return SpectrainError(
+        f"Kubernetes refused to {doing} (HTTP {exc.status} {exc.reason}): {exc.body}",
+        where=f"namespace {namespace}",
+        fix=fixes.get(exc.status or 0),
+    )
 
 
 def _delete(api: Api, kind: str, name: str, namespace: str) -> bool:
     """Delete one object (its pods go with it); False if it was already gone."""
-    remove: Callable[..., Any] = {"deployment": api.apps.delete_namespaced_deployment,
-                                  "service": api.core.delete_namespaced_service}[kind]
+    remove: Callable[..., Any] = {
+        "deployment": api.apps.delete_namespaced_deployment,
+        "service": api.core.delete_namespaced_service,
+    }[kind]
     try:
         remove(name, namespace, propagation_policy="Background")
         return True
@@ -219,16 +248,20 @@ def start(config: ServeConfig, api: Api, *, poll_s: float = POLL_S) -> dict[str,
     model = model_reference(config.base_model)
     created: list[str] = []
     try:
-        for kind, create, body in (("deployment", api.apps.create_namespaced_deployment,
-                                    deployment_manifest(config, model)),
-                                   ("service", api.core.create_namespaced_service, service_manifest(config.run_id))):
+        for kind, create, body in (
+            ("deployment", api.apps.create_namespaced_deployment, deployment_manifest(config, model)),
+            ("service", api.core.create_namespaced_service, service_manifest(config.run_id)),
+        ):
             try:
                 create(namespace, body)
             except ApiException as exc:
                 raise _api_error(exc, f"create {kind} {name}", namespace) from exc
             created.append(kind)
-        print(f"[serve] created deployment and service {namespace}/{name} ({config.replicas} x {config.gpus} GPU, "
-              f"{config.image}); waiting up to {config.ready_timeout_s:.0f} s", flush=True)
+        print(
+            f"[serve] created deployment and service {namespace}/{name} ({config.replicas} x {config.gpus} GPU, "
+            f"{config.image}); waiting up to {config.ready_timeout_s:.0f} s",
+            flush=True,
+        )
         wait_until_ready(api, namespace, config, poll_s)
     except BaseException:
         for kind in reversed(created):
@@ -237,8 +270,15 @@ def start(config: ServeConfig, api: Api, *, poll_s: float = POLL_S) -> dict[str,
             except Exception as cleanup:  # never hide the original failure
                 print(f"[serve] could not delete {kind} {namespace}/{name}: {cleanup}", flush=True)
         raise
-    return {"endpoint": f"http://{name}.{namespace}.svc.cluster.local:{PORT}/v1", "model": config.served_model_name,
-            "pid": 0, "log": "", "namespace": namespace, "name": name, "seconds": time.monotonic() - started}
+    return {
+        "endpoint": f"http://{name}.{namespace}.svc.cluster.local:{PORT}/v1",
+        "model": config.served_model_name,
+        "pid": 0,
+        "log": "",
+        "namespace": namespace,
+        "name": name,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def wait_until_ready(api: Api, namespace: str, config: ServeConfig, poll_s: float = POLL_S) -> None:
@@ -261,10 +301,13 @@ def wait_until_ready(api: Api, namespace: str, config: ServeConfig, poll_s: floa
             problem = f"not ready after {config.ready_timeout_s:.0f} s ({ready}/{config.replicas} replicas ready)"
         if problem:
             report = diagnostics(api, namespace, name, pods, culprit)
-            raise SpectrainError(f"vLLM is not serving: {problem}\n{report}", where=f"deployment {namespace}/{name}",
-                                 fix="read the events and log above (image? GPUs and node selector? secret "
-                                     f"{API_KEY_SECRET}? model path? memory?); raise ready_timeout_s if it was "
-                                     "only slow")
+            raise SpectrainError(
+                f"vLLM is not serving: {problem}\n{report}",
+                where=f"deployment {namespace}/{name}",
+                fix="read the events and log above (image? GPUs and node selector? secret "
+                f"{API_KEY_SECRET}? model path? memory?); raise ready_timeout_s if it was "
+                "only slow",
+            )
         time.sleep(poll_s)
 
 
@@ -319,13 +362,14 @@ def pod_log(api: Api, namespace: str, pod: str, lines: int | None = None) -> str
     return text or "(empty log)"
 
 
-def diagnostics(api: Api, namespace: str, name: str, pods: list[client.V1Pod],
-                culprit: client.V1Pod | None) -> str:
+def diagnostics(api: Api, namespace: str, name: str, pods: list[client.V1Pod], culprit: client.V1Pod | None) -> str:
     """Recent events of the Deployment and its pods, and the log tail of the failing (else first) pod."""
     try:
         found = [e for n in [name] + [p.metadata.name for p in pods[:3]] for e in events(api, namespace, n)]
-        lines = [f"  {e.involved_object.kind}/{e.involved_object.name} {e.reason}: {e.message}"
-                 for e in found[-EVENTS_SHOWN:]]
+        lines = [
+            f"  {e.involved_object.kind}/{e.involved_object.name} {e.reason}: {e.message}"
+            for e in found[-EVENTS_SHOWN:]
+        ]
     except ApiException as exc:
         lines = [f"  (cannot list events: HTTP {exc.status} {exc.reason})"]
     text = "recent events:\n" + ("\n".join(lines) or "  (none)")
@@ -354,9 +398,15 @@ def stop(run_id: str, namespace: str, api: Api, log_copy: str | Path | None = No
             Path(log_copy).write_text("".join(f"==> pod {p} <==\n{pod_log(api, namespace, p)}\n" for p in pods))
     except ApiException as exc:
         raise _api_error(exc, f"list the objects of run {run_id}", namespace) from exc
-    deleted = [f"{kind}/{n}" for kind, names in (("deployment", deployments), ("service", services))
-               for n in names if _delete(api, kind, n, namespace)]
-    print(f"[stop-server] run '{run_id}' in {namespace}: " + (f"deleted {', '.join(deleted)}" if deleted
-                                                            else "nothing to delete"), flush=True)
+    deleted = [
+        f"{kind}/{n}"
+        for kind, names in (("deployment", deployments), ("service", services))
+        for n in names
+        if _delete(api, kind, n, namespace)
+    ]
+    print(
+        f"[stop-server] run '{run_id}' in {namespace}: "
+        + (f"deleted {', '.join(deleted)}" if deleted else "nothing to delete"),
+        flush=True,
+    )
     return {"stopped": bool(deleted), "deleted": deleted}
-

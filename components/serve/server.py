@@ -43,15 +43,21 @@ def run(config: ServeConfig) -> dict:
     if existing.exists():
         info = json.loads(existing.read_text())
         if vllm.alive(info["pid"]):
-            raise SpectrainError(f"a server for run '{config.run_id}' is already running (pid {info['pid']})",
-                                 where=str(existing), fix="stop it with `spectrain step stop-server --run-id ...`")
+            raise SpectrainError(
+                f"a server for run '{config.run_id}' is already running (pid {info['pid']})",
+                where=str(existing),
+                fix="stop it with `spectrain step stop-server --run-id ...`",
+            )
     state.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(config, dtype=local_dtype(config.dtype))
     model_path = resolve_base_model(config.base_model)
     port = config.port or vllm.free_port(config.host)
     log = state / "vllm.log"
-    process = vllm.start(config.vllm_arguments(model_path, port), log,
-                         vllm.cpu_env(api_key(config), state / "vllm-cache", config.kv_cache_gib))
+    process = vllm.start(
+        config.vllm_arguments(model_path, port),
+        log,
+        vllm.cpu_env(api_key(config), state / "vllm-cache", config.kv_cache_gib),
+    )
     url = f"http://{config.host}:{port}/v1"
     existing.write_text(json.dumps({"pid": process.pid, "endpoint": url, "log": str(log), "model_path": model_path}))
     try:
@@ -61,8 +67,14 @@ def run(config: ServeConfig) -> dict:
         raise
     seconds = time.monotonic() - started
     print(f"[serve] ready at {url} after {seconds:.0f} s, serving {models}", flush=True)
-    return {"endpoint": url, "model": models[0], "pid": process.pid, "log": str(log), "dtype": config.dtype,
-            "seconds": seconds}
+    return {
+        "endpoint": url,
+        "model": models[0],
+        "pid": process.pid,
+        "log": str(log),
+        "dtype": config.dtype,
+        "seconds": seconds,
+    }
 
 
 def local_dtype(dtype: str) -> str:
@@ -83,8 +95,9 @@ def run_in_cluster(config: ServeConfig, started: float) -> dict:
     api = cluster.connect()
     result = cluster.start(config, api)
     try:
-        models = vllm.wait_until_ready(result["endpoint"], api_key(config),
-                                       max(60.0, config.ready_timeout_s - (time.monotonic() - started)))
+        models = vllm.wait_until_ready(
+            result["endpoint"], api_key(config), max(60.0, config.ready_timeout_s - (time.monotonic() - started))
+        )
     except BaseException:
         cluster.stop(config.run_id, result["namespace"], api)
         raise

@@ -7,10 +7,24 @@ from spectrain import images
 
 
 @dsl.component(base_image=images.TRAIN, install_kfp_package=False)
-def train_heads(base_model: str, regenerated_conversations: Input[Dataset], mode: str, max_steps: int,
-                max_minutes: float, num_epochs: float, lr: float, batch_size: int, max_length: int, draft_vocab_size: int,
-                hidden_state_cache: bool, options: dict, checkpoint_root: str, run_id: str,
-                draft_checkpoint: Output[Model], result: Output[Artifact]):
+def train_heads(
+    base_model: str,
+    regenerated_conversations: Input[Dataset],
+    mode: str,
+    max_steps: int,
+    max_minutes: float,
+    num_epochs: float,
+    lr: float,
+    batch_size: int,
+    max_length: int,
+    draft_vocab_size: int,
+    hidden_state_cache: bool,
+    options: dict,
+    checkpoint_root: str,
+    run_id: str,
+    draft_checkpoint: Output[Model],
+    result: Output[Artifact],
+):
     """Train EAGLE or Medusa heads on the frozen base model with modelopt + the HF Trainer.
 
     Always resumes from the newest checkpoint it can find; with ``checkpoint_root`` checkpoints are
@@ -23,11 +37,26 @@ def train_heads(base_model: str, regenerated_conversations: Input[Dataset], mode
 
     checkpoint = {"checkpoint_uri": run_prefix(checkpoint_root, run_id, "train", mode)} if checkpoint_root else {}
     # `options` first: a parameter of its own wins (spectrain run/submit refuse such overlaps up front).
-    outcome = run_step("train-heads", {**options, "resume_from_checkpoint": "auto", **checkpoint,
-        "base_model": base_model, "data": regenerated_conversations.path, "output_dir": draft_checkpoint.path,
-        "mode": mode, "max_steps": max_steps, "max_minutes": max_minutes, "num_epochs": num_epochs, "lr": lr, "batch_size": batch_size,
-        "max_length": max_length, "draft_vocab_size": draft_vocab_size if mode != "medusa" else 0,
-        "hidden_state_cache": hidden_state_cache})
+    outcome = run_step(
+        "train-heads",
+        {
+            **options,
+            "resume_from_checkpoint": "auto",
+            **checkpoint,
+            "base_model": base_model,
+            "data": regenerated_conversations.path,
+            "output_dir": draft_checkpoint.path,
+            "mode": mode,
+            "max_steps": max_steps,
+            "max_minutes": max_minutes,
+            "num_epochs": num_epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "draft_vocab_size": draft_vocab_size if mode != "medusa" else 0,
+            "hidden_state_cache": hidden_state_cache,
+        },
+    )
     draft_checkpoint.metadata["mode"] = mode
     outcome["curves"] = f"{draft_checkpoint.path}/training_curves.png"
     with open(result.path, "w") as handle:

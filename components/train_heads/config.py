@@ -14,109 +14,154 @@ from spectrain.errors import SpectrainError
 class TrainHeadsConfig:
     """Convert the base model with `mtsp.convert`, train only the draft module with the HF Trainer."""
 
-    base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id",
-                            check=checks.model_source())
-    data: str = field("", "regenerated conversations (jsonl written by the regenerate step)",
-                      check=checks.data_source(optional=True))
-    extra_data: str = field("", "more conversations trained on as written ('embedded': the shipped prompt set's own "
-                                "answers): the loss distils the base's own next-token distribution at every "
-                                "position, so text the base did not write still teaches the draft, at no "
-                                "regeneration cost", check=checks.data_source(optional=True))
-    pack: bool = field(True, "fill each max_length row with several whole conversations (first-fit, longest first) "
-                              "instead of padding one: more tokens per step; attention then spans the "
-                              "conversations of a row, as in the base's own pretraining")
-    loss_on: str = field("all", "which positions the loss covers: all tokens (the loss distils the base's own "
-                                "distribution, so prompts teach too; measured better, components/evaluate/README.md) "
-                                "or answers (assistant replies only)",
-                         check=checks.one_of("answers", "all"))
+    base_model: str = field(
+        "embedded", "'embedded', a local HF checkpoint directory, or a hub id", check=checks.model_source()
+    )
+    data: str = field(
+        "", "regenerated conversations (jsonl written by the regenerate step)", check=checks.data_source(optional=True)
+    )
+    extra_data: str = field(
+        "",
+        "more conversations trained on as written ('embedded': the shipped prompt set's own "
+        "answers): the loss distils the base's own next-token distribution at every "
+        "position, so text the base did not write still teaches the draft, at no "
+        "regeneration cost",
+        check=checks.data_source(optional=True),
+    )
+    pack: bool = field(
+        True,
+        "fill each max_length row with several whole conversations (first-fit, longest first) "
+        "instead of padding one: more tokens per step; attention then spans the "
+        "conversations of a row, as in the base's own pretraining",
+    )
+    loss_on: str = field(
+        "all",
+        "which positions the loss covers: all tokens (the loss distils the base's own "
+        "distribution, so prompts teach too; measured better, components/evaluate/README.md) "
+        "or answers (assistant replies only)",
+        check=checks.one_of("answers", "all"),
+    )
     output_dir: str = field("draft-checkpoint", "where the checkpoint (base + heads, modelopt state) is written")
-    mode: str = field("eagle3", "eagle3 (EAGLE-3: hidden states of three base layers) or medusa",
-                      check=checks.one_of(*MODES, retired=RETIRED_MODES))
+    mode: str = field(
+        "eagle3",
+        "eagle3 (EAGLE-3: hidden states of three base layers) or medusa",
+        check=checks.one_of(*MODES, retired=RETIRED_MODES),
+    )
     # Medusa
-    medusa_num_heads: int = field(3, "Medusa heads; vLLM needs num_speculative_tokens equal to this",
-                                  check=checks.at_least(1, 3))
-    medusa_num_layers: int = field(1, "residual blocks per Medusa head",
-                                   check=checks.at_least(1))
+    medusa_num_heads: int = field(
+        3, "Medusa heads; vLLM needs num_speculative_tokens equal to this", check=checks.at_least(1, 3)
+    )
+    medusa_num_layers: int = field(1, "residual blocks per Medusa head", check=checks.at_least(1))
     # EAGLE draft architecture: 0 means 'same as the base model'
-    eagle_num_layers: int = field(1, "decoder layers in the EAGLE draft",
-                                  check=checks.at_least(1))
-    eagle_intermediate_size: int = field(0, "draft MLP width (0: the base model's)",
-                                         check=checks.at_least(0, 1536))
-    eagle_num_attention_heads: int = field(0, "draft attention heads (0: the base model's)",
-                                           check=checks.at_least(0, 9))
-    eagle_num_key_value_heads: int = field(0, "draft KV heads (0: the base model's)",
-                                           check=checks.at_least(0, 3))
-    eagle_head_dim: int = field(0, "draft head dim (0: the base model's)",
-                                check=checks.at_least(0, 64))
-    draft_vocab_size: int = field(4096, "EAGLE: draft predicts only the N most frequent tokens of the training data "
-                                        "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary (Medusa: "
-                                        "ignored, its heads always cover the full vocabulary)",
-                                  check=checks.at_least(0, 4096))
-    eagle_init_from_base: bool = field(False, "EAGLE: start the draft's lm_head from the base's (the rows of the draft "
-                                              "vocabulary) and its final norm from the base's, instead of random "
-                                              "(measured behind at short budgets: components/evaluate/README.md)")
-    eagle_freeze_lm_head: bool = field(False, "EAGLE: keep the draft's lm_head at its initial value (with "
-                                              "eagle_init_from_base: the base's own rows)")
-    eagle_feature_noise: float = field(0.0, "EAGLE: uniform noise of ±this × each vector's RMS added to the base's "
-                                            "features while training (EAGLE-1's regulariser; 0: none)",
-                                       check=checks.at_least(0.0, 0.1))
-    eagle_ttt_steps: int = field(3, "training-time-test steps: how many draft positions the loss unrolls",
-                                 check=checks.at_least(1, 3))
+    eagle_num_layers: int = field(1, "decoder layers in the EAGLE draft", check=checks.at_least(1))
+    eagle_intermediate_size: int = field(0, "draft MLP width (0: the base model's)", check=checks.at_least(0, 1536))
+    eagle_num_attention_heads: int = field(
+        0, "draft attention heads (0: the base model's)", check=checks.at_least(0, 9)
+    )
+    eagle_num_key_value_heads: int = field(0, "draft KV heads (0: the base model's)", check=checks.at_least(0, 3))
+    eagle_head_dim: int = field(0, "draft head dim (0: the base model's)", check=checks.at_least(0, 64))
+    draft_vocab_size: int = field(
+        4096,
+        "EAGLE: draft predicts only the N most frequent tokens of the training data "
+        "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary (Medusa: "
+        "ignored, its heads always cover the full vocabulary)",
+        check=checks.at_least(0, 4096),
+    )
+    eagle_init_from_base: bool = field(
+        False,
+        "EAGLE: start the draft's lm_head from the base's (the rows of the draft "
+        "vocabulary) and its final norm from the base's, instead of random "
+        "(measured behind at short budgets: components/evaluate/README.md)",
+    )
+    eagle_freeze_lm_head: bool = field(
+        False, "EAGLE: keep the draft's lm_head at its initial value (with eagle_init_from_base: the base's own rows)"
+    )
+    eagle_feature_noise: float = field(
+        0.0,
+        "EAGLE: uniform noise of ±this × each vector's RMS added to the base's "
+        "features while training (EAGLE-1's regulariser; 0: none)",
+        check=checks.at_least(0.0, 0.1),
+    )
+    eagle_ttt_steps: int = field(
+        3, "training-time-test steps: how many draft positions the loss unrolls", check=checks.at_least(1, 3)
+    )
     # Offline hidden-state cache
-    hidden_state_cache: bool = field(True, "run the frozen base once over the data, store its hidden states "
-                                           "(sharded safetensors) and train every epoch from them (skipped, with "
-                                           "a warning, above hidden_state_cache_max_gb)")
-    hidden_state_cache_dir: str = field("", "where the cache lives; '' puts it in output_dir and deletes it after "
-                                            "training, a path keeps it for later runs on the same data and base")
-    hidden_state_cache_max_gb: float = field(20.0, "train online instead (with a warning) when the cache would "
-                                                   "exceed this many GB: 12.8 KB per token for EAGLE-3 on the "
-                                                   "embedded base, 41 KB for an 8B Llama",
-                                             check=checks.above(0.0, 20.0))
-    hidden_state_cache_dtype: str = field("bfloat16", "dtype of the cached hidden states: bfloat16, float16 "
-                                                      "or float32 (exact, twice the disk)",
-                                          check=checks.one_of("bfloat16", "float16", "float32"))
+    hidden_state_cache: bool = field(
+        True,
+        "run the frozen base once over the data, store its hidden states "
+        "(sharded safetensors) and train every epoch from them (skipped, with "
+        "a warning, above hidden_state_cache_max_gb)",
+    )
+    hidden_state_cache_dir: str = field(
+        "",
+        "where the cache lives; '' puts it in output_dir and deletes it after "
+        "training, a path keeps it for later runs on the same data and base",
+    )
+    hidden_state_cache_max_gb: float = field(
+        20.0,
+        "train online instead (with a warning) when the cache would "
+        "exceed this many GB: 12.8 KB per token for EAGLE-3 on the "
+        "embedded base, 41 KB for an 8B Llama",
+        check=checks.above(0.0, 20.0),
+    )
+    hidden_state_cache_dtype: str = field(
+        "bfloat16",
+        "dtype of the cached hidden states: bfloat16, float16 or float32 (exact, twice the disk)",
+        check=checks.one_of("bfloat16", "float16", "float32"),
+    )
     # Optimisation (names follow the seed's launch.sh)
-    lr: float = field(1e-3, "peak learning rate (cosine decay after warmup)",
-                      check=checks.above(0, 1e-3))
-    num_epochs: float = field(1.0, "passes over the data (ignored when max_steps > 0)",
-                              check=checks.above(0, 1.0))
-    max_steps: int = field(0, "stop after this many optimizer steps (0: run num_epochs)",
-                           check=checks.at_least(0, 200))
-    max_minutes: float = field(0.0, "stop after this much training time, wherever the schedule is (0: no limit)",
-                               check=checks.at_least(0.0, 10))
-    schedule_by_time: bool = field(False, "with max_minutes: the cosine decay follows the wall-clock budget and "
-                                         "reaches 0 when it is spent (or at the last step, whichever comes first), "
-                                         "instead of decaying over steps the budget will never reach")
-    batch_size: int = field(4, "sequences per device per step",
-                            check=checks.at_least(1, 4))
-    gradient_accumulation_steps: int = field(1, "micro-batches per optimizer step",
-                                             check=checks.at_least(1))
-    warmup_steps: int = field(5, "linear warmup steps",
-                              check=checks.at_least(0, 5))
-    weight_decay: float = field(0.0, "AdamW weight decay",
-                                check=checks.at_least(0.0, 0.01))
-    max_length: int = field(256, "tokens per training sequence; every batch is padded to exactly this",
-                            check=checks.at_least(16, 256))
-    save_steps: int = field(0, "save a resumable checkpoint every N steps (0: only at the end; with "
-                               "checkpoint_uri: every 200 steps)",
-                            check=checks.at_least(0, 200))
-    checkpoint_uri: str = field("", "s3://bucket/prefix/ where every saved checkpoint is also copied; "
-                                    "resume_from_checkpoint 'auto' then resumes from the newest one there when the "
-                                    "output_dir has none as new (a KFP retry is a new pod with an empty disk)",
-                                check=checks.s3_prefix())
-    logging_steps: int = field(5, "log loss and head accuracy every N steps",
-                               check=checks.at_least(1, 5))
-    resume_from_checkpoint: str = field("", "'' to start fresh, 'auto' for the newest checkpoint in output_dir, or a path")
+    lr: float = field(1e-3, "peak learning rate (cosine decay after warmup)", check=checks.above(0, 1e-3))
+    num_epochs: float = field(1.0, "passes over the data (ignored when max_steps > 0)", check=checks.above(0, 1.0))
+    max_steps: int = field(0, "stop after this many optimizer steps (0: run num_epochs)", check=checks.at_least(0, 200))
+    max_minutes: float = field(
+        0.0,
+        "stop after this much training time, wherever the schedule is (0: no limit)",
+        check=checks.at_least(0.0, 10),
+    )
+    schedule_by_time: bool = field(
+        False,
+        "with max_minutes: the cosine decay follows the wall-clock budget and "
+        "reaches 0 when it is spent (or at the last step, whichever comes first), "
+        "instead of decaying over steps the budget will never reach",
+    )
+    batch_size: int = field(4, "sequences per device per step", check=checks.at_least(1, 4))
+    gradient_accumulation_steps: int = field(1, "micro-batches per optimizer step", check=checks.at_least(1))
+    warmup_steps: int = field(5, "linear warmup steps", check=checks.at_least(0, 5))
+    weight_decay: float = field(0.0, "AdamW weight decay", check=checks.at_least(0.0, 0.01))
+    max_length: int = field(
+        256, "tokens per training sequence; every batch is padded to exactly this", check=checks.at_least(16, 256)
+    )
+    save_steps: int = field(
+        0,
+        "save a resumable checkpoint every N steps (0: only at the end; with checkpoint_uri: every 200 steps)",
+        check=checks.at_least(0, 200),
+    )
+    checkpoint_uri: str = field(
+        "",
+        "s3://bucket/prefix/ where every saved checkpoint is also copied; "
+        "resume_from_checkpoint 'auto' then resumes from the newest one there when the "
+        "output_dir has none as new (a KFP retry is a new pod with an empty disk)",
+        check=checks.s3_prefix(),
+    )
+    logging_steps: int = field(5, "log loss and head accuracy every N steps", check=checks.at_least(1, 5))
+    resume_from_checkpoint: str = field(
+        "", "'' to start fresh, 'auto' for the newest checkpoint in output_dir, or a path"
+    )
     seed: int = field(42, "seed for head init and data order")
-    num_processes: int = field(0, "training processes (DDP through torchrun, this same command relaunched): 0 = "
-                                  "one per visible GPU (1 on CPU); N > 1 on CPU runs N gloo processes",
-                               check=checks.at_least(0, 2))
-    precision: str = field("auto", "auto (bf16 autocast on a GPU or a CPU with AMX / AVX512-BF16, else "
-                                      "fp32), bf16 or fp32; weights stay fp32",
-                           check=checks.one_of("auto", "bf16", "fp32"))
+    num_processes: int = field(
+        0,
+        "training processes (DDP through torchrun, this same command relaunched): 0 = "
+        "one per visible GPU (1 on CPU); N > 1 on CPU runs N gloo processes",
+        check=checks.at_least(0, 2),
+    )
+    precision: str = field(
+        "auto",
+        "auto (bf16 autocast on a GPU or a CPU with AMX / AVX512-BF16, else fp32), bf16 or fp32; weights stay fp32",
+        check=checks.one_of("auto", "bf16", "fp32"),
+    )
 
     def validate(self) -> None:
         if not self.data:
-            raise SpectrainError("no training data given", where="train_heads.data",
-                                 fix="pass the jsonl written by the regenerate step")
-
+            raise SpectrainError(
+                "no training data given", where="train_heads.data", fix="pass the jsonl written by the regenerate step"
+            )

@@ -53,10 +53,18 @@ class CachedDataset(ConversationDataset):
         if manifest is None:
             raise FileNotFoundError(f"no complete hidden-state cache in {directory}")
         self.shards = [load_file(str(directory / shard["file"])) for shard in manifest["shards"]]
-        self.rows = [(s, int(shard["offsets"][i]), int(shard["offsets"][i + 1]))
-                     for s, shard in enumerate(self.shards) for i in range(len(shard["offsets"]) - 1)]
-        examples = [{"input_ids": self.shards[s]["input_ids"][a:b].tolist(),
-                     "loss_mask": self.shards[s]["loss_mask"][a:b].tolist()} for s, a, b in self.rows]
+        self.rows = [
+            (s, int(shard["offsets"][i]), int(shard["offsets"][i + 1]))
+            for s, shard in enumerate(self.shards)
+            for i in range(len(shard["offsets"]) - 1)
+        ]
+        examples = [
+            {
+                "input_ids": self.shards[s]["input_ids"][a:b].tolist(),
+                "loss_mask": self.shards[s]["loss_mask"][a:b].tolist(),
+            }
+            for s, a, b in self.rows
+        ]
         super().__init__(examples, max_length, pad_id, mode)
         self.dtype = dtype
 

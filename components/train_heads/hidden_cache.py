@@ -30,8 +30,13 @@ CACHE_VERSION = 1
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def cache_key(examples: list[dict], base_model_path: str, aux_layer_ids: list[int], dtype: str,
-              draft_token_ids: torch.Tensor | None = None) -> dict:
+def cache_key(
+    examples: list[dict],
+    base_model_path: str,
+    aux_layer_ids: list[int],
+    dtype: str,
+    draft_token_ids: torch.Tensor | None = None,
+) -> dict:
     """What decides the cache content: the tokenized examples, the base weights' identity, the layers kept."""
     digest = hashlib.sha256()
     for example in examples:
@@ -45,8 +50,9 @@ def cache_key(examples: list[dict], base_model_path: str, aux_layer_ids: list[in
         "base_config_sha256": hashlib.sha256(config_file.read_bytes()).hexdigest() if config_file.exists() else "",
         "base_weights": [[w.name, w.stat().st_size, int(w.stat().st_mtime)] for w in weights],
         "aux_layer_ids": list(aux_layer_ids),
-        "draft_token_ids_sha256": (hashlib.sha256(draft_token_ids.numpy().tobytes()).hexdigest()
-                                   if draft_token_ids is not None else None),
+        "draft_token_ids_sha256": (
+            hashlib.sha256(draft_token_ids.numpy().tobytes()).hexdigest() if draft_token_ids is not None else None
+        ),
         "dtype": dtype,
     }
 
@@ -62,8 +68,16 @@ def read_manifest(directory: Path) -> dict | None:
 
 
 @torch.no_grad()
-def build(model, examples: list[dict], directory: Path, key: dict, batch_size: int = 4,
-          draft_token_ids: torch.Tensor | None = None, shard_tokens: int = 1 << 20, bf16: bool = False) -> dict:
+def build(
+    model,
+    examples: list[dict],
+    directory: Path,
+    key: dict,
+    batch_size: int = 4,
+    draft_token_ids: torch.Tensor | None = None,
+    shard_tokens: int = 1 << 20,
+    bf16: bool = False,
+) -> dict:
     """Run ``model`` (a plain HF causal LM, the frozen base) once over ``examples`` and write the cache.
 
     ``draft_token_ids`` (the tokens of a reduced draft vocabulary) also stores those logit columns;
@@ -73,8 +87,11 @@ def build(model, examples: list[dict], directory: Path, key: dict, batch_size: i
     """
     manifest = read_manifest(directory)
     if manifest and manifest.get("key") == key:
-        print(f"[train] reusing hidden-state cache {directory} ({manifest['tokens']} tokens, "
-              f"{manifest['bytes'] / 2**20:.1f} MiB)", flush=True)
+        print(
+            f"[train] reusing hidden-state cache {directory} ({manifest['tokens']} tokens, "
+            f"{manifest['bytes'] / 2**20:.1f} MiB)",
+            flush=True,
+        )
         return manifest
     if directory.exists():
         shutil.rmtree(directory)
@@ -82,12 +99,17 @@ def build(model, examples: list[dict], directory: Path, key: dict, batch_size: i
     dtype = DTYPES[key["dtype"]]
     aux_ids = key["aux_layer_ids"]
     captured: list[torch.Tensor] = []
-    hooks = [model.model.layers[i].register_forward_hook(
-        lambda module, inputs, output: captured.append(output if isinstance(output, torch.Tensor) else output[0]))
-        for i in aux_ids]
+    hooks = [
+        model.model.layers[i].register_forward_hook(
+            lambda module, inputs, output: captured.append(output if isinstance(output, torch.Tensor) else output[0])
+        )
+        for i in aux_ids
+    ]
     model.eval()
     device = next(model.parameters()).device
-    shards, pending, pending_tokens, tokens = [], [], 0, 0
+    shards: list[dict] = []
+    pending: list[dict] = []
+    pending_tokens, tokens = 0, 0
 
     def flush() -> None:
         nonlocal pending, pending_tokens
@@ -112,17 +134,18 @@ def build(model, examples: list[dict], directory: Path, key: dict, batch_size: i
     try:
         for start in range(0, len(examples), batch_size):
             progress.update(min(batch_size, len(examples) - start))
-            batch = examples[start:start + batch_size]
+            batch = examples[start : start + batch_size]
             width = max(len(e["input_ids"]) for e in batch)
             input_ids = torch.zeros(len(batch), width, dtype=torch.long)
             attention = torch.zeros(len(batch), width, dtype=torch.long)
             for row, example in enumerate(batch):
-                input_ids[row, :len(example["input_ids"])] = torch.tensor(example["input_ids"])
-                attention[row, :len(example["input_ids"])] = 1
+                input_ids[row, : len(example["input_ids"])] = torch.tensor(example["input_ids"])
+                attention[row, : len(example["input_ids"])] = 1
             captured.clear()
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                outputs = model.model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                      output_hidden_states=True)
+                outputs = model.model(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), output_hidden_states=True
+                )
                 extra = {"hidden": outputs.last_hidden_state}
                 if aux_ids:
                     extra["aux"] = torch.cat(captured, dim=-1)
@@ -131,9 +154,13 @@ def build(model, examples: list[dict], directory: Path, key: dict, batch_size: i
             extra = {name: tensor.to("cpu", dtype) for name, tensor in extra.items()}
             for row, example in enumerate(batch):
                 n = len(example["input_ids"])
-                pending.append({"input_ids": torch.tensor(example["input_ids"], dtype=torch.int32),
-                                "loss_mask": torch.tensor(example["loss_mask"], dtype=torch.int8),
-                                **{name: tensor[row, :n].contiguous() for name, tensor in extra.items()}})
+                pending.append(
+                    {
+                        "input_ids": torch.tensor(example["input_ids"], dtype=torch.int32),
+                        "loss_mask": torch.tensor(example["loss_mask"], dtype=torch.int8),
+                        **{name: tensor[row, :n].contiguous() for name, tensor in extra.items()},
+                    }
+                )
                 pending_tokens += n
                 tokens += n
             if pending_tokens >= shard_tokens:
@@ -144,11 +171,20 @@ def build(model, examples: list[dict], directory: Path, key: dict, batch_size: i
         for hook in hooks:
             hook.remove()
     size = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
-    manifest = {"key": key, "shards": shards, "examples": len(examples), "tokens": tokens, "bytes": size,
-                "bytes_per_token": size / max(tokens, 1)}
+    manifest = {
+        "key": key,
+        "shards": shards,
+        "examples": len(examples),
+        "tokens": tokens,
+        "bytes": size,
+        "bytes_per_token": size / max(tokens, 1),
+    }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))  # last: marks the cache complete
-    print(f"[train] hidden-state cache: {tokens} tokens, {size / 2**20:.1f} MiB "
-          f"({manifest['bytes_per_token']:.0f} bytes/token, {key['dtype']}) in {directory}", flush=True)
+    print(
+        f"[train] hidden-state cache: {tokens} tokens, {size / 2**20:.1f} MiB "
+        f"({manifest['bytes_per_token']:.0f} bytes/token, {key['dtype']}) in {directory}",
+        flush=True,
+    )
     return manifest
 
 

@@ -40,8 +40,21 @@ def is_main_process() -> bool:
 
 
 def torchrun_command(num_processes: int, config_path: Path, result_path: Path, python: str = sys.executable) -> list:
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
-            "-m", "spectrain", "step", "train-heads", "--config", str(config_path), "--result", str(result_path)]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={num_processes}",
+        "-m",
+        "spectrain",
+        "step",
+        "train-heads",
+        "--config",
+        str(config_path),
+        "--result",
+        str(result_path),
+    ]
 
 
 def run_distributed(config, num_processes: int) -> dict:
@@ -54,6 +67,7 @@ def run_distributed(config, num_processes: int) -> dict:
         sys.stdout.flush()
         completed = subprocess.run(command, check=False)
         if completed.returncode != 0:
-            raise RuntimeError(f"distributed training failed with exit code {completed.returncode} "
-                               "(each rank's log is above)")
+            raise RuntimeError(
+                f"distributed training failed with exit code {completed.returncode} (each rank's log is above)"
+            )
         return json.loads(result_path.read_text())

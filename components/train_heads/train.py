@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import modelopt.torch.opt as mto
 import modelopt.torch.speculative as mtsp
@@ -51,12 +52,12 @@ def tokenize_conversation(tokenizer, system: str, turns: list[dict], max_length:
     for end in range(len(messages)):
         if messages[end]["role"] == "assistant":
             prompt = tokenizer.apply_chat_template(messages[:end], tokenize=False, add_generation_prompt=True)
-            piece = prompt[len(rendered):]
+            piece = prompt[len(rendered) :]
             ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
             mask += [0] * (len(ids) - len(mask))
             rendered = prompt
         full = tokenizer.apply_chat_template(messages[: end + 1], tokenize=False)
-        piece = full[len(rendered):]
+        piece = full[len(rendered) :]
         new = tokenizer(piece, add_special_tokens=False)["input_ids"]
         ids += new
         mask += [int(messages[end]["role"] == "assistant")] * len(new)
@@ -80,8 +81,11 @@ def load_examples(config: TrainHeadsConfig, tokenizer) -> tuple[list[dict], list
     for line in skipped:
         print(f"[train] skipped {line}", flush=True)
     if not examples:
-        raise SpectrainError("no conversation with an assistant reply inside max_length", where=config.data,
-                             fix="check the regenerated data, or raise max_length")
+        raise SpectrainError(
+            "no conversation with an assistant reply inside max_length",
+            where=config.data,
+            fix="check the regenerated data, or raise max_length",
+        )
     return examples, skipped
 
 
@@ -116,7 +120,8 @@ def draft_architecture(base_config, config: TrainHeadsConfig) -> dict:
         "intermediate_size": config.eagle_intermediate_size or text_config.intermediate_size,
         "num_attention_heads": heads,
         "num_key_value_heads": config.eagle_num_key_value_heads or getattr(text_config, "num_key_value_heads", heads),
-        "head_dim": config.eagle_head_dim or getattr(text_config, "head_dim", None)
+        "head_dim": config.eagle_head_dim
+        or getattr(text_config, "head_dim", None)
         or text_config.hidden_size // text_config.num_attention_heads,
         "rms_norm_eps": getattr(text_config, "rms_norm_eps", 1e-5),
         "rope_theta": rope_theta,
@@ -146,8 +151,11 @@ def draft_vocabulary(examples: list[dict], draft_vocab_size: int, vocab_size: in
     counts = torch.zeros(vocab_size, dtype=torch.int64)
     for example in examples:
         ids = torch.tensor(example["input_ids"])
-        counts.index_add_(0, ids[torch.tensor(example["loss_mask"]).bool()], torch.ones(int(sum(example["loss_mask"])),
-                                                                                         dtype=torch.int64))
+        counts.index_add_(
+            0,
+            ids[torch.tensor(example["loss_mask"]).bool()],
+            torch.ones(int(sum(example["loss_mask"])), dtype=torch.int64),
+        )
     order = sorted(range(vocab_size), key=lambda token: (-int(counts[token]), token))
     chosen = torch.tensor(sorted(order[:draft_vocab_size]))
     return chosen - torch.arange(draft_vocab_size)
@@ -160,15 +168,22 @@ def reduced_vocabulary(config: TrainHeadsConfig, vocab_size: int, examples: list
     return draft_vocabulary(examples, config.draft_vocab_size, vocab_size)
 
 
-def convert(model, config: TrainHeadsConfig, d2t: torch.Tensor | None = None, output_dir: Path | None = None,
-            offline: bool = False):
+def convert(
+    model,
+    config: TrainHeadsConfig,
+    d2t: torch.Tensor | None = None,
+    output_dir: Path | None = None,
+    offline: bool = False,
+):
     """Add the draft module with ``mtsp.convert``; ``offline`` (EAGLE) drops the base decoder layers.
 
     ``d2t``: the reduced draft vocabulary (:func:`reduced_vocabulary`), needed when the config asks for one.
     """
     if config.mode == "medusa":
-        mtsp.convert(model, [("medusa", {"medusa_num_heads": config.medusa_num_heads,
-                                         "medusa_num_layers": config.medusa_num_layers})])
+        mtsp.convert(
+            model,
+            [("medusa", {"medusa_num_heads": config.medusa_num_heads, "medusa_num_layers": config.medusa_num_layers})],
+        )
         # modelopt leaves each head's vocab projection random; Medusa's recipe starts it from the
         # base lm_head (the residual blocks start as identity), which converges in far fewer steps.
         with torch.no_grad():
@@ -178,12 +193,20 @@ def convert(model, config: TrainHeadsConfig, d2t: torch.Tensor | None = None, ou
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith("medusa_heads")
     else:
-        mtsp.convert(model, [("eagle", {
-            "eagle_architecture_config": draft_architecture(model.config, config),
-            "eagle_use_torch_compile": False,  # on CPU compile costs minutes and runs slower than eager
-            "eagle_ttt_steps": config.eagle_ttt_steps,
-            "eagle_offline": offline,
-        })])
+        mtsp.convert(
+            model,
+            [
+                (
+                    "eagle",
+                    {
+                        "eagle_architecture_config": draft_architecture(model.config, config),
+                        "eagle_use_torch_compile": False,  # on CPU compile costs minutes and runs slower than eager
+                        "eagle_ttt_steps": config.eagle_ttt_steps,
+                        "eagle_offline": offline,
+                    },
+                )
+            ],
+        )
         if config.draft_vocab_size and config.draft_vocab_size < model.config.vocab_size:
             if d2t is None or output_dir is None:
                 raise ValueError("a reduced draft vocabulary needs its d2t (reduced_vocabulary) and an output_dir")
@@ -273,6 +296,8 @@ def trainable_parameters(model) -> int:
 class DraftTrainer(transformers.Trainer):
     """HF Trainer that also logs per-head (per draft position) top-1 accuracy."""
 
+    lr_scheduler: Any  # the Trainer's own attribute, None until a scheduler is created
+
     def __init__(self, *args, mode: str, budget_seconds: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.mode = mode
@@ -286,8 +311,9 @@ class DraftTrainer(transformers.Trainer):
         if not _internal_call:  # the final checkpoint: the whole model, which evaluate and export load
             return super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            save_file(draft_state_dict(self.model), str(Path(output_dir) / DRAFT_WEIGHTS), metadata={"format": "pt"})
+            directory = Path(output_dir or self.args.output_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            save_file(draft_state_dict(self.model), str(directory / DRAFT_WEIGHTS), metadata={"format": "pt"})
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         weights = Path(resume_from_checkpoint) / DRAFT_WEIGHTS
@@ -297,10 +323,11 @@ class DraftTrainer(transformers.Trainer):
         missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
         missing_draft = [k for k in missing if k.startswith(HEAD_PREFIXES)]
         if unexpected or missing_draft:
-            raise SpectrainError(f"{weights} does not fit this draft (missing {missing_draft[:3]}, unexpected "
-                                 f"{unexpected[:3]})", where=str(weights),
-                                 fix="resume with the same mode and draft settings, or start fresh "
-                                     "(resume_from_checkpoint '')")
+            raise SpectrainError(
+                f"{weights} does not fit this draft (missing {missing_draft[:3]}, unexpected {unexpected[:3]})",
+                where=str(weights),
+                fix="resume with the same mode and draft settings, or start fresh (resume_from_checkpoint '')",
+            )
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """With a wall-clock budget: linear warmup over steps, then cosine over the larger of the budget's
@@ -311,8 +338,10 @@ class DraftTrainer(transformers.Trainer):
         started = time.monotonic()
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer or self.optimizer,
-            lambda step: budget_cosine(step, warmup, num_training_steps,
-                                       (time.monotonic() - started) / self.budget_seconds))
+            lambda step: budget_cosine(
+                step, warmup, num_training_steps, (time.monotonic() - started) / self.budget_seconds
+            ),
+        )
         self._created_lr_scheduler = True
         return self.lr_scheduler
 
@@ -327,7 +356,7 @@ class DraftTrainer(transformers.Trainer):
             labels = inputs["labels"]
             accuracies = []
             for head, logits in enumerate(outputs.medusa_logits):
-                target = labels[:, 1 + head:]
+                target = labels[:, 1 + head :]
                 predicted = logits[:, : target.shape[1]].argmax(-1)
                 valid = target != IGNORE
                 accuracies.append(((predicted == target) & valid).sum().item() / max(valid.sum().item(), 1))
@@ -363,8 +392,10 @@ class WallClockBudget(transformers.TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() - self.started >= self.seconds:
-            warn(f"training stopped at step {state.global_step} of {state.max_steps}: the wall-clock budget of "
-                 f"{self.seconds / 60:.1f} min (max_minutes) was reached")
+            warn(
+                f"training stopped at step {state.global_step} of {state.max_steps}: the wall-clock budget of "
+                f"{self.seconds / 60:.1f} min (max_minutes) was reached"
+            )
             control.should_training_stop = True
         return control
 
@@ -435,8 +466,9 @@ def plot_history(history: list[dict], path: Path) -> None:
         loss_axis.plot(steps, [r["loss"] for r in rows], marker=".")
         loss_axis.set(title="draft loss", xlabel="step", ylabel="loss")
         for key in sorted(k for k in rows[-1] if k.startswith("head_")):
-            accuracy_axis.plot(steps, [r.get(key, math.nan) for r in rows], marker=".",
-                               label=f"position {int(key.split('_')[1]) + 1}")
+            accuracy_axis.plot(
+                steps, [r.get(key, math.nan) for r in rows], marker=".", label=f"position {int(key.split('_')[1]) + 1}"
+            )
         accuracy_axis.set(title="top-1 agreement with the base", xlabel="step", ylabel="accuracy", ylim=(0, 1))
         accuracy_axis.legend()
 
@@ -444,8 +476,9 @@ def plot_history(history: list[dict], path: Path) -> None:
 def cache_bytes_per_token(config: TrainHeadsConfig, base_config) -> int:
     """What one token costs in the hidden-state cache: final hidden state, EAGLE-3's aux layers, draft-vocab logits."""
     text_config = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
-    values = text_config.hidden_size * (1 + (len(aux_layer_ids(text_config.num_hidden_layers))
-                                             if config.mode == "eagle3" else 0))
+    values = text_config.hidden_size * (
+        1 + (len(aux_layer_ids(text_config.num_hidden_layers)) if config.mode == "eagle3" else 0)
+    )
     if config.mode != "medusa" and 0 < config.draft_vocab_size < text_config.vocab_size:
         values += config.draft_vocab_size
     return values * hidden_cache.DTYPES[config.hidden_state_cache_dtype].itemsize + 5  # + token id and mask
@@ -457,18 +490,22 @@ def cache_fits(config: TrainHeadsConfig, base_config, examples: list[dict]) -> b
     size = tokens * cache_bytes_per_token(config, base_config)
     if size <= config.hidden_state_cache_max_gb * 1e9:
         return True
-    warn(f"the hidden-state cache would take {size / 1e9:.1f} GB for {tokens} tokens, over hidden_state_cache_max_gb "
-         f"= {config.hidden_state_cache_max_gb:g}: training online instead (raise the limit to cache)")
+    warn(
+        f"the hidden-state cache would take {size / 1e9:.1f} GB for {tokens} tokens, over hidden_state_cache_max_gb "
+        f"= {config.hidden_state_cache_max_gb:g}: training online instead (raise the limit to cache)"
+    )
     return False
 
 
 def load_base(model_path: str):
-    return transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                             attn_implementation="sdpa")
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.float32, attn_implementation="sdpa"
+    )
 
 
-def offline_training_model(model, model_path: str, config: TrainHeadsConfig, d2t, output_dir: Path, cache: Path,
-                           manifest: dict, pad_id: int):
+def offline_training_model(
+    model, model_path: str, config: TrainHeadsConfig, d2t, output_dir: Path, cache: Path, manifest: dict, pad_id: int
+):
     """The model that trains from the hidden-state cache, and the dataset that feeds it.
 
     EAGLE: modelopt's own ``eagle_offline`` model (no base decoder layers), starting from the same
@@ -485,7 +522,8 @@ def offline_training_model(model, model_path: str, config: TrainHeadsConfig, d2t
         # full vocabulary is already applied, so let those through unchanged.
         to_draft_vocab = offline._map_logits_to_draft_vocab
         offline._map_logits_to_draft_vocab = lambda logits: (
-            logits if logits.shape[-1] == offline.eagle_module.d2t.numel() else to_draft_vocab(logits))
+            logits if logits.shape[-1] == offline.eagle_module.d2t.numel() else to_draft_vocab(logits)
+        )
     return offline, dataset
 
 
@@ -559,23 +597,38 @@ def run(config: TrainHeadsConfig) -> dict:
         key = hidden_cache.cache_key(examples, model_path, aux, config.hidden_state_cache_dtype, draft_ids)
         key["precision"] = resolve_precision(config.precision)  # the base's arithmetic, as training would run it
         with args.main_process_first(desc="hidden-state cache"):  # rank 0 builds, the others then reuse it
-            cache_manifest = hidden_cache.build(model, examples, cache, key, batch_size=config.batch_size,
-                                                draft_token_ids=draft_ids, bf16=key["precision"] == "bf16")
+            cache_manifest = hidden_cache.build(
+                model,
+                examples,
+                cache,
+                key,
+                batch_size=config.batch_size,
+                draft_token_ids=draft_ids,
+                bf16=key["precision"] == "bf16",
+            )
     transformers.set_seed(config.seed)  # the same head init with or without the cache
     with args.main_process_first(desc="draft vocabulary"):
         convert(model, config, d2t, output_dir)
     if cache_manifest:
         base_decoder = model.model
-        train_model, dataset = offline_training_model(model, model_path, config, d2t, output_dir, cache,
-                                                      cache_manifest, tokenizer.pad_token_id)
+        train_model, dataset = offline_training_model(
+            model, model_path, config, d2t, output_dir, cache, cache_manifest, tokenizer.pad_token_id
+        )
     else:
-        train_model, dataset = model, ConversationDataset(examples, config.max_length, tokenizer.pad_token_id,
-                                                          config.mode)
+        train_model, dataset = (
+            model,
+            ConversationDataset(examples, config.max_length, tokenizer.pad_token_id, config.mode),
+        )
     base_before = base_fingerprint(train_model)
-    trainer = DraftTrainer(model=train_model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                           data_collator=torch.utils.data.default_collate,  # items are fixed-length, possibly nested
-                           mode=config.mode,
-                           budget_seconds=config.max_minutes * 60 if config.schedule_by_time else 0.0)
+    trainer = DraftTrainer(
+        model=train_model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=torch.utils.data.default_collate,  # items are fixed-length, possibly nested
+        mode=config.mode,
+        budget_seconds=config.max_minutes * 60 if config.schedule_by_time else 0.0,
+    )
     if config.max_minutes > 0:
         trainer.add_callback(WallClockBudget(config.max_minutes))
     counter = StepCounter()
@@ -583,7 +636,7 @@ def run(config: TrainHeadsConfig) -> dict:
     trainer.add_callback(ProgressEvents())
     if config.checkpoint_uri:
         trainer.add_callback(CheckpointsToS3(config.checkpoint_uri))
-    resume = config.resume_from_checkpoint
+    resume: str | None = config.resume_from_checkpoint
     if resume == "auto":
         if config.checkpoint_uri:
             with args.main_process_first(desc="checkpoint from S3"):
@@ -635,6 +688,9 @@ def run(config: TrainHeadsConfig) -> dict:
         "seconds": time.monotonic() - started,
     }
     (output_dir / TRAIN_RESULT).write_text(json.dumps(result, indent=2))
-    print(f"[train] {config.mode}: {result['steps']} steps, loss {result['first_loss']} -> {result['final_loss']}, "
-          f"{result['seconds_per_step']:.2f} s/step", flush=True)
+    print(
+        f"[train] {config.mode}: {result['steps']} steps, loss {result['first_loss']} -> {result['final_loss']}, "
+        f"{result['seconds_per_step']:.2f} s/step",
+        flush=True,
+    )
     return result

@@ -102,7 +102,7 @@ class FakeKfpServer:
     def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         if not path.startswith(API + "/"):
             raise ApiError(404, f"fake KFP: no route {method} {path}")
-        parts = path[len(API) + 1:].split("/")
+        parts = path[len(API) + 1 :].split("/")
         if parts == ["healthz"] and method == "GET":
             return 200, {"multi_user": self.multi_user, "pipeline_store": "database"}
         collection = parts[0]
@@ -162,8 +162,11 @@ class FakeKfpServer:
             found = [o for o in found if o.get("experiment_id") == query["experiment_id"]]
         for predicate in json.loads(query["filter"]).get("predicates", []) if query.get("filter") else []:
             value = predicate.get("string_value", predicate.get("stringValue"))
-            if predicate.get("key") != "display_name" or predicate.get("operation") not in ("EQUALS", 1) \
-                    or value is None:
+            if (
+                predicate.get("key") != "display_name"
+                or predicate.get("operation") not in ("EQUALS", 1)
+                or value is None
+            ):
                 raise ApiError(400, f"fake KFP: unsupported filter predicate {predicate}")
             found = [o for o in found if o.get("display_name") == value]
         sort_by = query.get("sort_by", "")
@@ -196,13 +199,16 @@ class FakeKfpServer:
                     body = raw.decode(errors="replace")
                 query = dict(parse_qsl(url.query, keep_blank_values=True))
                 with fake._lock:
-                    fake.requests.append(Request(self.command, url.path, query, body,
-                                                 self.headers.get("Authorization")))
+                    fake.requests.append(
+                        Request(self.command, url.path, query, body, self.headers.get("Authorization"))
+                    )
                     try:
                         status, payload = fake.handle(self.command, url.path, query, body)
                     except ApiError as exc:
-                        status, payload = exc.status, {"code": 3 if exc.status == 400 else 5,
-                                                       "message": str(exc), "details": []}
+                        status, payload = (
+                            exc.status,
+                            {"code": 3 if exc.status == 400 else 5, "message": str(exc), "details": []},
+                        )
                 send_json(self, status, payload)
 
             do_GET = do_POST = do_DELETE = _serve
@@ -211,4 +217,3 @@ class FakeKfpServer:
                 pass
 
         return Handler
-

@@ -35,19 +35,29 @@ def test_dag_reads_like_the_workflow(tmp_path):
     loop = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
     assert set(loop) == {"train-heads", "evaluate", "export", "condition-3", "condition-4", "register"}
     crosscheck = spec["components"]["comp-condition-3"]["dag"]["tasks"]["vllm-crosscheck"]
-    assert crosscheck["inputs"]["parameters"]["expected_acceptance_length"]["componentInputParameter"] \
-        == "pipelinechannel--evaluate-Output"  # our τ, handed to vLLM's check
+    assert (
+        crosscheck["inputs"]["parameters"]["expected_acceptance_length"]["componentInputParameter"]
+        == "pipelinechannel--evaluate-Output"
+    )  # our τ, handed to vLLM's check
     assert loop["evaluate"]["dependentTasks"] == ["train-heads"]
     assert loop["register"]["inputs"]["artifacts"]["draft"]["taskOutputArtifact"]["producerTask"] == "export"
-    assert handler["regenerate"]["inputs"]["parameters"]["endpoint"]["taskOutputParameter"]["producerTask"] \
+    assert (
+        handler["regenerate"]["inputs"]["parameters"]["endpoint"]["taskOutputParameter"]["producerTask"]
         == "serve-base-model"
+    )
 
 
 def test_kubernetes_settings_are_compiled_in(tmp_path):
     _, (spec, platform) = compiled(tmp_path)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-serve-base-model", "exec-train-heads", "exec-evaluate", "exec-export", "exec-vllm-crosscheck",
-                 "exec-build-trtllm-engine"):
+    for name in (
+        "exec-serve-base-model",
+        "exec-train-heads",
+        "exec-evaluate",
+        "exec-export",
+        "exec-vllm-crosscheck",
+        "exec-build-trtllm-engine",
+    ):
         config = executors[name]
         assert config["pvcMount"][0]["mountPath"] == "/models"
         assert config["pvcMount"][0]["pvcNameParameter"]["componentInputParameter"].endswith("model_cache_pvc")
@@ -68,8 +78,11 @@ def test_kubernetes_settings_are_compiled_in(tmp_path):
 
 def test_caching_and_retries_are_chosen_per_step(tmp_path):
     _, (spec, _) = compiled(tmp_path)
-    tasks = {name: task for component in spec["components"].values()
-             for name, task in component.get("dag", {}).get("tasks", {}).items()}
+    tasks = {
+        name: task
+        for component in spec["components"].values()
+        for name, task in component.get("dag", {}).get("tasks", {}).items()
+    }
     tasks.update(spec["root"]["dag"]["tasks"])
     never = {"serve-base-model", "stop-server", "regenerate", "register", "summarize"}  # side effects, moving data
     for name in never:
@@ -87,17 +100,23 @@ def test_checkpoint_root_reaches_the_resumable_steps(tmp_path):
     for component in ("comp-regenerate", "comp-train-heads"):
         assert {"checkpoint_root", "run_id"} <= set(spec["components"][component]["inputDefinitions"]["parameters"])
     handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert handler["regenerate"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] \
-        == "{{$.pipeline_job_uuid}}"
+    assert (
+        handler["regenerate"]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    )
 
 
 def test_trtllm_engine_is_built_for_medusa_only_and_only_when_asked(tmp_path):
     _, (spec, _) = compiled(tmp_path)
     assert spec["root"]["inputDefinitions"]["parameters"]["export_trtllm_engine"]["defaultValue"] is False
     outer = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["condition-4"]
-    assert outer["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--export_trtllm_engine'] == true"
+    assert (
+        outer["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--export_trtllm_engine'] == true"
+    )
     inner = spec["components"]["comp-condition-4"]["dag"]["tasks"]["condition-5"]
-    assert inner["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--modes-loop-item'] == 'medusa'"
+    assert (
+        inner["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--modes-loop-item'] == 'medusa'"
+    )
     build = spec["components"]["comp-condition-5"]["dag"]["tasks"]["build-trtllm-engine"]
     assert build["inputs"]["artifacts"]["draft"]["componentInputArtifact"] == "pipelinechannel--export-draft"
     executor = spec["deploymentSpec"]["executors"]["exec-build-trtllm-engine"]["container"]
@@ -111,33 +130,67 @@ def test_images_come_from_one_place(tmp_path, monkeypatch):
 
 
 def test_compile_settings_are_arguments_not_environment_read_at_import(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "spectrain", "compile", "--output", str(tmp_path / "p.yaml"),
-                             "--accelerator-type", "amd.com/gpu", "--train-gpus", "4", "--serve-gpus", "0",
-                             "--mode-parallelism", "1", "--registry", "registry.example.com:5000/team",
-                             "--image-tag", "1.2"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spectrain",
+            "compile",
+            "--output",
+            str(tmp_path / "p.yaml"),
+            "--accelerator-type",
+            "amd.com/gpu",
+            "--train-gpus",
+            "4",
+            "--serve-gpus",
+            "0",
+            "--mode-parallelism",
+            "1",
+            "--registry",
+            "registry.example.com:5000/team",
+            "--image-tag",
+            "1.2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     spec, _ = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
     executors = spec["deploymentSpec"]["executors"]
     # Every task, and the vLLM pods of cluster mode, run the images of the registry and tag compiled in.
-    assert {e["container"]["image"] for e in executors.values()} == \
-        {f"registry.example.com:5000/team/spectrain-{n}:1.2" for n in ("serve", "train", "trtllm", "orchestrate")}
+    assert {e["container"]["image"] for e in executors.values()} == {
+        f"registry.example.com:5000/team/spectrain-{n}:1.2" for n in ("serve", "train", "trtllm", "orchestrate")
+    }
     serve = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["serve-base-model"]
-    assert serve["inputs"]["parameters"]["image"]["runtimeValue"]["constant"] == \
-        "registry.example.com:5000/team/spectrain-serve:1.2"
+    assert (
+        serve["inputs"]["parameters"]["image"]["runtimeValue"]["constant"]
+        == "registry.example.com:5000/team/spectrain-serve:1.2"
+    )
     train = executors["exec-train-heads"]["container"]["resources"]["accelerator"]
     assert (train["resourceType"], int(train["resourceCount"])) == ("amd.com/gpu", 4)
     assert "accelerator" not in executors["exec-serve-base-model"]["container"].get("resources", {})
-    assert spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["for-loop-2"]["iteratorPolicy"] == \
-        {"parallelismLimit": 1}
+    assert spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["for-loop-2"]["iteratorPolicy"] == {
+        "parallelismLimit": 1
+    }
     assert "train_gpus 4" in result.stdout
 
 
-@pytest.mark.parametrize("flags, message", [(["--registry", "Registry.Example.com/team "], "registry"),
-                                            (["--image-tag", "1.2:latest"], "image_tag"),
-                                            (["--train-gpus", "-1"], "train_gpus is -1")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--registry", "Registry.Example.com/team "], "registry"),
+        (["--image-tag", "1.2:latest"], "image_tag"),
+        (["--train-gpus", "-1"], "train_gpus is -1"),
+    ],
+)
 def test_bad_compile_settings_are_refused_before_compiling(tmp_path, flags, message):
-    result = subprocess.run([sys.executable, "-m", "spectrain", "compile", "--output", str(tmp_path / "p.yaml"),
-                             *flags], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "spectrain", "compile", "--output", str(tmp_path / "p.yaml"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "p.yaml").exists()

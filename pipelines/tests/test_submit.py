@@ -205,7 +205,9 @@ def test_runs_prints_a_table_of_the_most_recent_runs(fake, capsys):
     assert lines[0].split() == ["RUN", "ID", "NAME", "STATE", "CREATED"]
     rows = [line.split() for line in lines[1:]]
     assert [(row[0], row[1], row[2]) for row in rows] == [  # newest first, limited to 2
-        (fake.runs[2]["run_id"], "third", "PENDING"), (fake.runs[1]["run_id"], "second", "FAILED")]
+        (fake.runs[2]["run_id"], "third", "PENDING"),
+        (fake.runs[1]["run_id"], "second", "FAILED"),
+    ]
     assert rows[0][3] == "2026-01-01"
     state_column = lines[0].index("STATE")  # aligned: every state starts under the header
     assert [line[state_column:].split()[0] for line in lines] == ["STATE", "PENDING", "FAILED"]

@@ -16,7 +16,7 @@ SEQUENCE = list(range(100, 120))  # 5 prompt tokens, 15 generated
 
 
 def test_a_perfect_draft_emits_k_plus_one_tokens_per_step():
-    tally = replay(SEQUENCE, 5, lambda n: SEQUENCE[n + 1:n + 4], k=3)
+    tally = replay(SEQUENCE, 5, lambda n: SEQUENCE[n + 1 : n + 4], k=3)
     assert tally.tokens == 15  # every generated token counted exactly once
     assert tally.steps == 4  # 4 + 4 + 4 + 3 (the end cuts the last chain)
     assert tally.summary()["acceptance_length"] == pytest.approx(15 / 4)
@@ -25,10 +25,10 @@ def test_a_perfect_draft_emits_k_plus_one_tokens_per_step():
 
 def test_vllms_definition_leaves_out_a_last_step_with_nothing_to_draft():
     """vLLM's counters give 1 + accepted / drafts: the step that emits a reply's last token verifies no draft."""
-    perfect = replay(SEQUENCE, 5, lambda n: SEQUENCE[n + 1:n + 4], k=3)
+    perfect = replay(SEQUENCE, 5, lambda n: SEQUENCE[n + 1 : n + 4], k=3)
     assert perfect.drafted == perfect.steps == 4  # the reply ends inside the last accepted chain
     assert perfect.summary()["acceptance_length_per_draft"] == pytest.approx(1 + 11 / 4)
-    cut = replay(SEQUENCE[:18], 5, lambda n: SEQUENCE[n + 1:n + 4], k=3)  # 13 tokens: 4 + 4 + 4, then 1 alone
+    cut = replay(SEQUENCE[:18], 5, lambda n: SEQUENCE[n + 1 : n + 4], k=3)  # 13 tokens: 4 + 4 + 4, then 1 alone
     assert (cut.steps, cut.drafted, cut.tokens) == (4, 3, 13)
     assert cut.summary()["acceptance_length"] == pytest.approx(13 / 4)
     assert cut.summary()["acceptance_length_per_draft"] == pytest.approx(1 + 9 / 3)
@@ -61,8 +61,9 @@ def base():
 
 def greedy(path, tokenizer, prompt: str, new_tokens: int) -> list[int]:
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
     return model.generate(ids, do_sample=False, max_new_tokens=new_tokens)[0].tolist(), ids.shape[1]
 
@@ -71,8 +72,9 @@ def greedy(path, tokenizer, prompt: str, new_tokens: int) -> list[int]:
 def test_cached_eagle_drafts_equal_modelopt_pseudo_speculative_generate(base, tiny_checkpoints):
     path, tokenizer = base
     sequence, prompt_length = greedy(path, tokenizer, "List three colours.", 12)
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoints["eagle3"][0], dtype=torch.float32,
-                                                              attn_implementation="sdpa").eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoints["eagle3"][0], dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
     propose = EagleProposer(model, k=3).for_sequence(torch.tensor([sequence]))
     for n in (prompt_length, prompt_length + 1, prompt_length + 5, prompt_length + 6):
         base_token, drafts = model.pseudo_speculative_generate(torch.tensor([sequence[:n]]), steps=3)
@@ -96,8 +98,9 @@ def spectrain_step(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "spectrain", "step", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "spectrain", "step", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_a_checkpoint_of_another_mode_is_refused_naming_both_modes(tiny_checkpoints):
@@ -134,20 +137,31 @@ def test_batched_greedy_replies_are_exactly_the_base_models_own_greedy_text(base
 
     path, tokenizer = base
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    questions = ["List three colours.", "What is the capital of France? Answer in one word.",
-                 "Write a haiku about the sea and the wind in the evening.", "Say hi."]
-    prompts = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for q in questions]
-    eos = {model.generation_config.eos_token_id} if isinstance(model.generation_config.eos_token_id, int) \
+    questions = [
+        "List three colours.",
+        "What is the capital of France? Answer in one word.",
+        "Write a haiku about the sea and the wind in the evening.",
+        "Say hi.",
+    ]
+    prompts = [
+        tokenizer(
+            tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+        for q in questions
+    ]
+    eos = (
+        {model.generation_config.eos_token_id}
+        if isinstance(model.generation_config.eos_token_id, int)
         else set(model.generation_config.eos_token_id)
+    )
     batched = [confirm_greedy(model, p, c) for p, c in zip(prompts, generate_batch(model, prompts, 16, eos))]
     alone = [model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=16)[0].tolist() for p in prompts]
     assert sum(b == a for b, a in zip(batched, alone)) >= 3  # left padding changes nothing but near-ties
     for prompt, sequence in zip(prompts, batched):
         assert len(sequence) > len(prompt)
-        predicted = model(input_ids=torch.tensor([sequence])).logits[0, len(prompt) - 1:-1].argmax(-1).tolist()
-        assert predicted == sequence[len(prompt):]  # every token is the base's greedy choice for its prefix
+        predicted = model(input_ids=torch.tensor([sequence])).logits[0, len(prompt) - 1 : -1].argmax(-1).tolist()
+        assert predicted == sequence[len(prompt) :]  # every token is the base's greedy choice for its prefix
 
 
 def test_a_reply_that_disagrees_with_the_teacher_forced_pass_is_cut_at_the_first_disagreement(base):
@@ -156,7 +170,7 @@ def test_a_reply_that_disagrees_with_the_teacher_forced_pass_is_cut_at_the_first
     path, tokenizer = base
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     prompt = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
-    good = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=6)[0].tolist()[len(prompt):]
+    good = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=6)[0].tolist()[len(prompt) :]
     wrong = good[:2] + [(good[2] + 1) % model.config.vocab_size] + good[3:]
     assert confirm_greedy(model, prompt, wrong) == prompt + good[:3]
     assert confirm_greedy(model, prompt, good) == prompt + good

@@ -58,28 +58,59 @@ def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode):
     prompts = ["Name three fruits.", "What is the capital of France?", "Give me a tip for sleeping well."]
     rows = []
     for i, prompt in enumerate(prompts):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-        reply = tokenizer.decode(base.generate(ids, do_sample=False, max_new_tokens=40)[0, ids.shape[1]:],
-                                 skip_special_tokens=True)
-        rows.append({"id": f"p{i}", "conversations": [{"from": "User", "value": prompt},
-                                                      {"from": "Assistant", "value": reply}]})
+        reply = tokenizer.decode(
+            base.generate(ids, do_sample=False, max_new_tokens=40)[0, ids.shape[1] :], skip_special_tokens=True
+        )
+        rows.append(
+            {"id": f"p{i}", "conversations": [{"from": "User", "value": prompt}, {"from": "Assistant", "value": reply}]}
+        )
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     checkpoint, draft = tmp_path / "checkpoint", tmp_path / "draft"
-    run_step("train-heads", {"data": str(data), "output_dir": str(checkpoint), "mode": mode,
-                             "batch_size": 3, "max_length": 96, "warmup_steps": 0, **TRAINING[mode]})
-    ours = run_step("evaluate", {"checkpoint": str(checkpoint), "mode": mode, "dataset": str(data),
-                                 "max_new_tokens": 32, "output_dir": str(tmp_path / "eval")})
+    run_step(
+        "train-heads",
+        {
+            "data": str(data),
+            "output_dir": str(checkpoint),
+            "mode": mode,
+            "batch_size": 3,
+            "max_length": 96,
+            "warmup_steps": 0,
+            **TRAINING[mode],
+        },
+    )
+    ours = run_step(
+        "evaluate",
+        {
+            "checkpoint": str(checkpoint),
+            "mode": mode,
+            "dataset": str(data),
+            "max_new_tokens": 32,
+            "output_dir": str(tmp_path / "eval"),
+        },
+    )
     # float32, as the replay: the check is of vLLM's loader and drafting, not of bf16 rounding of the weights
     run_step("export", {"checkpoint": str(checkpoint), "mode": mode, "output_dir": str(draft), "dtype": "float32"})
-    theirs = run(VllmCrosscheckConfig(draft_dir=str(draft), mode=mode, dataset=str(data), max_new_tokens=32,
-                                      output=str(tmp_path / "vllm.json"),
-                                      expected_acceptance_length=ours["acceptance_length_per_draft"]))
-    measured = {"ours": ours["acceptance_length_per_draft"], "vllm": theirs["acceptance_length"],
-                "untrained (ours)": ours["untrained_acceptance_length"]}
+    theirs = run(
+        VllmCrosscheckConfig(
+            draft_dir=str(draft),
+            mode=mode,
+            dataset=str(data),
+            max_new_tokens=32,
+            output=str(tmp_path / "vllm.json"),
+            expected_acceptance_length=ours["acceptance_length_per_draft"],
+        )
+    )
+    measured = {
+        "ours": ours["acceptance_length_per_draft"],
+        "vllm": theirs["acceptance_length"],
+        "untrained (ours)": ours["untrained_acceptance_length"],
+    }
     print(f"[crosscheck {mode}] {measured}")
     assert measured["untrained (ours)"] < 1.15, measured
     assert measured["ours"] > measured["untrained (ours)"] + 0.2, measured

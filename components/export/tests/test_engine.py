@@ -24,11 +24,25 @@ def test_without_gpu_and_tensorrt_llm_the_step_says_what_is_missing_and_where_to
     medusa = tmp_path / "draft" / "trtllm" / "medusa"
     medusa.mkdir(parents=True)
     (medusa / "medusa_lm_head.safetensors").write_bytes(b"")
-    (medusa / "config.json").write_text(json.dumps({"medusa_num_heads": 2, "medusa_num_layers": 1,
-                                                    "torch_dtype": "bfloat16"}))
-    proc = subprocess.run([sys.executable, "-m", "spectrain", "step", "build-engine", "--draft",
-                           str(tmp_path / "draft"), "--output-dir", str(tmp_path / "engine")],
-                          capture_output=True, text=True, timeout=300)
+    (medusa / "config.json").write_text(
+        json.dumps({"medusa_num_heads": 2, "medusa_num_layers": 1, "torch_dtype": "bfloat16"})
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spectrain",
+            "step",
+            "build-engine",
+            "--draft",
+            str(tmp_path / "draft"),
+            "--output-dir",
+            str(tmp_path / "engine"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "cannot build a TensorRT-LLM engine here: no trtllm-build" in proc.stderr
     assert "an NVIDIA GPU" in proc.stderr and "trtllm image on a GPU node" in proc.stderr

@@ -18,8 +18,14 @@ def test_medusa_export_has_exactly_vllm_names_in_the_requested_dtype(tiny_checkp
     checkpoint, _ = tiny_checkpoints["medusa"]
     result = run(ExportConfig(checkpoint=checkpoint, mode="medusa", output_dir=str(tmp_path), dtype="bfloat16"))
     tensors = load_file(tmp_path / "model.safetensors")
-    assert set(tensors) == {"blocks.0.layers.0.weight", "blocks.0.layers.0.bias", "lm_heads.0.weight",
-                            "blocks.1.layers.0.weight", "blocks.1.layers.0.bias", "lm_heads.1.weight"}
+    assert set(tensors) == {
+        "blocks.0.layers.0.weight",
+        "blocks.0.layers.0.bias",
+        "lm_heads.0.weight",
+        "blocks.1.layers.0.weight",
+        "blocks.1.layers.0.bias",
+        "lm_heads.1.weight",
+    }
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     assert torch.equal(tensors["lm_heads.1.weight"], model.medusa_heads[1][-1].weight.to(torch.bfloat16))
@@ -45,22 +51,33 @@ def test_eagle3_export_is_bf16_with_vllm_layer_ids_and_the_trained_rope(tiny_che
 
 
 @pytest.mark.slow
-def test_medusa_for_tensorrt_llm_has_its_loader_names_and_the_engine_build_is_skipped_on_cpu(tiny_checkpoints,
-                                                                                           tmp_path):
+def test_medusa_for_tensorrt_llm_has_its_loader_names_and_the_engine_build_is_skipped_on_cpu(
+    tiny_checkpoints, tmp_path
+):
     checkpoint, _ = tiny_checkpoints["medusa"]
     result = run(ExportConfig(checkpoint=checkpoint, mode="medusa", output_dir=str(tmp_path), dtype="float16"))
     trt = result["trtllm"]
     tensors = load_file(tmp_path / "trtllm" / "medusa" / "medusa_lm_head.safetensors")
     # what TensorRT-LLM's load_medusa_hf reads: {h}.{l}.linear.weight|bias and {h}.{num_layers}.weight
-    assert set(tensors) == {"0.0.linear.weight", "0.0.linear.bias", "0.1.weight",
-                            "1.0.linear.weight", "1.0.linear.bias", "1.1.weight"}
+    assert set(tensors) == {
+        "0.0.linear.weight",
+        "0.0.linear.bias",
+        "0.1.weight",
+        "1.0.linear.weight",
+        "1.0.linear.bias",
+        "1.1.weight",
+    }
     assert tensors["1.1.weight"].shape == (49152, 576) and {t.dtype for t in tensors.values()} == {torch.float16}
     vllm = load_file(tmp_path / "model.safetensors")
     assert torch.equal(tensors["1.1.weight"], vllm["lm_heads.1.weight"])  # the same trained weights
     assert json.loads((tmp_path / "trtllm" / "medusa" / "config.json").read_text())["medusa_num_heads"] == 2
     assert trt["problems"] == [] and trt["engine"].startswith("not built here: the build-engine step")
     build = (tmp_path / "trtllm" / "build.sh").read_text()
-    assert "--medusa_model_dir" in build and "--num_medusa_heads 2" in build and "--speculative_decoding_mode medusa" in build
+    assert (
+        "--medusa_model_dir" in build
+        and "--num_medusa_heads 2" in build
+        and "--speculative_decoding_mode medusa" in build
+    )
 
 
 @pytest.mark.slow
@@ -79,14 +96,26 @@ def test_the_tensorrt_llm_check_catches_wrong_names_and_shapes(tmp_path):
 
     from components.export import trtllm
 
-    save_file({"0.0.linear.weight": torch.zeros(4, 4), "0.0.linear.bias": torch.zeros(3),
-               "0.1.weight": torch.zeros(10, 4), "blocks.0.layers.0.weight": torch.zeros(4, 4)}, tmp_path / "m.safetensors")
+    save_file(
+        {
+            "0.0.linear.weight": torch.zeros(4, 4),
+            "0.0.linear.bias": torch.zeros(3),
+            "0.1.weight": torch.zeros(10, 4),
+            "blocks.0.layers.0.weight": torch.zeros(4, 4),
+        },
+        tmp_path / "m.safetensors",
+    )
     problems = trtllm.check([tmp_path / "m.safetensors"], trtllm.expected_medusa(1, 1, hidden=4, vocab=10))
-    assert problems == ["unexpected blocks.0.layers.0.weight (the loader would skip it)",
-                        "0.0.linear.bias: shape (3,), expected (4,)"]
+    assert problems == [
+        "unexpected blocks.0.layers.0.weight (the loader would skip it)",
+        "0.0.linear.bias: shape (3,), expected (4,)",
+    ]
     renamed = trtllm.eagle3_names_as_trtllm_loads_them(["layers.0.mlp.up_proj.weight", "lm_head.weight", "d2t"], 1)
-    assert renamed == {"layers.0.mlp.up_proj.weight": "model.midlayer.mlp.up_proj.weight",
-                       "lm_head.weight": "lm_head.weight", "d2t": "model.d2t"}
+    assert renamed == {
+        "layers.0.mlp.up_proj.weight": "model.midlayer.mlp.up_proj.weight",
+        "lm_head.weight": "lm_head.weight",
+        "d2t": "model.d2t",
+    }
 
 
 def test_unknown_dtype_is_refused(tmp_path):

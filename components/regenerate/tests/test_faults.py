@@ -45,10 +45,35 @@ def test_kill_9_of_client_and_of_server_mid_run_then_rerun_gives_one_record_each
 
     def client(endpoint: str, *extra: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "spectrain", "step", "regenerate", "--dataset", str(data), "--output", str(output),
-             "--endpoint", endpoint, "--api-key", "k", "--max-tokens", "48", "--concurrency", "4",
-             "--max-retries", "1", "--request-timeout-s", "60", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "spectrain",
+                "step",
+                "regenerate",
+                "--dataset",
+                str(data),
+                "--output",
+                str(output),
+                "--endpoint",
+                endpoint,
+                "--api-key",
+                "k",
+                "--max-tokens",
+                "48",
+                "--concurrency",
+                "4",
+                "--max-retries",
+                "1",
+                "--request-timeout-s",
+                "60",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
     server = serve(ServeConfig(run_id="crash-1", api_key="k", max_model_len=2048, kv_cache_gib=1))
     try:

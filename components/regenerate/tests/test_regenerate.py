@@ -9,11 +9,20 @@ from components.regenerate.regenerate import run
 from spectrain.errors import SpectrainError
 
 CONVERSATIONS = [
-    {"id": "single", "conversations": [{"from": "User", "value": "Name a fruit."},
-                                       {"from": "Assistant", "value": "An apple."}]},
-    {"id": "multi", "system": "Answer in one sentence.",
-     "conversations": [{"from": "User", "value": "What is rain?"}, {"from": "Assistant", "value": "Water."},
-                       {"from": "User", "value": "Why does it fall?"}, {"from": "Assistant", "value": "Gravity."}]},
+    {
+        "id": "single",
+        "conversations": [{"from": "User", "value": "Name a fruit."}, {"from": "Assistant", "value": "An apple."}],
+    },
+    {
+        "id": "multi",
+        "system": "Answer in one sentence.",
+        "conversations": [
+            {"from": "User", "value": "What is rain?"},
+            {"from": "Assistant", "value": "Water."},
+            {"from": "User", "value": "Why does it fall?"},
+            {"from": "Assistant", "value": "Gravity."},
+        ],
+    },
     {"messages": [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "1 2 3"}]},
     {"conversations": [{"from": "narrator", "value": "broken"}]},
 ]
@@ -33,8 +42,14 @@ def records(path) -> list[dict]:
 @pytest.mark.slow
 def test_every_assistant_turn_is_rewritten_and_a_rerun_resumes(vllm_server, dataset, tmp_path):
     output = tmp_path / "out.jsonl"
-    config = RegenerateConfig(dataset=dataset, output=str(output), endpoint=vllm_server["endpoint"],
-                              api_key="test-key", max_tokens=12, concurrency=4)
+    config = RegenerateConfig(
+        dataset=dataset,
+        output=str(output),
+        endpoint=vllm_server["endpoint"],
+        api_key="test-key",
+        max_tokens=12,
+        concurrency=4,
+    )
     summary = run(config)
     assert (summary["done"], summary["failed"], summary["skipped_input_lines"]) == (3, 0, 1)
     written = {r["conversation_id"]: r for r in records(output)}
@@ -61,8 +76,14 @@ def test_every_assistant_turn_is_rewritten_and_a_rerun_resumes(vllm_server, data
 
 def test_an_unreachable_server_fails_the_step_and_records_every_conversation(dataset, tmp_path):
     output = tmp_path / "out.jsonl"
-    config = RegenerateConfig(dataset=dataset, output=str(output), endpoint="http://127.0.0.1:9/v1", model="base",
-                              max_retries=0, request_timeout_s=2)
+    config = RegenerateConfig(
+        dataset=dataset,
+        output=str(output),
+        endpoint="http://127.0.0.1:9/v1",
+        model="base",
+        max_retries=0,
+        request_timeout_s=2,
+    )
     with pytest.raises(SpectrainError, match="3 of 3 conversations failed"):
         run(config)
     errors = records(tmp_path / "out.errors.jsonl")
@@ -75,8 +96,13 @@ def test_selection_dedupes_prompts_then_samples_then_takes_the_first_n(tmp_path)
     from components.regenerate.regenerate import select
     from spectrain.data import read_conversations
 
-    rows = [{"id": f"c{i}", "conversations": [{"from": "User", "value": f"question {i % 5}"},
-                                             {"from": "Assistant", "value": "answer"}]} for i in range(10)]
+    rows = [
+        {
+            "id": f"c{i}",
+            "conversations": [{"from": "User", "value": f"question {i % 5}"}, {"from": "Assistant", "value": "answer"}],
+        }
+        for i in range(10)
+    ]
     path = tmp_path / "many.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     conversations = list(read_conversations(str(path)))
@@ -89,10 +115,19 @@ def test_selection_dedupes_prompts_then_samples_then_takes_the_first_n(tmp_path)
 @pytest.mark.slow
 def test_requests_are_spread_over_every_endpoint(vllm_server, dataset, tmp_path):
     """One live replica and one dead one: the dead one's share fails, the live one's share is done."""
-    config = RegenerateConfig(dataset=dataset, output=str(tmp_path / "out.jsonl"), api_key="test-key",
-                              endpoint=f"{vllm_server['endpoint']},http://127.0.0.1:9/v1", model="base",
-                              max_tokens=8, max_retries=0, request_timeout_s=5, max_failure_ratio=1.0,
-                              system_prompt="Reply in French.", chat_template_kwargs={"enable_thinking": False})
+    config = RegenerateConfig(
+        dataset=dataset,
+        output=str(tmp_path / "out.jsonl"),
+        api_key="test-key",
+        endpoint=f"{vllm_server['endpoint']},http://127.0.0.1:9/v1",
+        model="base",
+        max_tokens=8,
+        max_retries=0,
+        request_timeout_s=5,
+        max_failure_ratio=1.0,
+        system_prompt="Reply in French.",
+        chat_template_kwargs={"enable_thinking": False},
+    )
     summary = run(config)
     assert (summary["done"], summary["failed"]) == (2, 1)  # conversations 0 and 2 live, 1 dead
     assert all(r["system"] == "Reply in French." for r in records(tmp_path / "out.jsonl"))
@@ -102,11 +137,18 @@ def test_requests_are_spread_over_every_endpoint(vllm_server, dataset, tmp_path)
 def test_a_prompt_longer_than_the_context_is_rejected_with_its_line_and_the_run_goes_on(vllm_server, tmp_path):
     path = tmp_path / "long.jsonl"
     too_long = " ".join(["word"] * 3000)  # the test server has max_model_len 1024
-    path.write_text(json.dumps({"id": "short", "conversations": [{"from": "User", "value": "Say hi."}]}) + "\n"
-                    + json.dumps({"id": "long", "conversations": [{"from": "User", "value": too_long}]}) + "\n")
+    path.write_text(
+        json.dumps({"id": "short", "conversations": [{"from": "User", "value": "Say hi."}]})
+        + "\n"
+        + json.dumps({"id": "long", "conversations": [{"from": "User", "value": too_long}]})
+        + "\n"
+    )
     output = tmp_path / "out.jsonl"
-    summary = run(RegenerateConfig(dataset=str(path), output=str(output), endpoint=vllm_server["endpoint"],
-                                   api_key="test-key", max_tokens=8))
+    summary = run(
+        RegenerateConfig(
+            dataset=str(path), output=str(output), endpoint=vllm_server["endpoint"], api_key="test-key", max_tokens=8
+        )
+    )
     assert (summary["done"], summary["rejected"], summary["failed"]) == (1, 1, 0)
     (error,) = records(tmp_path / "out.errors.jsonl")
     assert error["source"] == f"{path}:2" and "context" in error["rejected"].lower()
@@ -126,11 +168,22 @@ def test_a_wrong_api_key_stops_the_step_before_any_conversation(vllm_server, dat
 def test_when_the_server_rejects_every_prompt_the_step_fails_naming_the_dataset(vllm_server, tmp_path):
     path = tmp_path / "long.jsonl"
     too_long = " ".join(["word"] * 3000)  # the test server has max_model_len 1024
-    path.write_text("".join(json.dumps({"id": f"long{i}", "conversations": [{"from": "User", "value": f"{i} {too_long}"}]})
-                            + "\n" for i in range(2)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"long{i}", "conversations": [{"from": "User", "value": f"{i} {too_long}"}]}) + "\n"
+            for i in range(2)
+        )
+    )
     with pytest.raises(SpectrainError) as error:
-        run(RegenerateConfig(dataset=str(path), output=str(tmp_path / "out.jsonl"), endpoint=vllm_server["endpoint"],
-                             api_key="test-key", max_tokens=8))
+        run(
+            RegenerateConfig(
+                dataset=str(path),
+                output=str(tmp_path / "out.jsonl"),
+                endpoint=vllm_server["endpoint"],
+                api_key="test-key",
+                max_tokens=8,
+            )
+        )
     assert error.value.where == str(path) and "rejected all 2 conversations" in error.value.what
     assert "max_model_len" in error.value.fix
 
@@ -138,8 +191,17 @@ def test_when_the_server_rejects_every_prompt_the_step_fails_naming_the_dataset(
 @pytest.mark.slow
 def test_synthesized_prompts_are_the_bases_own_and_resume_by_id(vllm_server, dataset, tmp_path):
     output = tmp_path / "out.jsonl"
-    config = RegenerateConfig(dataset=dataset, output=str(output), endpoint=vllm_server["endpoint"],
-                              api_key="test-key", max_tokens=12, concurrency=4, limit=1, synthesize=8, seed=3)
+    config = RegenerateConfig(
+        dataset=dataset,
+        output=str(output),
+        endpoint=vllm_server["endpoint"],
+        api_key="test-key",
+        max_tokens=12,
+        concurrency=4,
+        limit=1,
+        synthesize=8,
+        seed=3,
+    )
     summary = run(config)
     # a sampled prompt that runs past synthesis_max_tokens is discarded (~1 in 4 with this base)
     assert summary["done"] + summary["discarded"] == 1 + 8 and summary["done"] >= 1 + 2

@@ -18,16 +18,26 @@ from spectrain.testing import FlakyServer
 def dataset(tmp_path):
     def write(*prompts):
         path = tmp_path / "in.jsonl"
-        path.write_text("".join(json.dumps({"id": p, "conversations": [{"from": "User", "value": p}]}) + "\n"
-                                for p in prompts))
+        path.write_text(
+            "".join(json.dumps({"id": p, "conversations": [{"from": "User", "value": p}]}) + "\n" for p in prompts)
+        )
         return str(path)
+
     return write
 
 
 def test_429_5xx_and_timeouts_are_retried_with_growing_waits(dataset, tmp_path):
     server = FlakyServer({"a": ["429", "503", "500"], "b": ["slow"], "c": []})
-    summary = run(RegenerateConfig(dataset=dataset("a", "b", "c"), output=str(tmp_path / "out.jsonl"),
-                                   endpoint=server.url, model="base", max_retries=4, request_timeout_s=1))
+    summary = run(
+        RegenerateConfig(
+            dataset=dataset("a", "b", "c"),
+            output=str(tmp_path / "out.jsonl"),
+            endpoint=server.url,
+            model="base",
+            max_retries=4,
+            request_timeout_s=1,
+        )
+    )
     assert (summary["done"], summary["failed"]) == (3, 0)
     attempts = server.times("a")
     assert len(attempts) == 4 and len(server.times("b")) == 2 and len(server.times("c")) == 1
@@ -37,8 +47,15 @@ def test_429_5xx_and_timeouts_are_retried_with_growing_waits(dataset, tmp_path):
 
 def test_after_the_last_retry_the_conversation_goes_to_the_errors_file_and_the_ratio_decides(dataset, tmp_path):
     server = FlakyServer({"a": ["503"] * 10, "b": []})
-    config = RegenerateConfig(dataset=dataset("a", "b"), output=str(tmp_path / "out.jsonl"), endpoint=server.url,
-                              model="base", max_retries=2, request_timeout_s=2, max_failure_ratio=0.5)
+    config = RegenerateConfig(
+        dataset=dataset("a", "b"),
+        output=str(tmp_path / "out.jsonl"),
+        endpoint=server.url,
+        model="base",
+        max_retries=2,
+        request_timeout_s=2,
+        max_failure_ratio=0.5,
+    )
     summary = run(config)
     assert (summary["done"], summary["failed"]) == (1, 1) and len(server.times("a")) == 3
     (error,) = [json.loads(line) for line in open(tmp_path / "out.errors.jsonl")]

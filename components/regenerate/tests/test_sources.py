@@ -13,8 +13,13 @@ from spectrain import config as configs
 from spectrain.data import read_conversations
 from spectrain.errors import SpectrainError
 
-ROWS = [{"id": f"c{i}", "conversations": [{"from": "User", "value": f"question {i}"},
-                                          {"from": "Assistant", "value": "answer"}]} for i in range(3)]
+ROWS = [
+    {
+        "id": f"c{i}",
+        "conversations": [{"from": "User", "value": f"question {i}"}, {"from": "Assistant", "value": "answer"}],
+    }
+    for i in range(3)
+]
 
 
 @pytest.fixture(autouse=True)

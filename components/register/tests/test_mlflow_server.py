@@ -26,11 +26,28 @@ def mlflow_server(s3_endpoint, tmp_path, monkeypatch):
     port = free_port()
     log = open(tmp_path / "mlflow.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", "s3://mlflow/artifacts", "--serve-artifacts"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            "s3://mlflow/artifacts",
+            "--serve-artifacts",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -51,8 +68,11 @@ def mlflow_server(s3_endpoint, tmp_path, monkeypatch):
 
 
 def test_register_and_promote_through_a_tracking_server_with_s3_artifacts(mlflow_server, s3_endpoint, tmp_path):
-    first = run(RegisterConfig(pipeline_run_id="r1", params={"lr": 0.001, "mlflow_tracking_token": "x"},
-                               **results(tmp_path, 1.3, "r1")))
+    first = run(
+        RegisterConfig(
+            pipeline_run_id="r1", params={"lr": 0.001, "mlflow_tracking_token": "x"}, **results(tmp_path, 1.3, "r1")
+        )
+    )
     second = run(RegisterConfig(pipeline_run_id="r2", **results(tmp_path, 1.6, "r2")))
     assert first["tracking_uri"] == mlflow_server and (first["alias"], second["alias"]) == ("champion", "champion")
 
@@ -63,8 +83,12 @@ def test_register_and_promote_through_a_tracking_server_with_s3_artifacts(mlflow
     assert "mlflow_tracking_token" not in client.get_run(first["run_id"]).data.params
 
     # the draft went through the server into the S3 bucket, and a serving team can fetch it by alias
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint)
-            .list_objects_v2(Bucket="mlflow", Prefix="artifacts/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="mlflow", Prefix="artifacts/")[
+            "Contents"
+        ]
+    ]
     assert any(k.endswith(f"{second['run_id']}/artifacts/draft/config.json") for k in keys)
     import mlflow.artifacts
 

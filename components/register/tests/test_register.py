@@ -28,11 +28,25 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout") 
     (folder / "draft").mkdir(parents=True)
     (folder / "draft" / "config.json").write_text('{"architectures": ["MedusaModel"]}')
     files = {
-        "train": {"mode": "medusa", "steps": 2, "data_fingerprint": "sha256:regenerated", "seconds_per_step": 1.5, "trainable_parameters": 10, "seconds": 3.0,
-                  "history": [{"step": 1, "loss": 5.0, "head_0_accuracy": 0.1}, {"step": 2, "loss": 4.0}]},
-        "evaluate": {"mode": "medusa", "acceptance_length": tau, "ngram_acceptance_length": 1.2,
-                     "ratio_to_ngram": tau / 1.2, "acceptance_rate_per_position": [tau - 1, 0.0, 0.0],
-                     "num_draft_tokens": 3, "eval_dataset_fingerprint": eval_fingerprint, "seconds": 2.0},
+        "train": {
+            "mode": "medusa",
+            "steps": 2,
+            "data_fingerprint": "sha256:regenerated",
+            "seconds_per_step": 1.5,
+            "trainable_parameters": 10,
+            "seconds": 3.0,
+            "history": [{"step": 1, "loss": 5.0, "head_0_accuracy": 0.1}, {"step": 2, "loss": 4.0}],
+        },
+        "evaluate": {
+            "mode": "medusa",
+            "acceptance_length": tau,
+            "ngram_acceptance_length": 1.2,
+            "ratio_to_ngram": tau / 1.2,
+            "acceptance_rate_per_position": [tau - 1, 0.0, 0.0],
+            "num_draft_tokens": 3,
+            "eval_dataset_fingerprint": eval_fingerprint,
+            "seconds": 2.0,
+        },
     }
     # each step's resolved config, as `spectrain step` records it in the step's result
     files["train"]["config"] = public_dict(TrainHeadsConfig(data="regenerated.jsonl", lr=0.002))
@@ -46,8 +60,13 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout") 
 
 
 def register(store, tau, name, **kwargs):
-    return run(RegisterConfig(pipeline_run_id=name, params={"lr": 0.001, "hf_token": "hf_secret", "api_key": "k"},
-                              **results(store, tau, name, **kwargs)))
+    return run(
+        RegisterConfig(
+            pipeline_run_id=name,
+            params={"lr": 0.001, "hf_token": "hf_secret", "api_key": "k"},
+            **results(store, tau, name, **kwargs),
+        )
+    )
 
 
 def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
@@ -71,10 +90,17 @@ def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
 def test_every_field_of_every_step_config_reaches_mlflow_and_no_secret_does(store):
     outcome = register(store, 1.30, "run-1")
     params = MlflowClient(tracking_uri=outcome["tracking_uri"]).get_run(outcome["run_id"]).data.params
-    for step, cls in (("train", TrainHeadsConfig), ("evaluate", EvaluateConfig), ("regenerate", RegenerateConfig),
-                      ("register", RegisterConfig)):
-        fields = {f"{step}.{name}" for name in to_dict(cls(**({"data": "x"} if cls is TrainHeadsConfig else {})))
-                  if not any(word in name for word in ("key", "token")) and name not in ("params", "step_results")}
+    for step, cls in (
+        ("train", TrainHeadsConfig),
+        ("evaluate", EvaluateConfig),
+        ("regenerate", RegenerateConfig),
+        ("register", RegisterConfig),
+    ):
+        fields = {
+            f"{step}.{name}"
+            for name in to_dict(cls(**({"data": "x"} if cls is TrainHeadsConfig else {})))
+            if not any(word in name for word in ("key", "token")) and name not in ("params", "step_results")
+        }
         assert fields <= set(params), f"{step}: {sorted(fields - set(params))} not logged"
     assert params["train.lr"] == "0.002" and params["train.draft_vocab_size"] == "4096"
     assert params["register.pipeline_run_id"] == "run-1"
@@ -120,8 +146,17 @@ def test_rollback_puts_the_previous_champion_back_from_the_command_line(store):
 
     register(store, 1.30, "run-1")
     winner = register(store, 1.50, "run-2")
-    command = [sys.executable, "-m", "spectrain", "promote", "--rollback", "--model", winner["registered_model"],
-               "--tracking-uri", winner["tracking_uri"]]
+    command = [
+        sys.executable,
+        "-m",
+        "spectrain",
+        "promote",
+        "--rollback",
+        "--model",
+        winner["registered_model"],
+        "--tracking-uri",
+        winner["tracking_uri"],
+    ]
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
     assert aliases(winner)["champion"] == "1" and aliases(winner)["previous_champion"] == "2"
     missing = subprocess.run([*command[:-3], "no-such-model", *command[-2:]], capture_output=True, text=True)
@@ -130,12 +165,23 @@ def test_rollback_puts_the_previous_champion_back_from_the_command_line(store):
 
 def test_another_base_model_is_never_compared(store):
     register(store, 1.30, "run-1")
-    other = run(RegisterConfig(pipeline_run_id="run-2", base_model="/models/other", registered_model_name="",
-                               **results(store, 1.90, "run-2")))
+    other = run(
+        RegisterConfig(
+            pipeline_run_id="run-2",
+            base_model="/models/other",
+            registered_model_name="",
+            **results(store, 1.90, "run-2"),
+        )
+    )
     assert other["registered_model"] != "spectrain-smollm2-135m-instruct-medusa"  # the name carries the base
-    same_name = run(RegisterConfig(pipeline_run_id="run-3", base_model="/models/other",
-                                   registered_model_name="spectrain-smollm2-135m-instruct-medusa",
-                                   **results(store, 1.90, "run-3")))
+    same_name = run(
+        RegisterConfig(
+            pipeline_run_id="run-3",
+            base_model="/models/other",
+            registered_model_name="spectrain-smollm2-135m-instruct-medusa",
+            **results(store, 1.90, "run-3"),
+        )
+    )
     assert same_name["alias"] == "challenger" and "another base model" in same_name["promotion"]
 
 
@@ -160,8 +206,14 @@ def test_two_runs_promoting_at_once_leave_the_better_one_champion(store, monkeyp
 
     monkeypatch.setattr(register_module, "alias_version", read_then_wait)
     outcomes = {}
-    threads = [threading.Thread(target=lambda tau, label: outcomes.__setitem__(label, register(store, tau, label)),
-                                args=(tau, label), name=label) for tau, label in ((1.60, "better"), (1.40, "worse"))]
+    threads = [
+        threading.Thread(
+            target=lambda tau, label: outcomes.__setitem__(label, register(store, tau, label)),
+            args=(tau, label),
+            name=label,
+        )
+        for tau, label in ((1.60, "better"), (1.40, "worse"))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -29,8 +29,10 @@ from kubernetes import client
 
 from spectrain.testing import Request, send_json
 
-PATH = re.compile(r"^/(?:api/v1|apis/apps/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>deployments|services|pods|events)"
-                  r"(?:/(?P<name>[^/]+)(?P<log>/log)?)?$")
+PATH = re.compile(
+    r"^/(?:api/v1|apis/apps/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>deployments|services|pods|events)"
+    r"(?:/(?P<name>[^/]+)(?P<log>/log)?)?$"
+)
 GROUP_OF = {"deployments": "/apis/apps/v1", "services": "/api/v1", "pods": "/api/v1", "events": "/api/v1"}
 KIND_OF = {"deployments": "Deployment", "services": "Service", "pods": "Pod", "events": "Event"}
 
@@ -109,8 +111,12 @@ class FakeKube:
         with self._lock:
             obj = json.loads(json.dumps(obj))
             meta = obj.setdefault("metadata", {})
-            meta.update(namespace=namespace, uid=str(uuid.uuid4()), resourceVersion=str(next(self._clock)),
-                        creationTimestamp=meta.get("creationTimestamp") or self._timestamp())
+            meta.update(
+                namespace=namespace,
+                uid=str(uuid.uuid4()),
+                resourceVersion=str(next(self._clock)),
+                creationTimestamp=meta.get("creationTimestamp") or self._timestamp(),
+            )
             obj.setdefault("kind", KIND_OF[kind])
             if kind == "deployments":
                 obj["status"] = {"replicas": obj["spec"].get("replicas", 1), "observedGeneration": 1}
@@ -132,8 +138,16 @@ class FakeKube:
             replicas = deployment["spec"].get("replicas", 1)
             deployment["status"].update(readyReplicas=replicas, availableReplicas=replicas, updatedReplicas=replicas)
 
-    def add_pod(self, namespace: str, deployment: str, *, waiting: tuple[str, str] | None = None,
-                unschedulable: str = "", events: tuple[tuple[str, str], ...] = (), log: str = "") -> str:
+    def add_pod(
+        self,
+        namespace: str,
+        deployment: str,
+        *,
+        waiting: tuple[str, str] | None = None,
+        unschedulable: str = "",
+        events: tuple[tuple[str, str], ...] = (),
+        log: str = "",
+    ) -> str:
         """A pod of ``deployment`` (its template labels): a waiting container (reason, message) and/or an
         Unschedulable scheduling condition, with Events (reason, message) about it and a log; returns its name."""
         with self._lock:
@@ -143,14 +157,29 @@ class FakeKube:
             status: dict[str, Any] = {"phase": "Pending", "conditions": []}
             if waiting:
                 status["phase"] = "Running"
-                status["containerStatuses"] = [{
-                    "name": container["name"], "image": container["image"], "imageID": "", "ready": False,
-                    "restartCount": 4, "state": {"waiting": {"reason": waiting[0], "message": waiting[1]}}}]
+                status["containerStatuses"] = [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 4,
+                        "state": {"waiting": {"reason": waiting[0], "message": waiting[1]}},
+                    }
+                ]
             if unschedulable:
-                status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                             "message": unschedulable})
-            self.add("pods", namespace, {"metadata": {"name": name, "labels": dict(template["metadata"]["labels"])},
-                                         "spec": template["spec"], "status": status})
+                status["conditions"].append(
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+                )
+            self.add(
+                "pods",
+                namespace,
+                {
+                    "metadata": {"name": name, "labels": dict(template["metadata"]["labels"])},
+                    "spec": template["spec"],
+                    "status": status,
+                },
+            )
             for reason, message in events:
                 self.add_event(namespace, "Pod", name, reason, message)
             self.logs[(namespace, name)] = log
@@ -158,10 +187,20 @@ class FakeKube:
 
     def add_event(self, namespace: str, kind: str, name: str, reason: str, message: str) -> None:
         stamp = self._timestamp()
-        self.add("events", namespace, {
-            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}"}, "reason": reason, "message": message,
-            "type": "Warning", "count": 1, "firstTimestamp": stamp, "lastTimestamp": stamp,
-            "involvedObject": {"kind": kind, "name": name, "namespace": namespace, "apiVersion": "v1"}})
+        self.add(
+            "events",
+            namespace,
+            {
+                "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}"},
+                "reason": reason,
+                "message": message,
+                "type": "Warning",
+                "count": 1,
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "involvedObject": {"kind": kind, "name": name, "namespace": namespace, "apiVersion": "v1"},
+            },
+        )
 
     # -- the HTTP side ----------------------------------------------------------------------------------
 
@@ -180,25 +219,32 @@ class FakeKube:
             store = self.objects.setdefault((kind, namespace), {})
             if route["log"]:
                 if method != "GET" or kind != "pods" or name not in store:
-                    return status(404, "NotFound", f"pods \"{name}\" not found")
+                    return status(404, "NotFound", f'pods "{name}" not found')
                 lines = self.logs.get((namespace, name), "").splitlines(keepends=True)
-                return 200, "".join(lines[-int(query["tailLines"]):] if "tailLines" in query else lines)
+                return 200, "".join(lines[-int(query["tailLines"]) :] if "tailLines" in query else lines)
             if method == "POST" and name is None and kind in ("deployments", "services"):
                 if body["metadata"]["name"] in store:
-                    return status(409, "AlreadyExists", f"{kind} \"{body['metadata']['name']}\" already exists")
+                    return status(409, "AlreadyExists", f'{kind} "{body["metadata"]["name"]}" already exists')
                 created = self.add(kind, namespace, body)
                 callback = self.on_deployment_created if kind == "deployments" else None
             elif method == "GET" and name is None:
-                items = [o for o in store.values()
-                         if matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
-                         and field_matches(query.get("fieldSelector", ""), o)]
-                return 200, {"kind": f"{KIND_OF[kind]}List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
-                             "items": items}
+                items = [
+                    o
+                    for o in store.values()
+                    if matches(query.get("labelSelector", ""), o["metadata"].get("labels") or {})
+                    and field_matches(query.get("fieldSelector", ""), o)
+                ]
+                return 200, {
+                    "kind": f"{KIND_OF[kind]}List",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": items,
+                }
             elif method == "GET":
-                return (200, store[name]) if name in store else status(404, "NotFound", f"{kind} \"{name}\" not found")
+                return (200, store[name]) if name in store else status(404, "NotFound", f'{kind} "{name}" not found')
             elif method == "DELETE" and kind in ("deployments", "services"):
                 if name not in store:
-                    return status(404, "NotFound", f"{kind} \"{name}\" not found")
+                    return status(404, "NotFound", f'{kind} "{name}" not found')
                 removed = store.pop(name)
                 if kind == "deployments":  # garbage collection of its pods
                     pods = self.objects.get(("pods", namespace), {})
@@ -235,5 +281,12 @@ class FakeKube:
 
 def status(code: int, reason: str, message: str, success: bool = False) -> tuple[int, dict[str, Any]]:
     """A metav1.Status body, as the API server answers errors (and deletions)."""
-    return code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" if success else "Failure",
-                  "message": message, "reason": reason, "code": code}
+    return code, {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success" if success else "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }

@@ -44,8 +44,15 @@ def api(fake):
 
 
 def serve_config(**overrides) -> ServeConfig:
-    values = {"mode": "cluster", "run_id": RUN, "namespace": NS, "base_model": HUB_MODEL, "api_key": "do-not-leak",
-              "ready_timeout_s": 5, **overrides}
+    values = {
+        "mode": "cluster",
+        "run_id": RUN,
+        "namespace": NS,
+        "base_model": HUB_MODEL,
+        "api_key": "do-not-leak",
+        "ready_timeout_s": 5,
+        **overrides,
+    }
     return configs.from_dict(ServeConfig, values)
 
 
@@ -62,9 +69,18 @@ def test_the_deployment_sent_runs_vllm_with_gpus_cache_secrets_probes_and_placem
     monkeypatch.setenv("VLLM_API_KEY", "env-secret")
     toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ready_after(fake)
-    cluster.start(serve_config(gpus=2, tensor_parallel_size=2, replicas=3, model_cache_pvc="my-cache",
-                               node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                               tolerations=[toleration]), api, poll_s=POLL)
+    cluster.start(
+        serve_config(
+            gpus=2,
+            tensor_parallel_size=2,
+            replicas=3,
+            model_cache_pvc="my-cache",
+            node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            tolerations=[toleration],
+        ),
+        api,
+        poll_s=POLL,
+    )
 
     [request] = sent(fake, "POST", "deployments")
     assert request.path == f"/apis/apps/v1/namespaces/{NS}/deployments"
@@ -86,10 +102,11 @@ def test_the_deployment_sent_runs_vllm_with_gpus_cache_secrets_probes_and_placem
     for flag in ("--host 0.0.0.0", "--port 8000", "--served-model-name base", "--tensor-parallel-size 2"):
         assert flag in arguments
     env = {e["name"]: e for e in container["env"]}
-    assert env["VLLM_API_KEY"] == {"name": "VLLM_API_KEY", "valueFrom": {
-        "secretKeyRef": {"name": "spectrain-vllm", "key": "VLLM_API_KEY"}}}
-    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "spectrain-hf", "key": "HF_TOKEN",
-                                                           "optional": True}
+    assert env["VLLM_API_KEY"] == {
+        "name": "VLLM_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "spectrain-vllm", "key": "VLLM_API_KEY"}},
+    }
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "spectrain-hf", "key": "HF_TOKEN", "optional": True}
     assert env["HF_HOME"]["value"].startswith("/models/")
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": 8000}  # /v1/models would need the key
@@ -116,8 +133,7 @@ def test_the_service_selects_the_vllm_pods_on_port_8000(fake, api):
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8000, "http")]
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["ports"] == [{"name": "http",
-                                                                                 "containerPort": 8000}]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["ports"] == [{"name": "http", "containerPort": 8000}]
 
 
 def test_start_waits_for_ready_replicas_and_returns_the_in_cluster_url(fake, api):
@@ -135,10 +151,15 @@ def test_start_waits_for_ready_replicas_and_returns_the_in_cluster_url(fake, api
 
 def crash_on_create(fake: FakeKube) -> None:
     fake.on_deployment_created = lambda ns, name: fake.add_pod(
-        ns, name, waiting=("CrashLoopBackOff", "back-off 40s restarting failed container=vllm"),
-        events=(("Pulled", "Container image already present on machine"),
-                ("BackOff", "Back-off restarting failed container vllm in pod")),
-        log="".join(f"INFO line {i}\n" for i in range(100)) + "ValueError: No available memory for the cache blocks.\n")
+        ns,
+        name,
+        waiting=("CrashLoopBackOff", "back-off 40s restarting failed container=vllm"),
+        events=(
+            ("Pulled", "Container image already present on machine"),
+            ("BackOff", "Back-off restarting failed container vllm in pod"),
+        ),
+        log="".join(f"INFO line {i}\n" for i in range(100)) + "ValueError: No available memory for the cache blocks.\n",
+    )
 
 
 def test_a_crashing_pod_raises_with_its_events_and_log_tail_and_everything_is_deleted(fake, api):
@@ -155,14 +176,17 @@ def test_a_crashing_pod_raises_with_its_events_and_log_tail_and_everything_is_de
     assert fake.names("deployments", NS) == [] and fake.names("services", NS) == []
     assert fake.names("pods", NS) == []
     deleted = [r.path for r in fake.requests if r.method == "DELETE"]
-    assert sorted(deleted) == [f"/api/v1/namespaces/{NS}/services/{NAME}",
-                               f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}"]
+    assert sorted(deleted) == [
+        f"/api/v1/namespaces/{NS}/services/{NAME}",
+        f"/apis/apps/v1/namespaces/{NS}/deployments/{NAME}",
+    ]
 
 
 def test_an_unschedulable_pod_raises_unless_the_autoscaler_is_adding_a_node(fake, api):
     why = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
-    fake.on_deployment_created = lambda ns, name: fake.add_pod(ns, name, unschedulable=why,
-                                                               events=(("FailedScheduling", why),))
+    fake.on_deployment_created = lambda ns, name: fake.add_pod(
+        ns, name, unschedulable=why, events=(("FailedScheduling", why),)
+    )
     with pytest.raises(SpectrainError, match="cannot be scheduled") as failure:
         cluster.start(serve_config(), api, poll_s=POLL)
     assert str(failure.value).count(why) >= 2  # the condition and the event
@@ -248,13 +272,16 @@ def test_model_paths_must_be_on_the_model_cache_pvc(tmp_path):
     assert cluster.model_reference(HUB_MODEL) == HUB_MODEL
 
 
-@pytest.mark.parametrize("values, where", [
-    ({"gpus": 1, "tensor_parallel_size": 2}, "serve.gpus"),
-    ({"replicas": 0}, "serve.replicas"),
-    ({"tolerations": ["nvidia.com/gpu"]}, "serve.tolerations"),
-    ({"node_selector": {"gpu": 1}}, "serve.node_selector"),
-    ({"run_id": "///"}, "serve.run_id"),
-])
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"gpus": 1, "tensor_parallel_size": 2}, "serve.gpus"),
+        ({"replicas": 0}, "serve.replicas"),
+        ({"tolerations": ["nvidia.com/gpu"]}, "serve.tolerations"),
+        ({"node_selector": {"gpu": 1}}, "serve.node_selector"),
+        ({"run_id": "///"}, "serve.run_id"),
+    ],
+)
 def test_cluster_settings_are_validated(values, where):
     with pytest.raises(SpectrainError, match=re.escape(where)):
         serve_config(**values)

@@ -15,12 +15,25 @@ from spectrain.vllm import alive, wait_until_ready
 
 
 def test_command_carries_the_seed_flags_and_never_the_api_key():
-    config = ServeConfig(tensor_parallel_size=2, quantization="modelopt", max_model_len=4096, dtype="bfloat16",
-                         extra_args=["--max-num-seqs", "64"], api_key="do-not-leak")
+    config = ServeConfig(
+        tensor_parallel_size=2,
+        quantization="modelopt",
+        max_model_len=4096,
+        dtype="bfloat16",
+        extra_args=["--max-num-seqs", "64"],
+        api_key="do-not-leak",
+    )
     command = config.vllm_arguments("/models/base", 8000)
     text = " ".join(command)
-    for flag in ("--tensor-parallel-size 2", "--quantization modelopt", "--max-model-len 4096",
-                 "--dtype bfloat16", "--max-num-seqs 64", "--port 8000", "--enforce-eager"):
+    for flag in (
+        "--tensor-parallel-size 2",
+        "--quantization modelopt",
+        "--max-model-len 4096",
+        "--dtype bfloat16",
+        "--max-num-seqs 64",
+        "--port 8000",
+        "--enforce-eager",
+    ):
         assert flag in text
     assert "do-not-leak" not in text  # the key goes through VLLM_API_KEY, not the process list
 
@@ -48,9 +61,17 @@ def test_real_vllm_serves_the_embedded_model_behind_its_api_key(vllm_server):
         urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers={"Authorization": "Bearer wrong"}))
     assert refused.value.code == 401
     request = urllib.request.Request(
-        f"{url}/chat/completions", headers={"Authorization": "Bearer test-key", "Content-Type": "application/json"},
-        data=json.dumps({"model": "base", "max_tokens": 8, "temperature": 0,
-                         "messages": [{"role": "user", "content": "Say hello."}]}).encode())
+        f"{url}/chat/completions",
+        headers={"Authorization": "Bearer test-key", "Content-Type": "application/json"},
+        data=json.dumps(
+            {
+                "model": "base",
+                "max_tokens": 8,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": "Say hello."}],
+            }
+        ).encode(),
+    )
     reply = json.load(urllib.request.urlopen(request))
     assert reply["choices"][0]["message"]["content"].strip()
     with pytest.raises(SpectrainError, match="already running"):

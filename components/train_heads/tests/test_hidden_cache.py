@@ -20,9 +20,21 @@ SETTINGS = {
 
 def train(data, output, mode, **extra):
     # fp32: the comparisons below are of the cache against the online base, not of bf16 against fp32
-    return run(TrainHeadsConfig(data=data, output_dir=str(output), mode=mode, max_steps=4, batch_size=2,
-                                max_length=96, logging_steps=1, warmup_steps=0, precision="fp32",
-                                **SETTINGS[mode], **extra))
+    return run(
+        TrainHeadsConfig(
+            data=data,
+            output_dir=str(output),
+            mode=mode,
+            max_steps=4,
+            batch_size=2,
+            max_length=96,
+            logging_steps=1,
+            warmup_steps=0,
+            precision="fp32",
+            **SETTINGS[mode],
+            **extra,
+        )
+    )
 
 
 def losses(result):
@@ -33,8 +45,14 @@ def losses(result):
 @pytest.mark.parametrize("mode", ["eagle3", "medusa"])
 def test_training_from_the_cache_follows_the_online_loss_curve(tiny_data, tmp_path, mode):
     online = train(tiny_data, tmp_path / "online", mode, hidden_state_cache=False)
-    exact = train(tiny_data, tmp_path / "exact", mode, hidden_state_cache=True, hidden_state_cache_dtype="float32",
-                  hidden_state_cache_dir=str(tmp_path / "cache32"))
+    exact = train(
+        tiny_data,
+        tmp_path / "exact",
+        mode,
+        hidden_state_cache=True,
+        hidden_state_cache_dtype="float32",
+        hidden_state_cache_dir=str(tmp_path / "cache32"),
+    )
     compact = train(tiny_data, tmp_path / "compact", mode, hidden_state_cache=True)
 
     # float32 cache: the same numbers the online base computes, so the same curve

@@ -12,8 +12,21 @@ from components.train_heads import launch
 
 def test_torchrun_command_relaunches_the_same_step():
     command = launch.torchrun_command(4, Path("/c.json"), Path("/r.json"), python="/py")
-    assert command == ["/py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
-                       "-m", "spectrain", "step", "train-heads", "--config", "/c.json", "--result", "/r.json"]
+    assert command == [
+        "/py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+        "-m",
+        "spectrain",
+        "step",
+        "train-heads",
+        "--config",
+        "/c.json",
+        "--result",
+        "/r.json",
+    ]
 
 
 def test_process_count_defaults_to_one_per_gpu(monkeypatch):
@@ -25,15 +38,43 @@ def test_process_count_defaults_to_one_per_gpu(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, extra", [("medusa", ["--medusa-num-heads", "2"]),
-                                         ("eagle3", ["--draft-vocab-size", "512", "--hidden-state-cache"])])
+@pytest.mark.parametrize(
+    "mode, extra",
+    [("medusa", ["--medusa-num-heads", "2"]), ("eagle3", ["--draft-vocab-size", "512", "--hidden-state-cache"])],
+)
 def test_two_gloo_ranks_split_the_data_and_rank_zero_reports(tiny_data, tmp_path, mode, extra):
     output = tmp_path / "checkpoint"
     completed = subprocess.run(
-        [sys.executable, "-m", "spectrain", "step", "train-heads", "--data", tiny_data, "--mode", mode,
-         "--output-dir", str(output), "--max-steps", "2", "--batch-size", "2", "--max-length", "64",
-         "--logging-steps", "1", "--num-processes", "2", "--result", str(tmp_path / "result.json"), *extra],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "spectrain",
+            "step",
+            "train-heads",
+            "--data",
+            tiny_data,
+            "--mode",
+            mode,
+            "--output-dir",
+            str(output),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "64",
+            "--logging-steps",
+            "1",
+            "--num-processes",
+            "2",
+            "--result",
+            str(tmp_path / "result.json"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "-m torch.distributed.run --standalone --nproc-per-node=2" in completed.stdout
     result = json.loads((tmp_path / "result.json").read_text())

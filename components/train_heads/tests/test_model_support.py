@@ -13,8 +13,15 @@ from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.train import HEAD_PREFIXES, run
 from spectrain.models import resolve_base_model
 
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, vocab_size=49152)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    vocab_size=49152,
+)
 FAMILIES = {
     "llama": transformers.LlamaConfig,
     "mistral": transformers.MistralConfig,
@@ -38,9 +45,20 @@ def test_family_trains_and_reloads_with_heads(family, mode, tokenizer, tiny_data
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     output = tmp_path / "checkpoint"
-    result = run(TrainHeadsConfig(base_model=str(base_dir), data=tiny_data, output_dir=str(output), mode=mode,
-                                  max_steps=2, batch_size=2, max_length=64, warmup_steps=0, medusa_num_heads=2,
-                                  draft_vocab_size=512 if mode == "eagle3" else 0))
+    result = run(
+        TrainHeadsConfig(
+            base_model=str(base_dir),
+            data=tiny_data,
+            output_dir=str(output),
+            mode=mode,
+            max_steps=2,
+            batch_size=2,
+            max_length=64,
+            warmup_steps=0,
+            medusa_num_heads=2,
+            draft_vocab_size=512 if mode == "eagle3" else 0,
+        )
+    )
     assert result["steps"] == 2 and result["base_frozen"]
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(output)
     heads = [n for n in reloaded.state_dict() if n.startswith(HEAD_PREFIXES)]

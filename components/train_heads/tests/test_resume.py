@@ -24,10 +24,35 @@ def test_killed_training_resumes_from_the_last_checkpoint_on_s3(tiny_data, tmp_p
     output = tmp_path / "pod1"
 
     def command(output_dir):
-        return [sys.executable, "-m", "spectrain", "step", "train-heads", "--data", tiny_data, "--mode", "medusa",
-                "--output-dir", str(output_dir), "--max-steps", "6", "--save-steps", "2", "--batch-size", "2",
-                "--max-length", "64", "--medusa-num-heads", "2", "--resume-from-checkpoint", "auto",
-                "--checkpoint-uri", uri, "--result", str(tmp_path / "result.json")]
+        return [
+            sys.executable,
+            "-m",
+            "spectrain",
+            "step",
+            "train-heads",
+            "--data",
+            tiny_data,
+            "--mode",
+            "medusa",
+            "--output-dir",
+            str(output_dir),
+            "--max-steps",
+            "6",
+            "--save-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "64",
+            "--medusa-num-heads",
+            "2",
+            "--resume-from-checkpoint",
+            "auto",
+            "--checkpoint-uri",
+            uri,
+            "--result",
+            str(tmp_path / "result.json"),
+        ]
 
     first = subprocess.Popen(command(output), start_new_session=True)
     deadline = time.monotonic() + 600
@@ -55,14 +80,23 @@ def test_killed_training_resumes_from_the_last_checkpoint_on_s3(tiny_data, tmp_p
 
 @pytest.mark.parametrize("mode", ["eagle3", "medusa"])
 def test_a_checkpoint_holds_the_draft_only_and_resuming_from_it_ends_where_an_unbroken_run_does(
-        tiny_data, tmp_path, mode):
+    tiny_data, tmp_path, mode
+):
     from safetensors.torch import load_file
 
     from components.train_heads.config import TrainHeadsConfig
     from components.train_heads.train import DRAFT_WEIGHTS, HEAD_PREFIXES, run
 
-    settings = dict(data=tiny_data, mode=mode, max_steps=3, batch_size=2, max_length=64, warmup_steps=0,
-                    lr=1e-2, **({"medusa_num_heads": 2} if mode == "medusa" else {"draft_vocab_size": 512}))
+    settings = dict(
+        data=tiny_data,
+        mode=mode,
+        max_steps=3,
+        batch_size=2,
+        max_length=64,
+        warmup_steps=0,
+        lr=1e-2,
+        **({"medusa_num_heads": 2} if mode == "medusa" else {"draft_vocab_size": 512}),
+    )
     unbroken = tmp_path / "unbroken"
     run(TrainHeadsConfig(output_dir=str(unbroken), save_steps=1, **settings))
     checkpoint = unbroken / "checkpoint-1"

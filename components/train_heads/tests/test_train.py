@@ -24,8 +24,12 @@ def base_path():
 
 def test_only_assistant_replies_carry_loss(base_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
-    turns = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
-             {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    turns = [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
     example = tokenize_conversation(tokenizer, "Be brief.", turns, max_length=512)
     masked = [t for t, m in zip(example["input_ids"], example["loss_mask"]) if m]
     assert tokenizer.decode(masked) == "Hello!<|im_end|>\nBlue.<|im_end|>\n"
@@ -46,11 +50,16 @@ def test_draft_vocabulary_keeps_the_most_frequent_reply_tokens_in_id_order():
 def test_eagle_draft_is_sized_from_the_base_model(base_path):
     config = transformers.AutoConfig.from_pretrained(base_path)
     shape = draft_architecture(config, TrainHeadsConfig(data="x", mode="eagle3"))
-    assert (shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"],
-            shape["intermediate_size"]) == (9, 3, 64, 1536)
+    assert (
+        shape["num_attention_heads"],
+        shape["num_key_value_heads"],
+        shape["head_dim"],
+        shape["intermediate_size"],
+    ) == (9, 3, 64, 1536)
     assert shape["use_aux_hidden_state"] is True
-    narrow = draft_architecture(config, TrainHeadsConfig(data="x", mode="eagle3", eagle_num_attention_heads=3,
-                                                         eagle_intermediate_size=512))
+    narrow = draft_architecture(
+        config, TrainHeadsConfig(data="x", mode="eagle3", eagle_num_attention_heads=3, eagle_intermediate_size=512)
+    )
     assert (narrow["num_attention_heads"], narrow["intermediate_size"]) == (3, 512)
 
 
@@ -71,8 +80,11 @@ def test_training_moves_only_the_heads_and_the_checkpoint_reloads_them(tiny_chec
     torch.manual_seed(0)
     convert(fresh, TrainHeadsConfig(data="x", mode=mode, medusa_num_heads=2, draft_vocab_size=0))
     untrained = fresh.state_dict()
-    changed = [n for n in heads if n in untrained and untrained[n].shape == heads[n].shape
-               and not torch.equal(untrained[n], heads[n])]
+    changed = [
+        n
+        for n in heads
+        if n in untrained and untrained[n].shape == heads[n].shape and not torch.equal(untrained[n], heads[n])
+    ]
     assert changed, "training left every head weight at its initial value"
 
 
@@ -97,8 +109,9 @@ def _embedded_examples(tokenizer, count=6, max_length=128):
 def test_the_eagle_draft_starts_from_the_base_lm_head_rows_and_final_norm(base_path, tmp_path, init):
     tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    config = TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=64, eagle_init_from_base=init,
-                              eagle_freeze_lm_head=init)
+    config = TrainHeadsConfig(
+        data="x", mode="eagle3", draft_vocab_size=64, eagle_init_from_base=init, eagle_freeze_lm_head=init
+    )
     convert(model, config, reduced_vocabulary(config, model.config.vocab_size, _embedded_examples(tokenizer)), tmp_path)
     draft = model.eagle_module
     tokens = torch.arange(64) + draft.d2t
@@ -113,8 +126,9 @@ def test_loss_can_cover_every_token_and_extra_data_is_read_as_written(base_path,
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
     answers, _ = load_examples(TrainHeadsConfig(data=tiny_data, loss_on="answers", max_length=128), tokenizer)
-    both, _ = load_examples(TrainHeadsConfig(data=tiny_data, extra_data="embedded", loss_on="answers",
-                                             max_length=128), tokenizer)
+    both, _ = load_examples(
+        TrainHeadsConfig(data=tiny_data, extra_data="embedded", loss_on="answers", max_length=128), tokenizer
+    )
     assert len(both) == len(answers) + 240  # the shipped train split's 240 conversations, after the data's
     assert both[: len(answers)] == answers
     everything, _ = load_examples(TrainHeadsConfig(data=tiny_data, loss_on="all", max_length=128), tokenizer)
@@ -125,8 +139,9 @@ def test_loss_can_cover_every_token_and_extra_data_is_read_as_written(base_path,
 def test_feature_noise_perturbs_the_base_features_only_while_training(base_path, tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    convert(model, TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=0, eagle_feature_noise=0.1), None,
-            tmp_path)
+    convert(
+        model, TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=0, eagle_feature_noise=0.1), None, tmp_path
+    )
     batch = tokenizer(["The capital of France is Paris."], return_tensors="pt")
     seen = []
     model.eagle_module.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
