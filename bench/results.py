@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from spectrain import hardware
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parents[1]
@@ -23,16 +24,15 @@ FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what moves CPU speed m
 
 def machine() -> dict:
     """CPU model, core count and the instruction-set flags that decide bf16/AMX speed."""
-    model, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    model, flags = hardware.cpu()
     return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags], "gpu": None}
+
+
+def provenance(record: dict, flags: bool = True) -> str:
+    """The line every table opens with: command, date, machine, commit."""
+    cpu = record["machine"]
+    details = f"{cpu['cores']} cores" + (f"; {', '.join(cpu['flags'])}" if flags else "")
+    return f"`{record['command']}` on {record['date']}, {cpu['cpu']} ({details}), commit {record['commit']}"
 
 
 def commit(root: Path = ROOT) -> str:
@@ -72,8 +72,7 @@ def make_run_table(record: dict) -> str:
     """The README's `make run` table: the pipeline's steps with their times, then each draft's τ."""
     figures = record["figures"]
     lines = [
-        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-        f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: "
+        f"{provenance(record)}: "
         f"{figures['total_minutes']:.1f} minutes in all: the pipeline's steps {figures['pipeline_minutes']:.1f}, "
         f"the rest (creating the virtualenvs, kfp.local) {figures['other_minutes']:.1f}.",
         "",
@@ -104,10 +103,7 @@ def make_test_table(record: dict) -> str:
         f"{env} env {row['tests']} tests in {row['seconds'] / 60:.1f} min"
         for env, row in figures["environments"].items()
     )
-    return (
-        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-        f"cores), commit {record['commit']}: {figures['total_seconds'] / 60:.1f} minutes ({parts}).\n"
-    )
+    return f"{provenance(record, flags=False)}: {figures['total_seconds'] / 60:.1f} minutes ({parts}).\n"
 
 
 def ablation_table(record: dict) -> str:
@@ -115,8 +111,7 @@ def ablation_table(record: dict) -> str:
     figures = record["figures"]
     ngram = {round(row["ngram_acceptance_length"], 6) for row in figures["rows"]}
     lines = [
-        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-        f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: {figures['minutes']:g} "
+        f"{provenance(record)}: {figures['minutes']:g} "
         f"minutes of training per row, k = {figures['k']}, {figures['rows'][0]['num_prompts']} held-out prompts x "
         f"{figures['eval']['max_new_tokens']} greedy tokens; n-gram τ on the same prompts "
         f"{' / '.join(f'{n:.3f}' for n in sorted(ngram))}.",
@@ -140,8 +135,7 @@ def heads_table(record: dict) -> str:
     figures = record["figures"]
     data = figures["regenerate"]
     lines = [
-        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-        f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: training data "
+        f"{provenance(record)}: training data "
         f"{data.get('done', 0) + data.get('resumed', 0)} conversations answered by the served base "
         f"({data.get('resumed', 0)} of them in an earlier run; {data.get('output_tokens', 0):,} reply tokens in "
         f"this one), k = 3, greedy, prompts never trained on.",
@@ -173,8 +167,7 @@ def regenerate_table(record: dict) -> str:
     """components/regenerate/README.md's speed table: output tokens/s per server setting and concurrency."""
     figures = record["figures"]
     lines = [
-        f"`{record['command']}` on {record['date']}, {record['machine']['cpu']} ({record['machine']['cores']} "
-        f"cores; {', '.join(record['machine']['flags'])}), commit {record['commit']}: the regenerate step on "
+        f"{provenance(record)}: the regenerate step on "
         f"{figures['conversations']} shipped conversations, {figures['max_tokens']} tokens at most per reply.",
         "",
         "| weights dtype | graphs | server start-up s | concurrency | output tokens | seconds | tokens/s |",

@@ -99,22 +99,15 @@ def run(config: ExportConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, config.dtype)
     model = transformers.AutoModelForCausalLM.from_pretrained(config.checkpoint, dtype=torch.float32)
-    if config.mode == "medusa":
-        if not hasattr(model, "medusa_heads"):
-            raise SpectrainError(
-                "the checkpoint has no Medusa heads",
-                where=config.checkpoint,
-                fix="export it with the mode it was trained with",
-            )
-        export_medusa(model, output_dir, dtype)
-    else:
-        if not hasattr(model, "eagle_module"):
-            raise SpectrainError(
-                "the checkpoint has no EAGLE module",
-                where=config.checkpoint,
-                fix="export it with the mode it was trained with",
-            )
-        export_eagle(model, output_dir, dtype)
+    attribute, part, write = {
+        "medusa": ("medusa_heads", "Medusa heads", export_medusa),
+        "eagle3": ("eagle_module", "EAGLE module", export_eagle),
+    }[config.mode]
+    if not hasattr(model, attribute):
+        raise SpectrainError(
+            f"the checkpoint has no {part}", where=config.checkpoint, fix="export it with the mode it was trained with"
+        )
+    write(model, output_dir, dtype)
     trt = None
     if config.trtllm:
         capture = list(model.eagle_config.eagle_aux_hidden_state_layer_ids) if config.mode == "eagle3" else []
