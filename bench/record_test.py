@@ -1,6 +1,7 @@
 """Record a finished `make test` as bench/results/make-test-<date>.json, from its output.
 
     make test 2>&1 | tee test.log; python bench/record_test.py test.log --total-seconds 1273 --commit abc1234
+    make test-fast 2>&1 | tee fast.log; python bench/record_test.py fast.log --command "make test-fast" --total-seconds 282
 
 Reads each environment's pytest summary (tests/run_all.sh prints `=== [env] pytest ...` before each).
 """
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": args.total_seconds,
         "failed": sum(row["failed"] for row in envs.values()),
     }
-    print(f"wrote {results.write('make-test', args.command, figures, at_commit=args.commit)}")
+    name = args.command.replace(" ", "-")  # make-test, make-test-fast
+    print(f"wrote {results.write(name, args.command, figures, at_commit=args.commit)}")
     return 0
 
 

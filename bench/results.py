@@ -62,7 +62,7 @@ def write(name: str, command: str, figures: dict, *, at_commit: str | None = Non
 
 
 def newest(name: str) -> dict:
-    paths = sorted(RESULTS.glob(f"{name}-*.json"))
+    paths = sorted(RESULTS.glob(f"{name}-[0-9]*.json"))  # make-test-2026-... not make-test-fast-...
     if not paths:
         raise SystemExit(f"no bench/results/{name}-*.json yet")
     return json.loads(paths[-1].read_text())
@@ -193,6 +193,7 @@ def regenerate_table(record: dict) -> str:
 TABLES = {
     "make-run": make_run_table,
     "make-test": make_test_table,
+    "make-test-fast": make_test_table,
     "ablation": ablation_table,
     "heads": heads_table,
     "regenerate-concurrency": regenerate_table,

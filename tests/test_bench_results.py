@@ -24,6 +24,7 @@ def test_every_result_says_what_produced_it_where_and_when():
     [
         ("make-run", "README.md"),
         ("make-test", "README.md"),
+        ("make-test-fast", "README.md"),
         ("ablation", "components/evaluate/README.md"),
         ("heads", "components/evaluate/README.md"),
         ("regenerate-concurrency", "components/regenerate/README.md"),
