@@ -22,7 +22,7 @@ from spectrain.steps import ENVIRONMENTS
 ROOT = Path(__file__).resolve().parents[1]
 
 # What `spectrain run` changes from the pipeline's own defaults so that the whole DAG fits a laptop
-# (2 CPU cores: ~13 minutes after the environments exist): each draft trains for a fixed wall-clock
+# (2 CPU cores: ~15 minutes after the environments exist): each draft trains for a fixed wall-clock
 # budget, as many epochs as fit (bench/ablation.py measured what buys the most τ per minute).
 # `--preset full` runs the pipeline defaults instead.
 LAPTOP_PRESET = {
