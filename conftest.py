@@ -34,7 +34,11 @@ def tiny_checkpoints(tmp_path_factory, tiny_data):
     from components.train_heads.train import run
 
     checkpoints = {}
-    for mode, extra in (("eagle3", {"draft_vocab_size": 1024}), ("medusa", {"medusa_num_heads": 2})):
+    for mode, extra in (
+        ("eagle3", {"draft_vocab_size": 1024}),
+        ("medusa", {"medusa_num_heads": 2}),
+        ("dflash", {"dflash_block_size": 4, "dflash_num_anchors": 8}),
+    ):
         output = tmp_path_factory.mktemp(mode)
         result = run(
             TrainHeadsConfig(

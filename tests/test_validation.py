@@ -135,6 +135,17 @@ def test_k_above_the_medusa_head_count_is_refused_with_the_fix():
     parameters.validate({"num_draft_tokens": 5, "modes": ["eagle3"]}, PARAMETERS, where="x")  # no Medusa: fine
 
 
+def test_dflash_blocks_bound_k_and_divide_the_training_length():
+    message = problems(modes=["dflash"], num_draft_tokens=4)  # default blocks of 4: 3 drafts
+    assert "a DFlash block of 4 drafts 3 tokens" in message and '"dflash_block_size": 5' in message
+    assert "--train-max-length = 250 is not a multiple of the DFlash block size 4: expected e.g. 252" in problems(
+        modes=["dflash"], train_max_length=250
+    )
+    parameters.validate(
+        {"modes": ["dflash"], "num_draft_tokens": 7, "train_options": {"dflash_block_size": 8}}, PARAMETERS, where="x"
+    )
+
+
 @pytest.mark.parametrize("text,expected", [("true", True), ("False", False), ("1", True), ("no", False)])
 def test_booleans_are_parsed_by_one_strict_parser(text, expected):
     assert parameters.validate({"eval_vllm_crosscheck": text}, PARAMETERS, where="x") == {

@@ -120,14 +120,49 @@ class MedusaProposer:
         return lambda n: drafts[n - 1]  # the hidden state that emitted token n is at n-1
 
 
+class DFlashProposer:
+    """DFlash: one draft forward over a block [the token the base just emitted, mask × (block - 1)], attending to
+    the hidden states the chosen base layers produced for the committed context, and nothing else (no mask).
+
+    Matches modelopt's ``pseudo_speculative_generate`` (a test checks it), with the base run once per sequence:
+    its causal hidden states at positions < n are those of the prefix alone.
+    """
+
+    def __init__(self, model, k: int):
+        self.model, self.k = model, k
+        self.block = model.dflash_block_size
+
+    @torch.no_grad()
+    def for_sequence(self, input_ids: torch.Tensor):
+        model = self.model
+        hidden_states = model._base_model(input_ids=input_ids, output_hidden_states=True).hidden_states
+        context = torch.cat([hidden_states[layer + 1] for layer in model.target_layer_ids], dim=-1)
+        mask = torch.full((1, self.block), model.mask_token_id, dtype=torch.long)
+
+        def propose(n: int) -> list[int]:
+            block = mask.clone()
+            block[0, 0] = input_ids[0, n]  # the token the base emitted at position n
+            positions = torch.arange(n + self.block).unsqueeze(0)  # the context's, then the block's
+            hidden = model.dflash_module(
+                noise_embedding=model._base_model_embeddings(block),
+                target_hidden=context[:, :n],
+                position_ids=positions,
+                attention_mask=None,
+            )
+            return model._base_model_lm_head(hidden[:, 1 : 1 + self.k]).argmax(-1)[0].tolist()
+
+        return propose
+
+
+DRAFT_MODULES = (("medusa_heads", "medusa", "Medusa"), ("eagle_module", "eagle3", "EAGLE"), ("dflash_module", "dflash", "DFlash"))
+
+
 def draft_proposer(model, config: EvaluateConfig):
     """The proposer of ``config.mode`` for a loaded checkpoint; a checkpoint of another kind is refused."""
-    k, wanted = config.num_draft_tokens, "medusa_heads" if config.mode == "medusa" else "eagle_module"
+    k = config.num_draft_tokens
+    wanted = next(attribute for attribute, mode, _ in DRAFT_MODULES if mode == config.mode)
     if not hasattr(model, wanted):
-        found = next(
-            (kind for attr, kind in (("medusa_heads", "Medusa"), ("eagle_module", "EAGLE")) if hasattr(model, attr)),
-            "no draft module",
-        )
+        found = next((kind for attribute, _, kind in DRAFT_MODULES if hasattr(model, attribute)), "no draft module")
         raise SpectrainError(
             f"{config.checkpoint} holds {found}, not a {config.mode} draft",
             where="evaluate.mode",
@@ -141,6 +176,14 @@ def draft_proposer(model, config: EvaluateConfig):
                 fix=f"use at most {len(model.medusa_heads)}",
             )
         return MedusaProposer(model, k)
+    if config.mode == "dflash":
+        if k > model.dflash_block_size - 1:
+            raise SpectrainError(
+                f"num_draft_tokens = {k}, but the DFlash draft proposes {model.dflash_block_size - 1} tokens per block",
+                where="evaluate.num_draft_tokens",
+                fix=f"use at most {model.dflash_block_size - 1}",
+            )
+        return DFlashProposer(model, k)
     return EagleProposer(model, k)
 
 
@@ -316,7 +359,7 @@ def plot_acceptance(results: dict[str, dict], path: Path) -> None:
 def reset_heads(model) -> None:
     """Put the draft module back to a fresh initialisation: the 'untrained head of the same mode' baseline."""
     torch.manual_seed(0)
-    heads = model.medusa_heads if hasattr(model, "medusa_heads") else model.eagle_module
+    heads = next(getattr(model, attribute) for attribute, _, _ in DRAFT_MODULES if hasattr(model, attribute))
     for module in heads.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()

@@ -21,7 +21,7 @@ class EvaluateConfig:
         "", "trained draft checkpoint (train_heads output)", check=checks.existing_folder(optional=True)
     )
     mode: str = field(
-        "eagle3", "eagle3 or medusa: how to run the draft", check=checks.one_of(*MODES, retired=RETIRED_MODES)
+        "eagle3", "eagle3, medusa or dflash: how to run the draft", check=checks.one_of(*MODES, retired=RETIRED_MODES)
     )
     dataset: str = field(
         "embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split", check=checks.data_source()
@@ -48,7 +48,7 @@ class EvaluateConfig:
             )
 
 
-SPEC_METHODS = {"eagle3": "eagle3", "medusa": "medusa"}
+SPEC_METHODS = {"eagle3": "eagle3", "medusa": "medusa", "dflash": "dflash"}
 
 
 @dataclass
@@ -58,7 +58,7 @@ class VllmCrosscheckConfig:
     base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id")
     draft_dir: str = field("", "exported draft directory (export step output)")
     mode: str = field(
-        "eagle3", "eagle3 or medusa (vLLM methods eagle3, medusa)", check=checks.one_of(*MODES, retired=RETIRED_MODES)
+        "eagle3", "eagle3, medusa or dflash (vLLM methods of the same names)", check=checks.one_of(*MODES, retired=RETIRED_MODES)
     )
     dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split")
     num_prompts: int = field(0, "send the first N prompts (0: all)")

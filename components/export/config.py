@@ -19,7 +19,7 @@ class ExportConfig:
     checkpoint: str = field(
         "", "trained draft checkpoint (train_heads output)", check=checks.existing_folder(optional=True)
     )
-    mode: str = field("eagle3", "eagle3 or medusa", check=checks.one_of(*MODES, retired=RETIRED_MODES))
+    mode: str = field("eagle3", "eagle3, medusa or dflash", check=checks.one_of(*MODES, retired=RETIRED_MODES))
     output_dir: str = field("draft", "where the deployable draft directory is written")
     dtype: str = field(
         "bfloat16", "weights dtype of the exported draft: bfloat16, float16 or float32", check=checks.one_of(*DTYPES)

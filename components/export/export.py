@@ -1,10 +1,11 @@
-"""Export step logic: EAGLE via modelopt's exporter, Medusa in vLLM's Medusa layout; dtype checked in the file.
+"""Export step logic: EAGLE and DFlash via modelopt's exporter, Medusa in vLLM's Medusa layout; dtype checked in the file.
 
 Which runtime loads what (see README.md):
   eagle3        -> vLLM `--speculative-config '{"method": "eagle3", "model": DIR, ...}'`
   medusa        -> vLLM `--speculative-config '{"method": "medusa", "model": DIR, ...}'`
   eagle3        -> TensorRT-LLM `trtllm-serve BASE --config DIR/trtllm/config.yaml` (PyTorch backend)
   medusa        -> TensorRT-LLM engine from DIR/trtllm/medusa (`DIR/trtllm/build.sh`, see trtllm.py)
+  dflash        -> vLLM `--speculative-config '{"method": "dflash", "model": DIR, "num_speculative_tokens": k}'`
 """
 
 from __future__ import annotations
@@ -83,6 +84,39 @@ def export_eagle(model, output_dir: Path, dtype: torch.dtype) -> None:
     config_path.write_text(json.dumps(config, indent=2))
 
 
+def export_dflash(model, output_dir: Path, dtype: torch.dtype) -> None:
+    """modelopt's exporter (``DFlashDraftModel``, the draft's tensors without the ``dflash_module.`` prefix), then
+    a check that config.json carries what vLLM's DFlash model reads with the values the draft was trained with."""
+    from modelopt.torch.export import export_speculative_decoding
+
+    model.to(dtype)
+    export_speculative_decoding(model, dtype=dtype, export_dir=output_dir)
+    config = json.loads((output_dir / "config.json").read_text())
+    trained = {
+        "dflash_config.mask_token_id": model.mask_token_id,
+        "dflash_config.target_layer_ids": list(model.target_layer_ids),
+        "block_size": model.dflash_block_size,
+        "num_hidden_layers": model.dflash_config.num_hidden_layers,
+        "head_dim": model.dflash_config.head_dim,
+        "rope_theta": dflash_rope_theta(model.dflash_config),
+    }
+    written = {key: _dotted(config, key) for key in trained}
+    wrong = {key: (written[key], value) for key, value in trained.items() if written[key] != value}
+    if wrong:
+        raise RuntimeError(f"the exported DFlash config.json disagrees with the trained draft (written, trained): {wrong}")
+
+
+def dflash_rope_theta(draft_config) -> float:
+    parameters = getattr(draft_config, "rope_parameters", None) or {}
+    return float(parameters.get("rope_theta", getattr(draft_config, "rope_theta", 0.0)))
+
+
+def _dotted(mapping: dict, key: str):
+    for part in key.split("."):
+        mapping = mapping.get(part) if isinstance(mapping, dict) else None
+    return mapping
+
+
 def safetensors_dtypes(output_dir: Path) -> set[str]:
     dtypes = set()
     for path in output_dir.rglob("*.safetensors"):
@@ -102,6 +136,7 @@ def run(config: ExportConfig) -> dict:
     attribute, part, write = {
         "medusa": ("medusa_heads", "Medusa heads", export_medusa),
         "eagle3": ("eagle_module", "EAGLE module", export_eagle),
+        "dflash": ("dflash_module", "DFlash module", export_dflash),
     }[config.mode]
     if not hasattr(model, attribute):
         raise SpectrainError(

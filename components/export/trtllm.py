@@ -185,6 +185,12 @@ def export(
     out = draft_dir / "trtllm"
     out.mkdir(parents=True, exist_ok=True)
     dtype_name = str(dtype).removeprefix("torch.")
+    if mode == "dflash":
+        return {
+            "supported": False,
+            "reason": "TensorRT-LLM's PyTorch backend serves DFlash drafts (DFlashDecodingConfig), but spectrain "
+            "does not write its configuration yet: serve this draft with vLLM",
+        }
     if mode == "eagle3":
         config = json.loads((draft_dir / "config.json").read_text())
         (out / "config.yaml").write_text(eagle3_config(draft_dir, num_draft_tokens, capture_layers))

@@ -25,7 +25,7 @@ def train_heads(
     draft_checkpoint: Output[Model],
     result: Output[Artifact],
 ):
-    """Train EAGLE or Medusa heads on the frozen base model with modelopt + the HF Trainer.
+    """Train an EAGLE-3, Medusa or DFlash draft on the frozen base model with modelopt + the HF Trainer.
 
     Always resumes from the newest checkpoint it can find; with ``checkpoint_root`` checkpoints are
     copied under <root>/<run_id>/train/<mode>/, so a retry of this step (a new pod) finds them.
@@ -53,7 +53,7 @@ def train_heads(
             "lr": lr,
             "batch_size": batch_size,
             "max_length": max_length,
-            "draft_vocab_size": draft_vocab_size if mode != "medusa" else 0,
+            "draft_vocab_size": draft_vocab_size if mode == "eagle3" else 0,
             "hidden_state_cache": hidden_state_cache,
         },
     )

@@ -44,7 +44,8 @@ class TrainHeadsConfig:
     output_dir: str = field("draft-checkpoint", "where the checkpoint (base + heads, modelopt state) is written")
     mode: str = field(
         "eagle3",
-        "eagle3 (EAGLE-3: hidden states of three base layers) or medusa",
+        "eagle3 (EAGLE-3: hidden states of three base layers), medusa, or dflash (a block of drafts in one "
+        "forward pass, conditioned on base layers' hidden states)",
         check=checks.one_of(*MODES, retired=RETIRED_MODES),
     )
     # Medusa
@@ -84,6 +85,36 @@ class TrainHeadsConfig:
     )
     eagle_ttt_steps: int = field(
         3, "training-time-test steps: how many draft positions the loss unrolls", check=checks.at_least(1, 3)
+    )
+    # DFlash draft: one forward pass proposes a block, conditioned on base layers' hidden states
+    dflash_block_size: int = field(
+        4,
+        "DFlash: tokens per block: the token the base just emitted and block_size - 1 drafts (serve with "
+        "num_speculative_tokens at most block_size - 1); max_length must be a multiple of it",
+        check=checks.at_least(2, 4),
+    )
+    dflash_num_layers: int = field(
+        1, "DFlash: decoder layers in the draft (each reads one base layer's hidden states)", check=checks.at_least(1)
+    )
+    dflash_loss_objective: str = field(
+        "decay",
+        "DFlash: weighting of the block positions in the loss: decay (exp(-(position - 1) / "
+        "dflash_loss_decay), the DFlash paper's) or dpace (weights from the draft's own confidence)",
+        check=checks.one_of("decay", "dpace"),
+    )
+    dflash_loss_decay: float = field(
+        4.0, "DFlash: γ of the decay objective (0: every position weighs the same)", check=checks.at_least(0.0, 4.0)
+    )
+    dflash_num_anchors: int = field(
+        64,
+        "DFlash: blocks sampled per sequence per step (modelopt's default, 512, is sized for long GPU sequences)",
+        check=checks.at_least(1, 64),
+    )
+    dflash_mask_token_id: int = field(
+        -1,
+        "DFlash: token id at the masked block positions; -1: the tokenizer's mask token, else the first special "
+        "token that never occurs in the training data",
+        check=checks.at_least(-1),
     )
     # Offline hidden-state cache
     hidden_state_cache: bool = field(
@@ -164,4 +195,12 @@ class TrainHeadsConfig:
         if not self.data:
             raise SpectrainError(
                 "no training data given", where="train_heads.data", fix="pass the jsonl written by the regenerate step"
+            )
+        if self.mode == "dflash" and self.max_length % self.dflash_block_size:
+            multiple = -(-self.max_length // self.dflash_block_size) * self.dflash_block_size
+            raise SpectrainError(
+                f"max_length = {self.max_length} is not a multiple of dflash_block_size = {self.dflash_block_size}: "
+                "DFlash trains on whole blocks",
+                where="train_heads.max_length",
+                fix=f"use max_length {multiple}, or a block size that divides {self.max_length}",
             )

@@ -33,7 +33,7 @@ from spectrain.plots import figure
 # Without this, from_pretrained silently returns the plain base model and drops the heads.
 mto.enable_huggingface_checkpointing()
 
-HEAD_PREFIXES = ("eagle_module", "medusa_heads")
+HEAD_PREFIXES = ("eagle_module", "medusa_heads", "dflash_module")
 DRAFT_WEIGHTS = "draft_weights.safetensors"  # the weights in a resumable checkpoint-<step>/
 SAVE_STEPS_WITH_CHECKPOINT_URI = 200  # save_steps when checkpoint_uri is set and save_steps is not
 
@@ -135,6 +135,51 @@ def draft_architecture(base_config, config: TrainHeadsConfig) -> dict:
     }
 
 
+def dflash_architecture(base_config, config: TrainHeadsConfig) -> dict:
+    """DFlash draft sized from the base model: modelopt builds it as a Qwen3 config whose defaults describe an
+    8B model (hidden 4096, MLP 22016, 32 heads), and only hidden and vocabulary sizes come from the base."""
+    text_config = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
+    heads = text_config.num_attention_heads
+    rope = dict(getattr(text_config, "rope_parameters", None) or {"rope_type": "default"})
+    rope.setdefault("rope_theta", getattr(text_config, "rope_theta", 10000.0))
+    return {
+        "num_hidden_layers": config.dflash_num_layers,
+        "intermediate_size": text_config.intermediate_size,
+        "num_attention_heads": heads,
+        "num_key_value_heads": getattr(text_config, "num_key_value_heads", heads),
+        "head_dim": getattr(text_config, "head_dim", None) or text_config.hidden_size // heads,
+        "rms_norm_eps": getattr(text_config, "rms_norm_eps", 1e-6),
+        "max_position_embeddings": text_config.max_position_embeddings,
+        # The draft attends over the base's keys at the base's positions: its RoPE must be the base's. modelopt
+        # copies rope_theta only from configs that have the attribute (transformers 5 keeps it in rope_parameters).
+        "rope_parameters": rope,
+    }
+
+
+def dflash_mask_token_id(config: TrainHeadsConfig, tokenizer, examples: list[dict]) -> int:
+    """The id DFlash puts at the positions it drafts: the configured one, the tokenizer's mask token, else the
+    first special token the training data never contains (so its embedding means "unknown", not a word)."""
+    if config.dflash_mask_token_id >= 0:
+        if config.dflash_mask_token_id >= len(tokenizer):
+            raise SpectrainError(
+                f"dflash_mask_token_id = {config.dflash_mask_token_id} is outside the vocabulary ({len(tokenizer)})",
+                where="train_heads.dflash_mask_token_id",
+                fix="use -1 (chosen automatically) or an id of the base model's vocabulary",
+            )
+        return config.dflash_mask_token_id
+    if tokenizer.mask_token_id is not None:
+        return int(tokenizer.mask_token_id)
+    seen = {token for example in examples for token in example["input_ids"]}
+    unused = [token for token in sorted(tokenizer.all_special_ids) if token not in seen]
+    if not unused:
+        raise SpectrainError(
+            "the tokenizer has no mask token and every special token occurs in the training data",
+            where="train_heads.dflash_mask_token_id",
+            fix="pass the id of a token the data never contains",
+        )
+    return unused[0]
+
+
 def aux_layer_ids(num_layers: int) -> list[int]:
     """Base layers whose outputs feed an EAGLE-3 draft: modelopt's default (start, middle, end)."""
     from modelopt.torch.speculative.plugins.hf_eagle import default_eagle_aux_layer_ids
@@ -163,7 +208,7 @@ def draft_vocabulary(examples: list[dict], draft_vocab_size: int, vocab_size: in
 
 def reduced_vocabulary(config: TrainHeadsConfig, vocab_size: int, examples: list[dict]) -> torch.Tensor | None:
     """The EAGLE draft's d2t when its vocabulary is reduced (computed once per run), else None."""
-    if config.mode == "medusa" or not 0 < config.draft_vocab_size < vocab_size:
+    if config.mode != "eagle3" or not 0 < config.draft_vocab_size < vocab_size:
         return None
     return draft_vocabulary(examples, config.draft_vocab_size, vocab_size)
 
@@ -174,12 +219,40 @@ def convert(
     d2t: torch.Tensor | None = None,
     output_dir: Path | None = None,
     offline: bool = False,
+    mask_token_id: int | None = None,
 ):
     """Add the draft module with ``mtsp.convert``; ``offline`` (EAGLE) drops the base decoder layers.
 
     ``d2t``: the reduced draft vocabulary (:func:`reduced_vocabulary`), needed when the config asks for one.
+    ``mask_token_id``: DFlash's (:func:`dflash_mask_token_id`).
     """
-    if config.mode == "medusa":
+    if config.mode == "dflash":
+        if mask_token_id is None:
+            raise ValueError("a DFlash draft needs its mask_token_id (dflash_mask_token_id)")
+        mtsp.convert(
+            model,
+            [
+                (
+                    "dflash",
+                    {
+                        "dflash_architecture_config": dflash_architecture(model.config, config),
+                        "dflash_block_size": config.dflash_block_size,
+                        "dflash_mask_token_id": mask_token_id,
+                        "dflash_num_anchors": config.dflash_num_anchors,
+                        "dflash_loss_objective": config.dflash_loss_objective,
+                        "dflash_loss_decay_factor": config.dflash_loss_decay,
+                        "dflash_use_torch_compile": False,
+                    },
+                )
+            ],
+        )
+        draft = model.dflash_config
+        base = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        if draft.num_attention_heads != base.num_attention_heads or draft.rope_parameters.get(
+            "rope_theta"
+        ) != dflash_architecture(model.config, config)["rope_parameters"].get("rope_theta"):
+            raise RuntimeError(f"modelopt built a DFlash draft unlike the base: {draft}")
+    elif config.mode == "medusa":
         mtsp.convert(
             model,
             [("medusa", {"medusa_num_heads": config.medusa_num_heads, "medusa_num_layers": config.medusa_num_layers})],
@@ -587,7 +660,11 @@ def run(config: TrainHeadsConfig) -> dict:
 
     model = load_base(model_path)
     d2t = reduced_vocabulary(config, model.config.vocab_size, examples)
+    mask_token_id = dflash_mask_token_id(config, tokenizer, examples) if config.mode == "dflash" else None
     cache_manifest = None
+    if config.mode == "dflash" and config.hidden_state_cache:
+        warn("DFlash trains online: the hidden-state cache holds the features EAGLE and Medusa read, not DFlash's")
+        config = dataclasses.replace(config, hidden_state_cache=False)
     if config.hidden_state_cache and not cache_fits(config, model.config, examples):
         config = dataclasses.replace(config, hidden_state_cache=False)
     if config.hidden_state_cache:
@@ -608,7 +685,7 @@ def run(config: TrainHeadsConfig) -> dict:
             )
     transformers.set_seed(config.seed)  # the same head init with or without the cache
     with args.main_process_first(desc="draft vocabulary"):
-        convert(model, config, d2t, output_dir)
+        convert(model, config, d2t, output_dir, mask_token_id=mask_token_id)
     if cache_manifest:
         base_decoder = model.model
         train_model, dataset = offline_training_model(
@@ -667,6 +744,15 @@ def run(config: TrainHeadsConfig) -> dict:
     result = {
         "mode": config.mode,
         **({"medusa_num_heads": config.medusa_num_heads} if config.mode == "medusa" else {}),
+        **(
+            {
+                "dflash_block_size": config.dflash_block_size,
+                "dflash_mask_token_id": mask_token_id,
+                "dflash_target_layer_ids": list(model.target_layer_ids),
+            }
+            if config.mode == "dflash"
+            else {}
+        ),
         "checkpoint": str(output_dir),
         "base_model": config.base_model,
         "examples": len(examples),

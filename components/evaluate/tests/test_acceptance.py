@@ -5,6 +5,7 @@ import torch
 import transformers
 
 from components.evaluate.acceptance import (
+    DFlashProposer,
     EagleProposer,
     MedusaProposer,
     ngram_proposer,
@@ -80,6 +81,30 @@ def test_cached_eagle_drafts_equal_modelopt_pseudo_speculative_generate(base, ti
         base_token, drafts = model.pseudo_speculative_generate(torch.tensor([sequence[:n]]), steps=3)
         assert int(base_token) == sequence[n]
         assert propose(n) == drafts[0].tolist(), f"position {n}"
+
+
+@pytest.mark.slow
+def test_dflash_block_drafts_equal_modelopt_pseudo_speculative_generate(base, tiny_checkpoints):
+    path, tokenizer = base
+    sequence, prompt_length = greedy(path, tokenizer, "List three colours.", 12)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoints["dflash"][0], dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+    propose = DFlashProposer(model, k=3).for_sequence(torch.tensor([sequence]))
+    drafted = set()
+    for n in (prompt_length, prompt_length + 1, prompt_length + 5, prompt_length + 6):
+        base_token, drafts = model.pseudo_speculative_generate(torch.tensor([sequence[:n]]), steps=3)
+        assert int(base_token) == sequence[n]  # the block starts from the token the base emitted
+        assert propose(n) == drafts[0].tolist(), f"position {n}"
+        drafted.add(tuple(propose(n)))
+    assert len(drafted) > 1, "the drafts do not depend on the context"
+
+
+def test_more_draft_tokens_than_a_dflash_block_drafts_is_refused(tiny_checkpoints):
+    dflash_dir, _ = tiny_checkpoints["dflash"]  # blocks of 4: 3 drafts
+    result = spectrain_step("evaluate", "--checkpoint", dflash_dir, "--mode", "dflash", "--num-draft-tokens", "4")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "proposes 3 tokens per block" in result.stderr and "use at most 3" in result.stderr
 
 
 @pytest.mark.slow

@@ -51,6 +51,24 @@ def test_eagle3_export_is_bf16_with_vllm_layer_ids_and_the_trained_rope(tiny_che
 
 
 @pytest.mark.slow
+def test_dflash_export_holds_every_trained_weight_and_the_config_vllm_reads(tiny_checkpoints, tmp_path):
+    checkpoint, trained = tiny_checkpoints["dflash"]
+    result = run(ExportConfig(checkpoint=checkpoint, mode="dflash", output_dir=str(tmp_path), dtype="bfloat16"))
+    tensors = load_file(tmp_path / "model.safetensors")
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    draft = {n: p for n, p in model.dflash_module.state_dict().items() if "rotary" not in n}
+    assert set(tensors) == set(draft)  # every draft weight, under the names vLLM's DFlash model loads
+    assert all(torch.equal(tensors[n], p.to(torch.bfloat16)) for n, p in draft.items())
+    assert "fc.weight" in tensors and tensors["fc.weight"].shape == (576, 576)  # one target layer per draft layer
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["DFlashDraftModel"] and config["block_size"] == 4
+    assert config["dflash_config"]["mask_token_id"] == trained["dflash_mask_token_id"]
+    assert config["dflash_config"]["target_layer_ids"] == trained["dflash_target_layer_ids"]
+    assert config["rope_theta"] == 100000 and config["head_dim"] == 64
+    assert result["trtllm"] is None or not result["trtllm"]["supported"]
+
+
+@pytest.mark.slow
 def test_medusa_for_tensorrt_llm_has_its_loader_names_and_the_engine_build_is_skipped_on_cpu(
     tiny_checkpoints, tmp_path
 ):

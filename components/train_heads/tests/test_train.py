@@ -9,11 +9,13 @@ from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.train import (
     HEAD_PREFIXES,
     convert,
+    dflash_mask_token_id,
     draft_architecture,
     draft_vocabulary,
     reduced_vocabulary,
     tokenize_conversation,
 )
+from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 
 
@@ -64,7 +66,7 @@ def test_eagle_draft_is_sized_from_the_base_model(base_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["eagle3", "medusa"])
+@pytest.mark.parametrize("mode", ["eagle3", "medusa", "dflash"])
 def test_training_moves_only_the_heads_and_the_checkpoint_reloads_them(tiny_checkpoints, base_path, mode):
     checkpoint, result = tiny_checkpoints[mode]
     assert result["steps"] == 2 and result["base_frozen"] and result["final_loss"] is not None
@@ -78,7 +80,11 @@ def test_training_moves_only_the_heads_and_the_checkpoint_reloads_them(tiny_chec
     assert heads and all(torch.equal(p, saved[n]) for n, p in heads.items())
     fresh = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     torch.manual_seed(0)
-    convert(fresh, TrainHeadsConfig(data="x", mode=mode, medusa_num_heads=2, draft_vocab_size=0))
+    convert(
+        fresh,
+        TrainHeadsConfig(data="x", mode=mode, medusa_num_heads=2, draft_vocab_size=0, dflash_block_size=4),
+        mask_token_id=result.get("dflash_mask_token_id"),
+    )
     untrained = fresh.state_dict()
     changed = [
         n
@@ -209,3 +215,41 @@ def test_auto_precision_is_bf16_only_where_the_hardware_runs_it(monkeypatch):
         assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_precision("auto") == "bf16"
+
+
+def test_the_dflash_draft_is_sized_from_the_base_model_and_uses_its_rope(base_path):
+    """modelopt builds the draft as a Qwen3 config (8B defaults) and would train RoPE at θ 10000; the base's here."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    convert(model, TrainHeadsConfig(data="x", mode="dflash", dflash_num_layers=2, dflash_block_size=4), mask_token_id=5)
+    draft, base = model.dflash_config, model.config
+    assert (draft.num_attention_heads, draft.num_key_value_heads, draft.head_dim, draft.intermediate_size) == (
+        base.num_attention_heads,
+        base.num_key_value_heads,
+        base.hidden_size // base.num_attention_heads,
+        base.intermediate_size,
+    )
+    assert draft.rope_parameters["rope_theta"] == base.rope_parameters["rope_theta"] == 100000
+    assert draft.num_hidden_layers == 2 and len(model.target_layer_ids) == 2
+    assert (model.dflash_block_size, model.mask_token_id) == (4, 5)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"dflash_module"}
+
+
+def test_the_dflash_mask_token_is_a_special_token_the_data_never_uses(base_path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
+    assert tokenizer.mask_token_id is None
+    config = TrainHeadsConfig(data="x", mode="dflash")
+    special = sorted(tokenizer.all_special_ids)
+    examples = [{"input_ids": [special[0], 42, special[1]], "loss_mask": [0, 1, 1]}]
+    assert dflash_mask_token_id(config, tokenizer, examples) == special[2]
+    chosen = TrainHeadsConfig(data="x", mode="dflash", dflash_mask_token_id=7)
+    assert dflash_mask_token_id(chosen, tokenizer, examples) == 7
+    outside = TrainHeadsConfig(data="x", mode="dflash", dflash_mask_token_id=len(tokenizer))
+    with pytest.raises(SpectrainError, match="outside the vocabulary"):
+        dflash_mask_token_id(outside, tokenizer, examples)
+
+
+def test_a_dflash_sequence_length_must_hold_whole_blocks():
+    with pytest.raises(SpectrainError, match="max_length 260"):
+        TrainHeadsConfig(data="x", mode="dflash", max_length=257, dflash_block_size=4).validate()
+    TrainHeadsConfig(data="x", mode="eagle3", max_length=257).validate()  # only DFlash trains on blocks
