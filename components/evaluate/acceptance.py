@@ -154,7 +154,11 @@ class DFlashProposer:
         return propose
 
 
-DRAFT_MODULES = (("medusa_heads", "medusa", "Medusa"), ("eagle_module", "eagle3", "EAGLE"), ("dflash_module", "dflash", "DFlash"))
+DRAFT_MODULES = (
+    ("medusa_heads", "medusa", "Medusa"),
+    ("eagle_module", "eagle3", "EAGLE"),
+    ("dflash_module", "dflash", "DFlash"),
+)
 
 
 def draft_proposer(model, config: EvaluateConfig):

@@ -58,7 +58,9 @@ class VllmCrosscheckConfig:
     base_model: str = field("embedded", "'embedded', a local HF checkpoint directory, or a hub id")
     draft_dir: str = field("", "exported draft directory (export step output)")
     mode: str = field(
-        "eagle3", "eagle3, medusa or dflash (vLLM methods of the same names)", check=checks.one_of(*MODES, retired=RETIRED_MODES)
+        "eagle3",
+        "eagle3, medusa or dflash (vLLM methods of the same names)",
+        check=checks.one_of(*MODES, retired=RETIRED_MODES),
     )
     dataset: str = field("embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split")
     num_prompts: int = field(0, "send the first N prompts (0: all)")

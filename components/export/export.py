@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import modelopt.torch.opt as mto
 import torch
@@ -103,7 +104,9 @@ def export_dflash(model, output_dir: Path, dtype: torch.dtype) -> None:
     written = {key: _dotted(config, key) for key in trained}
     wrong = {key: (written[key], value) for key, value in trained.items() if written[key] != value}
     if wrong:
-        raise RuntimeError(f"the exported DFlash config.json disagrees with the trained draft (written, trained): {wrong}")
+        raise RuntimeError(
+            f"the exported DFlash config.json disagrees with the trained draft (written, trained): {wrong}"
+        )
 
 
 def dflash_rope_theta(draft_config) -> float:
@@ -111,10 +114,11 @@ def dflash_rope_theta(draft_config) -> float:
     return float(parameters.get("rope_theta", getattr(draft_config, "rope_theta", 0.0)))
 
 
-def _dotted(mapping: dict, key: str):
+def _dotted(mapping: dict, key: str) -> Any:
+    value: Any = mapping
     for part in key.split("."):
-        mapping = mapping.get(part) if isinstance(mapping, dict) else None
-    return mapping
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def safetensors_dtypes(output_dir: Path) -> set[str]:

@@ -94,7 +94,10 @@ class TrainHeadsConfig:
         check=checks.at_least(2, 4),
     )
     dflash_num_layers: int = field(
-        1, "DFlash: decoder layers in the draft (each reads one base layer's hidden states)", check=checks.at_least(1)
+        3,
+        "DFlash: decoder layers in the draft (each reads one base layer's hidden states, spread from the first "
+        "layer to the fourth-last)",
+        check=checks.at_least(1, 3),
     )
     dflash_loss_objective: str = field(
         "decay",

@@ -246,12 +246,10 @@ def convert(
                 )
             ],
         )
-        draft = model.dflash_config
-        base = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        if draft.num_attention_heads != base.num_attention_heads or draft.rope_parameters.get(
-            "rope_theta"
-        ) != dflash_architecture(model.config, config)["rope_parameters"].get("rope_theta"):
-            raise RuntimeError(f"modelopt built a DFlash draft unlike the base: {draft}")
+        wanted = dflash_architecture(model.config, config)
+        built = {key: getattr(model.dflash_config, key) for key in wanted}
+        if built != wanted:  # modelopt overrides some fields from the base: they must agree with ours
+            raise RuntimeError(f"modelopt built the DFlash draft as {built}, not {wanted}")
     elif config.mode == "medusa":
         mtsp.convert(
             model,

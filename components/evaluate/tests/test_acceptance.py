@@ -90,6 +90,12 @@ def test_dflash_block_drafts_equal_modelopt_pseudo_speculative_generate(base, ti
     model = transformers.AutoModelForCausalLM.from_pretrained(
         tiny_checkpoints["dflash"][0], dtype=torch.float32, attn_implementation="sdpa"
     ).eval()
+    # Two training steps leave a draft that proposes one token everywhere; spread its weights so that its
+    # drafts depend on the context and the comparison below can tell two computations apart.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.dflash_module.parameters():
+            parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.05))
     propose = DFlashProposer(model, k=3).for_sequence(torch.tensor([sequence]))
     drafted = set()
     for n in (prompt_length, prompt_length + 1, prompt_length + 5, prompt_length + 6):

@@ -59,7 +59,7 @@ def test_dflash_export_holds_every_trained_weight_and_the_config_vllm_reads(tiny
     draft = {n: p for n, p in model.dflash_module.state_dict().items() if "rotary" not in n}
     assert set(tensors) == set(draft)  # every draft weight, under the names vLLM's DFlash model loads
     assert all(torch.equal(tensors[n], p.to(torch.bfloat16)) for n, p in draft.items())
-    assert "fc.weight" in tensors and tensors["fc.weight"].shape == (576, 576)  # one target layer per draft layer
+    assert tensors["fc.weight"].shape == (576, 3 * 576)  # 3 draft layers read 3 base layers
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["DFlashDraftModel"] and config["block_size"] == 4
     assert config["dflash_config"]["mask_token_id"] == trained["dflash_mask_token_id"]
