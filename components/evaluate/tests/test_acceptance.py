@@ -70,37 +70,25 @@ def greedy(path, tokenizer, prompt: str, new_tokens: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_cached_eagle_drafts_equal_modelopt_pseudo_speculative_generate(base, tiny_checkpoints):
+@pytest.mark.parametrize("mode, proposer", [("eagle3", EagleProposer), ("dflash", DFlashProposer)])
+def test_drafts_equal_modelopt_pseudo_speculative_generate(base, tiny_checkpoints, mode, proposer):
     path, tokenizer = base
     sequence, prompt_length = greedy(path, tokenizer, "List three colours.", 12)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        tiny_checkpoints["eagle3"][0], dtype=torch.float32, attn_implementation="sdpa"
-    ).eval()
-    propose = EagleProposer(model, k=3).for_sequence(torch.tensor([sequence]))
-    for n in (prompt_length, prompt_length + 1, prompt_length + 5, prompt_length + 6):
-        base_token, drafts = model.pseudo_speculative_generate(torch.tensor([sequence[:n]]), steps=3)
-        assert int(base_token) == sequence[n]
-        assert propose(n) == drafts[0].tolist(), f"position {n}"
-
-
-@pytest.mark.slow
-def test_dflash_block_drafts_equal_modelopt_pseudo_speculative_generate(base, tiny_checkpoints):
-    path, tokenizer = base
-    sequence, prompt_length = greedy(path, tokenizer, "List three colours.", 12)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        tiny_checkpoints["dflash"][0], dtype=torch.float32, attn_implementation="sdpa"
+        tiny_checkpoints[mode][0], dtype=torch.float32, attn_implementation="sdpa"
     ).eval()
     # Two training steps leave a draft that proposes one token everywhere; spread its weights so that its
     # drafts depend on the context and the comparison below can tell two computations apart.
     torch.manual_seed(0)
     with torch.no_grad():
-        for parameter in model.dflash_module.parameters():
-            parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.05))
-    propose = DFlashProposer(model, k=3).for_sequence(torch.tensor([sequence]))
+        for parameter in getattr(model, {"eagle3": "eagle_module", "dflash": "dflash_module"}[mode]).parameters():
+            if parameter.is_floating_point():
+                parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.05))
+    propose = proposer(model, k=3).for_sequence(torch.tensor([sequence]))
     drafted = set()
     for n in (prompt_length, prompt_length + 1, prompt_length + 5, prompt_length + 6):
         base_token, drafts = model.pseudo_speculative_generate(torch.tensor([sequence[:n]]), steps=3)
-        assert int(base_token) == sequence[n]  # the block starts from the token the base emitted
+        assert int(base_token) == sequence[n]  # the draft continues from the token the base emitted
         assert propose(n) == drafts[0].tolist(), f"position {n}"
         drafted.add(tuple(propose(n)))
     assert len(drafted) > 1, "the drafts do not depend on the context"
