@@ -153,6 +153,8 @@ def dflash_architecture(base_config, config: TrainHeadsConfig) -> dict:
         # The draft attends over the base's keys at the base's positions: its RoPE must be the base's. modelopt
         # copies rope_theta only from configs that have the attribute (transformers 5 keeps it in rope_parameters).
         "rope_parameters": rope,
+        # explicit, so the hidden-state cache and the draft agree on which base layers feed it
+        "target_layer_ids": feature_layer_ids(config, text_config.num_hidden_layers),
     }
 
 
@@ -185,6 +187,31 @@ def aux_layer_ids(num_layers: int) -> list[int]:
     from modelopt.torch.speculative.plugins.hf_eagle import default_eagle_aux_layer_ids
 
     return default_eagle_aux_layer_ids(num_layers)
+
+
+def feature_layer_ids(config: TrainHeadsConfig, num_layers: int) -> list[int]:
+    """Base layers whose outputs the draft reads besides the final hidden state (what the cache keeps):
+    EAGLE-3's aux layers, DFlash's target layers (modelopt's uniform choice, one per draft layer), else none."""
+    if config.mode == "eagle3":
+        return aux_layer_ids(num_layers)
+    if config.mode == "dflash":
+        from modelopt.torch.speculative.plugins.modeling_dflash import build_target_layer_ids
+
+        ids = (
+            build_target_layer_ids(num_layers, config.dflash_num_layers)
+            if config.dflash_num_layers <= num_layers
+            else []
+        )
+        if len(set(ids)) < config.dflash_num_layers:  # modelopt spreads them over layers 1 .. n-3
+            most = max(n for n in range(1, num_layers + 1) if len(set(build_target_layer_ids(num_layers, n))) == n)
+            raise SpectrainError(
+                f"dflash_num_layers = {config.dflash_num_layers} needs as many distinct base layers to read, and a "
+                f"{num_layers}-layer base gives {len(set(ids))} ({ids}) where modelopt spreads them",
+                where="train_heads.dflash_num_layers",
+                fix=f"use at most {most} DFlash layers for this base",
+            )
+        return list(ids)
+    return []
 
 
 def draft_vocabulary(examples: list[dict], draft_vocab_size: int, vocab_size: int) -> torch.Tensor:
@@ -221,7 +248,7 @@ def convert(
     offline: bool = False,
     mask_token_id: int | None = None,
 ):
-    """Add the draft module with ``mtsp.convert``; ``offline`` (EAGLE) drops the base decoder layers.
+    """Add the draft module with ``mtsp.convert``; ``offline`` (EAGLE, DFlash) drops the base decoder layers.
 
     ``d2t``: the reduced draft vocabulary (:func:`reduced_vocabulary`), needed when the config asks for one.
     ``mask_token_id``: DFlash's (:func:`dflash_mask_token_id`).
@@ -242,6 +269,7 @@ def convert(
                         "dflash_loss_objective": config.dflash_loss_objective,
                         "dflash_loss_decay_factor": config.dflash_loss_decay,
                         "dflash_use_torch_compile": False,
+                        "dflash_offline": offline,
                     },
                 )
             ],
@@ -545,12 +573,11 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 
 def cache_bytes_per_token(config: TrainHeadsConfig, base_config) -> int:
-    """What one token costs in the hidden-state cache: final hidden state, EAGLE-3's aux layers, draft-vocab logits."""
+    """What one token costs in the hidden-state cache: final hidden state, the layers the draft reads
+    (:func:`feature_layer_ids`), draft-vocabulary logits."""
     text_config = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
-    values = text_config.hidden_size * (
-        1 + (len(aux_layer_ids(text_config.num_hidden_layers)) if config.mode == "eagle3" else 0)
-    )
-    if config.mode != "medusa" and 0 < config.draft_vocab_size < text_config.vocab_size:
+    values = text_config.hidden_size * (1 + len(feature_layer_ids(config, text_config.num_hidden_layers)))
+    if config.mode == "eagle3" and 0 < config.draft_vocab_size < text_config.vocab_size:
         values += config.draft_vocab_size
     return values * hidden_cache.DTYPES[config.hidden_state_cache_dtype].itemsize + 5  # + token id and mask
 
@@ -574,20 +601,36 @@ def load_base(model_path: str):
     )
 
 
+def draft_module(model, mode: str) -> torch.nn.Module:
+    """The trained part of a converted model: its EAGLE, Medusa or DFlash module."""
+    return getattr(model, {"medusa": "medusa_heads", "dflash": "dflash_module"}.get(mode, "eagle_module"))
+
+
 def offline_training_model(
-    model, model_path: str, config: TrainHeadsConfig, d2t, output_dir: Path, cache: Path, manifest: dict, pad_id: int
+    model,
+    model_path: str,
+    config: TrainHeadsConfig,
+    d2t,
+    output_dir: Path,
+    cache: Path,
+    manifest: dict,
+    pad_id: int,
+    mask_token_id: int | None = None,
 ):
     """The model that trains from the hidden-state cache, and the dataset that feeds it.
 
-    EAGLE: modelopt's own ``eagle_offline`` model (no base decoder layers), starting from the same
-    draft weights as ``model``. Medusa: ``model`` itself with its base decoder swapped for the cache.
+    EAGLE and DFlash: modelopt's own offline model (no base decoder layers; it reads ``base_model_outputs``),
+    starting from the same draft weights as ``model``. Medusa: ``model`` itself with its base decoder
+    swapped for the cache.
     """
     dataset = CachedDataset(cache, config.max_length, pad_id, config.mode)
     if config.mode == "medusa":
         model.model = hidden_cache.CachedBaseDecoder()
         return model, dataset
-    offline = convert(load_base(model_path), config, d2t, output_dir, offline=True)
-    offline.eagle_module.load_state_dict(model.eagle_module.state_dict())
+    base = load_base(model_path)
+    base.config.num_orig_hidden_layers = base.config.num_hidden_layers  # DFlash's offline convert reads it
+    offline = convert(base, config, d2t, output_dir, offline=True, mask_token_id=mask_token_id)
+    draft_module(offline, config.mode).load_state_dict(draft_module(model, config.mode).state_dict())
     if manifest["key"]["draft_token_ids_sha256"]:
         # The cache holds the base logits of the draft vocabulary only: modelopt's mapping from the
         # full vocabulary is already applied, so let those through unchanged.
@@ -660,14 +703,11 @@ def run(config: TrainHeadsConfig) -> dict:
     d2t = reduced_vocabulary(config, model.config.vocab_size, examples)
     mask_token_id = dflash_mask_token_id(config, tokenizer, examples) if config.mode == "dflash" else None
     cache_manifest = None
-    if config.mode == "dflash" and config.hidden_state_cache:
-        warn("DFlash trains online: the hidden-state cache holds the features EAGLE and Medusa read, not DFlash's")
-        config = dataclasses.replace(config, hidden_state_cache=False)
     if config.hidden_state_cache and not cache_fits(config, model.config, examples):
         config = dataclasses.replace(config, hidden_state_cache=False)
     if config.hidden_state_cache:
         cache = Path(config.hidden_state_cache_dir or output_dir / "hidden-state-cache")
-        aux = aux_layer_ids(model.config.num_hidden_layers) if config.mode == "eagle3" else []
+        aux = feature_layer_ids(config, model.config.num_hidden_layers)
         draft_ids = None if d2t is None else torch.arange(len(d2t)) + d2t
         key = hidden_cache.cache_key(examples, model_path, aux, config.hidden_state_cache_dtype, draft_ids)
         key["precision"] = resolve_precision(config.precision)  # the base's arithmetic, as training would run it
@@ -687,7 +727,7 @@ def run(config: TrainHeadsConfig) -> dict:
     if cache_manifest:
         base_decoder = model.model
         train_model, dataset = offline_training_model(
-            model, model_path, config, d2t, output_dir, cache, cache_manifest, tokenizer.pad_token_id
+            model, model_path, config, d2t, output_dir, cache, cache_manifest, tokenizer.pad_token_id, mask_token_id
         )
     else:
         train_model, dataset = (
@@ -727,7 +767,7 @@ def run(config: TrainHeadsConfig) -> dict:
         if config.mode == "medusa":
             model.model = base_decoder
         else:
-            model.eagle_module.load_state_dict(train_model.eagle_module.state_dict())
+            draft_module(model, config.mode).load_state_dict(draft_module(train_model, config.mode).state_dict())
         trainer.model = model
     trainer.save_model(str(output_dir))
     if not trainer.is_world_process_zero():  # rank 0 writes the checkpoint and reports

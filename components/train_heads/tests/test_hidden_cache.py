@@ -15,6 +15,7 @@ from spectrain.models import resolve_base_model
 SETTINGS = {
     "eagle3": {"draft_vocab_size": 1024},
     "medusa": {"medusa_num_heads": 2},
+    "dflash": {"dflash_block_size": 4},
 }
 
 
@@ -42,7 +43,7 @@ def losses(result):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["eagle3", "medusa"])
+@pytest.mark.parametrize("mode", ["eagle3", "medusa", "dflash"])
 def test_training_from_the_cache_follows_the_online_loss_curve(tiny_data, tmp_path, mode):
     online = train(tiny_data, tmp_path / "online", mode, hidden_state_cache=False)
     exact = train(
@@ -75,7 +76,8 @@ def test_training_from_the_cache_follows_the_online_loss_curve(tiny_data, tmp_pa
 
     # size on disk is reported; the default cache lives in output_dir only while training
     info = exact["hidden_state_cache"]
-    width = {"eagle3": 576 * 4 + 1024, "medusa": 576}[mode]  # hidden (+3 aux layers, draft-vocab logits)
+    # hidden (+ EAGLE-3's 3 aux layers and draft-vocab logits, DFlash's 3 target layers)
+    width = {"eagle3": 576 * 4 + 1024, "medusa": 576, "dflash": 576 * 4}[mode]
     assert info["bytes_per_token"] == pytest.approx(width * 4, rel=0.05)
     assert compact["hidden_state_cache"]["bytes_per_token"] == pytest.approx(width * 2, rel=0.1)
     assert not (tmp_path / "compact" / "hidden-state-cache").exists()
@@ -121,6 +123,8 @@ def test_the_cache_size_is_estimated_before_it_is_built():
     assert cache_bytes_per_token(eagle3, base) == (4 * 576 + 4096) * 2 + 5  # 12,805: what a built cache measured
     medusa = TrainHeadsConfig(data="x", mode="medusa", hidden_state_cache_dtype="float32")
     assert cache_bytes_per_token(medusa, base) == 576 * 4 + 5
+    dflash = TrainHeadsConfig(data="x", mode="dflash", dflash_num_layers=2, draft_vocab_size=4096)
+    assert cache_bytes_per_token(dflash, base) == 3 * 576 * 2 + 5  # final + 2 target layers; no draft vocabulary
 
 
 @pytest.mark.slow

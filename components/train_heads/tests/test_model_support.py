@@ -36,7 +36,7 @@ def tokenizer():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["eagle3", "medusa"])
+@pytest.mark.parametrize("mode", ["eagle3", "medusa", "dflash"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_trains_and_reloads_with_heads(family, mode, tokenizer, tiny_data, tmp_path):
     torch.manual_seed(0)
@@ -57,6 +57,8 @@ def test_family_trains_and_reloads_with_heads(family, mode, tokenizer, tiny_data
             warmup_steps=0,
             medusa_num_heads=2,
             draft_vocab_size=512 if mode == "eagle3" else 0,
+            dflash_block_size=4,
+            dflash_num_layers=1,  # a 4-layer base has one layer to spare for DFlash (modelopt reads 1 .. n-3)
         )
     )
     assert result["steps"] == 2 and result["base_frozen"]

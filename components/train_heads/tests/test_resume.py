@@ -78,7 +78,7 @@ def test_killed_training_resumes_from_the_last_checkpoint_on_s3(tiny_data, tmp_p
     assert s3.latest_checkpoint(uri)[0] == 6  # the second pod's checkpoints went up too
 
 
-@pytest.mark.parametrize("mode", ["eagle3", "medusa"])
+@pytest.mark.parametrize("mode", ["eagle3", "medusa", "dflash"])
 def test_a_checkpoint_holds_the_draft_only_and_resuming_from_it_ends_where_an_unbroken_run_does(
     tiny_data, tmp_path, mode
 ):
@@ -95,7 +95,9 @@ def test_a_checkpoint_holds_the_draft_only_and_resuming_from_it_ends_where_an_un
         max_length=64,
         warmup_steps=0,
         lr=1e-2,
-        **({"medusa_num_heads": 2} if mode == "medusa" else {"draft_vocab_size": 512}),
+        **{"medusa": {"medusa_num_heads": 2}, "eagle3": {"draft_vocab_size": 512}, "dflash": {"dflash_block_size": 4}}[
+            mode
+        ],
     )
     unbroken = tmp_path / "unbroken"
     run(TrainHeadsConfig(output_dir=str(unbroken), save_steps=1, **settings))

@@ -253,3 +253,12 @@ def test_a_dflash_sequence_length_must_hold_whole_blocks():
     with pytest.raises(SpectrainError, match="max_length 260"):
         TrainHeadsConfig(data="x", mode="dflash", max_length=257, dflash_block_size=4).validate()
     TrainHeadsConfig(data="x", mode="eagle3", max_length=257).validate()  # only DFlash trains on blocks
+
+
+def test_a_dflash_draft_with_more_layers_than_the_base_can_feed_is_refused():
+    from components.train_heads.train import feature_layer_ids
+
+    assert feature_layer_ids(TrainHeadsConfig(data="x", mode="dflash", dflash_num_layers=3), 30) == [1, 14, 27]
+    with pytest.raises(SpectrainError, match="dflash_num_layers = 3") as refused:
+        feature_layer_ids(TrainHeadsConfig(data="x", mode="dflash", dflash_num_layers=3), 4)
+    assert "at most 1" in str(refused.value.fix)
