@@ -134,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-max-new-tokens", type=int, default=64, help="greedy tokens per held-out prompt")
     parser.add_argument("--k", type=int, default=3, help="draft tokens per base step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    parser.add_argument("--epoch-steps", type=int, default=8, help="steps timed for the online-vs-cache epoch figure")
+    parser.add_argument(
+        "--epoch-steps", type=int, default=8, help="steps timed for the online-vs-cache epoch figure (0: skip it)"
+    )
+    parser.add_argument(
+        "--name",
+        default="heads",
+        help="results file bench/results/NAME-DATE.json (another name keeps a side study from replacing the table)",
+    )
     parser.add_argument(
         "--vicuna",
         default=str(ROOT.parent / "shared" / "data" / "vicuna_bench_question.jsonl"),
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # One epoch online vs from the cache: the same EAGLE-3 steps on the same data, per-step time.
     timing = {}
-    for cached in (False, True):
+    for cached in (False, True) if args.epoch_steps > 0 else ():
         result = train(
             data,
             workdir / f"epoch-{'cache' if cached else 'online'}",
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.monotonic() - started,
     }
     (workdir / "heads.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {results.write('heads', 'python bench/heads.py ' + ' '.join(sys.argv[1:]), report)}")
+    print(f"wrote {results.write(args.name, 'python bench/heads.py ' + ' '.join(sys.argv[1:]), report)}")
     print_table(report, args)
     return 0
 
@@ -266,14 +273,15 @@ def print_table(report: dict, args) -> None:
                 f"{vicuna['ngram_acceptance_length']:>6.3f} "
                 f"{vicuna['acceptance_length'] / vicuna['ngram_acceptance_length']:>8.2f}   (vicuna questions)"
             )
-    online, cache = report["epoch"]["online"], report["epoch"]["cache"]
-    info = cache["cache"] or {}
-    print(
-        f"\nEAGLE-3 epoch: online {online['epoch_seconds']:.0f} s, from cache {cache['epoch_seconds']:.0f} s "
-        f"-> {online['seconds_per_step'] / cache['seconds_per_step']:.2f}x faster (target >= 3x); cache "
-        f"{info.get('bytes_per_token', 0):.0f} bytes/token, {info.get('bytes', 0) / 2**20:.0f} MiB for "
-        f"{info.get('tokens', 0)} tokens"
-    )
+    if report["epoch"]:
+        online, cache = report["epoch"]["online"], report["epoch"]["cache"]
+        info = cache["cache"] or {}
+        print(
+            f"\nEAGLE-3 epoch: online {online['epoch_seconds']:.0f} s, from cache {cache['epoch_seconds']:.0f} s "
+            f"-> {online['seconds_per_step'] / cache['seconds_per_step']:.2f}x faster (target >= 3x); cache "
+            f"{info.get('bytes_per_token', 0):.0f} bytes/token, {info.get('bytes', 0) / 2**20:.0f} MiB for "
+            f"{info.get('tokens', 0)} tokens"
+        )
     print(f"total {report['seconds'] / 60:.1f} min")
 
 

@@ -28,7 +28,7 @@ class ExportConfig:
         "embedded", "the base model the draft serves with (for the TensorRT-LLM commands)", check=checks.model_source()
     )
     num_draft_tokens: int = field(
-        3, "draft tokens per step written into the serving configs (EAGLE)", check=checks.at_least(1, 3)
+        3, "draft tokens per step written into the serving configs (EAGLE, DFlash)", check=checks.at_least(1, 3)
     )
     trtllm: bool = field(
         True,

@@ -6,6 +6,7 @@ Which runtime loads what (see README.md):
   eagle3        -> TensorRT-LLM `trtllm-serve BASE --config DIR/trtllm/config.yaml` (PyTorch backend)
   medusa        -> TensorRT-LLM engine from DIR/trtllm/medusa (`DIR/trtllm/build.sh`, see trtllm.py)
   dflash        -> vLLM `--speculative-config '{"method": "dflash", "model": DIR, "num_speculative_tokens": k}'`
+  dflash        -> TensorRT-LLM `trtllm-serve BASE --config DIR/trtllm/config.yaml` (PyTorch backend, GPU only)
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ Which TensorRT-LLM path takes which draft (TensorRT-LLM 1.x, read from its sourc
   medusa  TensorRT engine (`examples/medusa/convert_checkpoint.py --medusa_model_dir trtllm/medusa`,
           then `trtllm-build --speculative_decoding_mode medusa`): `load_medusa_hf` reads
           `medusa_lm_head.safetensors` with `{h}.{l}.linear.weight|bias` and `{h}.{L}.weight`.
+  dflash  PyTorch backend (`DFlashDecodingConfig`, one-model flow, GPU only): the same directory vLLM loads
+          (modelopt's exporter, z-lab's format). `_torch/models/modeling_dflash.py` builds the draft from
+          `model_type` (qwen3), reads top-level `block_size` (max_draft_len + 1 must fit in it) and
+          `dflash_config.mask_token_id` / `target_layer_ids` (layer outputs, as modelopt numbers them), prefixes
+          `layers.*` and `norm` with `model.`, keeps `fc` and `hidden_norm`, and shares the target's embedding
+          and lm_head (the draft has neither).
 The engine build needs a GPU and the TensorRT-LLM image; elsewhere the checkpoint is written, validated
 here, and the result says that the build was skipped.
 """
@@ -93,6 +99,65 @@ def eagle3_config(draft_dir: Path, num_draft_tokens: int, capture_layers: list[i
         f"  speculative_model: {draft_dir}\n"
         f"  eagle3_layers_to_capture: {json.dumps(capture_layers)}  # outputs of these base layers\n"
     )
+
+
+def dflash_config(draft_dir: Path, num_draft_tokens: int) -> str:
+    """`trtllm-serve --config` YAML for a DFlash draft: mask token and target layers come from its config.json."""
+    return (
+        f"# trtllm-serve BASE_MODEL --backend pytorch --config {draft_dir}/trtllm/config.yaml\n"
+        "speculative_config:\n"
+        "  decoding_type: DFlash\n"
+        f"  max_draft_len: {num_draft_tokens}\n"
+        f"  speculative_model: {draft_dir}\n"
+    )
+
+
+def expected_dflash(config: dict) -> dict[str, tuple]:
+    """Parameter names and shapes of TensorRT-LLM's DFlash draft (Qwen3 layers with q/k norms), after its rename."""
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    kv_heads, mlp = config.get("num_key_value_heads", heads), config["intermediate_size"]
+    shapes = {
+        "fc.weight": (hidden, hidden * len(config["dflash_config"]["target_layer_ids"])),
+        "hidden_norm.weight": (hidden,),
+        "model.norm.weight": (hidden,),
+    }
+    for index in range(config["num_hidden_layers"]):
+        layer = f"model.layers.{index}."
+        shapes |= {
+            f"{layer}input_layernorm.weight": (hidden,),
+            f"{layer}post_attention_layernorm.weight": (hidden,),
+            f"{layer}self_attn.q_proj.weight": (heads * head_dim, hidden),
+            f"{layer}self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+            f"{layer}self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+            f"{layer}self_attn.o_proj.weight": (hidden, heads * head_dim),
+            f"{layer}self_attn.q_norm.weight": (head_dim,),
+            f"{layer}self_attn.k_norm.weight": (head_dim,),
+            f"{layer}mlp.gate_proj.weight": (mlp, hidden),
+            f"{layer}mlp.up_proj.weight": (mlp, hidden),
+            f"{layer}mlp.down_proj.weight": (hidden, mlp),
+        }
+    return shapes
+
+
+def dflash_names_as_trtllm_loads_them(names: list[str]) -> dict[str, str]:
+    """Our name -> the name TensorRT-LLM's DFlash `load_weights` gives it: `layers.*` and `norm` under `model.`."""
+    return {name: f"model.{name}" if re.match(r"(layers\.|norm\.)", name) else name for name in names}
+
+
+def dflash_config_problems(config: dict, num_draft_tokens: int) -> list[str]:
+    """What TensorRT-LLM reads from a DFlash draft's config.json besides its weights, and the draft-length rule."""
+    problems = []
+    if config.get("model_type") != "qwen3":
+        problems.append(f"model_type {config.get('model_type')!r}: TensorRT-LLM builds the DFlash draft as qwen3")
+    dflash = config.get("dflash_config") or {}
+    problems += [f"dflash_config.{key} missing" for key in ("mask_token_id", "target_layer_ids") if key not in dflash]
+    block = config.get("block_size")
+    if not isinstance(block, int):
+        problems.append("block_size missing at the top level (where TensorRT-LLM reads it)")
+    elif num_draft_tokens + 1 > block:
+        problems.append(f"max_draft_len {num_draft_tokens} + 1 exceeds the block size {block}")
+    return problems
 
 
 def expected_medusa(heads: int, layers: int, hidden: int, vocab: int) -> dict[str, tuple]:
@@ -186,10 +251,17 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     dtype_name = str(dtype).removeprefix("torch.")
     if mode == "dflash":
+        config = json.loads((draft_dir / "config.json").read_text())
+        (out / "config.yaml").write_text(dflash_config(draft_dir, num_draft_tokens))
+        problems = dflash_config_problems(config, num_draft_tokens) + check(
+            sorted(draft_dir.glob("*.safetensors")), expected_dflash(config), dflash_names_as_trtllm_loads_them
+        )
+        command = ["trtllm-serve", base_model, "--backend", "pytorch", "--config", str(out / "config.yaml")]
         return {
-            "supported": False,
-            "reason": "TensorRT-LLM's PyTorch backend serves DFlash drafts (DFlashDecodingConfig), but spectrain "
-            "does not write its configuration yet: serve this draft with vLLM",
+            "supported": True,
+            "problems": problems,
+            "serve_command": shlex.join(command),
+            "engine": "not needed: the PyTorch backend loads the draft directory (GPU only; needs flash-attn)",
         }
     if mode == "eagle3":
         config = json.loads((draft_dir / "config.json").read_text())

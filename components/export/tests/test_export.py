@@ -65,7 +65,36 @@ def test_dflash_export_holds_every_trained_weight_and_the_config_vllm_reads(tiny
     assert config["dflash_config"]["mask_token_id"] == trained["dflash_mask_token_id"]
     assert config["dflash_config"]["target_layer_ids"] == trained["dflash_target_layer_ids"]
     assert config["rope_theta"] == 100000 and config["head_dim"] == 64
-    assert result["trtllm"] is None or not result["trtllm"]["supported"]
+    # TensorRT-LLM's PyTorch backend loads the same directory: its names, shapes and config keys check out
+    assert result["trtllm"]["supported"] and result["trtllm"]["problems"] == []
+    yaml = (tmp_path / "trtllm" / "config.yaml").read_text()
+    assert "decoding_type: DFlash" in yaml and "max_draft_len: 3" in yaml and f"speculative_model: {tmp_path}" in yaml
+
+
+def test_the_tensorrt_llm_dflash_check_reads_what_its_loader_reads():
+    from components.export import trtllm
+
+    config = {
+        "model_type": "qwen3",
+        "block_size": 4,
+        "dflash_config": {"mask_token_id": 0, "target_layer_ids": [1, 14]},
+        **{"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 16},
+        "num_hidden_layers": 2,
+    }
+    expected = trtllm.expected_dflash(config)
+    assert expected["fc.weight"] == (8, 16) and expected["model.layers.1.self_attn.k_proj.weight"] == (4, 8)
+    assert trtllm.dflash_names_as_trtllm_loads_them(["layers.0.mlp.up_proj.weight", "norm.weight", "fc.weight"]) == {
+        "layers.0.mlp.up_proj.weight": "model.layers.0.mlp.up_proj.weight",
+        "norm.weight": "model.norm.weight",
+        "fc.weight": "fc.weight",
+    }
+    assert trtllm.dflash_config_problems(config, 3) == []
+    assert trtllm.dflash_config_problems({**config, "block_size": None, "dflash_config": {}}, 3) == [
+        "dflash_config.mask_token_id missing",
+        "dflash_config.target_layer_ids missing",
+        "block_size missing at the top level (where TensorRT-LLM reads it)",
+    ]
+    assert trtllm.dflash_config_problems(config, 4) == ["max_draft_len 4 + 1 exceeds the block size 4"]
 
 
 @pytest.mark.slow
