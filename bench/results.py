@@ -196,6 +196,7 @@ TABLES = {
     "make-test-fast": make_test_table,
     "ablation": ablation_table,
     "heads": heads_table,
+    "heads-dflash": heads_table,
     "regenerate-concurrency": regenerate_table,
 }
 

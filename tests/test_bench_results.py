@@ -27,6 +27,7 @@ def test_every_result_says_what_produced_it_where_and_when():
         ("make-test-fast", "README.md"),
         ("ablation", "components/evaluate/README.md"),
         ("heads", "components/evaluate/README.md"),
+        ("heads-dflash", "components/evaluate/README.md"),
         ("regenerate-concurrency", "components/regenerate/README.md"),
     ],
 )
