@@ -28,6 +28,7 @@ class RegisterConfig:
     base_model: str = field("embedded", "base model spec the draft was trained for")
     draft_dir: str = field("", "exported draft directory (export step output)")
     step_results: dict = field({}, "step name -> result JSON file of that step (train, evaluate, export, ...)")
+    plots: list = field([], "image files logged under the run's plots/ (evaluate's acceptance plot, training curves)")
     params: dict = field(
         {},
         "extra parameters to record next to every step's resolved config, which is logged "

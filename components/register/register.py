@@ -111,9 +111,8 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str, logged:
             mlflow.log_metrics({f"train_{k}": float(v) for k, v in values.items()}, step=int(entry["step"]))
     for step, result in results.items():
         mlflow.log_dict({k: v for k, v in result.items() if k != "history"}, f"results/{step}.json")
-        for key in ("plot", "curves"):
-            if result.get(key) and Path(result[key]).exists():
-                mlflow.log_artifact(result[key], "plots")
+    for plot in config.plots:  # this task's own files (KFP artifacts), never paths a result names in another pod
+        mlflow.log_artifact(plot, "plots")
     if config.draft_dir:
         mlflow.log_artifacts(config.draft_dir, "draft")
     return metrics
@@ -248,6 +247,13 @@ def rollback(name: str, tracking_uri_: str = "") -> dict:
 def run(config: RegisterConfig) -> dict:
     started = time.monotonic()
     results = load_results(config.step_results)
+    missing = [plot for plot in config.plots if not Path(plot).is_file()]
+    if missing:
+        raise SpectrainError(
+            f"no such plot file: {', '.join(missing)}",
+            where="register.plots",
+            fix="pass image files this step can read (in a pipeline: artifacts of the register task itself)",
+        )
     evaluation = results.get("evaluate", {})
     mode = evaluation.get("mode") or results.get("train", {}).get("mode", "draft")
     uri = tracking_uri(config)

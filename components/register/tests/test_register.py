@@ -11,6 +11,7 @@ from components.register.config import RegisterConfig
 from components.register.register import run
 from components.train_heads.config import TrainHeadsConfig
 from spectrain.config import public_dict, to_dict
+from spectrain.errors import SpectrainError
 
 
 @pytest.fixture
@@ -92,6 +93,21 @@ def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
     artifacts = {a.path for a in client.list_artifacts(outcome["run_id"], "draft")}
     assert artifacts == {"draft/config.json"}
     assert outcome["registered_model"] == "spectrain-smollm2-135m-instruct-medusa"
+
+
+def test_plots_are_logged_from_the_files_handed_to_the_step_never_from_paths_in_results(store, tmp_path):
+    plot = tmp_path / "acceptance.png"
+    plot.write_bytes(b"\x89PNG not really")
+    elsewhere = tmp_path / "another-pod" / "training_curves.png"  # a result's path: not this task's file
+    files = results(store, 1.30, "run-1")
+    evaluate = json.loads(open(files["step_results"]["evaluate"]).read()) | {"plot": str(elsewhere)}
+    open(files["step_results"]["evaluate"], "w").write(json.dumps(evaluate))
+    outcome = run(RegisterConfig(pipeline_run_id="run-1", plots=[str(plot)], **files))
+    client = MlflowClient(tracking_uri=outcome["tracking_uri"])
+    assert {a.path for a in client.list_artifacts(outcome["run_id"], "plots")} == {"plots/acceptance.png"}
+    with pytest.raises(SpectrainError, match="no such plot file") as refused:
+        run(RegisterConfig(pipeline_run_id="run-2", plots=[str(elsewhere)], **results(store, 1.30, "run-2")))
+    assert refused.value.where == "register.plots"
 
 
 def test_every_field_of_every_step_config_reaches_mlflow_and_no_secret_does(store):
