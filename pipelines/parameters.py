@@ -76,9 +76,22 @@ SHARED = {
 }
 
 
+# Where the pipeline's default differs from the field it feeds, and why. A serve step run alone defaults to
+# 'local' (vLLM as a process next to it); in the pipeline each step is a pod that ends with the step, so the
+# server must live outside the serve step: its own Deployment + Service. `spectrain run` (kfp.local, every
+# step on one machine) asks for 'local' itself (spectrain/local.py).
+PIPELINE_DEFAULTS: dict[str, Any] = {"serve_mode": "cluster"}
+# Serving modes that cannot work when every step is its own pod.
+SINGLE_MACHINE_SERVE_MODES = {
+    "local": "starts vLLM inside the serve step's own pod, which ends with that step: regenerate, train and "
+    "evaluate, each in a pod of its own, would find nothing at its 127.0.0.1"
+}
+
+
 def default(name: str) -> Any:
-    """The pipeline's default of parameter ``name``: the default of the step config field it feeds (one truth)."""
-    return default_of(*FEEDS[name])
+    """The pipeline's default of parameter ``name``: the default of the step config field it feeds (one truth),
+    unless :data:`PIPELINE_DEFAULTS` says otherwise."""
+    return PIPELINE_DEFAULTS[name] if name in PIPELINE_DEFAULTS else default_of(*FEEDS[name])
 
 
 # parameters that feed no single field: their own rule (None: the type is all there is to check)
@@ -99,6 +112,18 @@ SET_BY_PIPELINE = {
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def cluster_problems(arguments: dict[str, Any], label=flag) -> list[str]:
+    """What cannot work on Kubernetes, where every step is a pod of its own (``arguments``: every parameter's
+    effective value)."""
+    mode = arguments.get("serve_mode")
+    if mode in SINGLE_MACHINE_SERVE_MODES:
+        return [
+            f"{label('serve_mode')} = {mode!r} {SINGLE_MACHINE_SERVE_MODES[mode]}; expected 'cluster' (the "
+            f"default: a vLLM Deployment + Service for the run) or 'external' with {label('serve_endpoint_url')}"
+        ]
+    return []
 
 
 def validate(arguments: dict[str, Any], parameters: dict[str, dict], where: str, label=flag) -> dict[str, Any]:

@@ -20,9 +20,9 @@ class CompileSettings:
 
     accelerator_type: str = "nvidia.com/gpu"
     train_gpus: int = 1  # the train step's GPUs, one DDP rank each
-    # GPUs of the serve step's own pod: 1 runs vLLM inside it (serve_mode local); with serve_mode cluster
-    # vLLM runs in its own Deployment, so compile with serve_gpus 0.
-    serve_gpus: int = 1
+    # GPUs of the serve step's own pod: none, since on Kubernetes vLLM runs in its own Deployment (serve_mode
+    # cluster, whose pods take ServeConfig.gpus each) or elsewhere (external); the step only waits for it.
+    serve_gpus: int = 0
     # Draft modes train side by side (0: all at once, one pod each); `spectrain run` uses 1 so that on a
     # laptop each draft gets every core instead of two trainings thrashing two cores.
     mode_parallelism: int = 0
@@ -34,7 +34,7 @@ class CompileSettings:
     HELP = {
         "accelerator_type": "Kubernetes accelerator resource of the GPU steps",
         "train_gpus": "GPUs of the train step (one DDP rank each)",
-        "serve_gpus": "GPUs of the serve step's own pod (0 with serve_mode cluster: vLLM runs in its own Deployment)",
+        "serve_gpus": "GPUs of the serve step's own pod (0: vLLM runs in its own Deployment, serve_mode cluster)",
         "mode_parallelism": "draft modes trained at once (0: all)",
         "registry": "registry (and path) of the spectrain-<family> images the steps run",
         "image_tag": "tag of those images",

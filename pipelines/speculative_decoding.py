@@ -122,7 +122,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             dataset: chat data whose assistant turns are regenerated (jsonl: Daring-Anteater, ShareGPT or OpenAI messages).
             eval_dataset: held-out prompts for acceptance length; 'embedded' is the shipped held-out split.
             modes: draft kinds to train side by side: eagle3, medusa, dflash.
-            serve_mode: 'local' starts vLLM inside the serve step; 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses serve_endpoint_url.
+            serve_mode: 'cluster' creates a vLLM Deployment + Service for the run (deleted at the end); 'external' uses serve_endpoint_url; 'local' starts vLLM inside the serve step, which only works where every step shares one machine (spectrain run sets it; submit refuses it).
             serve_endpoint_url: external mode: OpenAI-compatible base URL of a running server.
             serve_replicas: cluster mode: vLLM pods behind the Service (data-parallel regeneration).
             serve_max_model_len: context length vLLM allocates for.
@@ -278,6 +278,8 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     train_result=trained.outputs["result"],
                     evaluate_result=evaluated.outputs["result"],
                     export_result=exported.outputs["result"],
+                    evaluation=evaluated.outputs["evaluation"],
+                    training_curves=trained.outputs["training_curves"],
                     registered_model_name=register_model_name,
                     mlflow_tracking_uri=mlflow_tracking_uri,
                     min_acceptance_length=register_min_acceptance_length,

@@ -83,10 +83,30 @@ def pipeline_parameters(package: Path) -> dict[str, dict]:
 
 
 def read_params(path: Path | None, package: Path) -> dict[str, Any]:
-    """Pipeline arguments from a YAML mapping, checked against the package's parameters (names and types)."""
+    """Pipeline arguments from a YAML mapping, checked against the package's parameters (names and types), and
+    refused where they (or the package's defaults) cannot work on Kubernetes."""
+    from pipelines import parameters
+
     known = pipeline_parameters(package)
-    if path is None:
-        return {}
+    types = {
+        name: {"type": PYTHON_TYPES.get(spec.get("parameterType", ""), object), "default": spec.get("defaultValue")}
+        for name, spec in known.items()
+    }
+    params = {} if path is None else _params_file(path, known, package)
+    with checks.for_cluster():  # paths and credentials are the cluster's, not this machine's
+        coerced = parameters.validate(params, types, where=str(path or package), label=str)
+    problems = parameters.cluster_problems({name: spec["default"] for name, spec in types.items()} | coerced, str)
+    if problems:
+        raise SpectrainError(
+            "\n  ".join(problems),
+            where=str(path or package),
+            fix="leave serve_mode out of the params file (or set it to cluster); a package whose own default "
+            "is 'local' was compiled by an older spectrain: compile it again",
+        )
+    return params
+
+
+def _params_file(path: Path, known: dict[str, dict], package: Path) -> dict[str, Any]:
     import yaml
 
     try:
@@ -117,14 +137,6 @@ def read_params(path: Path | None, package: Path) -> dict[str, Any]:
                 where=str(path),
                 fix=f"{name}: {known[name].get('description', '')}",
             )
-    from pipelines import parameters
-
-    types = {
-        name: {"type": PYTHON_TYPES.get(spec.get("parameterType", ""), object), "default": spec.get("defaultValue")}
-        for name, spec in known.items()
-    }
-    with checks.for_cluster():  # paths and credentials are the cluster's, not this machine's
-        parameters.validate(params, types, where=str(path), label=str)
     return params
 
 

@@ -29,6 +29,9 @@ LAPTOP_PRESET = {
     "train_num_epochs": 100.0,
     "train_max_minutes": 4.0,
 }
+# What `spectrain run` sets whatever the preset: under kfp.local every step runs on this machine, so vLLM can
+# run inside the serve step (the compiled pipeline's default is 'cluster': on Kubernetes each step is a pod).
+ON_THIS_MACHINE = {"serve_mode": "local"}
 
 RUN_DESCRIPTION = f"""Run the whole pipeline on this machine with kfp.local: each step in the virtualenv of its
 image (.venvs/serve, .venvs/train, .venvs/orchestrate; `make envs` creates them), a real vLLM
@@ -67,7 +70,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=("laptop", "full"),
         default="laptop",
-        help="laptop: the fast settings above; full: the pipeline's own defaults",
+        help="laptop: the fast settings above; full: the pipeline's own defaults (serve_mode local either way)",
     )
     parser.add_argument(
         "--verbose",
@@ -77,7 +80,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group = parser.add_argument_group("pipeline parameters")
     for name, parameter in pipeline_parameters().items():
-        shown = LAPTOP_PRESET.get(name, parameter["default"])
+        shown = {**ON_THIS_MACHINE, **LAPTOP_PRESET}.get(name, parameter["default"])
         metavar = {int: "INT", float: "FLOAT", list: "A,B", dict: "JSON", bool: "BOOL"}.get(parameter["type"], "TEXT")
         group.add_argument(
             "--" + name.replace("_", "-"),
@@ -109,7 +112,7 @@ def run_command(args: argparse.Namespace) -> int:
     from pipelines import parameters as pipeline_checks
 
     parameters = pipeline_parameters()
-    arguments = dict(LAPTOP_PRESET) if args.preset == "laptop" else {}
+    arguments = ON_THIS_MACHINE | (LAPTOP_PRESET if args.preset == "laptop" else {})
     arguments |= {name: getattr(args, name) for name in parameters if getattr(args, name) is not None}
     arguments = pipeline_checks.validate(arguments, parameters, where="command line")
     workdir = Path(args.workdir).resolve()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -127,3 +129,31 @@ def model_slug(spec: str) -> str:
     """A short name for registry entries: 'embedded' -> 'smollm2-135m-instruct'."""
     name = EMBEDDED_NAME if spec in ("", EMBEDDED) else Path(spec.rstrip("/")).name
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def base_model_identity(path: str, tokenizer=None) -> dict[str, str]:
+    """What pins a base model's behaviour, for comparing measurements: its revision (the hub commit of a
+    snapshot directory, else a content hash of its weight files) and a hash of the chat template that
+    formats every prompt (``tokenizer``'s, else the one in the directory)."""
+    directory = Path(path)
+    snapshot = directory.parent.name == "snapshots" and len(directory.name) == 40
+    if snapshot:
+        revision = f"hub:{directory.name}"
+    else:
+        digest = hashlib.sha256()
+        for weights in sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin")):
+            digest.update(weights.name.encode())
+            with open(weights, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+        revision = "sha256:" + digest.hexdigest()[:16]
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if template is None:
+        jinja = directory / "chat_template.jinja"
+        template = jinja.read_text() if jinja.exists() else ""
+    if not isinstance(template, str):  # several named templates
+        template = json.dumps(template, sort_keys=True)
+    return {
+        "base_model_revision": revision,
+        "chat_template_sha256": "sha256:" + hashlib.sha256(template.encode()).hexdigest()[:16] if template else "",
+    }

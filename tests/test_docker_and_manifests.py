@@ -133,8 +133,14 @@ def test_runs_as_non_root_with_writable_home(name):
 @pytest.mark.parametrize("name", IMAGES)
 def test_environment(name):
     envs = " ".join(args_of(name, "ENV"))
-    for setting in ("PIP_NO_CACHE_DIR=1", "PYTHONUNBUFFERED=1", "SPECTRAIN_MODEL_CACHE=/models"):
+    for setting in ("PIP_NO_CACHE_DIR=1", "PYTHONUNBUFFERED=1"):
         assert setting in envs.split(), f"ENV {setting} missing"
+    # One model download per cluster: converted models and the Hugging Face cache (hub base models) both live
+    # on the model-cache PVC, which the pipeline mounts at this path in every step that loads the base.
+    from components.serve.cluster import MODEL_CACHE_PATH
+
+    assert f"SPECTRAIN_MODEL_CACHE={MODEL_CACHE_PATH}" in envs.split()
+    assert f"HF_HOME={MODEL_CACHE_PATH}/huggingface" in envs.split()
 
 
 @pytest.mark.parametrize("name", IMAGES)

@@ -55,9 +55,21 @@ def test_each_pipeline_default_is_the_default_of_the_step_field_it_feeds():
     drifted = {
         name: (PARAMETERS[name]["default"], configs.default_of(cls, field))
         for name, (cls, field) in parameters.FEEDS.items()
-        if PARAMETERS[name]["default"] != configs.default_of(cls, field)
+        if PARAMETERS[name]["default"] != parameters.PIPELINE_DEFAULTS.get(name, configs.default_of(cls, field))
     }
     assert not drifted, f"pipeline default vs step default: {drifted}"
+    # the one deliberate exception: on Kubernetes every step is a pod, so vLLM gets a Deployment of its own
+    assert (
+        parameters.PIPELINE_DEFAULTS == {"serve_mode": "cluster"} and PARAMETERS["serve_mode"]["default"] == "cluster"
+    )
+
+
+def test_spectrain_run_serves_locally_whatever_the_preset():
+    from spectrain.local import ON_THIS_MACHINE
+
+    assert ON_THIS_MACHINE == {"serve_mode": "local"}  # kfp.local: every step on this machine
+    assert parameters.cluster_problems({"serve_mode": "cluster"}) == []
+    assert "--serve-mode = 'local' starts vLLM" in parameters.cluster_problems({"serve_mode": "local"})[0]
 
 
 def test_an_options_key_with_a_parameter_of_its_own_is_refused_naming_that_parameter():

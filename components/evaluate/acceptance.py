@@ -24,10 +24,11 @@ from spectrain.console import Progress
 from spectrain.data import dataset_fingerprint, heldout_chats
 from spectrain.drafts import check_draft_checkpoint
 from spectrain.errors import SpectrainError
-from spectrain.models import resolve_base_model
+from spectrain.models import base_model_identity, resolve_base_model
 from spectrain.plots import figure
 
 mto.enable_huggingface_checkpointing()
+DTYPE = torch.float32  # base and draft arithmetic of the replay: part of the measurement protocol
 GREEDY_CACHE_VERSION = 2  # 2: batched generation, confirmed by a teacher-forced pass
 
 
@@ -375,11 +376,11 @@ def run(config: EvaluateConfig) -> dict:
     model_path = resolve_base_model(config.base_model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     prompts = load_prompts(config, tokenizer)
-    base = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPE).eval()
     sequences = greedy_sequences(base, prompts, config, model_path)
     del base
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        config.checkpoint, dtype=torch.float32, attn_implementation="sdpa"
+        config.checkpoint, dtype=DTYPE, attn_implementation="sdpa"
     ).eval()
     k = config.num_draft_tokens
     proposer = draft_proposer(model, config)
@@ -415,6 +416,10 @@ def run(config: EvaluateConfig) -> dict:
         "num_draft_tokens": k,
         "max_new_tokens": config.max_new_tokens,
         "eval_dataset_fingerprint": dataset_fingerprint(config.dataset, "heldout"),
+        # with the fields above, the measurement protocol: a τ is comparable only with one measured the same way
+        "dtype": str(DTYPE).removeprefix("torch."),
+        "base_model": config.base_model,
+        **base_model_identity(model_path, tokenizer),
         "simulated_tokens_per_s": candidate.tokens / max(draft_seconds, 1e-9),
         "seconds": time.monotonic() - started,
         "plot": str(output_dir / "acceptance.png"),

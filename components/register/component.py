@@ -16,6 +16,8 @@ def register(
     train_result: Input[Artifact],
     evaluate_result: Input[Artifact],
     export_result: Input[Artifact],
+    evaluation: Input[Artifact],
+    training_curves: Input[Artifact],
     registered_model_name: str,
     mlflow_tracking_uri: str,
     min_acceptance_length: float,
@@ -36,6 +38,8 @@ def register(
             "tracking_uri": mlflow_tracking_uri,
             "min_acceptance_length": min_acceptance_length,
             "pipeline_run_id": pipeline_run_id,  # MLflow params: every step's resolved config, from its result
+            # everything it logs arrives as an artifact of this task: paths into other pods mean nothing here
+            "plots": [f"{evaluation.path}/acceptance.png", f"{training_curves.path}/training_curves.png"],
             "step_results": {
                 "serve": serve_result.path,
                 "regenerate": regenerate_result.path,

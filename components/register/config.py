@@ -20,10 +20,15 @@ class RegisterConfig:
     experiment: str = field("spectrain", "MLflow experiment name")
     registered_model_name: str = field("", "registry name; empty: spectrain-<base model>-<mode>")
     run_name: str = field("", "MLflow run name; empty: <mode>-<pipeline run id>")
-    pipeline_run_id: str = field("local", "KFP run id, recorded as a tag")
+    pipeline_run_id: str = field(
+        "",
+        "KFP run id: recorded as a tag, and what lets a retry of this step find and complete the MLflow run and "
+        "model version its first attempt created (empty: every call registers anew)",
+    )
     base_model: str = field("embedded", "base model spec the draft was trained for")
     draft_dir: str = field("", "exported draft directory (export step output)")
     step_results: dict = field({}, "step name -> result JSON file of that step (train, evaluate, export, ...)")
+    plots: list = field([], "image files logged under the run's plots/ (evaluate's acceptance plot, training curves)")
     params: dict = field(
         {},
         "extra parameters to record next to every step's resolved config, which is logged "

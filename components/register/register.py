@@ -18,6 +18,18 @@ from spectrain.errors import SpectrainError
 from spectrain.models import model_slug
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
+LOGGED = "spectrain.logged"  # run tag set once everything is logged
+# How a τ was measured (the evaluate step's result): two versions are compared only when all of these agree.
+PROTOCOL = (
+    "base_model",
+    "base_model_revision",
+    "chat_template_sha256",
+    "eval_dataset_fingerprint",
+    "num_prompts",
+    "num_draft_tokens",
+    "max_new_tokens",
+    "dtype",
+)
 
 
 def tracking_uri(config: RegisterConfig) -> str:
@@ -68,7 +80,9 @@ def load_results(paths: dict) -> dict[str, dict]:
     return results
 
 
-def log_run(config: RegisterConfig, results: dict[str, dict], mode: str) -> dict[str, float]:
+def log_run(config: RegisterConfig, results: dict[str, dict], mode: str, logged: frozenset = frozenset()) -> dict:
+    """Params, metrics, curves, results, plots and the draft into the active run; ``logged``: metric names an
+    interrupted earlier attempt already logged there (not logged twice: their histories would repeat)."""
     evaluation, train = results.get("evaluate", {}), results.get("train", {})
     mlflow.log_params(run_params(config, results))
     metrics = {f"{step}_seconds": r["seconds"] for step, r in results.items() if "seconds" in r}
@@ -88,19 +102,30 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str) -> dict
                 "trainable_parameters": train["trainable_parameters"],
             }
         )
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics({k: v for k, v in metrics.items() if k not in logged})
     for entry in train.get("history", []):  # curves: one point per logging step
-        values = {k: v for k, v in entry.items() if k == "loss" or k.startswith("head_")}
+        values = {
+            k: v for k, v in entry.items() if (k == "loss" or k.startswith("head_")) and f"train_{k}" not in logged
+        }
         if values:
             mlflow.log_metrics({f"train_{k}": float(v) for k, v in values.items()}, step=int(entry["step"]))
     for step, result in results.items():
         mlflow.log_dict({k: v for k, v in result.items() if k != "history"}, f"results/{step}.json")
-        for key in ("plot", "curves"):
-            if result.get(key) and Path(result[key]).exists():
-                mlflow.log_artifact(result[key], "plots")
+    for plot in config.plots:  # this task's own files (KFP artifacts), never paths a result names in another pod
+        mlflow.log_artifact(plot, "plots")
     if config.draft_dir:
         mlflow.log_artifacts(config.draft_dir, "draft")
     return metrics
+
+
+def own_run(client: MlflowClient, experiment: str, pipeline_run_id: str, mode: str):
+    """The MLflow run an earlier attempt of this register (same pipeline run id and mode) created, if any."""
+    if not pipeline_run_id:
+        return None
+    runs = client.search_runs(
+        [experiment], f"tags.pipeline_run_id = '{pipeline_run_id}' and tags.mode = '{mode}'", max_results=1
+    )
+    return runs[0] if runs else None
 
 
 def alias_version(client: MlflowClient, name: str, alias: str):
@@ -110,14 +135,24 @@ def alias_version(client: MlflowClient, name: str, alias: str):
         return None
 
 
-def comparable(version, candidate: dict, base_model: str) -> str:
-    """Why ``version`` cannot be compared with the candidate ('' when it can)."""
-    if version.tags.get("base_model") != base_model:
+def protocol(evaluation: dict, base_model: str) -> dict[str, str]:
+    """The measurement protocol of an evaluation, as registry tags (strings; '' where the result lacks one)."""
+    values = {key: evaluation.get(key) for key in PROTOCOL}
+    values["base_model"] = values["base_model"] or base_model
+    return {key: "" if value is None else str(value) for key, value in values.items()}
+
+
+def comparable(version, candidate: dict[str, str]) -> str:
+    """Why ``version``'s τ cannot be compared with the candidate's (measured under :func:`protocol`); '' when it can."""
+    if version.tags.get("base_model") != candidate["base_model"]:
         return f"v{version.version} drafts for another base model ({version.tags.get('base_model')})"
-    if version.tags.get("eval_dataset_fingerprint") != candidate.get("eval_dataset_fingerprint"):
-        return (
-            f"v{version.version} was evaluated on a different eval set ({version.tags.get('eval_dataset_fingerprint')})"
-        )
+    differences = [
+        f"{key} {version.tags.get(key) or 'not recorded'} vs {candidate[key] or 'not recorded'}"
+        for key in PROTOCOL
+        if version.tags.get(key, "") != candidate[key]
+    ]
+    if differences:
+        return f"v{version.version} was measured under another protocol: " + "; ".join(differences)
     return ""
 
 
@@ -139,7 +174,7 @@ def tau_of(version) -> float:
 
 def promote(client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig) -> tuple[str, str]:
     """Aliases, never stages: the candidate is `challenger`; it becomes `champion` (the old one
-    `previous_champion`) when it passes the gate and beats the champion on the same eval set by the margin."""
+    `previous_champion`) when it passes the gate and beats the champion, measured the same way, by the margin."""
     tau = candidate.get("acceptance_length", 0.0)
     set_alias(client, name, CHALLENGER, version)
     if tau <= config.min_acceptance_length:
@@ -153,7 +188,7 @@ def promote(client: MlflowClient, name: str, version: str, candidate: dict, conf
     if champion is None:
         set_alias(client, name, CHAMPION, version)
         return settle(client, name, version, candidate, config, "first version to pass the gate")
-    refusal = comparable(champion, candidate, config.base_model)
+    refusal = comparable(champion, protocol(candidate, config.base_model))
     if refusal:
         return CHALLENGER, f"not compared with the champion: {refusal}"
     if tau > tau_of(champion) + config.margin:
@@ -183,7 +218,7 @@ def settle(
     eligible = [
         v
         for v in client.search_model_versions(f"name='{name}'")
-        if not comparable(v, candidate, config.base_model) and tau_of(v) > config.min_acceptance_length
+        if not comparable(v, protocol(candidate, config.base_model)) and tau_of(v) > config.min_acceptance_length
     ]
     best = max(eligible, key=lambda v: (tau_of(v), -int(v.version)))
     if str(best.version) != str(version) and tau_of(best) > candidate.get("acceptance_length", 0.0):
@@ -212,40 +247,63 @@ def rollback(name: str, tracking_uri_: str = "") -> dict:
 def run(config: RegisterConfig) -> dict:
     started = time.monotonic()
     results = load_results(config.step_results)
+    missing = [plot for plot in config.plots if not Path(plot).is_file()]
+    if missing:
+        raise SpectrainError(
+            f"no such plot file: {', '.join(missing)}",
+            where="register.plots",
+            fix="pass image files this step can read (in a pipeline: artifacts of the register task itself)",
+        )
     evaluation = results.get("evaluate", {})
     mode = evaluation.get("mode") or results.get("train", {}).get("mode", "draft")
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    mlflow.set_experiment(experiment_id=experiment_id(client, config.experiment))
+    experiment = experiment_id(client, config.experiment)
+    mlflow.set_experiment(experiment_id=experiment)
     name = config.registered_model_name or f"spectrain-{model_slug(config.base_model)}-{mode}"
-    with mlflow.start_run(run_name=config.run_name or f"{mode}-{config.pipeline_run_id}") as active:
-        metrics = log_run(config, results, mode)
-        mlflow.set_tags(
-            {
-                "mode": mode,
-                "base_model": config.base_model,
-                "pipeline_run_id": config.pipeline_run_id,
-                "git_commit": git_commit(),
-            }
-        )
+    # A retry (same pipeline run, same mode) finds the MLflow run and model version its first attempt made.
+    previous = own_run(client, experiment, config.pipeline_run_id, mode)
+    with mlflow.start_run(
+        run_id=previous.info.run_id if previous else None,
+        run_name=None if previous else config.run_name or f"{mode}-{config.pipeline_run_id or 'local'}",
+        tags=None if previous else {"pipeline_run_id": config.pipeline_run_id, "mode": mode},  # found by a retry
+    ) as active:
+        if previous and previous.data.tags.get(LOGGED) == "true":
+            print(f"[register] retry: run {previous.info.run_id} is already logged", flush=True)
+            metrics = dict(previous.data.metrics)
+        else:
+            metrics = log_run(config, results, mode, frozenset(previous.data.metrics) if previous else frozenset())
+            mlflow.set_tags(
+                {
+                    "mode": mode,
+                    "base_model": config.base_model,
+                    "pipeline_run_id": config.pipeline_run_id,
+                    "git_commit": git_commit(),
+                    LOGGED: "true",  # last: a retry after this point logs nothing twice
+                }
+            )
         run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(name, description="spectrain draft heads (speculative decoding)")
     tags = {
-        "base_model": config.base_model,
         "mode": mode,
         "pipeline_run_id": config.pipeline_run_id,
         "git_commit": git_commit(),
-        "num_draft_tokens": str(evaluation.get("num_draft_tokens", "")),
-        "eval_dataset_fingerprint": str(evaluation.get("eval_dataset_fingerprint", "")),
         "dataset_fingerprint": str(results.get("train", {}).get("data_fingerprint", "")),
         "acceptance_length": str(evaluation.get("acceptance_length", "")),
+        **protocol(evaluation, config.base_model),
     }
-    # MLflow 3: register from the run's artifact URI (mlflow.register_model needs a logged MLflow Model).
-    version = str(client.create_model_version(name, source=f"{artifact_uri}/draft", run_id=run_id, tags=tags).version)
+    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if existing:
+        version = str(existing[0].version)
+        print(f"[register] retry: {name} v{version} already registered by this run", flush=True)
+    else:  # MLflow 3: register from the run's artifact URI (mlflow.register_model needs a logged MLflow Model)
+        version = str(
+            client.create_model_version(name, source=f"{artifact_uri}/draft", run_id=run_id, tags=tags).version
+        )
     alias, reason = promote(client, name, version, evaluation, config)
     print(f"[register] {name} v{version} ({alias}): {reason}", flush=True)
     return {

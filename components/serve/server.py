@@ -37,6 +37,14 @@ def run(config: ServeConfig) -> dict:
         return {"endpoint": url, "model": models[0], "pid": 0, "log": "", "seconds": time.monotonic() - started}
     if config.mode == "cluster":
         return run_in_cluster(config, started)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):  # set in every Kubernetes pod
+        raise SpectrainError(
+            "mode 'local' would start vLLM inside this pod, which ends with this step: the steps after it run "
+            "in pods of their own and would find no server",
+            where="serve.mode",
+            fix="run the pipeline with serve_mode 'cluster' (its default: a vLLM Deployment + Service) or "
+            "'external' with serve_endpoint_url",
+        )
 
     state = state_dir(config.run_id)
     existing = state / "server.json"

@@ -23,6 +23,7 @@ def train_heads(
     checkpoint_root: str,
     run_id: str,
     draft_checkpoint: Output[Model],
+    training_curves: Output[Artifact],
     result: Output[Artifact],
 ):
     """Train an EAGLE-3, Medusa or DFlash draft on the frozen base model with modelopt + the HF Trainer.
@@ -31,6 +32,8 @@ def train_heads(
     copied under <root>/<run_id>/train/<mode>/, so a retry of this step (a new pod) finds them.
     """
     import json
+    import os
+    import shutil
 
     from spectrain.s3 import run_prefix
     from spectrain.steps import run_step
@@ -58,6 +61,8 @@ def train_heads(
         },
     )
     draft_checkpoint.metadata["mode"] = mode
-    outcome["curves"] = f"{draft_checkpoint.path}/training_curves.png"
+    # A small artifact of its own, so that register (another pod) logs the plot without the checkpoint.
+    os.makedirs(training_curves.path, exist_ok=True)
+    shutil.copy(f"{draft_checkpoint.path}/training_curves.png", training_curves.path)
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)

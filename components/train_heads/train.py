@@ -557,11 +557,13 @@ def latest_checkpoint(output_dir: Path) -> str | None:
 
 
 def plot_history(history: list[dict], path: Path) -> None:
+    """Loss and per-position accuracy over the logged steps (always written: a run shorter than one logging
+    interval gets empty axes that say so)."""
     rows = [h for h in history if "loss" in h]
-    if not rows:
-        return
     steps = [r["step"] for r in rows]
     with figure(path, columns=2, size=(10, 3.6)) as (_, (loss_axis, accuracy_axis)):
+        if not rows:
+            loss_axis.text(0.5, 0.5, "no step logged (fewer steps than logging_steps)", ha="center", va="center")
         loss_axis.plot(steps, [r["loss"] for r in rows], marker=".")
         loss_axis.set(title="draft loss", xlabel="step", ylabel="loss")
         for key in sorted(k for k in rows[-1] if k.startswith("head_")):
@@ -569,7 +571,8 @@ def plot_history(history: list[dict], path: Path) -> None:
                 steps, [r.get(key, math.nan) for r in rows], marker=".", label=f"position {int(key.split('_')[1]) + 1}"
             )
         accuracy_axis.set(title="top-1 agreement with the base", xlabel="step", ylabel="accuracy", ylim=(0, 1))
-        accuracy_axis.legend()
+        if rows:
+            accuracy_axis.legend()
 
 
 def cache_bytes_per_token(config: TrainHeadsConfig, base_config) -> int:

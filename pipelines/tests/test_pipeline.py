@@ -63,7 +63,10 @@ def test_kubernetes_settings_are_compiled_in(tmp_path):
         assert config["pvcMount"][0]["pvcNameParameter"]["componentInputParameter"].endswith("model_cache_pvc")
         assert config["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("node_selector")
         assert config["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("tolerations")
-        resources = spec["deploymentSpec"]["executors"][name]["container"]["resources"]
+        resources = spec["deploymentSpec"]["executors"][name]["container"].get("resources", {})
+        if name == "exec-serve-base-model":  # vLLM runs in its own Deployment: the serve step only waits for it
+            assert "accelerator" not in resources
+            continue
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert int(resources["accelerator"]["resourceCount"]) >= 1
     secrets = {s["secretName"] for e in executors.values() for s in e.get("secretAsEnv", [])}
@@ -194,3 +197,20 @@ def test_bad_compile_settings_are_refused_before_compiling(tmp_path, flags, mess
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_register_receives_everything_it_logs_as_artifacts_of_its_own_task(tmp_path):
+    """On a cluster each step is a pod: a path another step wrote means nothing in register's pod."""
+    _, (spec, _) = compiled(tmp_path)
+    register = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["register"]["inputs"]["artifacts"]
+    producers = {
+        name: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
+        for name, a in register.items()
+        if "taskOutputArtifact" in a  # serve and regenerate results come in through the loop's inputs
+    }
+    assert producers["evaluation"] == ("evaluate", "evaluation")  # acceptance.png
+    assert producers["training_curves"] == ("train-heads", "training_curves")
+    assert producers["draft"] == ("export", "draft")
+    assert {"train_result", "evaluate_result", "export_result"} <= set(producers)
+    outputs = spec["components"]["comp-train-heads"]["outputDefinitions"]["artifacts"]
+    assert "training_curves" in outputs

@@ -251,3 +251,27 @@ def test_runs_use_the_service_account_the_manifests_create_and_a_new_one_replace
     assert schedule(fake, "--cron", "0 0 3 * * *") == 0
     assert [r.method for r in fake.writes()][-2:] == ["DELETE", "POST"]
     assert fake.recurring_runs[0]["service_account"] == "team-runner"
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--name", "nightly", "--cron", "0 0 3 * * *"]])
+def test_a_serving_mode_that_cannot_cross_pods_is_refused_before_the_server_is_asked(fake, tmp_path, command):
+    path = params_file(tmp_path, {"serve_mode": "local"})
+    with pytest.raises(SpectrainError) as error:
+        cli(fake, *command, "--params", path)
+    assert error.value.where == path
+    assert "serve_mode = 'local' starts vLLM inside the serve step's own pod" in error.value.what
+    assert "expected 'cluster'" in error.value.what and fake.requests == []
+
+
+def test_the_compiled_default_serves_from_its_own_deployment_and_submits_without_flags(fake):
+    spec = next(yaml.safe_load_all(PACKAGE.read_text()))
+    assert spec["root"]["inputDefinitions"]["parameters"]["serve_mode"]["defaultValue"] == "cluster"
+    assert cli(fake, "submit", "--run-name", "defaults") == 0  # the README's step 4 without a params file
+
+
+def test_a_package_whose_own_default_cannot_cross_pods_is_refused(fake, tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(PACKAGE.read_text().replace("defaultValue: cluster", "defaultValue: local", 1))
+    with pytest.raises(SpectrainError, match="serve_mode = 'local'") as error:
+        cli(fake, "submit", "--package", str(old))
+    assert "compile it again" in error.value.fix and fake.requests == []

@@ -1,7 +1,9 @@
-"""Register against a real `mlflow server` process (sqlite backend, artifacts proxied to S3 on a moto server).
+"""Register against a real `mlflow server` process (sqlite backend, artifacts in S3 on a moto server).
 
-What a cluster deployment looks like (manifests/mlflow: Postgres + S3), minus Postgres: the step only
-talks HTTP to the tracking server, the server writes artifacts to S3, nothing touches the local disk.
+Both ways a tracking server handles artifacts: `--no-serve-artifacts`, as manifests/mlflow deploys it (the
+client, here the register step, writes the draft to S3 itself with its own credentials and
+MLFLOW_S3_ENDPOINT_URL, as the spectrain-config ConfigMap gives the step), and `--serve-artifacts` (the server
+proxies them). Minus Postgres, this is the cluster deployment; nothing touches the local disk.
 """
 
 import os
@@ -10,8 +12,11 @@ import sys
 import time
 import urllib.request
 
+from pathlib import Path
+
 import boto3
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from components.register.config import RegisterConfig
@@ -20,8 +25,11 @@ from components.register.tests.test_register import results
 from spectrain.vllm import free_port
 
 
-@pytest.fixture
-def mlflow_server(s3_endpoint, tmp_path, monkeypatch):
+MANIFEST = Path(__file__).resolve().parents[3] / "manifests" / "mlflow" / "mlflow.yaml"
+
+
+@pytest.fixture(params=["--no-serve-artifacts", "--serve-artifacts"])
+def mlflow_server(request, s3_endpoint, tmp_path, monkeypatch):
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="mlflow")
     port = free_port()
     log = open(tmp_path / "mlflow.log", "w")
@@ -39,9 +47,11 @@ def mlflow_server(s3_endpoint, tmp_path, monkeypatch):
             "1",
             "--backend-store-uri",
             f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            "s3://mlflow/artifacts",
-            "--serve-artifacts",
+            *(
+                ["--default-artifact-root", "s3://mlflow/artifacts", "--no-serve-artifacts"]
+                if request.param == "--no-serve-artifacts"
+                else ["--artifacts-destination", "s3://mlflow/artifacts", "--serve-artifacts"]
+            ),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -61,6 +71,8 @@ def mlflow_server(s3_endpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("SPECTRAIN_HOME", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "token-from-the-secret")
+    if request.param == "--no-serve-artifacts":  # the client writes to S3: it needs the endpoint, as pods get it
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
     yield url
     os.killpg(server.pid, 15)
     server.wait(timeout=30)
@@ -95,3 +107,10 @@ def test_register_and_promote_through_a_tracking_server_with_s3_artifacts(mlflow
     local = mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / "served"))
     assert open(os.path.join(local, "config.json")).read() == '{"architectures": ["MedusaModel"]}'
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_manifests_deploy_the_server_mode_tested_here():
+    deployment = next(d for d in yaml.safe_load_all(MANIFEST.read_text()) if d and d.get("kind") == "Deployment")
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--no-serve-artifacts" in command  # the first parameter of the mlflow_server fixture
+    assert any(arg.startswith("--default-artifact-root=s3://") for arg in command)

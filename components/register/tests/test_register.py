@@ -11,6 +11,7 @@ from components.register.config import RegisterConfig
 from components.register.register import run
 from components.train_heads.config import TrainHeadsConfig
 from spectrain.config import public_dict, to_dict
+from spectrain.errors import SpectrainError
 
 
 @pytest.fixture
@@ -22,10 +23,10 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout") -> dict:
+def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout", **protocol) -> dict:
     """Result files as the train/evaluate/export steps write them, and an exported draft folder."""
     folder = tmp_path / name
-    (folder / "draft").mkdir(parents=True)
+    (folder / "draft").mkdir(parents=True, exist_ok=True)  # a retry writes the same files again
     (folder / "draft" / "config.json").write_text('{"architectures": ["MedusaModel"]}')
     files = {
         "train": {
@@ -45,7 +46,14 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout") 
             "acceptance_rate_per_position": [tau - 1, 0.0, 0.0],
             "num_draft_tokens": 3,
             "eval_dataset_fingerprint": eval_fingerprint,
+            "num_prompts": 40,
+            "max_new_tokens": 64,
+            "dtype": "float32",
+            "base_model": "embedded",
+            "base_model_revision": "sha256:0123456789abcdef",
+            "chat_template_sha256": "sha256:fedcba9876543210",
             "seconds": 2.0,
+            **protocol,
         },
     }
     # each step's resolved config, as `spectrain step` records it in the step's result
@@ -87,6 +95,21 @@ def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
     assert outcome["registered_model"] == "spectrain-smollm2-135m-instruct-medusa"
 
 
+def test_plots_are_logged_from_the_files_handed_to_the_step_never_from_paths_in_results(store, tmp_path):
+    plot = tmp_path / "acceptance.png"
+    plot.write_bytes(b"\x89PNG not really")
+    elsewhere = tmp_path / "another-pod" / "training_curves.png"  # a result's path: not this task's file
+    files = results(store, 1.30, "run-1")
+    evaluate = json.loads(open(files["step_results"]["evaluate"]).read()) | {"plot": str(elsewhere)}
+    open(files["step_results"]["evaluate"], "w").write(json.dumps(evaluate))
+    outcome = run(RegisterConfig(pipeline_run_id="run-1", plots=[str(plot)], **files))
+    client = MlflowClient(tracking_uri=outcome["tracking_uri"])
+    assert {a.path for a in client.list_artifacts(outcome["run_id"], "plots")} == {"plots/acceptance.png"}
+    with pytest.raises(SpectrainError, match="no such plot file") as refused:
+        run(RegisterConfig(pipeline_run_id="run-2", plots=[str(elsewhere)], **results(store, 1.30, "run-2")))
+    assert refused.value.where == "register.plots"
+
+
 def test_every_field_of_every_step_config_reaches_mlflow_and_no_secret_does(store):
     outcome = register(store, 1.30, "run-1")
     params = MlflowClient(tracking_uri=outcome["tracking_uri"]).get_run(outcome["run_id"]).data.params
@@ -114,7 +137,8 @@ def test_champion_moves_only_to_a_better_draft_on_the_same_eval_set(store):
     better = register(store, 1.45, "run-3")
     assert better["alias"] == "champion"
     other_set = register(store, 1.90, "run-4", eval_fingerprint="sha256:another")
-    assert other_set["alias"] == "challenger" and "different eval set" in other_set["promotion"]
+    assert other_set["alias"] == "challenger"
+    assert "another protocol: eval_dataset_fingerprint sha256:heldout vs sha256:another" in other_set["promotion"]
     client = MlflowClient(tracking_uri=better["tracking_uri"], registry_uri=better["tracking_uri"])
     assert str(client.get_model_version_by_alias(better["registered_model"], "champion").version) == "3"
 
@@ -163,6 +187,69 @@ def test_rollback_puts_the_previous_champion_back_from_the_command_line(store):
     assert missing.returncode == 2 and "no previous_champion alias" in missing.stderr
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"num_prompts": 20},  # a laptop run's 20 prompts against a full run's 40
+        {"num_draft_tokens": 4},
+        {"max_new_tokens": 128},
+        {"dtype": "bfloat16"},
+        {"base_model_revision": "hub:" + "a" * 40},
+        {"chat_template_sha256": "sha256:0000000000000000"},
+    ],
+)
+def test_a_champion_measured_another_way_is_never_compared(store, change):
+    register(store, 1.30, "run-1")
+    other = register(store, 1.90, "run-2", **change)
+    (key, value), *_ = change.items()
+    assert other["alias"] == "challenger" and "measured under another protocol" in other["promotion"]
+    assert f"{key} " in other["promotion"] and str(value) in other["promotion"]
+    client = MlflowClient(tracking_uri=other["tracking_uri"], registry_uri=other["tracking_uri"])
+    assert client.get_model_version(other["registered_model"], other["version"]).tags[key] == str(value)
+    assert aliases(other)["champion"] == "1"
+
+
+def test_a_retry_after_a_kill_completes_its_own_run_and_model_version(store, monkeypatch):
+    import components.register.register as register_module
+
+    register(store, 1.30, "run-0")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the pod dies right after the model version was created
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(register_module, "promote", killed)
+        register(store, 1.50, "run-1")
+    retried = register(store, 1.50, "run-1")
+    client = MlflowClient(tracking_uri=retried["tracking_uri"], registry_uri=retried["tracking_uri"])
+    versions = client.search_model_versions(f"name='{retried['registered_model']}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]  # no third version from the retry
+    runs = client.search_runs([client.get_experiment_by_name("spectrain").experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert retried["version"] == "2" and retried["alias"] == "champion"
+    assert [m.value for m in client.get_metric_history(retried["run_id"], "train_loss")] == [5.0, 4.0]
+
+
+def test_a_retry_after_a_kill_while_logging_logs_into_the_same_run(store, monkeypatch):
+    import mlflow
+
+    original = mlflow.log_artifacts
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow, "log_artifacts", killed)  # dies uploading the draft, metrics already logged
+    with pytest.raises(KeyboardInterrupt):
+        register(store, 1.30, "run-1")
+    monkeypatch.setattr(mlflow, "log_artifacts", original)
+    retried = register(store, 1.30, "run-1")
+    client = MlflowClient(tracking_uri=retried["tracking_uri"], registry_uri=retried["tracking_uri"])
+    assert len(client.search_runs([client.get_experiment_by_name("spectrain").experiment_id])) == 1
+    assert {a.path for a in client.list_artifacts(retried["run_id"], "draft")} == {"draft/config.json"}
+    assert [m.value for m in client.get_metric_history(retried["run_id"], "train_loss")] == [5.0, 4.0]  # not twice
+    assert (retried["version"], retried["alias"]) == ("1", "champion")
+
+
 def test_another_base_model_is_never_compared(store):
     register(store, 1.30, "run-1")
     other = run(
@@ -170,7 +257,7 @@ def test_another_base_model_is_never_compared(store):
             pipeline_run_id="run-2",
             base_model="/models/other",
             registered_model_name="",
-            **results(store, 1.90, "run-2"),
+            **results(store, 1.90, "run-2", base_model="/models/other"),
         )
     )
     assert other["registered_model"] != "spectrain-smollm2-135m-instruct-medusa"  # the name carries the base
@@ -179,7 +266,7 @@ def test_another_base_model_is_never_compared(store):
             pipeline_run_id="run-3",
             base_model="/models/other",
             registered_model_name="spectrain-smollm2-135m-instruct-medusa",
-            **results(store, 1.90, "run-3"),
+            **results(store, 1.90, "run-3", base_model="/models/other"),
         )
     )
     assert same_name["alias"] == "challenger" and "another base model" in same_name["promotion"]

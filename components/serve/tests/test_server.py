@@ -43,6 +43,16 @@ def test_external_mode_needs_a_url():
         configs.from_dict(ServeConfig, {"mode": "external"})
 
 
+def test_local_mode_refuses_to_start_vllm_inside_a_kubernetes_pod(tmp_path, monkeypatch):
+    from components.serve.server import run
+
+    monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # what the kubelet sets in every pod
+    with pytest.raises(SpectrainError, match="inside this pod, which ends with this step") as refused:
+        run(ServeConfig(mode="local"))
+    assert "serve_mode 'cluster'" in str(refused.value.fix) and not list(tmp_path.iterdir())  # before any work
+
+
 def test_an_unreachable_endpoint_times_out_with_a_clear_error():
     with pytest.raises(SpectrainError, match="not ready after 2 s"):
         wait_until_ready("http://127.0.0.1:9/v1", "key", timeout_s=2)
