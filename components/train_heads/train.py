@@ -566,7 +566,7 @@ def plot_history(history: list[dict], path: Path) -> None:
             loss_axis.text(0.5, 0.5, "no step logged (fewer steps than logging_steps)", ha="center", va="center")
         loss_axis.plot(steps, [r["loss"] for r in rows], marker=".")
         loss_axis.set(title="draft loss", xlabel="step", ylabel="loss")
-        for key in sorted(k for k in rows[-1] if k.startswith("head_")):
+        for key in sorted(k for k in (rows[-1] if rows else {}) if k.startswith("head_")):
             accuracy_axis.plot(
                 steps, [r.get(key, math.nan) for r in rows], marker=".", label=f"position {int(key.split('_')[1]) + 1}"
             )

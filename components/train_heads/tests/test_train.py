@@ -262,3 +262,12 @@ def test_a_dflash_draft_with_more_layers_than_the_base_can_feed_is_refused():
     with pytest.raises(SpectrainError, match="dflash_num_layers = 3") as refused:
         feature_layer_ids(TrainHeadsConfig(data="x", mode="dflash", dflash_num_layers=3), 4)
     assert "at most 1" in str(refused.value.fix)
+
+
+def test_training_curves_are_drawn_even_before_the_first_logged_step(tmp_path):
+    from components.train_heads.train import plot_history
+
+    plot_history([{"train_runtime": 1.0}], tmp_path / "short.png")  # fewer steps than logging_steps
+    plot_history([{"step": 1, "loss": 5.0, "head_0_accuracy": 0.2}], tmp_path / "logged.png")
+    for name in ("short.png", "logged.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"  # register logs this file: it must exist
