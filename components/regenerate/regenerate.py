@@ -152,10 +152,14 @@ async def _served_model(client, config: RegenerateConfig) -> str:
     except APIConnectionError as exc:
         if config.model:  # each conversation then records its own failure, and max_failure_ratio decides
             return config.model
+        loopback = client.base_url.host in ("127.0.0.1", "localhost", "::1")
         raise SpectrainError(
-            f"cannot reach {client.base_url} ({exc})",
+            f"cannot reach {client.base_url} ({exc})"
+            + ("; a loopback address only reaches a server in this same pod or machine" if loopback else ""),
             where="regenerate.endpoint",
-            fix="start the server or correct the URL (it ends in /v1)",
+            fix="serve with serve_mode 'cluster' (a vLLM Deployment + Service) when steps run in pods of their own"
+            if loopback
+            else "start the server or correct the URL (it ends in /v1)",
         ) from None
     return config.model or models.data[0].id
 

@@ -22,12 +22,12 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from components.serve.config import ServeConfig
-from spectrain import secrets
+from spectrain import paths, secrets
 from spectrain.errors import SpectrainError
 from spectrain.models import EMBEDDED, resolve_base_model
 
 PORT = 8000
-MODEL_CACHE_PATH = "/models"  # where the pipeline mounts the model cache PVC in every step, this one included
+MODEL_CACHE_PATH = paths.PVC_MODEL_CACHE  # where the pipeline mounts the model cache PVC in every step
 GPU_RESOURCE = "nvidia.com/gpu"
 API_KEY_SECRET, HF_SECRET = secrets.VLLM, secrets.HF  # VLLM_API_KEY required, HF_TOKEN optional
 MANAGED_BY = {"app.kubernetes.io/managed-by": "spectrain"}
@@ -160,7 +160,7 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
                 "name": "HF_TOKEN",
                 "valueFrom": {"secretKeyRef": {"name": HF_SECRET, "key": "HF_TOKEN", "optional": True}},
             },
-            {"name": "HF_HOME", "value": f"{MODEL_CACHE_PATH}/huggingface"},
+            {"name": "HF_HOME", "value": paths.IMAGE_CACHE_ENV["HF_HOME"]},
         ],
         "resources": {"limits": {GPU_RESOURCE: config.gpus}},
         "volumeMounts": [

@@ -1,7 +1,7 @@
-"""A FAKE Kubernetes API server for the cluster serve mode's tests.
+"""A FAKE Kubernetes API server: for the cluster serve mode's tests, and the API of spectrain.pods' simulation.
 
-It stands in for a Kubernetes API that cannot run here: real HTTP (stdlib http.server on 127.0.0.1, a free
-port, a thread), so the official `kubernetes` client does its real serialization, URL building and error
+It stands in for a Kubernetes API that cannot run here: real HTTP (stdlib http.server on 127.0.0.1 or the
+address given, a free port, a thread), so the official `kubernetes` client does its real serialization, URL building and error
 handling, but the server side is only this file. Behaviour of the cluster mode is verified against this
 fake alone, never against a real API server, kubelet or scheduler.
 
@@ -10,12 +10,15 @@ It implements only what components/serve/cluster.py calls, namespaced:
   v1 pods: list, get, log (text);  v1 events: list.
 Lists honour `labelSelector` (k=v, k==v, k!=v, k, !k; comma = and) and `fieldSelector`
 (involvedObject.name=..., metadata.name=...). Objects live in memory; every request is recorded.
-Nothing runs pods: a test seeds them with add_pod() and marks Deployments ready with mark_ready().
-Deleting a Deployment also deletes pods carrying its selector's labels (what garbage collection would do).
+Nothing runs pods here: a test seeds them with add_pod() and marks Deployments ready with mark_ready();
+spectrain.pods.SimulatedCluster runs them through the hooks (on_deployment_created, on_service_created,
+on_deleted) and pod_log(). Deleting a Deployment also deletes pods carrying its selector's labels (what
+garbage collection would do).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -70,15 +73,18 @@ def field_matches(selector: str, obj: dict[str, Any]) -> bool:
 class FakeKube:
     """The fake API server; use as a context manager, then ``api_client()`` for kubernetes client APIs."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.objects: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.logs: dict[tuple[str, str], str] = {}
         self.requests: list[Request] = []
         self.unhandled: list[Request] = []
-        self.on_deployment_created: Callable[[str, str], None] | None = None  # (namespace, name), after storing
+        # Called outside the lock after a change is stored, with (namespace, name); on_deleted also gets the kind.
+        self.on_deployment_created: Callable[[str, str], None] | None = None
+        self.on_service_created: Callable[[str, str], None] | None = None
+        self.on_deleted: Callable[[str, str, str], None] | None = None
         self._lock = threading.RLock()
         self._clock = itertools.count(1)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -86,7 +92,8 @@ class FakeKube:
 
     @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        address, port = self._server.server_address[:2]
+        return f"http://{address!s}:{port}"
 
     def __enter__(self) -> FakeKube:
         self._thread.start()
@@ -185,6 +192,10 @@ class FakeKube:
             self.logs[(namespace, name)] = log
             return name
 
+    def pod_log(self, namespace: str, name: str) -> str:
+        """The log of pod ``name`` (what a test set with add_pod)."""
+        return self.logs.get((namespace, name), "")
+
     def add_event(self, namespace: str, kind: str, name: str, reason: str, message: str) -> None:
         stamp = self._timestamp()
         self.add(
@@ -208,7 +219,7 @@ class FakeKube:
         split = urlsplit(raw_path)
         query = dict(parse_qsl(split.query))
         request = Request(method, split.path, query, body)
-        callback: Callable[[str, str], None] | None = None
+        callback: Callable[[], None] | None = None
         with self._lock:
             self.requests.append(request)
             route = PATH.match(split.path)
@@ -220,13 +231,16 @@ class FakeKube:
             if route["log"]:
                 if method != "GET" or kind != "pods" or name not in store:
                     return status(404, "NotFound", f'pods "{name}" not found')
-                lines = self.logs.get((namespace, name), "").splitlines(keepends=True)
+                lines = self.pod_log(namespace, name).splitlines(keepends=True)
                 return 200, "".join(lines[-int(query["tailLines"]) :] if "tailLines" in query else lines)
             if method == "POST" and name is None and kind in ("deployments", "services"):
                 if body["metadata"]["name"] in store:
                     return status(409, "AlreadyExists", f'{kind} "{body["metadata"]["name"]}" already exists')
                 created = self.add(kind, namespace, body)
-                callback = self.on_deployment_created if kind == "deployments" else None
+                reply: tuple[int, Any] = (201, created)
+                hook = self.on_deployment_created if kind == "deployments" else self.on_service_created
+                if hook:
+                    callback = functools.partial(hook, namespace, created["metadata"]["name"])
             elif method == "GET" and name is None:
                 items = [
                     o
@@ -251,13 +265,15 @@ class FakeKube:
                     selector = ",".join(f"{k}={v}" for k, v in removed["spec"]["selector"]["matchLabels"].items())
                     for pod in [p for p, o in pods.items() if matches(selector, o["metadata"]["labels"])]:
                         del pods[pod]
-                return status(200, "", "", success=True)
+                if self.on_deleted:
+                    callback = functools.partial(self.on_deleted, kind, namespace, name)
+                reply = status(200, "", "", success=True)
             else:
                 self.unhandled.append(request)
                 return status(405, "MethodNotAllowed", f"fake: {method} {split.path} not implemented")
         if callback:  # outside the lock: it may call mark_ready from another thread later
-            callback(namespace, created["metadata"]["name"])
-        return 201, created
+            callback()
+        return reply
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self

@@ -1,0 +1,490 @@
+"""Pod boundaries on one machine (`spectrain run --pod-boundaries`): every step runs as a Kubernetes pod would.
+
+A SIMULATION of one Kubernetes node, built from Linux network namespaces (`ip netns`; root only), so that a
+pipeline that only works because its steps share a machine fails here, not first on a cluster:
+
+- Every kfp.local task runs in a pod: a fresh network namespace with its own loopback and one veth on the
+  ``spectrain0`` bridge, where this machine answers at HOST_ADDRESS. A pod reaches what listens there (on that
+  address or 0.0.0.0: MLflow or S3 servers, the simulated Kubernetes API) and other pods' addresses; not this
+  machine's 127.0.0.1, not another pod's loopback, nothing beyond the bridge (no default route, no DNS server).
+  The artifact store is the shared filesystem, as kfp.local has it.
+- Its own HOME and TMPDIR, deleted with it; the model cache PVC (a directory here) mounted at /models in its
+  own mount namespace, with the caches the images point there (paths.IMAGE_CACHE_ENV).
+- When the task returns, every process left in its namespace is stopped and the namespace deleted: a server
+  a step starts and leaves running ends with the step, as it would with its pod.
+- SimulatedCluster (serve_mode 'cluster'): the Kubernetes API is spectrain.fake_kube's server on
+  HOST_ADDRESS, which here also runs each Deployment's container command as a pod of its own (the image's
+  environment is the virtualenv of its family, .venvs/<family>), marks a replica ready when its readiness
+  probe answers, and resolves a Service's DNS names to its pods' addresses through every pod's /etc/hosts
+  (as a headless Service would: no ClusterIP, no kube-proxy). Steps reach it through a kubeconfig
+  (KUBECONFIG), not a service account; every pod gets VLLM_API_KEY, as the Secret spectrain-vllm holds it.
+
+Not simulated: CPU, memory and GPU limits, image contents, container restarts, RBAC, node selection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import secrets as tokens
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from spectrain import paths, secrets
+from spectrain.errors import SpectrainError
+
+BRIDGE = "spectrain0"
+NETWORK = ipaddress.ip_network("10.213.0.0/24")
+HOST_ADDRESS = str(NETWORK.network_address + 1)
+STATE = Path("/run/spectrain-pods")  # address leases (one file per pod address) and the lock guarding them
+CLUSTER_NAMESPACE = "spectrain"  # the Kubernetes namespace of the simulated cluster
+GRACE_S = 10.0  # SIGTERM, then SIGKILL: a pod's terminationGracePeriodSeconds
+MOUNT_PVC = 'mount --bind "$0" "$1" && shift && exec "$@"'  # sh -c SCRIPT PVC /models ARGV...
+
+
+def _ip(*args: str) -> str:
+    completed = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise SpectrainError(
+            f"`ip {' '.join(args)}` failed: {completed.stderr.strip()}",
+            where="--pod-boundaries",
+            fix="pod boundaries need root and iproute2 with network namespace support (`ip netns add` must work)",
+        )
+    return completed.stdout
+
+
+def unavailable() -> str | None:
+    """Why pods cannot be made on this machine, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root (this process runs as uid %d)" % os.geteuid()
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    return None
+
+
+class Pod:
+    """One pod: a network namespace with an address on the bridge, a scratch directory and the PVC mount."""
+
+    def __init__(self, network: PodNetwork, name: str, address: str) -> None:
+        self.network, self.name, self.address = network, name, address
+        self.netns = f"spectrain-{address.replace('.', '-')}"
+        self.scratch = network.root / "pods" / f"{name}-{address.split('.')[-1]}"
+        self.etc = Path("/etc/netns") / self.netns  # `ip netns exec` mounts these files over /etc's
+        self.env = {
+            "HOME": str(self.scratch / "home"),
+            "TMPDIR": str(self.scratch / "tmp"),
+            "POD_NAME": name,
+            "POD_IP": address,
+            **paths.IMAGE_CACHE_ENV,
+        }
+
+    def create(self) -> None:
+        host_side = f"sp{self.address.split('.')[-1]}h"  # interface names: 15 characters at most
+        _ip("netns", "add", self.netns)
+        _ip("link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
+        _ip("link", "set", host_side, "master", BRIDGE, "up")
+        _ip("-n", self.netns, "addr", "add", f"{self.address}/{NETWORK.prefixlen}", "dev", "eth0")
+        _ip("-n", self.netns, "link", "set", "eth0", "up")
+        _ip("-n", self.netns, "link", "set", "lo", "up")
+        self.etc.mkdir(parents=True, exist_ok=True)
+        # No DNS server in the pod: names not in its hosts file fail at once instead of timing out.
+        (self.etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        self.write_hosts(self.network.names())
+        for directory in ("home", "tmp"):
+            (self.scratch / directory).mkdir(parents=True, exist_ok=True)
+
+    def write_hosts(self, names: dict[str, str]) -> None:
+        """This pod's /etc/hosts, rewritten in place (the namespace's bind mount keeps the same file)."""
+        lines = ["127.0.0.1 localhost", f"{self.address} {self.name}", f"{HOST_ADDRESS} host.spectrain.internal"]
+        lines += [f"{address} {name}" for name, address in sorted(names.items())]
+        with open(self.etc / "hosts", "a+") as handle:
+            handle.seek(0)
+            handle.truncate()
+            handle.write("\n".join(lines) + "\n")
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the pod: its network namespace, with the PVC mounted at /models."""
+        pvc = [str(self.network.pvc), paths.PVC_MODEL_CACHE]
+        return ["ip", "netns", "exec", self.netns, "sh", "-c", MOUNT_PVC, *pvc, *argv]
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(pid) for pid in _ip("netns", "pids", self.netns).split()]
+        except SpectrainError:
+            return []
+
+    def delete(self, grace_s: float = GRACE_S) -> list[int]:
+        """Stop every process in the pod (SIGTERM, SIGKILL after ``grace_s``), then remove the pod; returns the pids."""
+        found = self.pids()
+        for pid in found:
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in self.pids():
+            _kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(SpectrainError):
+            _ip("netns", "delete", self.netns)  # takes its end of the veth pair, and so the host's, with it
+        shutil.rmtree(self.etc, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.network.release(self)
+        return found
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+class PodNetwork:
+    """The bridge and the pods of one run; ``root`` holds their scratch dirs, ``pvc`` is the model cache."""
+
+    def __init__(self, root: Path, pvc: Path, env: dict[str, str] | None = None) -> None:
+        self.root, self.pvc = root, pvc
+        self.env = dict(env or {})  # what every pod gets besides its own (KUBECONFIG, secrets)
+        self.pods: list[Pod] = []
+        self._names: dict[str, str] = {}
+        self._lock = threading.RLock()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def __enter__(self) -> PodNetwork:
+        if problem := unavailable():
+            raise SpectrainError(
+                f"cannot create pods: {problem}",
+                where="--pod-boundaries",
+                fix="run as root on Linux with iproute2, or without --pod-boundaries",
+            )
+        self.pvc.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        Path(paths.PVC_MODEL_CACHE).mkdir(exist_ok=True)  # the mount point; pods mount the PVC over it
+        with self._leases():
+            if BRIDGE not in _ip("-o", "link", "show"):
+                _ip("link", "add", BRIDGE, "type", "bridge")
+            if f"{HOST_ADDRESS}/" not in _ip("-o", "-4", "addr", "show", "dev", BRIDGE):
+                _ip("addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE)
+            _ip("link", "set", BRIDGE, "up")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for pod in list(self.pods):
+            pod.delete(grace_s=2.0)
+        with self._leases() as leases:
+            if not any(leases.iterdir()):  # no other run has pods: leave the machine as it was
+                with contextlib.suppress(SpectrainError):
+                    _ip("link", "delete", BRIDGE)
+
+    @contextlib.contextmanager
+    def _leases(self) -> Iterator[Path]:
+        """The lease directory, locked against other runs on this machine."""
+        leases = STATE / "leases"
+        leases.mkdir(parents=True, exist_ok=True)
+        with open(STATE / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield leases
+
+    # -- pods -----------------------------------------------------------------------------------------
+
+    def create_pod(self, name: str) -> Pod:
+        with self._leases() as leases:
+            existing = set(_ip("netns", "list").split())
+            for lease in leases.iterdir():  # left by a run that was killed: its namespace is gone
+                if lease.read_text() not in existing:
+                    lease.unlink()
+            taken = {lease.name for lease in leases.iterdir()} | {HOST_ADDRESS}
+            address = next((str(a) for a in NETWORK.hosts() if str(a) not in taken), None)
+            if address is None:
+                raise SpectrainError(f"no free pod address left in {NETWORK}", where="--pod-boundaries")
+            pod = Pod(self, re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "pod", address)
+            (leases / address).write_text(pod.netns)
+        with self._lock:
+            self.pods.append(pod)
+        try:
+            pod.create()
+        except BaseException:
+            pod.delete(grace_s=0)
+            raise
+        return pod
+
+    def release(self, pod: Pod) -> None:
+        with self._lock:
+            if pod in self.pods:
+                self.pods.remove(pod)
+        with self._leases() as leases:
+            (leases / pod.address).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def pod(self, name: str) -> Iterator[Pod]:
+        pod = self.create_pod(name)
+        try:
+            yield pod
+        finally:
+            pod.delete()
+
+    # -- names (the simulated cluster DNS) ------------------------------------------------------------
+
+    def names(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._names)
+
+    def set_names(self, names: dict[str, str]) -> None:
+        """Resolve ``names`` (DNS name -> address) in every pod, present and future."""
+        with self._lock:
+            self._names = dict(names)
+            for pod in self.pods:
+                pod.write_hosts(self._names)
+
+
+# -- kfp.local tasks as pods -----------------------------------------------------------------------------
+
+
+def task_name(full_command: list[str]) -> str:
+    """The component function a kfp.local task runs (its executor's --function_to_execute)."""
+    if "--function_to_execute" in full_command:
+        return full_command[full_command.index("--function_to_execute") + 1].replace("_", "-")
+    return "task"
+
+
+@contextlib.contextmanager
+def kfp_tasks_in_pods(network: PodNetwork) -> Iterator[None]:
+    """Run every kfp.local SubprocessRunner task as a pod of ``network``.
+
+    kfp.local starts each task's command through ``subprocess_task_handler.run_local_subprocess`` (kfp 2.17,
+    pinned; tests/test_pods.py checks the seam is still there): this swaps it for one that runs the command
+    in a fresh pod and deletes the pod, and whatever the task left running in it, when the command returns.
+    """
+    from kfp.local import subprocess_task_handler as handler
+
+    original = handler.run_local_subprocess
+
+    def run_in_pod(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        with network.pod(task_name(full_command)) as pod:
+            env = {**os.environ, **(env_vars or {}), **network.env, **pod.env}
+            return original(full_command=pod.command(full_command), env_vars=env)
+
+    handler.run_local_subprocess = run_in_pod
+    try:
+        yield
+    finally:
+        handler.run_local_subprocess = original
+
+
+# -- the simulated Kubernetes API and what it runs -----------------------------------------------------------
+
+
+class SimulatedCluster:
+    """A Kubernetes API (spectrain.fake_kube) whose Deployments run as pods of ``network`` (see the module doc).
+
+    ``image_path(image)``: the PATH standing in for a container image (its family's virtualenv).
+    """
+
+    def __init__(self, network: PodNetwork, image_path: Callable[[str], str], api_key: str = "") -> None:
+        from spectrain.fake_kube import FakeKube
+
+        self.network, self.image_path = network, image_path
+        self.api = FakeKube(host=HOST_ADDRESS)
+        self.api.on_deployment_created = self._deployment_created
+        self.api.on_service_created = lambda namespace, name: self._refresh_names()
+        self.api.on_deleted = self._deleted
+        self.api.pod_log = self._pod_log  # type: ignore[method-assign]
+        self.secrets = {secrets.VLLM: {"VLLM_API_KEY": api_key or tokens.token_urlsafe(24)}}
+        # (namespace, deployment) -> its replicas: (pod name, pod, container process, container log)
+        self.running: dict[tuple[str, str], list[tuple[str, Pod, subprocess.Popen, Path]]] = {}
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> SimulatedCluster:
+        self.api.__enter__()
+        kubeconfig = self.network.root / "kubeconfig.json"
+        kubeconfig.write_text(json.dumps(self.kubeconfig()))
+        self.network.env.update(KUBECONFIG=str(kubeconfig), **self.secrets[secrets.VLLM])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for namespace, name in list(self.running):
+            self._stop(namespace, name)
+        self.api.__exit__(*exc)
+
+    def kubeconfig(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "simulated", "cluster": {"server": self.api.host}}],
+            "users": [{"name": "simulated", "user": {"token": "simulated"}}],
+            "contexts": [
+                {
+                    "name": "simulated",
+                    "context": {"cluster": "simulated", "user": "simulated", "namespace": CLUSTER_NAMESPACE},
+                }
+            ],
+            "current-context": "simulated",
+        }
+
+    # -- Deployments run as pods ------------------------------------------------------------------------
+
+    def _deployment_created(self, namespace: str, name: str) -> None:
+        deployment = self.api.get("deployments", namespace, name) or {}
+        template = deployment["spec"]["template"]
+        with self._lock:
+            started = self.running.setdefault((namespace, name), [])
+        for replica in range(deployment["spec"].get("replicas", 1)):
+            pod_name = f"{name}-{replica}"[:63]
+            container = template["spec"]["containers"][0]
+            obj = self.api.add(
+                "pods",
+                namespace,
+                {
+                    "metadata": {"name": pod_name, "labels": dict(template["metadata"]["labels"])},
+                    "spec": template["spec"],
+                    "status": {"phase": "Pending", "conditions": []},
+                },
+            )
+            env, missing = self._container_env(container)
+            if missing:  # what the kubelet reports for a Secret that does not exist
+                self._set_waiting(obj, container, "CreateContainerConfigError", f'secret "{missing}" not found')
+                continue
+            try:
+                path = f"{self.image_path(container['image'])}:{os.environ.get('PATH', '')}"
+            except SpectrainError as exc:  # the kubelet's word for an image it cannot use
+                self._set_waiting(obj, container, "InvalidImageName", exc.what)
+                continue
+            pod = self.network.create_pod(pod_name)
+            log = pod.scratch / "container.log"
+            with open(log, "wb") as handle:
+                process = subprocess.Popen(
+                    pod.command([*container.get("command", []), *container.get("args", [])]),
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env={**pod.env, "PATH": path, **env},
+                    start_new_session=True,
+                )
+            with self._lock:
+                started.append((pod_name, pod, process, log))
+            with self.api._lock:
+                obj["status"].update(
+                    phase="Running",
+                    podIP=pod.address,
+                    containerStatuses=[_container_status(container, running=True, ready=False)],
+                )
+            threading.Thread(
+                target=self._probe, args=(namespace, name, obj, container, pod, process), daemon=True
+            ).start()
+        self._refresh_names()
+
+    def _container_env(self, container: dict[str, Any]) -> tuple[dict[str, str], str]:
+        env: dict[str, str] = {}
+        for variable in container.get("env", []):
+            if "value" in variable:
+                env[variable["name"]] = variable["value"]
+                continue
+            ref = variable["valueFrom"]["secretKeyRef"]
+            value = self.secrets.get(ref["name"], {}).get(ref["key"])
+            if value is not None:
+                env[variable["name"]] = value
+            elif not ref.get("optional"):
+                return env, ref["name"]
+        return env, ""
+
+    def _probe(self, namespace: str, name: str, obj: dict, container: dict, pod: Pod, process: subprocess.Popen):
+        """Poll the readiness probe until it answers (the replica is then ready) or the container exits."""
+        probe = container["readinessProbe"]["httpGet"]
+        port = probe["port"]
+        if isinstance(port, str):
+            port = next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+        url = f"http://{pod.address}:{port}{probe['path']}"
+        while process.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(1.0)
+        with self.api._lock:
+            if process.poll() is not None:
+                message = f"container exited with code {process.returncode} (the simulation does not restart it)"
+                self._set_waiting(obj, container, "CrashLoopBackOff", message)
+                return
+            obj["status"]["containerStatuses"] = [_container_status(container, running=True, ready=True)]
+            obj["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+            deployment = self.api.get("deployments", namespace, name)
+            if deployment is not None:
+                ready = (deployment["status"].get("readyReplicas") or 0) + 1
+                deployment["status"].update(readyReplicas=ready, availableReplicas=ready, updatedReplicas=ready)
+
+    def _set_waiting(self, obj: dict, container: dict, reason: str, message: str) -> None:
+        with self.api._lock:
+            status = _container_status(container, running=False, ready=False)
+            status["state"] = {"waiting": {"reason": reason, "message": message}}
+            obj["status"].update(phase="Running" if reason == "CrashLoopBackOff" else "Pending")
+            obj["status"]["containerStatuses"] = [status]
+
+    def _deleted(self, kind: str, namespace: str, name: str) -> None:
+        if kind == "deployments":
+            self._stop(namespace, name)
+        self._refresh_names()
+
+    def _stop(self, namespace: str, name: str) -> None:
+        with self._lock:
+            started = self.running.pop((namespace, name), [])
+        for _, pod, process, _ in started:
+            pod.delete()
+            process.wait()
+
+    def _pod_log(self, namespace: str, name: str) -> str:
+        with self._lock:
+            logs = [
+                log
+                for (ns, _), pods in self.running.items()
+                for pod_name, _, _, log in pods
+                if (ns, pod_name) == (namespace, name)
+            ]
+        return logs[0].read_text(errors="replace") if logs and logs[0].exists() else ""
+
+    # -- Services: names in every pod's /etc/hosts ---------------------------------------------------------
+
+    def _refresh_names(self) -> None:
+        """Every Service's DNS names -> the address of its first running pod (a headless Service)."""
+        from spectrain.fake_kube import matches
+
+        names: dict[str, str] = {}
+        with self.api._lock:
+            for (kind, namespace), services in list(self.api.objects.items()):
+                if kind != "services":
+                    continue
+                pods = self.api.objects.get(("pods", namespace), {}).values()
+                for name, service in services.items():
+                    selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
+                    addresses = [
+                        p["status"]["podIP"]
+                        for p in pods
+                        if p["status"].get("podIP") and matches(selector, p["metadata"]["labels"])
+                    ]
+                    if addresses:
+                        for dns in (f"{name}.{namespace}.svc.cluster.local", f"{name}.{namespace}.svc"):
+                            names[dns] = addresses[0]
+        self.network.set_names(names)
+
+
+def _container_status(container: dict[str, Any], *, running: bool, ready: bool) -> dict[str, Any]:
+    return {
+        "name": container["name"],
+        "image": container["image"],
+        "imageID": "",
+        "ready": ready,
+        "restartCount": 0,
+        "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}} if running else {},
+    }

@@ -1,0 +1,246 @@
+"""Pod boundaries on one machine (spectrain/pods.py, a SIMULATION of a Kubernetes node with network namespaces).
+
+These tests need root and `ip netns`: where namespaces cannot be made they FAIL, saying so, rather than skip,
+because the end-to-end pod-boundary run depends on them.
+"""
+
+from __future__ import annotations
+
+import http.server
+import inspect
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from spectrain import pods
+from spectrain.errors import SpectrainError
+
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="module", autouse=True)
+def namespaces_work():
+    problem = pods.unavailable()
+    assert problem is None, f"pod boundaries cannot be tested here: {problem} (CI must run as root with iproute2)"
+
+
+@pytest.fixture
+def network(tmp_path):
+    (tmp_path / "pvc").mkdir()
+    (tmp_path / "pvc" / "on-the-pvc").write_text("shared")
+    with pods.PodNetwork(tmp_path / "pods", pvc=tmp_path / "pvc") as network_:
+        yield network_
+    assert not network_.pods
+    assert pods.BRIDGE not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def serve_http(host: str) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer((host, 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def in_pod(pod: pods.Pod, code: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        pod.command([PYTHON, "-c", code]),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **pod.env},
+        timeout=60,
+        **kwargs,
+    )
+
+
+FETCH = """
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=3)
+    print("reached")
+except Exception as exc:
+    print("unreachable:", exc)
+"""
+
+
+def fetch_from(pod: pods.Pod, url: str) -> str:
+    result = subprocess.run(
+        pod.command([PYTHON, "-c", FETCH, url]),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **pod.env},
+        timeout=60,
+    )
+    return result.stdout.strip()
+
+
+def test_a_pod_reaches_this_machine_only_through_the_bridge_and_never_another_pods_loopback(network):
+    loopback_only, everywhere = serve_http("127.0.0.1"), serve_http("0.0.0.0")
+    try:
+        with network.pod("serve") as first, network.pod("regenerate") as second:
+            assert first.address != second.address
+            assert fetch_from(first, f"http://{pods.HOST_ADDRESS}:{everywhere.server_address[1]}/") == "reached"
+            assert fetch_from(first, f"http://host.spectrain.internal:{everywhere.server_address[1]}/") == "reached"
+            assert fetch_from(first, f"http://127.0.0.1:{loopback_only.server_address[1]}/").startswith("unreachable")
+
+            # A server on the first pod's loopback: reachable in that pod only; its address is not.
+            server = subprocess.Popen(
+                first.command([PYTHON, "-m", "http.server", "8000", "--bind", "127.0.0.1"]),
+                env={**os.environ, **first.env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 20
+            while fetch_from(first, "http://127.0.0.1:8000/") != "reached":
+                assert time.monotonic() < deadline, "the server in the first pod never answered"
+                time.sleep(0.3)
+            assert fetch_from(second, "http://127.0.0.1:8000/").startswith("unreachable")
+            assert fetch_from(second, f"http://{first.address}:8000/").startswith("unreachable")
+            assert fetch_from(second, "http://example.com/").startswith("unreachable")  # no route, no DNS
+            network.set_names({"vllm.spectrain.svc.cluster.local": first.address})
+            resolved = in_pod(second, "import socket; print(socket.gethostbyname('vllm.spectrain.svc.cluster.local'))")
+            assert resolved.stdout.strip() == first.address  # names set after the pod started reach it too
+    finally:
+        loopback_only.shutdown(), everywhere.shutdown()
+    assert server.wait(timeout=20) is not None  # the first pod's server ended with its pod
+
+
+def test_a_pod_has_its_own_scratch_and_the_model_cache_at_models_and_ends_its_processes(network, tmp_path):
+    with network.pod("train") as pod:
+        shown = in_pod(
+            pod,
+            "import os, pathlib, tempfile; print(os.environ['HOME'], tempfile.gettempdir(), "
+            "os.environ['HF_HOME'], pathlib.Path('/models/on-the-pvc').read_text()); "
+            "pathlib.Path('/models/written-in-a-pod').write_text('x')",
+        )
+        home, tmp, hf_home, content = shown.stdout.split()
+        assert home.startswith(str(tmp_path / "pods")) and tmp.startswith(str(tmp_path / "pods")) and home != tmp
+        assert hf_home == "/models/huggingface" and content == "shared"
+        left = subprocess.Popen(pod.command(["sleep", "300"]), env={**os.environ, **pod.env})
+        assert left.pid in pod.pids() or any(pod.pids())
+        scratch = pod.scratch
+    assert left.wait(timeout=20) is not None  # stopped with the pod
+    assert (tmp_path / "pvc" / "written-in-a-pod").read_text() == "x"  # the PVC outlives pods
+    assert not scratch.exists()
+    assert not (Path("/models") / "on-the-pvc").exists()  # mounted in the pod's namespace only
+
+
+def test_kfp_local_still_starts_every_task_through_the_function_pods_replace():
+    """spectrain.pods.kfp_tasks_in_pods swaps kfp.local's one place where a task's command starts (kfp 2.17)."""
+    from kfp.local import subprocess_task_handler as handler
+
+    assert "return_code = run_local_subprocess(" in inspect.getsource(handler.SubprocessTaskHandler.run)
+    assert list(inspect.signature(handler.run_local_subprocess).parameters) == ["full_command", "env_vars"]
+
+
+# -- the simulated cluster: Deployments run as pods -------------------------------------------------------
+
+
+def deployment(name: str, command: list[str], env: list[dict] | None = None) -> dict:
+    labels = {"app": name}
+    probe = {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}
+    container = {
+        "name": "main",
+        "image": "ghcr.io/spectrain/spectrain-serve:test",
+        "command": command,
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "env": env or [],
+        "readinessProbe": probe,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def wait_for(predicate, seconds: float = 30.0):
+    deadline = time.monotonic() + seconds
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return value
+
+
+@pytest.fixture
+def cluster(network, tmp_path):
+    bin_dir = Path(PYTHON).parent
+
+    def image_path(image: str) -> str:
+        if "spectrain-serve" not in image:
+            raise SpectrainError(f"no such image {image}")
+        return str(bin_dir)
+
+    with pods.SimulatedCluster(network, image_path, api_key="the-key") as simulated:
+        kubeconfig = json.loads(Path(network.env["KUBECONFIG"]).read_text())
+        api_client = client.ApiClient(client.Configuration(host=kubeconfig["clusters"][0]["cluster"]["server"]))
+        yield simulated, client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+        api_client.close()
+    assert not simulated.running
+
+
+def pod_of(core, name):
+    return core.list_namespaced_pod(pods.CLUSTER_NAMESPACE, label_selector=f"app={name}").items[0]
+
+
+def test_a_deployment_runs_as_a_pod_behind_its_service_name_and_ends_when_deleted(cluster, network):
+    simulated, apps, core = cluster
+    command = [
+        "sh",
+        "-c",
+        'test "$VLLM_API_KEY" = the-key && echo key ok && exec python -m http.server 8000',
+    ]
+    env = [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "spectrain-vllm", "key": "VLLM_API_KEY"}}}]
+    apps.create_namespaced_deployment(pods.CLUSTER_NAMESPACE, deployment("web", command, env))
+    core.create_namespaced_service(
+        pods.CLUSTER_NAMESPACE,
+        {"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 8000}]}},
+    )
+    wait_for(lambda: apps.read_namespaced_deployment("web", pods.CLUSTER_NAMESPACE).status.ready_replicas == 1)
+    pod = pod_of(core, "web")
+    assert pod.status.container_statuses[0].ready and pod.status.pod_ip.startswith("10.213.0.")
+    assert "key ok" in core.read_namespaced_pod_log(pod.metadata.name, pods.CLUSTER_NAMESPACE)
+    with network.pod("regenerate") as client_pod:  # another step reaches it by its Service's name
+        assert fetch_from(client_pod, "http://web.spectrain.svc.cluster.local:8000/") == "reached"
+        (_, container_pod, process, _) = simulated.running[(pods.CLUSTER_NAMESPACE, "web")][0]
+        apps.delete_namespaced_deployment("web", pods.CLUSTER_NAMESPACE)
+        assert process.poll() is not None and container_pod not in network.pods
+        assert fetch_from(client_pod, "http://web.spectrain.svc.cluster.local:8000/").startswith("unreachable")
+    core.delete_namespaced_service("web", pods.CLUSTER_NAMESPACE)
+
+
+def test_the_simulated_kubelet_reports_a_missing_secret_a_crash_and_an_unknown_image(cluster):
+    simulated, apps, core = cluster
+    missing = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "spectrain-hf", "key": "HF_TOKEN"}}}]
+    apps.create_namespaced_deployment(pods.CLUSTER_NAMESPACE, deployment("nosecret", ["true"], missing))
+    waiting = pod_of(core, "nosecret").status.container_statuses[0].state.waiting
+    assert (waiting.reason, waiting.message) == ("CreateContainerConfigError", 'secret "spectrain-hf" not found')
+
+    apps.create_namespaced_deployment(pods.CLUSTER_NAMESPACE, deployment("crash", ["sh", "-c", "echo boom; exit 3"]))
+    state = wait_for(lambda: pod_of(core, "crash").status.container_statuses[0].state.waiting)
+    assert state.reason == "CrashLoopBackOff" and "code 3" in state.message
+    assert "boom" in core.read_namespaced_pod_log(pod_of(core, "crash").metadata.name, pods.CLUSTER_NAMESPACE)
+
+    other = deployment("otherimage", ["true"])
+    other["spec"]["template"]["spec"]["containers"][0]["image"] = "docker.io/library/nginx:1"
+    apps.create_namespaced_deployment(pods.CLUSTER_NAMESPACE, other)
+    assert pod_of(core, "otherimage").status.container_statuses[0].state.waiting.reason == "InvalidImageName"
+    for name in ("nosecret", "crash", "otherimage"):
+        apps.delete_namespaced_deployment(name, pods.CLUSTER_NAMESPACE)
+
+
+def test_pods_cannot_be_made_without_root_and_say_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(pods.os, "geteuid", lambda: 1000)
+    with pytest.raises(SpectrainError, match="network namespaces need root") as caught:
+        pods.PodNetwork(tmp_path, pvc=tmp_path / "pvc").__enter__()
+    assert caught.value.where == "--pod-boundaries"
