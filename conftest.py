@@ -63,27 +63,22 @@ def s3_endpoint():
 
     Sets the AWS_* variables boto3 reads for the session and yields the endpoint URL.
     """
-    from moto.server import ThreadedMotoServer
+    from spectrain.testing import moto_s3
 
-    from spectrain.vllm import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
     saved = {
         k: os.environ.get(k)
         for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     }
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_s3() as port:
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
+        yield f"http://127.0.0.1:{port}"
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from pipelines.settings import DEFAULT_YAML
-from spectrain import paths, pods, processes
+from spectrain import paths, pods, processes, vllm
 from spectrain.console import EVENTS_ENV, RunConsole, duration
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
@@ -72,7 +72,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=("laptop", "full"),
         default="laptop",
-        help="laptop: the fast settings above; full: the pipeline's own defaults (serve_mode local either way)",
+        help="laptop: the fast settings above; full: the pipeline's own defaults (either way serve_mode local, "
+        "or cluster with --pod-boundaries)",
     )
     parser.add_argument(
         "--pod-boundaries",
@@ -132,6 +133,8 @@ def run_command(args: argparse.Namespace) -> int:
             where="spectrain run --pod-boundaries",
             fix="drop --serve-mode (in pods the default, 'cluster', applies) or run without --pod-boundaries",
         )
+    if args.pod_boundaries and (problem := pods.unavailable()):
+        raise SpectrainError(f"cannot create pods: {problem}", where="--pod-boundaries", fix=pods.NEEDS)
     workdir = Path(args.workdir).resolve()
     configure_environments(workdir)  # refuses before anything starts when an environment is missing
     run_dir = new_run_dir(workdir)
@@ -145,9 +148,12 @@ def run_command(args: argparse.Namespace) -> int:
     interrupts = _Interrupts()
     previous_handlers = signal.signal(signal.SIGTERM, interrupts), signal.signal(signal.SIGINT, interrupts)
     started = time.monotonic()
+    boundaries = contextlib.ExitStack()
     try:
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
-            _run_pipeline(arguments, run_dir, pod_boundaries=args.pod_boundaries)
+            if args.pod_boundaries:
+                enter_pod_boundaries(boundaries, run_dir)
+            _run_pipeline(arguments, run_dir)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         interrupts.handled.set()
@@ -169,6 +175,7 @@ def run_command(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         interrupts.handled.set()
         left = processes.stop_descendants()
+        boundaries.close()  # the pods' namespaces, the simulated API, the bridge
         if left:
             console.say(f"stopped {len(left)} process(es) the run left running")
         console.close()
@@ -195,7 +202,7 @@ def new_run_dir(workdir: Path) -> Path:
     raise SpectrainError(f"cannot create a run directory under {workdir / 'runs'}", where="--workdir")
 
 
-def _run_pipeline(arguments: dict, run_dir: Path, pod_boundaries: bool = False) -> None:
+def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     from kfp import local
 
     from pipelines.settings import CompileSettings
@@ -209,20 +216,24 @@ def _run_pipeline(arguments: dict, run_dir: Path, pod_boundaries: bool = False) 
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline-root"), raise_on_error=True
     )
-    with contextlib.ExitStack() as stack:
-        if pod_boundaries:
-            network = stack.enter_context(pods.PodNetwork(run_dir / "pods", pvc=paths.model_cache()))
-            api_key = os.environ.get("VLLM_API_KEY", "")
-            images = functools.partial(image_environment, shims=run_dir / "images")
-            cluster = stack.enter_context(pods.SimulatedCluster(network, images, api_key=api_key))
-            stack.enter_context(pods.kfp_tasks_in_pods(network))
-            print(
-                f"[spectrain] pod boundaries: each step in a network namespace of its own on {pods.BRIDGE} "
-                f"(this machine is {pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at "
-                f"{paths.PVC_MODEL_CACHE}; simulated Kubernetes API at {cluster.api.host}",
-                flush=True,
-            )
-        speculative_decoding(**arguments)
+    speculative_decoding(**arguments)
+
+
+def enter_pod_boundaries(stack: contextlib.ExitStack, run_dir: Path) -> None:
+    """--pod-boundaries: pods for kfp.local's tasks and a simulated Kubernetes API (spectrain/pods.py), until
+    ``stack`` closes — after the run stopped its processes, so that no interrupt cuts the cleanup short."""
+    network = stack.enter_context(pods.PodNetwork(run_dir / "pods", pvc=paths.model_cache()))
+    api_key = os.environ.get("VLLM_API_KEY", "")
+    images = functools.partial(image_environment, shims=run_dir / "images")
+    node = vllm.cpu_settings()  # the simulated node is this CPU
+    cluster = stack.enter_context(pods.SimulatedCluster(network, images, api_key=api_key, node_env=node))
+    stack.enter_context(pods.kfp_tasks_in_pods(network))
+    print(
+        f"[spectrain] pod boundaries: each step in a network namespace of its own on {pods.BRIDGE} "
+        f"(this machine is {pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at "
+        f"{paths.PVC_MODEL_CACHE}; simulated Kubernetes API at {cluster.api.host}",
+        flush=True,
+    )
 
 
 def image_environment(image: str, shims: Path) -> str:

@@ -9,7 +9,8 @@ pipeline that only works because its steps share a machine fails here, not first
   machine's 127.0.0.1, not another pod's loopback, nothing beyond the bridge (no default route, no DNS server).
   The artifact store is the shared filesystem, as kfp.local has it.
 - Its own HOME and TMPDIR, deleted with it; the model cache PVC (a directory here) mounted at /models in its
-  own mount namespace, with the caches the images point there (paths.IMAGE_CACHE_ENV).
+  own mount namespace, with the caches the images point there (paths.IMAGE_CACHE_ENV). The mount point /models
+  is created on this machine if it is missing, and stays empty there.
 - When the task returns, every process left in its namespace is stopped and the namespace deleted: a server
   a step starts and leaves running ends with the step, as it would with its pod.
 - SimulatedCluster (serve_mode 'cluster'): the Kubernetes API is spectrain.fake_kube's server on
@@ -18,6 +19,9 @@ pipeline that only works because its steps share a machine fails here, not first
   probe answers, and resolves a Service's DNS names to its pods' addresses through every pod's /etc/hosts
   (as a headless Service would: no ClusterIP, no kube-proxy). Steps reach it through a kubeconfig
   (KUBECONFIG), not a service account; every pod gets VLLM_API_KEY, as the Secret spectrain-vllm holds it.
+
+The node is this machine's CPU: a container asking for GPUs runs without them, with the node_env given (for
+vLLM: the CPU settings local mode uses, spectrain.vllm.cpu_settings).
 
 Not simulated: CPU, memory and GPU limits, image contents, container restarts, RBAC, node selection.
 """
@@ -34,6 +38,7 @@ import secrets as tokens
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -47,6 +52,7 @@ from spectrain.errors import SpectrainError
 BRIDGE = "spectrain0"
 NETWORK = ipaddress.ip_network("10.213.0.0/24")
 HOST_ADDRESS = str(NETWORK.network_address + 1)
+SCRATCH = Path(tempfile.gettempdir()) / "spectrain-pods"  # each pod's HOME and TMPDIR, deleted with it
 STATE = Path("/run/spectrain-pods")  # address leases (one file per pod address) and the lock guarding them
 CLUSTER_NAMESPACE = "spectrain"  # the Kubernetes namespace of the simulated cluster
 GRACE_S = 10.0  # SIGTERM, then SIGKILL: a pod's terminationGracePeriodSeconds
@@ -64,6 +70,9 @@ def _ip(*args: str) -> str:
     return completed.stdout
 
 
+NEEDS = "run as root on Linux with iproute2, or without --pod-boundaries"
+
+
 def unavailable() -> str | None:
     """Why pods cannot be made on this machine, or None."""
     if os.geteuid() != 0:
@@ -79,7 +88,7 @@ class Pod:
     def __init__(self, network: PodNetwork, name: str, address: str) -> None:
         self.network, self.name, self.address = network, name, address
         self.netns = f"spectrain-{address.replace('.', '-')}"
-        self.scratch = network.root / "pods" / f"{name}-{address.split('.')[-1]}"
+        self.scratch = SCRATCH / self.netns  # short: vLLM binds IPC sockets under TMPDIR (107-byte paths)
         self.etc = Path("/etc/netns") / self.netns  # `ip netns exec` mounts these files over /etc's
         self.env = {
             "HOME": str(self.scratch / "home"),
@@ -151,7 +160,8 @@ def _kill(pid: int, sig: int) -> None:
 
 
 class PodNetwork:
-    """The bridge and the pods of one run; ``root`` holds their scratch dirs, ``pvc`` is the model cache."""
+    """The bridge and the pods of one run; ``root`` holds the run's pod files (kubeconfig), ``pvc`` is the model
+    cache mounted in every pod."""
 
     def __init__(self, root: Path, pvc: Path, env: dict[str, str] | None = None) -> None:
         self.root, self.pvc = root, pvc
@@ -164,11 +174,7 @@ class PodNetwork:
 
     def __enter__(self) -> PodNetwork:
         if problem := unavailable():
-            raise SpectrainError(
-                f"cannot create pods: {problem}",
-                where="--pod-boundaries",
-                fix="run as root on Linux with iproute2, or without --pod-boundaries",
-            )
+            raise SpectrainError(f"cannot create pods: {problem}", where="--pod-boundaries", fix=NEEDS)
         self.pvc.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         Path(paths.PVC_MODEL_CACHE).mkdir(exist_ok=True)  # the mount point; pods mount the PVC over it
@@ -265,16 +271,19 @@ def kfp_tasks_in_pods(network: PodNetwork) -> Iterator[None]:
 
     kfp.local starts each task's command through ``subprocess_task_handler.run_local_subprocess`` (kfp 2.17,
     pinned; tests/test_pods.py checks the seam is still there): this swaps it for one that runs the command
-    in a fresh pod and deletes the pod, and whatever the task left running in it, when the command returns.
+    in a fresh pod and deletes the pod, and whatever the task left running in it, when the command returns
+    (when it raises, as on Ctrl-C, the pod is left to PodNetwork's exit).
     """
     from kfp.local import subprocess_task_handler as handler
 
     original = handler.run_local_subprocess
 
     def run_in_pod(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
-        with network.pod(task_name(full_command)) as pod:
-            env = {**os.environ, **(env_vars or {}), **network.env, **pod.env}
-            return original(full_command=pod.command(full_command), env_vars=env)
+        pod = network.create_pod(task_name(full_command))
+        env = {**os.environ, **(env_vars or {}), **network.env, **pod.env}
+        return_code = original(full_command=pod.command(full_command), env_vars=env)
+        pod.delete()
+        return return_code
 
     handler.run_local_subprocess = run_in_pod
     try:
@@ -292,10 +301,13 @@ class SimulatedCluster:
     ``image_path(image)``: the PATH standing in for a container image (its family's virtualenv).
     """
 
-    def __init__(self, network: PodNetwork, image_path: Callable[[str], str], api_key: str = "") -> None:
+    def __init__(
+        self, network: PodNetwork, image_path: Callable[[str], str], api_key: str = "", node_env: dict | None = None
+    ) -> None:
         from spectrain.fake_kube import FakeKube
 
         self.network, self.image_path = network, image_path
+        self.node_env = dict(node_env or {})  # what this machine, as the node, gives every container
         self.api = FakeKube(host=HOST_ADDRESS)
         self.api.on_deployment_created = self._deployment_created
         self.api.on_service_created = lambda namespace, name: self._refresh_names()
@@ -368,7 +380,7 @@ class SimulatedCluster:
                     pod.command([*container.get("command", []), *container.get("args", [])]),
                     stdout=handle,
                     stderr=subprocess.STDOUT,
-                    env={**pod.env, "PATH": path, **env},
+                    env={**pod.env, **self.node_env, "PATH": path, **env},
                     start_new_session=True,
                 )
             with self._lock:

@@ -1,13 +1,24 @@
-"""Helpers for the project's stand-in HTTP servers in tests (fake KFP and Kubernetes APIs, flaky endpoints)."""
+"""Helpers for the servers tests run: stand-ins (fake KFP and Kubernetes APIs, flaky endpoints) and real ones
+(moto's S3 server, `mlflow server`), started the same way by every test that needs them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from spectrain.vllm import free_port
 
 
 @dataclass
@@ -78,3 +89,58 @@ class FlakyServer:
 
     def times(self, prompt: str) -> list[float]:
         return [t for p, t in self.attempts if p == prompt]
+
+
+# -- real servers -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def moto_s3(host: str = "127.0.0.1") -> Iterator[int]:
+    """A real S3 HTTP endpoint (moto's server, environments with the test extras only) on ``host``; yields its port."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address=host, port=port)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def mlflow_server(directory: Path, s3_endpoint: str, *, host: str = "127.0.0.1", serve_artifacts: bool = False):
+    """A real `mlflow server` (sqlite store in ``directory``, artifacts in the S3 bucket ``mlflow``, which must
+    exist) on ``host``; yields its port. ``serve_artifacts=False`` is how manifests/mlflow deploys it: clients
+    write artifacts to S3 themselves (they need MLFLOW_S3_ENDPOINT_URL)."""
+    port = free_port()
+    artifacts = (
+        ["--artifacts-destination", "s3://mlflow/artifacts", "--serve-artifacts"]
+        if serve_artifacts
+        else ["--default-artifact-root", "s3://mlflow/artifacts", "--no-serve-artifacts"]
+    )
+    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{directory / 'server.db'}", *artifacts]
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "mlflow.log", "w") as log:
+        server = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                    break
+                except OSError:
+                    assert server.poll() is None, (directory / "mlflow.log").read_text()[-2000:]
+                    assert time.monotonic() < deadline, "mlflow server did not come up"
+                    time.sleep(0.5)
+            yield port
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)

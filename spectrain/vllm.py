@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,9 @@ from pathlib import Path
 from spectrain.errors import SpectrainError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+CPU_KV_CACHE_GIB = 2  # the serve step's kv_cache_gib default
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,13 +72,19 @@ def serve_arguments(
     return arguments + [str(a) for a in extra]
 
 
+def cpu_settings(kv_cache_gib: int = CPU_KV_CACHE_GIB) -> dict[str, str]:
+    """vLLM's settings on a CPU: a KV cache of fixed size (unset, vLLM reserves 92% of the machine's memory and
+    refuses to start when less is free) and every core (by default vLLM leaves one idle)."""
+    cpus = os.cpu_count() or 1
+    return {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": f"0-{cpus - 1}"}
+
+
 def cpu_env(api_key: str, cache_root: Path, kv_cache_gib: int) -> dict[str, str]:
     """Environment for vLLM: the API key (never on the command line) and CPU defaults the user may override."""
     env = dict(os.environ)
     env["VLLM_API_KEY"] = api_key
-    cpus = os.cpu_count() or 1
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cpus - 1}")  # by default vLLM leaves a core idle
+    for variable, value in cpu_settings(kv_cache_gib).items():
+        env.setdefault(variable, value)
     env.setdefault("VLLM_CACHE_ROOT", str(cache_root))
     return env
 
@@ -90,9 +100,21 @@ def start(arguments: list[str], log: Path, env: dict[str, str]) -> subprocess.Po
         )
 
 
+ERROR_LINE = re.compile(r"\bERROR\b|^\w*(Error|Exception): ")
+
+
+def log_excerpt(text: str, lines: int = 40, errors: int = 5) -> str:
+    """The last ``lines`` of a log, after its first ``errors`` error lines from before them: vLLM reports the
+    root cause of a failed start (its worker's ERROR lines) far above the traceback that ends its log."""
+    all_lines = text.splitlines()
+    tail, before = all_lines[-lines:], all_lines[:-lines]
+    found = [line for line in before if ERROR_LINE.search(line)][:errors]
+    return "\n".join([*found, "...", *tail] if found else tail)
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return log_excerpt(path.read_text(errors="replace"), lines)
     except FileNotFoundError:
         return "(no log)"
 

@@ -120,3 +120,80 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
     run_root = prefix.removesuffix("regenerate/")
     for mode in ("eagle3", "medusa"):
         assert s3.latest_checkpoint(f"{run_root}train/{mode}/") is not None, mode
+
+
+@pytest.mark.slow
+def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_cache(tmp_path, monkeypatch):
+    """Every step in a pod of its own (spectrain/pods.py: network namespaces, a SIMULATION of a Kubernetes node).
+
+    The serve step creates its vLLM Deployment through the simulated Kubernetes API, which runs it as a pod of
+    its own; regenerate reaches it by its Service name. MLflow (`--no-serve-artifacts`, as manifests/mlflow
+    deploys it) and S3 are this machine's servers, reached at the bridge address as a pod reaches cluster
+    services; nothing on this machine's loopback is reachable from a step.
+    """
+    import boto3
+
+    from spectrain import pods
+    from spectrain.testing import mlflow_server, moto_s3
+
+    assert pods.unavailable() is None, f"pod boundaries cannot run here: {pods.unavailable()}"
+    credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    for variable, value in credentials.items():  # for this test's own clients
+        monkeypatch.setenv(variable, value)
+    with moto_s3("0.0.0.0") as s3_port:
+        here, in_pods = f"http://127.0.0.1:{s3_port}", f"http://{pods.HOST_ADDRESS}:{s3_port}"
+        s3_client = boto3.client("s3", endpoint_url=here)
+        for bucket in ("mlflow", "e2e"):
+            s3_client.create_bucket(Bucket=bucket)
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", here)  # this test's client reads the artifacts from S3
+        with mlflow_server(tmp_path / "mlflow", here, host="0.0.0.0") as mlflow_port:
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("MLFLOW_", "HF_", "XDG_", "VLLM_", "TRANSFORMERS_", "AWS_", "SPECTRAIN_MODEL"))
+            }
+            result = subprocess.run(
+                [sys.executable, "-m", "spectrain", "run", "--pod-boundaries", "--workdir", str(tmp_path)]
+                + [*TINY, "--modes", "eagle3", "--checkpoint-root", "s3://e2e/checkpoints/"],
+                capture_output=True,
+                text=True,
+                timeout=1500,
+                env={
+                    **env,
+                    **credentials,
+                    "HOME": str(tmp_path / "home"),
+                    "SPECTRAIN_MODEL_CACHE": str(tmp_path / "pvc"),  # the model cache PVC, mounted at /models
+                    "AWS_ENDPOINT_URL": in_pods,
+                    "MLFLOW_S3_ENDPOINT_URL": in_pods,
+                    "MLFLOW_TRACKING_URI": f"http://{pods.HOST_ADDRESS}:{mlflow_port}",
+                },
+            )
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+            tracking = f"http://127.0.0.1:{mlflow_port}"
+            client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+            (registered,) = client.search_registered_models()
+            (version,) = client.search_model_versions(f"name='{registered.name}'")
+            files = {a.path for a in client.list_artifacts(version.run_id, "draft")}
+        keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="mlflow")["Contents"]]
+        checkpoints = s3_client.list_objects_v2(Bucket="e2e", Prefix="checkpoints/")["KeyCount"]
+
+    # serving: a Deployment run as a pod, reached by its Service name from the steps' own pods
+    assert ".svc.cluster.local:8000/v1" in result.stdout and "pod boundaries:" in result.stdout
+    (logs,) = (tmp_path / "runs").glob("*/logs")
+    assert "created deployment and service spectrain/spectrain-vllm-" in (logs / "serve.log").read_text()
+    (run_dir,) = (tmp_path / "runs").glob("*/pipeline-root/speculative-decoding-*")
+    assert "Application startup complete" in (run_dir / "stop-server" / "server_log").read_text()  # its pod's log
+
+    # one model cache for every pod: converted once, by the serve step, onto the "PVC"; no step wrote a home cache
+    assert (tmp_path / "pvc" / "SmolLM2-135M-Instruct" / "config.json").is_file()
+    converted = [p.name for p in logs.glob("*.log") if "converting the embedded" in p.read_text()]
+    assert converted == ["serve.log"], converted
+    assert not (tmp_path / "home" / ".cache").exists()
+
+    # MLflow and S3 reached at the host's bridge address: the draft in the registry, its files in S3 via the client
+    assert "draft/config.json" in files and any(k.endswith("/artifacts/draft/config.json") for k in keys)
+    assert checkpoints > 0
+
+    # every pod is gone: no namespace, no bridge, no scratch directory, no process
+    assert "spectrain-10-213" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not list(pods.SCRATCH.glob("*"))  # (tests run one at a time: no other run's pods)

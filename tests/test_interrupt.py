@@ -70,3 +70,37 @@ def test_an_interrupted_run_leaves_no_process_behind_and_says_where_it_stopped(t
     assert "interrupted after" in rest and str(tmp_path / "runs") in rest and "run the same command again" in rest
     left = [pid for pid in started if alive(pid)]
     assert not left, f"still running after the interrupt: {left}"
+
+
+def spectrain_namespaces() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.startswith("spectrain-")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_pod_boundaries_stops_the_vllm_pod_and_removes_every_namespace(tmp_path):
+    from spectrain import pods
+
+    assert pods.unavailable() is None, f"pod boundaries cannot run here: {pods.unavailable()}"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "spectrain", "run", "--pod-boundaries", "--workdir", str(tmp_path), *TINY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    try:
+        wait_for_line(run, "regenerate: started", timeout_s=900)
+        started = descendants(run.pid)
+        assert spectrain_namespaces(), "no pod while regenerate runs"  # the vLLM pod and regenerate's
+        os.killpg(run.pid, signal.SIGINT)
+        rest, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, rest[-3000:]
+    assert not [pid for pid in started if alive(pid)]
+    assert spectrain_namespaces() == [] and not list(pods.SCRATCH.glob("*"))
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert pods.BRIDGE not in links

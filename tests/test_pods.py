@@ -23,6 +23,7 @@ from spectrain import pods
 from spectrain.errors import SpectrainError
 
 PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,7 +120,7 @@ def test_a_pod_has_its_own_scratch_and_the_model_cache_at_models_and_ends_its_pr
             "pathlib.Path('/models/written-in-a-pod').write_text('x')",
         )
         home, tmp, hf_home, content = shown.stdout.split()
-        assert home.startswith(str(tmp_path / "pods")) and tmp.startswith(str(tmp_path / "pods")) and home != tmp
+        assert home.startswith(str(pod.scratch)) and tmp.startswith(str(pod.scratch)) and home != tmp
         assert hf_home == "/models/huggingface" and content == "shared"
         left = subprocess.Popen(pod.command(["sleep", "300"]), env={**os.environ, **pod.env})
         assert left.pid in pod.pids() or any(pod.pids())
@@ -244,3 +245,62 @@ def test_pods_cannot_be_made_without_root_and_say_so(tmp_path, monkeypatch):
     with pytest.raises(SpectrainError, match="network namespaces need root") as caught:
         pods.PodNetwork(tmp_path, pvc=tmp_path / "pvc").__enter__()
     assert caught.value.where == "--pod-boundaries"
+
+
+# -- the mistake pod boundaries exist to catch ------------------------------------------------------------
+
+
+def step_in_pod(network: pods.PodNetwork, pod: pods.Pod, env: str, step: str, config: dict, tmp_path):
+    """`spectrain step STEP` in ``pod``, with the Python of the step's environment."""
+    python = os.environ.get(f"SPECTRAIN_PYTHON_{env.upper()}") or str(ROOT / ".venvs" / env / "bin" / "python")
+    path = tmp_path / f"{step}.json"
+    path.write_text(json.dumps(config))
+    command = [
+        python,
+        "-m",
+        "spectrain",
+        "step",
+        step,
+        "--config",
+        str(path),
+        "--result",
+        str(tmp_path / f"{step}-result.json"),
+    ]
+    return subprocess.run(
+        pod.command(command),
+        env={**os.environ, **network.env, **pod.env, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_the_old_local_default_fails_across_pods_with_a_message_that_names_the_cause(network, tmp_path):
+    """serve_mode 'local' (the old compiled default): vLLM on the serve pod's loopback, gone with that pod."""
+    with network.pod("serve-base-model") as serve_pod:
+        served = step_in_pod(
+            network,
+            serve_pod,
+            "serve",
+            "serve",
+            {"run_id": "pods", "mode": "local", "max_model_len": 512, "kv_cache_gib": 1},
+            tmp_path,
+        )
+        assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
+    endpoint = json.loads((tmp_path / "serve-result.json").read_text())["endpoint"]
+    assert endpoint.startswith("http://127.0.0.1:")
+    from spectrain.data import embedded_path
+
+    with network.pod("regenerate") as regenerate_pod:
+        config = {
+            "dataset": str(embedded_path("train")),
+            "output": str(tmp_path / "out.jsonl"),
+            "endpoint": endpoint,
+            "limit": 2,
+        }
+        regenerated = step_in_pod(network, regenerate_pod, "serve", "regenerate", config, tmp_path)
+    assert regenerated.returncode == 2, regenerated.stdout[-3000:] + regenerated.stderr[-3000:]
+    message = regenerated.stderr
+    assert f"cannot reach {endpoint}" in message and "only reaches a server in this same pod or machine" in message
+    assert "serve with serve_mode 'cluster'" in message and "Traceback" not in message

@@ -72,6 +72,16 @@ def test_spectrain_run_serves_locally_whatever_the_preset():
     assert "--serve-mode = 'local' starts vLLM" in parameters.cluster_problems({"serve_mode": "local"})[0]
 
 
+def test_with_pod_boundaries_local_serving_is_refused_before_anything_starts(tmp_path):
+    """In pods the cluster default holds; asking for 'local' there is the mistake the boundaries exist to catch
+    (tests/test_pods.py shows it would fail on its own: regenerate finds no server)."""
+    result = spectrain("run", "--pod-boundaries", "--workdir", str(tmp_path), "--serve-mode", "local")
+    assert result.returncode == 2, result.stderr
+    assert "spectrain run --pod-boundaries: --serve-mode = 'local' starts vLLM" in result.stderr
+    assert "drop --serve-mode" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_options_key_with_a_parameter_of_its_own_is_refused_naming_that_parameter():
     message = problems(regenerate_options={"max_tokens": 64}, train_options={"lr": 0.01, "data": "x.jsonl"})
     assert "--regenerate-options: 'max_tokens' has a parameter of its own: set --regenerate-max-tokens" in message

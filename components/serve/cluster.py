@@ -22,7 +22,7 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from components.serve.config import ServeConfig
-from spectrain import paths, secrets
+from spectrain import paths, secrets, vllm
 from spectrain.errors import SpectrainError
 from spectrain.models import EMBEDDED, resolve_base_model
 
@@ -43,7 +43,8 @@ FATAL_WAITING = (
     "CreateContainerError",
 )
 POLL_S = 5.0
-LOG_LINES = 40
+LOG_LINES = 40  # shown, after the error lines found in the LOG_FETCHED before them
+LOG_FETCHED = 2000
 EVENTS_SHOWN = 15
 
 
@@ -374,7 +375,7 @@ def diagnostics(api: Api, namespace: str, name: str, pods: list[client.V1Pod], c
         lines = [f"  (cannot list events: HTTP {exc.status} {exc.reason})"]
     text = "recent events:\n" + ("\n".join(lines) or "  (none)")
     if culprit is not None:
-        tail = pod_log(api, namespace, culprit.metadata.name, LOG_LINES)
+        tail = vllm.log_excerpt(pod_log(api, namespace, culprit.metadata.name, LOG_FETCHED), LOG_LINES)
         text += f"\nlog tail of pod {culprit.metadata.name}:\n" + "\n".join(f"  {line}" for line in tail.splitlines())
     return text
 

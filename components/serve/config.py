@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spectrain import checks, images
+from spectrain import checks, images, vllm
 from spectrain.config import field
 from spectrain.errors import SpectrainError
 
@@ -55,7 +55,9 @@ class ServeConfig:
     tensor_parallel_size: int = field(1, "GPUs per server (vLLM --tensor-parallel-size)", check=checks.at_least(1))
     quantization: str = field("", "vLLM --quantization, e.g. 'modelopt' for modelopt-quantized checkpoints")
     seed: int = field(0, "server-wide sampling seed (vLLM-CPU crashes on per-request seeds)")
-    kv_cache_gib: int = field(2, "CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)", check=checks.at_least(1, 2))
+    kv_cache_gib: int = field(
+        vllm.CPU_KV_CACHE_GIB, "CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)", check=checks.at_least(1, 2)
+    )
     extra_args: list = field([], "more `vllm serve` flags, passed through verbatim")
     ready_timeout_s: float = field(
         600.0, "give up if the server is not ready after this many seconds", check=checks.above(0, 600)

@@ -7,10 +7,6 @@ proxies them). Minus Postgres, this is the cluster deployment; nothing touches t
 """
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 
 from pathlib import Path
 
@@ -22,7 +18,7 @@ from mlflow import MlflowClient
 from components.register.config import RegisterConfig
 from components.register.register import run
 from components.register.tests.test_register import results
-from spectrain.vllm import free_port
+from spectrain.testing import mlflow_server as mlflow_server_process
 
 
 MANIFEST = Path(__file__).resolve().parents[3] / "manifests" / "mlflow" / "mlflow.yaml"
@@ -31,52 +27,16 @@ MANIFEST = Path(__file__).resolve().parents[3] / "manifests" / "mlflow" / "mlflo
 @pytest.fixture(params=["--no-serve-artifacts", "--serve-artifacts"])
 def mlflow_server(request, s3_endpoint, tmp_path, monkeypatch):
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="mlflow")
-    port = free_port()
-    log = open(tmp_path / "mlflow.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            *(
-                ["--default-artifact-root", "s3://mlflow/artifacts", "--no-serve-artifacts"]
-                if request.param == "--no-serve-artifacts"
-                else ["--artifacts-destination", "s3://mlflow/artifacts", "--serve-artifacts"]
-            ),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not come up"
-            time.sleep(0.5)
-    monkeypatch.setenv("SPECTRAIN_HOME", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "token-from-the-secret")
-    if request.param == "--no-serve-artifacts":  # the client writes to S3: it needs the endpoint, as pods get it
-        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
-    yield url
-    os.killpg(server.pid, 15)
-    server.wait(timeout=30)
-    log.close()
+    with mlflow_server_process(
+        tmp_path / "server", s3_endpoint, serve_artifacts=request.param == "--serve-artifacts"
+    ) as port:
+        url = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("SPECTRAIN_HOME", str(tmp_path))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "token-from-the-secret")
+        if request.param == "--no-serve-artifacts":  # the client writes to S3: it needs the endpoint, as pods get it
+            monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_endpoint)
+        yield url
 
 
 def test_register_and_promote_through_a_tracking_server_with_s3_artifacts(mlflow_server, s3_endpoint, tmp_path):

@@ -158,7 +158,9 @@ def crash_on_create(fake: FakeKube) -> None:
             ("Pulled", "Container image already present on machine"),
             ("BackOff", "Back-off restarting failed container vllm in pod"),
         ),
-        log="".join(f"INFO line {i}\n" for i in range(100)) + "ValueError: No available memory for the cache blocks.\n",
+        log="ERROR worker: ValueError: Available memory on node 0 is less than desired\n"
+        + "".join(f"INFO line {i}\n" for i in range(100))
+        + "RuntimeError: Engine core initialization failed. See root cause above.\n",
     )
 
 
@@ -169,10 +171,11 @@ def test_a_crashing_pod_raises_with_its_events_and_log_tail_and_everything_is_de
     message = str(failure.value)
     assert "CrashLoopBackOff" in message
     assert "Back-off restarting failed container vllm in pod" in message
-    assert "ValueError: No available memory for the cache blocks." in message
+    assert "RuntimeError: Engine core initialization failed" in message
     assert "INFO line 99" in message and "INFO line 10\n" not in message  # a tail, not the whole log
+    assert "ERROR worker: ValueError: Available memory" in message  # the root cause, far above the tail
     [log_request] = [r for r in fake.requests if r.path.endswith("/log")][:1]
-    assert log_request.query["tailLines"] == str(cluster.LOG_LINES)
+    assert log_request.query["tailLines"] == str(cluster.LOG_FETCHED)
     assert fake.names("deployments", NS) == [] and fake.names("services", NS) == []
     assert fake.names("pods", NS) == []
     deleted = [r.path for r in fake.requests if r.method == "DELETE"]
