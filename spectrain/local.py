@@ -152,7 +152,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
             if args.pod_boundaries:
-                enter_pod_boundaries(boundaries, run_dir)
+                console.say(enter_pod_boundaries(boundaries, run_dir))
             _run_pipeline(arguments, run_dir)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
@@ -185,7 +185,12 @@ def run_command(args: argparse.Namespace) -> int:
     print(_find_summary(run_dir))
     print("logs (one per step): " + ", ".join(sorted(p.name for p in (run_dir / "logs").glob("*.log"))))
     print(f"  in {run_dir / 'logs'}")
-    print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}")
+    tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    print(
+        f"MLflow: {tracking}"
+        if tracking
+        else f"MLflow: mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}"
+    )
     return 0
 
 
@@ -219,20 +224,20 @@ def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     speculative_decoding(**arguments)
 
 
-def enter_pod_boundaries(stack: contextlib.ExitStack, run_dir: Path) -> None:
+def enter_pod_boundaries(stack: contextlib.ExitStack, run_dir: Path) -> str:
     """--pod-boundaries: pods for kfp.local's tasks and a simulated Kubernetes API (spectrain/pods.py), until
-    ``stack`` closes — after the run stopped its processes, so that no interrupt cuts the cleanup short."""
+    ``stack`` closes — after the run stopped its processes, so that no interrupt cuts the cleanup short.
+    Returns what to tell the user."""
     network = stack.enter_context(pods.PodNetwork(run_dir / "pods", pvc=paths.model_cache()))
     api_key = os.environ.get("VLLM_API_KEY", "")
     images = functools.partial(image_environment, shims=run_dir / "images")
     node = vllm.cpu_settings()  # the simulated node is this CPU
     cluster = stack.enter_context(pods.SimulatedCluster(network, images, api_key=api_key, node_env=node))
     stack.enter_context(pods.kfp_tasks_in_pods(network))
-    print(
-        f"[spectrain] pod boundaries: each step in a network namespace of its own on {pods.BRIDGE} "
-        f"(this machine is {pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at "
-        f"{paths.PVC_MODEL_CACHE}; simulated Kubernetes API at {cluster.api.host}",
-        flush=True,
+    return (
+        f"  pod boundaries: each step in a network namespace of its own on {pods.BRIDGE} (this machine is "
+        f"{pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at {paths.PVC_MODEL_CACHE}; simulated "
+        f"Kubernetes API at {cluster.api.host}"
     )
 
 
