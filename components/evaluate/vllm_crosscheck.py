@@ -7,46 +7,17 @@ know, so a wrongly named export still serves — with random heads and τ ≈ 1.
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.request
 from pathlib import Path
 
 from components.evaluate.config import SPEC_METHODS, VllmCrosscheckConfig
-from spectrain import vllm
+from spectrain import specdecode, vllm
 from spectrain.data import heldout_chats
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 
 API_KEY = "spectrain-crosscheck"
-COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens")
-
-
-def parse_counters(metrics_text: str) -> dict:
-    """Sum vLLM's Prometheus spec-decode counters; per-position accepted tokens by position."""
-    totals = {name: 0.0 for name in COUNTERS}
-    per_position: dict[int, float] = {}
-    for line in metrics_text.splitlines():
-        match = re.match(r"^(vllm:spec_decode_num_[a-z_]+?)(?:_total)?(\{[^}]*\})?\s+([0-9.eE+-]+)$", line)
-        if not match:
-            continue
-        name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
-        if name == "vllm:spec_decode_num_accepted_tokens_per_pos":
-            found = re.search(r'position="(\d+)"', labels)
-            if found is None:
-                continue
-            position = int(found.group(1))
-            per_position[position] = per_position.get(position, 0.0) + value
-        elif name in totals:
-            totals[name] += value
-    drafts = totals["vllm:spec_decode_num_drafts"]
-    return {
-        "drafts": drafts,
-        "draft_tokens": totals["vllm:spec_decode_num_draft_tokens"],
-        "accepted_tokens": totals["vllm:spec_decode_num_accepted_tokens"],
-        "acceptance_length": 1.0 + totals["vllm:spec_decode_num_accepted_tokens"] / drafts if drafts else 1.0,
-        "acceptance_rate_per_position": [per_position[p] / drafts if drafts else 0.0 for p in sorted(per_position)],
-    }
 
 
 def post(url: str, body: dict) -> dict:
@@ -92,7 +63,7 @@ def run(config: VllmCrosscheckConfig) -> dict:
             )
             completion_tokens += reply["usage"]["completion_tokens"]
         with urllib.request.urlopen(f"{base_url}/metrics", timeout=30) as response:
-            counters = parse_counters(response.read().decode())
+            counters = specdecode.parse(response.read().decode()).report()
     finally:
         vllm.terminate(process.pid)
     result = {
