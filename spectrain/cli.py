@@ -9,6 +9,7 @@ Examples:
   spectrain runs --host URL                          # recent runs and their state
   spectrain step train-heads --help                  # one step, in the current environment
   spectrain promote --rollback --model NAME          # put the previous champion back
+  spectrain watch --registered-model NAME --endpoints URL  # production τ against the champion's; retrain on a drop
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ def _promote_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     from components.register.register import rollback
 
     rollback(args.model, args.tracking_uri)
+    return 0
+
+
+WATCH_EXAMPLES = """examples:
+  spectrain watch --registered-model spectrain-smollm2-135m-instruct-eagle3 --endpoints http://127.0.0.1:8000
+  spectrain watch --registered-model NAME --endpoints http://vllm-0:8000,http://vllm-1:8000 --once \\
+      --retrain submit --dataset s3://traffic/latest/ --kfp-host https://kfp.example.com
+"""
+
+
+def _watch_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from pipelines import watch
+
+    watch.run(configs.from_args(watch.WatchConfig, args))
     return 0
 
 
@@ -92,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the local store in $SPECTRAIN_HOME)",
     )
     promote.set_defaults(handler=_promote_command)
+
+    from pipelines import watch
+
+    watcher = commands.add_parser(
+        "watch",
+        help="watch the served draft's acceptance in production; retrain when it drops below its champion's",
+        description=watch.__doc__,
+        epilog=WATCH_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configs.add_arguments(watcher, watch.WatchConfig)
+    watcher.set_defaults(handler=_watch_command)
 
     step = commands.add_parser("step", help="run one step in the current environment (what components call)")
     steps = step.add_subparsers(dest="step_name", required=True, metavar="STEP")

@@ -1,0 +1,223 @@
+"""`spectrain watch`: verdicts from counter windows, one retraining per drop, state kept in a real MLflow store.
+
+The /metrics served here is a STAND-IN for vLLM's (the same Prometheus text, tests/test_specdecode.py has
+vLLM's exact lines), for what a real server cannot do on cue: drift and restart at a chosen moment; the KFP
+server that receives the retraining run is pipelines/tests/fake_kfp.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines import submit, watch
+from pipelines.tests.fake_kfp import FakeKfpServer
+from pipelines.watch import State, WatchConfig, decide
+from spectrain import config as configs
+from spectrain.errors import SpectrainError
+from spectrain.specdecode import Counters
+
+MODEL = "spectrain-smollm2-135m-instruct-eagle3"
+
+
+def config(**overrides) -> WatchConfig:
+    values = {
+        "registered_model": MODEL,
+        "endpoints": "http://127.0.0.1:1",
+        "min_drafts": 10,
+        "margin": 0.1,
+        "sustain_s": 300,
+        **overrides,
+    }
+    return configs.from_dict(WatchConfig, values)
+
+
+def drafted(drafts: float, tau: float) -> Counters:
+    accepted = (tau - 1) * drafts
+    return Counters(drafts, 3 * drafts, accepted, {0: accepted * 0.7, 1: accepted * 0.3})
+
+
+# -- verdicts -------------------------------------------------------------------------------------------------
+
+
+def test_a_drop_retrains_once_after_it_lasted_and_again_only_after_a_recovery():
+    state, settings, champion = State(), config(), 1.5
+    verdicts = [
+        (0, decide(state, drafted(5, 1.0), champion, 0, settings)),  # too little traffic
+        (60, decide(state, drafted(50, 1.45), champion, 60, settings)),  # within the margin
+        (120, decide(state, drafted(50, 1.2), champion, 120, settings)),  # the drop opens
+        (300, decide(state, drafted(50, 1.2), champion, 300, settings)),  # 180 s < sustain
+    ]
+    assert [v.status for _, v in verdicts] == ["collecting", "ok", "below", "below"]
+    assert verdicts[0][1].tau is None and state.below_since == 120
+    retrain = decide(state, drafted(50, 1.2), champion, 420, settings)
+    assert retrain.status == "retrain" and "for 300 s" in retrain.message
+    state.drop_handled = True  # what reading() does once it started the run
+    assert decide(state, drafted(50, 1.1), champion, 480, settings).status == "handled"
+    assert decide(state, drafted(5, 1.1), champion, 540, settings).status == "collecting"  # no verdict, no change
+    assert state.drop_handled and state.below_since == 120
+    recovered = decide(state, drafted(50, 1.6), champion, 600, settings)
+    assert recovered.status == "ok" and "drop is over" in recovered.message
+    assert (state.below_since, state.drop_handled) == (None, False)
+    assert decide(state, drafted(50, 1.2), champion, 660, settings).status == "below"  # a new drop, its own clock
+
+
+def test_no_second_retraining_while_one_is_in_flight():
+    state = State(below_since=0.0, retraining={"how": "submit", "id": "run-1", "started": 0.0})
+    verdict = decide(state, drafted(50, 1.0), 1.5, 10_000, config())
+    assert verdict.status == "in flight" and "run-1" in verdict.message
+
+
+def test_a_watch_without_a_model_or_with_a_bad_endpoint_is_refused_before_any_reading():
+    with pytest.raises(SpectrainError, match="no registered model"):
+        configs.from_dict(WatchConfig, {"endpoints": "http://vllm:8000"})
+    with pytest.raises(SpectrainError, match="endpoints") as caught:
+        configs.from_dict(WatchConfig, {"registered_model": MODEL, "endpoints": "vllm:8000"})
+    assert "http" in str(caught.value)
+    assert watch.metrics_url("http://vllm:8000/v1/") == "http://vllm:8000/metrics"
+
+
+# -- readings against served counters, a real MLflow store and the fake KFP server ----------------------------
+
+
+class MetricsServer:
+    """Serves vLLM-format spec-decode counters that the test sets (a restart sets them back to small values)."""
+
+    def __init__(self) -> None:
+        self.counters = Counters(0, 0, 0, {0: 0.0, 1: 0.0})
+        self.keys: list[str | None] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.keys.append(self.headers.get("Authorization"))
+                c = outer.counters
+                lines = [
+                    f'vllm:spec_decode_num_drafts_total{{engine="0",model_name="base"}} {c.drafts}',
+                    f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="base"}} {c.draft_tokens}',
+                    f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="base"}} {c.accepted}',
+                ] + [
+                    f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",position="{p}"}} {v}'
+                    for p, v in c.per_position.items()
+                ]
+                body = ("\n".join(lines) + "\n").encode()
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def serve(self, drafts: float, tau: float) -> None:
+        """``drafts`` more verification steps at acceptance length ``tau``."""
+        self.counters = self.counters + drafted(drafts, tau)
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """A real MLflow sqlite store with a champion at τ 1.5 whose run came from KFP run `pipeline_run`."""
+    monkeypatch.setenv("SPECTRAIN_HOME", str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("spectrain", artifact_location=(tmp_path / "artifacts").as_uri())
+    return uri, client, experiment
+
+
+def register_champion(client, experiment, pipeline_run: str, tau: float = 1.5):
+    run = client.create_run(experiment, tags={"pipeline_run_id": pipeline_run, "mode": "eagle3"})
+    client.log_param(run.info.run_id, "register.base_model", "embedded")
+    client.create_registered_model(MODEL)
+    version = client.create_model_version(MODEL, "runs:/x/draft", run_id=run.info.run_id)
+    client.set_model_version_tag(MODEL, version.version, "acceptance_length", str(tau))
+    client.set_model_version_tag(MODEL, version.version, "mode", "eagle3")
+    client.set_registered_model_alias(MODEL, "champion", version.version)
+
+
+@pytest.fixture
+def kfp(monkeypatch, tmp_path):
+    monkeypatch.setenv("KFP_TOKEN", "t0ken")
+    monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", tmp_path / "no-service-account-token")
+    with FakeKfpServer() as server:
+        yield server
+
+
+def test_readings_across_a_restart_and_a_drop_start_exactly_one_retraining_with_the_champions_parameters(
+    registry, kfp, tmp_path, monkeypatch
+):
+    from pipelines.settings import DEFAULT_YAML
+
+    uri, client, experiment = registry
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    first = submit.make_client(kfp.url, "")
+    champion_run, _ = submit.submit_run(
+        first,
+        package=DEFAULT_YAML,
+        params={"modes": ["eagle3"], "dataset": "s3://chats/old/", "train_lr": 0.002},
+        run_name="nightly",
+        experiment="spectrain",
+    )
+    register_champion(client, experiment, champion_run.run_id)
+    replicas = [MetricsServer(), MetricsServer()]
+    settings = config(
+        endpoints=",".join(r.url for r in replicas),
+        api_key="k",
+        tracking_uri=uri,
+        window_s=120,
+        retrain="submit",
+        kfp_host=kfp.url,
+        dataset="s3://traffic/latest/",
+    )
+
+    def at(now: float, tau: float | None, drafts: float = 40):
+        for replica in replicas:
+            if tau is not None:
+                replica.serve(drafts, tau)
+        return watch.reading(settings, client, now=now)
+
+    timeline = [at(0, 1.5), at(60, 1.5), at(120, 1.52)]
+    assert [r["status"] for r in timeline] == ["collecting", "ok", "ok"]
+    assert timeline[1]["acceptance_length"] == pytest.approx(1.5) and timeline[1]["window_drafts"] == 80
+
+    replicas[0].counters = drafted(3, 1.0)  # replica 0 restarts: its counters begin again
+    after_restart = at(180, None)
+    assert after_restart["status"] == "ok" and after_restart["acceptance_length"] > 1.4  # a reset, no false alarm
+
+    drop = [at(240 + 60 * i, 1.1) for i in range(7)]  # traffic the draft does worse on
+    # the drop opens at 240 and has lasted sustain_s (300 s) at 540: one retraining, then it is in flight
+    assert [r["status"] for r in drop] == ["below"] * 5 + ["retrain", "in flight"]
+    started = next(r["retraining"] for r in drop if r["retraining"])
+    runs = [r for r in kfp.runs if r["display_name"].startswith("retrain-")]
+    assert len(runs) == 1 and runs[0]["run_id"] == started["id"]
+    parameters = runs[0]["runtime_config"]["parameters"]
+    assert parameters["dataset"] == "s3://traffic/latest/" and parameters["train_lr"] == 0.002
+
+    kfp.objects["runs"][started["id"]]["state"] = "SUCCEEDED"  # done, and τ still low: still this drop's
+    assert at(720, 1.1)["status"] == "handled"
+    assert len([r for r in kfp.runs if r["display_name"].startswith("retrain-")]) == 1
+    assert all(key == "Bearer k" for replica in replicas for key in replica.keys)
+
+    # MLflow: one run for the deployment with the history of every reading, and the state a --once run resumes
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(watch.EXPERIMENT).experiment_id], "tags.`spectrain.watch.deployment` != ''"
+    )
+    history = sorted(client.get_metric_history(run.info.run_id, "production_acceptance_length"), key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(2, 13))  # every reading but the first (no verdict yet)
+    assert history[0].value == pytest.approx(1.5) and history[-1].value < 1.2
+    assert client.get_metric_history(run.info.run_id, "champion_acceptance_length")[0].value == 1.5
+    resumed = watch.load_state(client, run)
+    assert resumed.drop_handled and resumed.readings == 12 and set(resumed.snapshots) == {r.url for r in replicas}
+
+
+def test_without_a_champion_the_watch_says_what_to_do(registry):
+    uri, client, _ = registry
+    with pytest.raises(SpectrainError, match="has no champion") as caught:
+        watch.reading(config(tracking_uri=uri), client, now=0)
+    assert caught.value.where == "watch.registered_model"

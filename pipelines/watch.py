@@ -1,0 +1,365 @@
+"""`spectrain watch`: the served draft's acceptance in production, against its champion's, and retraining on a drop.
+
+Each reading scrapes vLLM's spec-decode counters from every endpoint (`/metrics`, Prometheus text; one URL
+per replica), keeps the snapshots of the last ``window_s`` and computes τ and the per-position acceptance
+of the window from their increase (spectrain.specdecode: a restarted server's reset counts as a reset, not
+as negative traffic; replicas add up). A window with fewer than ``min_drafts`` drafts (no traffic, or a
+server that just restarted) gives no verdict. τ more than ``margin`` below the champion's registered τ
+opens a drop; a drop that lasts ``sustain_s`` starts one retraining (``retrain``): one per drop, none while
+one is in flight. τ back above the line closes the drop.
+
+Every reading is recorded in MLflow (experiment `spectrain-watch`, one run per deployment: the metric
+history `production_acceptance_length` next to `champion_acceptance_length`), and so is the watcher's
+state, so `--once` (a Kubernetes CronJob) goes on where the last reading stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spectrain import checks, paths
+from spectrain.config import field
+from spectrain.errors import SpectrainError
+from spectrain.specdecode import Counters, increase, parse
+
+EXPERIMENT = "spectrain-watch"
+DEPLOYMENT_TAG = "spectrain.watch.deployment"
+STATE_ARTIFACT = "watch/state.json"
+IN_FLIGHT = ("PENDING", "RUNNING", "PAUSED", "CANCELING", "RUNTIME_STATE_UNSPECIFIED")  # KFP run states
+
+
+@dataclass
+class WatchConfig:
+    """Watch a served draft's acceptance and retrain when it drops below its champion's."""
+
+    registered_model: str = field(
+        "", "the registry entry whose champion is served, e.g. spectrain-smollm2-135m-instruct-eagle3"
+    )
+    endpoints: str = field(
+        "",
+        "the vLLM servers that speculate with it, comma-separated base URLs (one per replica); each one's "
+        "/metrics is read",
+        check=checks.url(optional=False, several=True),
+    )
+    api_key: str = field("", "API key of the servers (the VLLM_API_KEY variable wins)")
+    deployment: str = field("", "this deployment's name in MLflow (default: the registered model)")
+    tracking_uri: str = field(
+        "",
+        "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else the local store in $SPECTRAIN_HOME",
+        check=checks.url(schemes=("http", "https", "file", "sqlite", "databricks")),
+    )
+    window_s: float = field(600.0, "τ is computed over the last this many seconds", check=checks.above(0, 600))
+    min_drafts: int = field(
+        100, "a window with fewer drafts gives no verdict (too little traffic to judge)", check=checks.at_least(1, 100)
+    )
+    margin: float = field(
+        0.1, "a drop: production τ more than this below the champion's registered τ", check=checks.at_least(0.0, 0.1)
+    )
+    sustain_s: float = field(
+        1800.0, "retrain when a drop has lasted this many seconds (0: at once)", check=checks.at_least(0.0, 1800)
+    )
+    interval_s: float = field(60.0, "seconds between readings (without --once)", check=checks.above(0, 60))
+    once: bool = field(False, "take one reading and exit (a CronJob); the state is kept in MLflow")
+    readings: int = field(0, "stop after this many readings (0: until interrupted)", check=checks.at_least(0, 10))
+    retrain: str = field(
+        "none",
+        "on a sustained drop: 'submit' a KFP run with the champion's parameters, 'local' starts `spectrain run` "
+        "for the champion's base model and mode here, 'none' only records it",
+        check=checks.one_of("none", "submit", "local"),
+    )
+    dataset: str = field(
+        "", "the retraining run's dataset (fresh traffic, e.g. an s3:// prefix); empty: the champion's"
+    )
+    kfp_host: str = field("", "retrain submit: KFP API URL (empty: in-cluster)", check=checks.url())
+    kfp_namespace: str = field("", "retrain submit: KFP namespace (multi-user installations)")
+    package: str = field("", "retrain submit: compiled pipeline YAML (default: pipelines/speculative_decoding.yaml)")
+
+    def validate(self) -> None:
+        if not self.registered_model:
+            raise SpectrainError(
+                "no registered model given",
+                where="watch.registered_model",
+                fix="name the registry entry whose champion the servers use (`mlflow ui` lists them)",
+            )
+
+
+# -- readings -----------------------------------------------------------------------------------------------
+
+
+def metrics_url(endpoint: str) -> str:
+    """`/metrics` of a server given as its base URL (an OpenAI base URL ending in /v1 is accepted too)."""
+    return endpoint.strip().rstrip("/").removesuffix("/v1") + "/metrics"
+
+
+def scrape(endpoint: str, api_key: str, timeout_s: float = 10.0) -> Counters:
+    request = urllib.request.Request(metrics_url(endpoint), headers={"Authorization": f"Bearer {api_key}"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return parse(response.read().decode())
+
+
+@dataclass
+class State:
+    """What a watcher remembers between readings (kept in MLflow for --once)."""
+
+    snapshots: dict[str, list[list]] = dataclasses.field(default_factory=dict)  # endpoint -> [[time, counters]]
+    below_since: float | None = None
+    drop_handled: bool = False  # this drop has had its retraining
+    retraining: dict | None = None  # {"how", "id", "started"}
+    readings: int = 0
+
+
+def window(state: State, now: float, window_s: float) -> Counters:
+    """The window's increase over every endpoint; drops snapshots older than the window's first point."""
+    total = Counters()
+    for endpoint, snapshots in state.snapshots.items():
+        older = [s for s in snapshots if s[0] <= now - window_s]
+        kept = older[-1:] + [s for s in snapshots if s[0] > now - window_s]
+        state.snapshots[endpoint] = kept
+        total = total + increase([Counters.from_dict(counters) for _, counters in kept])
+    return total
+
+
+@dataclass
+class Verdict:
+    tau: float | None  # None: no verdict (too little traffic)
+    champion_tau: float
+    drafts: float
+    status: str  # collecting | ok | below | retrain | handled | in flight
+    message: str
+    per_position: list[float] = dataclasses.field(default_factory=list)
+
+
+def decide(state: State, counted: Counters, champion_tau: float, now: float, config: WatchConfig) -> Verdict:
+    """The verdict of one reading, updating the drop in ``state`` (pure: no I/O)."""
+    line = champion_tau - config.margin
+    if counted.drafts < config.min_drafts:
+        return Verdict(
+            None,
+            champion_tau,
+            counted.drafts,
+            "collecting",
+            f"{counted.drafts:.0f} drafts in the window, fewer than {config.min_drafts}: no verdict",
+        )
+    tau = counted.acceptance_length
+    verdict = Verdict(tau, champion_tau, counted.drafts, "ok", "", counted.acceptance_rate_per_position)
+    if tau >= line:
+        if state.below_since is not None:
+            verdict.message = "back above the line: the drop is over"
+        state.below_since, state.drop_handled = None, False
+        verdict.message = verdict.message or f"τ {tau:.3f} ≥ {line:.3f} (champion {champion_tau:.3f} - margin)"
+        return verdict
+    state.below_since = state.below_since if state.below_since is not None else now
+    lasted = now - state.below_since
+    below = f"τ {tau:.3f} < {line:.3f} (champion {champion_tau:.3f} - margin) for {lasted:.0f} s"
+    if state.retraining is not None:
+        verdict.status, verdict.message = "in flight", f"{below}; retraining {state.retraining['id']} is in flight"
+    elif state.drop_handled:
+        verdict.status, verdict.message = "handled", f"{below}; this drop's retraining was started already"
+    elif lasted >= config.sustain_s:
+        verdict.status, verdict.message = "retrain", f"{below} ≥ sustain_s {config.sustain_s:.0f}: retraining"
+    else:
+        verdict.status, verdict.message = "below", f"{below}; retraining after {config.sustain_s:.0f} s"
+    return verdict
+
+
+# -- MLflow: the champion, the history, the state -----------------------------------------------------------
+
+
+def tracking_uri(config: WatchConfig) -> str:
+    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.home() / 'mlflow.db'}"
+
+
+def champion(client: Any, name: str) -> Any:
+    import mlflow
+
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except mlflow.exceptions.MlflowException as exc:
+        raise SpectrainError(
+            f"'{name}' has no champion to compare production with ({exc.message.splitlines()[0]})",
+            where="watch.registered_model",
+            fix="name a registered model that has a champion (`mlflow ui` lists them), or check the tracking URI",
+        ) from None
+
+
+def deployment_run(client: Any, deployment: str) -> Any:
+    """The MLflow run holding this deployment's readings (created on the first reading)."""
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        artifacts = (paths.home() / "mlartifacts").as_uri() if client.tracking_uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    else:
+        experiment_id = experiment.experiment_id
+    runs = client.search_runs([experiment_id], f"tags.`{DEPLOYMENT_TAG}` = '{deployment}'", max_results=1)
+    if runs:
+        return runs[0]
+    return client.create_run(experiment_id, run_name=f"watch-{deployment}", tags={DEPLOYMENT_TAG: deployment})
+
+
+def load_state(client: Any, run: Any) -> State:
+    import mlflow
+
+    try:
+        data = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{STATE_ARTIFACT}")
+    except Exception:  # the first reading: nothing stored yet
+        return State()
+    return State(**data)
+
+
+def record(client: Any, run: Any, state: State, verdict: Verdict, now: float) -> None:
+    from mlflow.entities import Metric
+
+    stamp, step = int(now * 1000), state.readings
+    values = {"champion_acceptance_length": verdict.champion_tau, "window_drafts": verdict.drafts}
+    if verdict.tau is not None:
+        values["production_acceptance_length"] = verdict.tau
+        values["below_champion"] = float(verdict.status not in ("ok",))
+        values |= {f"production_acceptance_rate_position_{i}": r for i, r in enumerate(verdict.per_position, 1)}
+    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in values.items()])
+    client.log_dict(run.info.run_id, dataclasses.asdict(state), STATE_ARTIFACT)
+
+
+# -- retraining -----------------------------------------------------------------------------------------------
+
+
+def retraining_in_flight(state: State, config: WatchConfig) -> bool:
+    if state.retraining is None:
+        return False
+    if state.retraining["how"] == "local":
+        pid = int(state.retraining["id"])
+        try:
+            return "spectrain" in Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            return False
+    from pipelines import submit
+
+    client = submit.make_client(config.kfp_host or None, config.kfp_namespace)
+    with submit.api_errors(config.kfp_host or None):
+        return str(client.get_run(state.retraining["id"]).state) in IN_FLIGHT
+
+
+def start_retraining(champion_version: Any, client: Any, config: WatchConfig, now: float) -> dict:
+    """Start one retraining run like the champion's: a KFP run with its pipeline run's parameters, or a local
+    `spectrain run` for its base model and mode. ``dataset`` replaces the dataset either way."""
+    stamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    source = client.get_run(champion_version.run_id)
+    mode = champion_version.tags.get("mode") or source.data.tags.get("mode", "")
+    if config.retrain == "local":
+        base = source.data.params.get("register.base_model", "embedded")
+        command = [sys.executable, "-m", "spectrain", "run", "--modes", mode, "--base-model", base]
+        command += ["--dataset", config.dataset] if config.dataset else []
+        log = paths.home() / "watch" / f"retrain-{stamp}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as handle:
+            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        return {"how": "local", "id": str(process.pid), "started": now, "log": str(log)}
+    from pipelines import submit
+    from pipelines.settings import DEFAULT_YAML
+
+    pipeline_run = source.data.tags.get("pipeline_run_id", "")
+    kfp = submit.make_client(config.kfp_host or None, config.kfp_namespace)
+    with submit.api_errors(config.kfp_host or None):
+        if not pipeline_run:
+            raise SpectrainError(
+                f"champion v{champion_version.version} records no pipeline run: nothing to retrain like it",
+                where="watch.retrain",
+                fix="retrain with `spectrain submit`, or use retrain 'local'",
+            )
+        parameters = dict(kfp.get_run(pipeline_run).runtime_config.parameters or {})
+        if config.dataset:
+            parameters["dataset"] = config.dataset
+        run, _ = submit.submit_run(
+            kfp,
+            package=Path(config.package) if config.package else DEFAULT_YAML,
+            params=parameters,
+            run_name=f"retrain-{config.deployment or config.registered_model}-{stamp}",
+            experiment="spectrain",
+        )
+    return {"how": "submit", "id": run.run_id, "started": now, "parameters": parameters}
+
+
+# -- the loop -----------------------------------------------------------------------------------------------
+
+
+def reading(config: WatchConfig, client: Any, now: float | None = None) -> dict:
+    """One reading: scrape, judge, maybe retrain, record."""
+    now = time.time() if now is None else now
+    deployment = config.deployment or config.registered_model
+    version = champion(client, config.registered_model)
+    champion_tau = float(version.tags.get("acceptance_length") or 0.0)
+    run = deployment_run(client, deployment)
+    state = load_state(client, run)
+    api_key = os.environ.get("VLLM_API_KEY") or config.api_key
+    unreachable = []
+    for endpoint in filter(None, (e.strip() for e in config.endpoints.split(","))):
+        try:
+            counters = scrape(endpoint, api_key)
+        except (OSError, ValueError) as exc:  # a server restarting, or gone: its snapshots age out
+            unreachable.append(f"{endpoint} ({exc})")
+            continue
+        state.snapshots.setdefault(endpoint, []).append([now, counters.to_dict()])
+    if state.retraining is not None and not retraining_in_flight(state, config):
+        state.retraining = None
+    verdict = decide(state, window(state, now, config.window_s), champion_tau, now, config)
+    started = None
+    if verdict.status == "retrain" and config.retrain != "none":
+        started = start_retraining(version, client, config, now)
+        state.retraining, state.drop_handled = started, True
+        verdict.message += f": started {started['how']} run {started['id']}"
+    elif verdict.status == "retrain":
+        state.drop_handled = True
+        verdict.message += " (retrain 'none': recorded only)"
+    state.readings += 1
+    record(client, run, state, verdict, now)
+    if started:
+        client.set_tag(run.info.run_id, f"spectrain.watch.retraining.{state.readings}", json.dumps(started))
+    return {
+        "deployment": deployment,
+        "status": verdict.status,
+        "acceptance_length": verdict.tau,
+        "champion_acceptance_length": champion_tau,
+        "champion_version": str(version.version),
+        "window_drafts": verdict.drafts,
+        "message": verdict.message,
+        "unreachable": unreachable,
+        "retraining": started,
+        "run_id": run.info.run_id,
+    }
+
+
+def run(config: WatchConfig) -> dict:
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per reading, nothing else
+    uri = tracking_uri(config)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    last: dict = {}
+    count = 0
+    while True:
+        last = reading(config, client)
+        count += 1
+        print(line(last), flush=True)
+        if config.once or (config.readings and count >= config.readings):
+            return last
+        time.sleep(config.interval_s)
+
+
+def line(result: dict) -> str:
+    stamp = time.strftime("%H:%M:%S")
+    tau = "τ   -  " if result["acceptance_length"] is None else f"τ {result['acceptance_length']:.3f}"
+    text = f"[watch {stamp}] {result['deployment']}: {tau} ({result['window_drafts']:.0f} drafts) {result['status']}"
+    text += f": {result['message']}"
+    if result["unreachable"]:
+        text += f"; unreachable: {', '.join(result['unreachable'])}"
+    return text
