@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import kfp
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+KFP_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # the KFP SDK's default for the projected token
 DEFAULT_EXPERIMENT = "spectrain"
 # The ServiceAccount manifests/base/rbac.yaml creates: may create the vLLM Deployment/Service of serve_mode cluster.
 DEFAULT_SERVICE_ACCOUNT = "spectrain-pipeline-runner"
@@ -155,12 +156,14 @@ def check_cron(cron: str) -> str:
 
 
 def auth_token() -> str | None:
-    """$KFP_TOKEN, else the pod's service-account token when running in a cluster, else none."""
+    """$KFP_TOKEN, else in a pod the token projected for the KFP API (audience pipelines.kubeflow.org, at
+    $KF_PIPELINES_SA_TOKEN_PATH: what multi-user KFP accepts) or the service-account token, else none."""
     token = os.environ.get("KFP_TOKEN")
     if token:
         return token
-    if SERVICE_ACCOUNT_TOKEN.is_file():
-        return SERVICE_ACCOUNT_TOKEN.read_text().strip() or None
+    for path in (Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", KFP_TOKEN_PATH)), SERVICE_ACCOUNT_TOKEN):
+        if path.is_file():
+            return path.read_text().strip() or None
     return None
 
 

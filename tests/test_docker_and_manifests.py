@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spectrain import secrets
+from spectrain import images, secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -38,6 +38,11 @@ ALLOWED_GRANTS = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get", "list", "watch"},
     ("", "events"): {"get", "list", "watch"},
+}
+# What `spectrain watch` may do: submit one retraining run to KFP (whose multi-user mode checks these).
+WATCH_GRANTS = {
+    ("pipelines.kubeflow.org", "runs"): {"create", "get"},
+    ("pipelines.kubeflow.org", "experiments"): {"create", "get", "list"},
 }
 PLACEHOLDER = re.compile(r"REPLACE_ME|change-me")
 EXPECTED_SECRETS = {name: set(keys) for name, keys in secrets.KEYS.items()}  # what the pipeline and serve read
@@ -251,10 +256,14 @@ def one(docs, kind: str, name: str) -> dict:
 
 
 def pod_specs(docs) -> list[tuple[str, dict]]:
-    return [
+    found = [
         (f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"])
         for doc in docs
         if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+    ]
+    return found + [
+        (f"CronJob/{doc['metadata']['name']}", doc["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+        for doc in of_kind(docs, "CronJob")
     ]
 
 
@@ -290,16 +299,53 @@ def test_everything_lives_in_the_spectrain_namespace(overlay):
     assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
 
 
+def grants(role: dict) -> dict[tuple[str, str], set[str]]:
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule.get(field, []), f"wildcard in {field}: {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_watch_cronjob_is_suspended_until_configured_and_may_only_submit_runs(overlay):
+    from pipelines.watch import WatchConfig
+
+    docs = build(f"overlays/{overlay}")
+    assert grants(one(docs, "Role", "spectrain-watch")) == WATCH_GRANTS
+    assert one(docs, "RoleBinding", "spectrain-watch")["subjects"][0]["name"] == "spectrain-watch"
+    assert one(docs, "ServiceAccount", "spectrain-watch")["automountServiceAccountToken"] is False
+    cron = one(docs, "CronJob", "spectrain-watch")
+    assert cron["spec"]["suspend"] is True and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["spectrain", "watch", "--once"] and container["image"] == images.ORCHESTRATE
+    flags = {arg.split("=")[0].removeprefix("--").replace("-", "_") for arg in container["args"]}
+    assert flags <= set(WatchConfig.__dataclass_fields__), flags - set(WatchConfig.__dataclass_fields__)
+    settings = one(docs, "ConfigMap", "spectrain-watch")["data"]
+    assert {arg.split("$(")[1].rstrip(")") for arg in container["args"]} <= set(settings)
+    token = pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "pipelines.kubeflow.org"
+    from pipelines.submit import KFP_TOKEN_PATH
+
+    assert {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": KFP_TOKEN_PATH} in container["env"]
+    assert container["volumeMounts"][0]["mountPath"] + "/" + token["path"] == KFP_TOKEN_PATH
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_runner_role_is_least_privilege(overlay):
     from pipelines.submit import DEFAULT_SERVICE_ACCOUNT
 
     docs = build(f"overlays/{overlay}")
     roles = of_kind(docs, "Role")
-    assert [r["metadata"]["name"] for r in roles] == ["spectrain-pipeline-runner"]
+    assert sorted(r["metadata"]["name"] for r in roles) == ["spectrain-pipeline-runner", "spectrain-watch"]
     one(docs, "ServiceAccount", DEFAULT_SERVICE_ACCOUNT)  # what `spectrain submit/schedule` run as
     granted: dict[tuple[str, str], set[str]] = {}
-    for rule in roles[0]["rules"]:
+    for rule in one(docs, "Role", "spectrain-pipeline-runner")["rules"]:
         assert "resourceNames" not in rule and "nonResourceURLs" not in rule
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule.get(field, []), f"wildcard in {field}: {rule}"
@@ -397,6 +443,8 @@ def test_workloads_are_pinned_sized_and_probed(overlay):
             resources = container.get("resources", {})
             for part in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(part, {})), f"{what}/{container['name']}: {part}"
+        if spec.get("restartPolicy") in ("Never", "OnFailure"):
+            continue  # a batch pod (Job, CronJob) serves nothing: no readiness to probe
         for container in spec["containers"]:
             assert "readinessProbe" in container, f"{what}/{container['name']} has no readiness probe"
 

@@ -26,6 +26,7 @@ def fake(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KFP_TOKEN", "t0ken")
     monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", tmp_path / "no-service-account-token")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-kfp-token"))
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
     with FakeKfpServer() as server:
         yield server
@@ -74,6 +75,17 @@ def test_service_account_token_is_used_without_kfp_token(fake, tmp_path, monkeyp
     monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", token)
     assert cli(fake, "submit", "--run-name", "r") == 0
     assert {r.authorization for r in fake.requests} == {"Bearer sa-token"}
+
+
+def test_the_token_projected_for_the_kfp_api_wins_over_the_service_account_token(fake, tmp_path, monkeypatch):
+    """Multi-user KFP accepts a token with audience pipelines.kubeflow.org (manifests/base/watch.yaml mounts one)."""
+    (tmp_path / "sa").write_text("sa-token")
+    (tmp_path / "kfp").write_text("kfp-audience-token\n")
+    monkeypatch.delenv("KFP_TOKEN")
+    monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", tmp_path / "sa")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "kfp"))
+    assert cli(fake, "submit", "--run-name", "r") == 0
+    assert {r.authorization for r in fake.requests} == {"Bearer kfp-audience-token"}
 
 
 def test_submit_twice_with_the_same_name_creates_one_run(fake, capsys):

@@ -145,6 +145,7 @@ def register_champion(client, experiment, pipeline_run: str, tau: float = 1.5):
 def kfp(monkeypatch, tmp_path):
     monkeypatch.setenv("KFP_TOKEN", "t0ken")
     monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", tmp_path / "no-service-account-token")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-kfp-token"))
     with FakeKfpServer() as server:
         yield server
 
