@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": args.total_seconds,
         "failed": sum(row["failed"] for row in envs.values()),
     }
-    name = args.command.replace(" ", "-")  # make-test, make-test-fast
+    name = "-".join(args.command.split("(")[0].split())  # make-test, make-test-fast; a note in (...) is not named
     print(f"wrote {results.write(name, args.command, figures, at_commit=args.commit)}")
     return 0
 
