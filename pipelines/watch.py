@@ -326,6 +326,7 @@ def reading(config: WatchConfig, client: Any, now: float | None = None) -> dict:
         client.set_tag(run.info.run_id, f"spectrain.watch.retraining.{state.readings}", json.dumps(started))
     return {
         "deployment": deployment,
+        "time": now,
         "status": verdict.status,
         "acceptance_length": verdict.tau,
         "champion_acceptance_length": champion_tau,
@@ -356,7 +357,7 @@ def run(config: WatchConfig) -> dict:
 
 
 def line(result: dict) -> str:
-    stamp = time.strftime("%H:%M:%S")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(result["time"]))
     tau = "τ   -  " if result["acceptance_length"] is None else f"τ {result['acceptance_length']:.3f}"
     text = f"[watch {stamp}] {result['deployment']}: {tau} ({result['window_drafts']:.0f} drafts) {result['status']}"
     text += f": {result['message']}"

