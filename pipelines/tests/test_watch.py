@@ -8,6 +8,7 @@ server that receives the retraining run is pipelines/tests/fake_kfp.py.
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -340,15 +341,16 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
     readings = []
     run_step("serve", with_draft)
     try:
-        readings.append(watch.reading(settings, client, now=0))
+        start = time.time()  # readings a minute apart on the test's own clock: no waiting between them
+        readings.append(watch.reading(settings, client, now=start))
         traffic(REMEMBERED * 2)
-        readings.append(watch.reading(settings, client, now=60))
+        readings.append(watch.reading(settings, client, now=start + 60))
         run_step("stop-server", {"run_id": "watch-test"})  # a restart: the new server counts from 0
         run_step("serve", with_draft)
-        readings.append(watch.reading(settings, client, now=120))
+        readings.append(watch.reading(settings, client, now=start + 120))
         for now in (180, 240, 300):  # the traffic moves to prompts the draft never saw
             traffic(UNSEEN)
-            readings.append(watch.reading(settings, client, now=now))
+            readings.append(watch.reading(settings, client, now=start + now))
     finally:
         run_step("stop-server", {"run_id": "watch-test"})
     print(f"champion τ {evaluated['acceptance_length']:.3f} (evaluate)\n" + "\n".join(map(watch.line, readings)))
