@@ -139,7 +139,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             train_draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
             train_hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states (skipped, with a warning, when it would exceed the train step's hidden_state_cache_max_gb, 20 GB).
             train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "warmup_steps": 20, "seed": 7}; see `spectrain step train-heads --help`.
-            num_draft_tokens: k, draft tokens proposed per base step in evaluation.
+            num_draft_tokens: k at which τ is measured, compared and gated (the vLLM cross-check too); the served k is measured: evaluate times draft and verification steps for k = 1..5 and export writes the fastest into the draft's vllm_speculative_config.json.
             eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
             eval_max_new_tokens: greedy tokens generated per evaluation prompt.
             eval_vllm_crosscheck: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
@@ -235,13 +235,14 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **gpu)
                 reads_cluster_config(evaluated)  # eval_dataset may be on S3
 
-                # 5. export: the draft directory serving runtimes load
+                # 5. export: the draft directory serving runtimes load, with the k evaluate measured as fastest
                 exported = export(
                     draft_checkpoint=trained.outputs["draft_checkpoint"],
                     mode=mode,
                     dtype=export_dtype,
                     base_model=base_model,
-                    num_draft_tokens=num_draft_tokens,
+                    num_draft_tokens=0,
+                    evaluation=evaluated.outputs["evaluation"],
                 )
                 in_image(exported).set_caching_options(True)
                 on_cluster(exported, gpus=1, secrets={}, **gpu)

@@ -85,6 +85,23 @@ def each_one_of(*choices: str, retired: dict[str, str] | None = None) -> Rule:
     return Rule(f"a non-empty list of distinct values from {', '.join(choices)}", ",".join(choices[:2]), test)
 
 
+def increasing_sizes(example: str) -> Rule:
+    """A non-empty list of integers ≥ 1, strictly increasing, starting at 1 (batch sizes)."""
+
+    def test(values: list) -> str | None:
+        try:
+            sizes = [int(v) for v in values]
+        except (TypeError, ValueError):
+            return "not all integers"
+        if not sizes or sizes[0] != 1:
+            return "the list must start at 1"
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            return "the sizes must increase"
+        return None
+
+    return Rule("increasing integers starting at 1", example, test)
+
+
 def url(*, schemes: tuple[str, ...] = ("http", "https"), optional: bool = True, several: bool = False) -> Rule:
     """A well-formed URL (host and scheme); ``several``: comma-separated URLs."""
 
@@ -229,3 +246,14 @@ def existing_folder(optional: bool = False) -> Rule:
         return None if Path(value).is_dir() else f"no such directory: {value}"
 
     return Rule("an existing folder", "./draft-checkpoint", test)
+
+
+def existing_path(optional: bool = False) -> Rule:
+    def test(value: str) -> str | None:
+        if not value:
+            return None if optional else "it is empty"
+        if not checking_here():
+            return None
+        return None if Path(value).exists() else f"no such file or directory: {value}"
+
+    return Rule("an existing file or folder", "./evaluation/evaluation.json", test)

@@ -16,6 +16,22 @@ RETIRED_MODES = {
     "use eagle3",
 }
 TRAIN_RESULT = "train_result.json"  # what train_heads writes next to the checkpoint: mode, heads, steps, losses
+# What export writes into a draft directory: vLLM's --speculative-config with the measured k, less the draft's path.
+SERVING_CONFIG = "vllm_speculative_config.json"
+
+
+def vllm_speculative_config(draft_dir: str | Path) -> dict:
+    """The ``--speculative-config`` to serve ``draft_dir`` with: what export chose from measurements, with the path."""
+    path = Path(draft_dir) / SERVING_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpectrainError(
+            f"cannot read the draft's serving config ({exc})",
+            where=str(path),
+            fix="pass a draft directory written by spectrain's export step",
+        ) from exc
+    return {**config, "model": str(Path(draft_dir).resolve())}
 
 
 def check_draft_checkpoint(checkpoint: str, mode: str, step: str, num_draft_tokens: int | None = None) -> None:

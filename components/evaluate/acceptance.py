@@ -19,6 +19,7 @@ import modelopt.torch.opt as mto
 import torch
 import transformers
 
+from components.evaluate import costs
 from components.evaluate.config import EvaluateConfig
 from spectrain.console import Progress
 from spectrain.data import dataset_fingerprint, heldout_chats
@@ -76,20 +77,29 @@ def replay(sequence: list[int], prompt_length: int, propose, k: int) -> Tally:
     ``propose(n)`` returns up to k draft tokens for positions n+1.. given the committed
     tokens ``sequence[:n+1]`` (token n is the one the base model just emitted).
     """
-    tally = Tally(k)
-    n = prompt_length  # the base model's first step emits token n
-    end = len(sequence)
-    while n < end:
-        drafts = propose(n) if n + 1 < end else []
+    return replay_curve(sequence, prompt_length, propose, [k])[k]
+
+
+def replay_curve(sequence: list[int], prompt_length: int, propose, ks: list[int]) -> dict[int, Tally]:
+    """``replay`` for every chain length in ``ks`` at once, each exact: a chain of k is the first k tokens of the
+    longest chain (true of every drafter here), so ``propose`` runs once per position any of the replays visits,
+    in increasing order of positions (the replay furthest behind moves first)."""
+    longest, end = max(ks), len(sequence)
+    tallies, at, proposed = {k: Tally(k) for k in ks}, dict.fromkeys(ks, prompt_length), dict[int, list[int]]()
+    while any(n < end for n in at.values()):
+        k = min((k for k in ks if at[k] < end), key=at.get)
+        n = at[k]
+        if n + 1 < end and n not in proposed:
+            proposed[n] = list(propose(n))[:longest]
         accepted = 0
-        for offset, token in enumerate(drafts[:k], start=1):
+        for offset, token in enumerate(proposed.get(n, [])[:k] if n + 1 < end else [], start=1):
             if n + offset < end and sequence[n + offset] == token:
                 accepted += 1
             else:
                 break
-        tally.add(accepted, accepted + 1, drafted=n + 1 < end)
-        n += accepted + 1
-    return tally
+        tallies[k].add(accepted, accepted + 1, drafted=n + 1 < end)
+        at[k] = n + accepted + 1
+    return tallies
 
 
 def ngram_proposer(sequence: list[int], k: int, ngram_max: int):
@@ -120,6 +130,13 @@ class MedusaProposer:
         drafts = torch.stack([head(hidden).argmax(-1) for head in heads], dim=-1).tolist()  # [L, k]
         return lambda n: drafts[n - 1]  # the hidden state that emitted token n is at n-1
 
+    @torch.no_grad()
+    def step_timer(self, input_ids: torch.Tensor, batch: int):
+        """k -> one draft step for ``batch`` sequences: k heads over the hidden state that emitted the last token,
+        at position -2 (the verification pass computes it; the heads are all the draft adds)."""
+        hidden = self.model.model(input_ids=input_ids).last_hidden_state[:, -2].expand(batch, -1).contiguous()
+        return lambda k: lambda: torch.stack([head(hidden).argmax(-1) for head in self.model.medusa_heads[:k]], -1)
+
 
 class DFlashProposer:
     """DFlash: one draft forward over a block [the token the base just emitted, mask × (block - 1)], attending to
@@ -134,25 +151,38 @@ class DFlashProposer:
         self.block = model.dflash_block_size
 
     @torch.no_grad()
-    def for_sequence(self, input_ids: torch.Tensor):
+    def _context(self, input_ids: torch.Tensor) -> torch.Tensor:
         model = self.model
         hidden_states = model._base_model(input_ids=input_ids, output_hidden_states=True).hidden_states
-        context = torch.cat([hidden_states[layer + 1] for layer in model.target_layer_ids], dim=-1)
-        mask = torch.full((1, self.block), model.mask_token_id, dtype=torch.long)
+        return torch.cat([hidden_states[layer + 1] for layer in model.target_layer_ids], dim=-1)
 
-        def propose(n: int) -> list[int]:
-            block = mask.clone()
-            block[0, 0] = input_ids[0, n]  # the token the base emitted at position n
-            positions = torch.arange(n + self.block).unsqueeze(0)  # the context's, then the block's
-            hidden = model.dflash_module(
-                noise_embedding=model._base_model_embeddings(block),
-                target_hidden=context[:, :n],
-                position_ids=positions,
-                attention_mask=None,
-            )
-            return model._base_model_lm_head(hidden[:, 1 : 1 + self.k]).argmax(-1)[0].tolist()
+    @torch.no_grad()
+    def _draft(self, tokens: torch.Tensor, context: torch.Tensor, k: int) -> torch.Tensor:
+        """k drafts per row: one forward over [the token the base emitted, mask × (block - 1)] and the context."""
+        model = self.model
+        block = torch.full((tokens.shape[0], self.block), model.mask_token_id, dtype=torch.long)
+        block[:, 0] = tokens
+        positions = torch.arange(context.shape[1] + self.block).unsqueeze(0)  # the context's, then the block's
+        hidden = model.dflash_module(
+            noise_embedding=model._base_model_embeddings(block),
+            target_hidden=context,
+            position_ids=positions,
+            attention_mask=None,
+        )
+        return model._base_model_lm_head(hidden[:, 1 : 1 + k]).argmax(-1)
 
-        return propose
+    @torch.no_grad()
+    def for_sequence(self, input_ids: torch.Tensor):
+        context = self._context(input_ids)
+        return lambda n: self._draft(input_ids[:, n], context[:, :n], self.k)[0].tolist()
+
+    def step_timer(self, input_ids: torch.Tensor, batch: int):
+        """k -> one draft step for ``batch`` sequences. modelopt's DFlash module has no KV cache: it attends to the
+        whole context each step, so on long contexts this is an upper bound of what a runtime with one pays."""
+        n = input_ids.shape[1] - 1
+        context = self._context(input_ids)[:, :n].expand(batch, -1, -1).contiguous()
+        tokens = input_ids[:, n].expand(batch)
+        return lambda k: lambda: self._draft(tokens, context, k)
 
 
 DRAFT_MODULES = (
@@ -224,9 +254,8 @@ class EagleProposer:
         return token, prenorm[:, -1:], cache
 
     @torch.no_grad()
-    def for_sequence(self, input_ids: torch.Tensor):
-        from transformers import DynamicCache
-
+    def _context(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the draft reads at every position t: the base's (fused) hidden state at t and the token at t+1."""
         model = self.model
         outputs = model._base_model(input_ids=input_ids, output_hidden_states=True)  # hooks collect aux states
         if model.eagle_config.use_aux_hidden_state:
@@ -234,25 +263,51 @@ class EagleProposer:
         else:
             context_hidden = outputs.hidden_states[-1]
         model.eagle_module._maybe_init_rope(device=context_hidden.device)
-        # Draft position t reads the base hidden state at t and the token at t+1.
-        next_ids = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
-        state = {"cache": DynamicCache(config=self.module.config), "cached": 0}
+        return context_hidden, torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+
+    def _cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.module.config)
+
+    @torch.no_grad()
+    def _chain(self, context_hidden, next_ids, cache, n: int, k: int) -> list[torch.Tensor]:
+        """k drafts after position n from a cache of the true context up to n - 2; the cache is left as found."""
+        token, hidden, cache = self._step(context_hidden[:, n - 1 : n], next_ids[:, n - 1 : n], cache, n - 1)
+        drafts = [token]
+        for step in range(1, k):
+            token, hidden, cache = self._step(hidden, token, cache, n - 1 + step)
+            drafts.append(token)
+        cache.crop(n - 1)  # forget this chain; keep the true context
+        return drafts
+
+    @torch.no_grad()
+    def for_sequence(self, input_ids: torch.Tensor):
+        context_hidden, next_ids = self._context(input_ids)
+        state = {"cache": self._cache(), "cached": 0}
 
         def propose(n: int) -> list[int]:
-            cache = state["cache"]
+            if state["cached"] > n - 1:  # an earlier position than the last: drop the context after it
+                state["cache"].crop(n - 1)
+                state["cached"] = n - 1
             if state["cached"] < n - 1:  # extend the true-context cache up to position n-2
                 start = state["cached"]
-                _, _, cache = self._step(context_hidden[:, start : n - 1], next_ids[:, start : n - 1], cache, start)
+                _, _, state["cache"] = self._step(
+                    context_hidden[:, start : n - 1], next_ids[:, start : n - 1], state["cache"], start
+                )
                 state["cached"] = n - 1
-            token, hidden, cache = self._step(context_hidden[:, n - 1 : n], next_ids[:, n - 1 : n], cache, n - 1)
-            drafts = [int(token)]
-            for step in range(1, self.k):
-                token, hidden, cache = self._step(hidden, token, cache, n - 1 + step)
-                drafts.append(int(token))
-            cache.crop(n - 1)  # forget this chain; keep the true context
-            return drafts
+            return [int(token) for token in self._chain(context_hidden, next_ids, state["cache"], n, self.k)]
 
         return propose
+
+    @torch.no_grad()
+    def step_timer(self, input_ids: torch.Tensor, batch: int):
+        """k -> one draft step for ``batch`` sequences: the chain of k after the last token, from the context's
+        cache (what a runtime does after a step that accepted nothing; each accepted token adds a position)."""
+        n = input_ids.shape[1] - 1
+        context_hidden, next_ids = (t.expand(batch, *t.shape[1:]).contiguous() for t in self._context(input_ids))
+        _, _, cache = self._step(context_hidden[:, : n - 1], next_ids[:, : n - 1], self._cache(), 0)
+        return lambda k: lambda: self._chain(context_hidden, next_ids, cache, n, k)
 
 
 def load_prompts(config: EvaluateConfig, tokenizer) -> list[dict]:
@@ -332,15 +387,30 @@ def greedy_sequences(base, prompts: list[dict], config: EvaluateConfig, model_pa
     return sequences
 
 
-def evaluate_proposer(make_propose, prompts, sequences, k, name: str = "draft") -> tuple[Tally, dict[str, Tally]]:
-    total, by_category = Tally(k), dict[str, Tally]()
+def evaluate_proposer(
+    make_propose, prompts, sequences, ks: list[int], name: str = "draft", category_k: int = 0
+) -> tuple[dict[int, Tally], dict[str, Tally]]:
+    """Tallies for every chain length in ``ks`` (one replay each, drafts shared), and per prompt category at
+    ``category_k`` (default: the longest)."""
+    category_k = category_k or max(ks)
+    totals, by_category = {k: Tally(k) for k in ks}, dict[str, Tally]()
     with Progress(len(prompts), f"replay: {name}", "prompt") as progress:
         for prompt, sequence in zip(prompts, sequences):
-            tally = replay(sequence, len(prompt["input_ids"]), make_propose(sequence), k)
-            total.merge(tally)
-            by_category.setdefault(prompt["category"], Tally(k)).merge(tally)
+            tallies = replay_curve(sequence, len(prompt["input_ids"]), make_propose(sequence), ks)
+            for k, tally in tallies.items():
+                totals[k].merge(tally)
+            by_category.setdefault(prompt["category"], Tally(category_k)).merge(tallies[category_k])
             progress.update()
-    return total, by_category
+    return totals, by_category
+
+
+def draft_limit(model, mode: str, wanted: int) -> int:
+    """The longest chain the draft can propose, at most ``wanted`` (EAGLE has no limit of its own)."""
+    if mode == "medusa":
+        return min(wanted, len(model.medusa_heads))
+    if mode == "dflash":
+        return min(wanted, model.dflash_block_size - 1)
+    return wanted
 
 
 def plot_acceptance(results: dict[str, dict], path: Path) -> None:
@@ -378,32 +448,37 @@ def run(config: EvaluateConfig) -> dict:
     prompts = load_prompts(config, tokenizer)
     base = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPE).eval()
     sequences = greedy_sequences(base, prompts, config, model_path)
-    del base
+    del base  # the checkpoint below holds the same frozen base
     model = transformers.AutoModelForCausalLM.from_pretrained(
         config.checkpoint, dtype=DTYPE, attn_implementation="sdpa"
     ).eval()
     k = config.num_draft_tokens
     proposer = draft_proposer(model, config)
+    proposer.k = max_k = max(k, draft_limit(model, config.mode, config.max_k))  # the curve's chains: k = 1..max_k
+    ks = list(range(1, max_k + 1))
 
-    draft_started = time.monotonic()
-    candidate, by_category = evaluate_proposer(
-        lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, k, name=config.mode
+    curve, by_category = evaluate_proposer(
+        lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, ks, f"{config.mode}, k = 1..{max_k}", k
     )
-    draft_seconds = time.monotonic() - draft_started
-    ngram, _ = evaluate_proposer(lambda s: ngram_proposer(s, k, config.ngram_max), prompts, sequences, k, "n-gram")
+    ngram_curve, _ = evaluate_proposer(
+        lambda s: ngram_proposer(s, max_k, config.ngram_max), prompts, sequences, ks, "n-gram"
+    )
+    candidate, ngram = curve[k], ngram_curve[k]
     results = {
         config.mode: candidate.summary(),
         "ngram": ngram.summary(),
         "no speculation": {"acceptance_length": 1.0, "acceptance_rate_per_position": [0.0] * k},
     }
-    if config.untrained_baseline:
-        reset_heads(model)
-        untrained, _ = evaluate_proposer(
-            lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, k, f"untrained {config.mode}"
-        )
-        results[f"untrained {config.mode}"] = untrained.summary()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    serving = serving_recommendation(config, model, proposer, sequences, curve, ngram_curve, output_dir)
+    if config.untrained_baseline:
+        reset_heads(model)
+        proposer.k = k
+        untrained, _ = evaluate_proposer(
+            lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, [k], f"untrained {config.mode}"
+        )
+        results[f"untrained {config.mode}"] = untrained[k].summary()
     plot_acceptance(results, output_dir / "acceptance.png")
     summary = {
         "mode": config.mode,
@@ -420,7 +495,7 @@ def run(config: EvaluateConfig) -> dict:
         "dtype": str(DTYPE).removeprefix("torch."),
         "base_model": config.base_model,
         **base_model_identity(model_path, tokenizer),
-        "simulated_tokens_per_s": candidate.tokens / max(draft_seconds, 1e-9),
+        **serving,
         "seconds": time.monotonic() - started,
         "plot": str(output_dir / "acceptance.png"),
     }
@@ -432,4 +507,67 @@ def run(config: EvaluateConfig) -> dict:
         + (f", untrained τ = {summary['untrained_acceptance_length']:.3f}" if config.untrained_baseline else ""),
         flush=True,
     )
+    print(f"[evaluate] {serving_line(summary)}", flush=True)
     return summary
+
+
+def serving_recommendation(config, model, proposer, sequences, curve, ngram_curve, output_dir: Path) -> dict:
+    """The k to serve with: τ_k from the replay, the costs of a step timed here, the expected speed-up per k."""
+    ks = sorted(curve)
+    taus = [curve[k].summary()["acceptance_length"] for k in ks]
+    ngram_taus = [ngram_curve[k].summary()["acceptance_length"] for k in ks]
+    context = sorted(sequences, key=len)[len(sequences) // 2]  # a sequence of median length
+    print(
+        f"[evaluate] timing a draft step and a verification step, k = 1..{len(ks)}, "
+        f"batch sizes {config.cost_batch_sizes}, {len(context)} tokens of context",
+        flush=True,
+    )
+    proposer.k = len(ks)
+    step = costs.step_costs(
+        model,
+        proposer,
+        torch.tensor([context]),
+        len(ks),
+        [int(b) for b in config.cost_batch_sizes],
+        config.cost_repeats,
+    )
+    single = step[0]
+    speedup, ngram_speedup = costs.speedups(taus, single), costs.speedups(ngram_taus, single, free_draft=True)
+    best, ngram_best = costs.best_k(speedup, allow_none=False), costs.best_k(ngram_speedup, allow_none=False)
+    costs.plot_speedup(config.mode, step, taus, ngram_taus, output_dir / "speedup.png")
+    return {
+        "k_curve": [
+            {
+                "k": k,
+                "acceptance_length": tau,
+                "ngram_acceptance_length": ngram_tau,
+                "expected_speedup": s,
+                "ngram_expected_speedup": ngram_s,
+            }
+            for k, tau, ngram_tau, s, ngram_s in zip(ks, taus, ngram_taus, speedup, ngram_speedup)
+        ],
+        "acceptance_rate_per_position_at_max_k": curve[ks[-1]].summary()["acceptance_rate_per_position"],
+        "step_costs": step,
+        "cost_context_tokens": len(context),
+        "draft_step_cost_ratio": single["draft_s"][0] / single["base_s"],
+        "recommended_num_draft_tokens": best,
+        "expected_speedup": speedup[best - 1],
+        "ngram_best_num_draft_tokens": ngram_best,
+        "ngram_expected_speedup": ngram_speedup[ngram_best - 1],
+        "num_speculative_tokens_per_batch_size": costs.schedule(step, taus),
+        "speedup_plot": str(output_dir / "speedup.png"),
+    }
+
+
+def serving_line(summary: dict) -> str:
+    """One line: the recommended k, its expected speed-up against n-gram's best, and the schedule."""
+    if "recommended_num_draft_tokens" not in summary:
+        return "no serving recommendation (evaluated before spectrain measured step costs)"
+    schedule = summary.get("num_speculative_tokens_per_batch_size")
+    return (
+        f"serve with k = {summary['recommended_num_draft_tokens']}: {summary['expected_speedup']:.2f}x expected "
+        f"at batch 1 (n-gram's best: k = {summary['ngram_best_num_draft_tokens']}, "
+        f"{summary['ngram_expected_speedup']:.2f}x); a draft step costs {summary['draft_step_cost_ratio']:.2f} "
+        "base steps; by batch size: "
+        + (", ".join(f"{a}-{b}: k = {k}" for a, b, k in schedule) if schedule else "speculation never pays")
+    )

@@ -36,6 +36,18 @@ class EvaluateConfig:
         check=checks.at_least(1, 16),
     )
     ngram_max: int = field(3, "n-gram baseline: longest suffix matched in the context", check=checks.at_least(1, 3))
+    max_k: int = field(
+        5,
+        "the speed-up curve: τ and step costs for every k up to this (capped by the draft: Medusa's heads, "
+        "DFlash's block - 1); the best k is what export writes into the serving config",
+        check=checks.at_least(1, 5),
+    )
+    cost_batch_sizes: list = field(
+        [1, 4, 16],
+        "batch sizes at which a draft step and a verification step are timed (the per-batch-size k schedule)",
+        check=checks.increasing_sizes("1,4,16"),
+    )
+    cost_repeats: int = field(3, "timed runs per cost (the median counts)", check=checks.at_least(1, 3))
     untrained_baseline: bool = field(True, "also measure the same draft architecture at initialisation")
     output_dir: str = field("evaluation", "where metrics JSON and the acceptance plot go")
 

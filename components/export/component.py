@@ -13,10 +13,12 @@ def export(
     dtype: str,
     base_model: str,
     num_draft_tokens: int,
+    evaluation: Input[Artifact],
     draft: Output[Model],
     result: Output[Artifact],
 ):
-    """Write the deployable draft directory (vLLM layout, TensorRT-LLM files in trtllm/) in ``dtype``."""
+    """Write the deployable draft directory (vLLM layout, TensorRT-LLM files in trtllm/) in ``dtype``, served with
+    ``num_draft_tokens`` (0: the k ``evaluation`` measured as fastest, with its per-batch-size schedule)."""
     import json
 
     from spectrain.steps import run_step
@@ -29,10 +31,11 @@ def export(
             "dtype": dtype,
             "base_model": base_model,
             "num_draft_tokens": num_draft_tokens,
+            "evaluation": evaluation.path,
             "output_dir": draft.path,
         },
     )
-    draft.metadata.update({"mode": mode, "dtype": dtype})
+    draft.metadata.update({"mode": mode, "dtype": dtype, "vllm_speculative_config": outcome["vllm_speculative_config"]})
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)
 

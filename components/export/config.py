@@ -28,7 +28,15 @@ class ExportConfig:
         "embedded", "the base model the draft serves with (for the TensorRT-LLM commands)", check=checks.model_source()
     )
     num_draft_tokens: int = field(
-        3, "draft tokens per step written into the serving configs (EAGLE, DFlash)", check=checks.at_least(1, 3)
+        0,
+        "k written into the serving configs (vLLM, TensorRT-LLM); 0: the k the evaluation measured as fastest, "
+        "with its per-batch-size schedule (EAGLE-3). Medusa serves one token per head whatever this says",
+        check=checks.at_least(0, 3),
+    )
+    evaluation: str = field(
+        "",
+        "the evaluate step's evaluation.json (or its folder): the measured k, expected speed-up and schedule",
+        check=checks.existing_path(optional=True),
     )
     trtllm: bool = field(
         True,
@@ -40,6 +48,12 @@ class ExportConfig:
         if not self.checkpoint:
             raise SpectrainError(
                 "no checkpoint given", where="export.checkpoint", fix="pass the directory written by train_heads"
+            )
+        if not self.num_draft_tokens and not self.evaluation:
+            raise SpectrainError(
+                "no k to serve the draft with: num_draft_tokens is 0 (the measured k) and no evaluation is given",
+                where="export.evaluation",
+                fix="pass the evaluate step's output (--evaluation DIR), or choose k yourself (--num-draft-tokens 3)",
             )
 
 

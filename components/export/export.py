@@ -6,6 +6,8 @@ Which runtime loads what (see README.md):
   eagle3        -> TensorRT-LLM `trtllm-serve BASE --config DIR/trtllm/config.yaml` (PyTorch backend)
   medusa        -> TensorRT-LLM engine from DIR/trtllm/medusa (`DIR/trtllm/build.sh`, see trtllm.py)
   dflash        -> vLLM `--speculative-config '{"method": "dflash", "model": DIR, "num_speculative_tokens": k}'`
+Every draft directory holds vllm_speculative_config.json: the config above with the k measured fastest (and, for
+EAGLE-3, vLLM's per-batch-size schedule), less the "model" path (spectrain.drafts.vllm_speculative_config).
   dflash        -> TensorRT-LLM `trtllm-serve BASE --config DIR/trtllm/config.yaml` (PyTorch backend, GPU only)
 """
 
@@ -24,7 +26,7 @@ from safetensors.torch import save_file
 
 from components.export import trtllm
 from components.export.config import ExportConfig
-from spectrain.drafts import check_draft_checkpoint
+from spectrain.drafts import SERVING_CONFIG, check_draft_checkpoint
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 
@@ -131,9 +133,60 @@ def safetensors_dtypes(output_dir: Path) -> set[str]:
     return dtypes
 
 
+def read_evaluation(config: ExportConfig) -> dict:
+    """The evaluation export takes k from ({} without one), refused before any work if it cannot serve as such."""
+    if not config.evaluation:
+        return {}
+    path = Path(config.evaluation)
+    path = path / "evaluation.json" if path.is_dir() else path
+    try:
+        evaluation = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpectrainError(
+            f"cannot read the evaluation ({exc})", where=str(path), fix="pass the evaluate step's output folder"
+        ) from exc
+    if evaluation.get("mode") != config.mode:
+        raise SpectrainError(
+            f"the evaluation measured a {evaluation.get('mode')} draft, this export is {config.mode}",
+            where=f"{path}: mode",
+            fix="pass the evaluation of this checkpoint",
+        )
+    if not config.num_draft_tokens and "recommended_num_draft_tokens" not in evaluation:
+        raise SpectrainError(
+            "the evaluation has no measured k (it was written before evaluate timed draft and verification steps)",
+            where=f"{path}: recommended_num_draft_tokens",
+            fix="evaluate the checkpoint again, or choose k yourself (--num-draft-tokens 3)",
+        )
+    return evaluation
+
+
+def serving_config(config: ExportConfig, model, evaluation: dict) -> tuple[dict, str]:
+    """vLLM's --speculative-config for this draft (less its path), and a line that says where its k comes from."""
+    method = {"eagle3": "eagle3", "medusa": "medusa", "dflash": "dflash"}[config.mode]
+    measured = evaluation.get("recommended_num_draft_tokens")
+    if config.mode == "medusa":  # vLLM's Medusa proposes exactly one token per head
+        heads = len(model.medusa_heads)
+        why = f"Medusa: one token per head, {heads} heads"
+        if measured and measured < heads:
+            why += f"; the measured best is k = {measured}: train with medusa_num_heads = {measured}"
+        return {"method": method, "num_speculative_tokens": heads}, why
+    if config.num_draft_tokens:
+        return {"method": method, "num_speculative_tokens": config.num_draft_tokens}, "k as given (num_draft_tokens)"
+    speculative = {"method": method, "num_speculative_tokens": measured}
+    why = f"k = {measured} measured fastest at batch 1 ({evaluation['expected_speedup']:.2f}x expected)"
+    schedule = evaluation.get("num_speculative_tokens_per_batch_size")
+    if schedule and config.mode == "eagle3":  # the schedule vLLM is proven to follow (pipelines/tests/test_watch.py)
+        speculative["num_speculative_tokens"] = max(measured, *(k for _, _, k in schedule))
+        speculative["num_speculative_tokens_per_batch_size"] = schedule
+        why += ", by batch size " + ", ".join(f"{a}-{b}: {k}" for a, b, k in schedule)
+    return speculative, why
+
+
 def run(config: ExportConfig) -> dict:
     started = time.monotonic()
+    config.validate()
     check_draft_checkpoint(config.checkpoint, config.mode, "export")  # Medusa exports every head it has
+    evaluation = read_evaluation(config)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, config.dtype)
@@ -148,6 +201,9 @@ def run(config: ExportConfig) -> dict:
             f"the checkpoint has no {part}", where=config.checkpoint, fix="export it with the mode it was trained with"
         )
     write(model, output_dir, dtype)
+    speculative, why = serving_config(config, model, evaluation)
+    (output_dir / SERVING_CONFIG).write_text(json.dumps(speculative, indent=2))
+    print(f"[export] serve it with {speculative['num_speculative_tokens']} draft tokens: {why}", flush=True)
     trt = None
     if config.trtllm:
         capture = list(model.eagle_config.eagle_aux_hidden_state_layer_ids) if config.mode == "eagle3" else []
@@ -157,7 +213,7 @@ def run(config: ExportConfig) -> dict:
             output_dir,
             dtype,
             str(resolve_base_model(config.base_model)),
-            config.num_draft_tokens,
+            speculative["num_speculative_tokens"],
             capture,
             medusa_state_dict(model) if config.mode == "medusa" else None,
         )
@@ -180,6 +236,9 @@ def run(config: ExportConfig) -> dict:
         "files": files,
         "bytes": size,
         "dtype": config.dtype,
+        "vllm_speculative_config": speculative,
+        "num_speculative_tokens": speculative["num_speculative_tokens"],
+        "serving_choice": why,
         "trtllm": trt,
         "seconds": time.monotonic() - started,
     }

@@ -39,7 +39,11 @@ def register(
             "min_acceptance_length": min_acceptance_length,
             "pipeline_run_id": pipeline_run_id,  # MLflow params: every step's resolved config, from its result
             # everything it logs arrives as an artifact of this task: paths into other pods mean nothing here
-            "plots": [f"{evaluation.path}/acceptance.png", f"{training_curves.path}/training_curves.png"],
+            "plots": [
+                f"{evaluation.path}/acceptance.png",
+                f"{evaluation.path}/speedup.png",
+                f"{training_curves.path}/training_curves.png",
+            ],
             "step_results": {
                 "serve": serve_result.path,
                 "regenerate": regenerate_result.path,

@@ -19,6 +19,14 @@ from spectrain.models import model_slug
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 LOGGED = "spectrain.logged"  # run tag set once everything is logged
+# evaluate's measured serving figures, logged as metrics (the curve adds expected_speedup_k<k>)
+SERVING_METRICS = (
+    "recommended_num_draft_tokens",
+    "expected_speedup",
+    "ngram_best_num_draft_tokens",
+    "ngram_expected_speedup",
+    "draft_step_cost_ratio",
+)
 # How a τ was measured (the evaluate step's result): two versions are compared only when all of these agree.
 PROTOCOL = (
     "base_model",
@@ -94,6 +102,13 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str, logged:
             metrics["untrained_acceptance_length"] = evaluation["untrained_acceptance_length"]
         for position, rate in enumerate(evaluation["acceptance_rate_per_position"], start=1):
             metrics[f"acceptance_rate_position_{position}"] = rate
+        for key in SERVING_METRICS:
+            if evaluation.get(key) is not None:
+                metrics[key] = evaluation[key]
+        for point in evaluation.get("k_curve", []):
+            metrics[f"expected_speedup_k{point['k']}"] = point["expected_speedup"]
+    if results.get("export", {}).get("num_speculative_tokens"):
+        metrics["served_num_draft_tokens"] = results["export"]["num_speculative_tokens"]
     if train:
         metrics.update(
             {
@@ -294,6 +309,9 @@ def run(config: RegisterConfig) -> dict:
         "git_commit": git_commit(),
         "dataset_fingerprint": str(results.get("train", {}).get("data_fingerprint", "")),
         "acceptance_length": str(evaluation.get("acceptance_length", "")),
+        # how to serve it: the k export wrote into the draft's serving config, and what evaluate expects of it
+        "num_speculative_tokens": str(results.get("export", {}).get("num_speculative_tokens", "")),
+        "expected_speedup": str(evaluation.get("expected_speedup", "")),
         **protocol(evaluation, config.base_model),
     }
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")

@@ -10,6 +10,7 @@ from components.evaluate.acceptance import (
     MedusaProposer,
     ngram_proposer,
     replay,
+    replay_curve,
 )
 from spectrain.models import resolve_base_model
 
@@ -193,3 +194,53 @@ def test_a_reply_that_disagrees_with_the_teacher_forced_pass_is_cut_at_the_first
     wrong = good[:2] + [(good[2] + 1) % model.config.vocab_size] + good[3:]
     assert confirm_greedy(model, prompt, wrong) == prompt + good[:3]
     assert confirm_greedy(model, prompt, good) == prompt + good
+
+
+def test_the_curve_replays_every_k_exactly_as_alone_asking_each_position_once_in_order():
+    import random
+
+    rng = random.Random(0)
+    sequence = [rng.randrange(4) for _ in range(60)]  # 4 symbols: drafts often right, sometimes not
+    table = {n: [rng.randrange(4) for _ in range(5)] for n in range(60)}
+    asked = []
+
+    def propose(n):
+        asked.append(n)
+        return table[n]
+
+    curve = replay_curve(sequence, 10, propose, [1, 2, 3, 4, 5])
+    for k in range(1, 6):
+        alone = replay(sequence, 10, lambda n: table[n], k)
+        assert (curve[k].steps, curve[k].tokens, curve[k].accepted_at) == (alone.steps, alone.tokens, alone.accepted_at)
+    assert asked == sorted(set(asked))  # once per position, increasing: an EAGLE cache only ever grows
+    assert curve[1].summary()["acceptance_length"] != curve[5].summary()["acceptance_length"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["eagle3", "medusa", "dflash"])
+def test_a_timed_draft_step_for_a_batch_computes_what_the_replay_proposes(base, tiny_checkpoints, mode):
+    """The cost measured is the cost of the real thing: each row of the batched step drafts what propose(n) does."""
+    from components.evaluate.acceptance import draft_proposer
+    from components.evaluate.config import EvaluateConfig
+
+    path, tokenizer = base
+    sequence, _ = greedy(path, tokenizer, "List three colours.", 8)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoints[mode][0], dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # as above: drafts that depend on the context
+        draft = {"eagle3": "eagle_module", "dflash": "dflash_module", "medusa": "medusa_heads"}[mode]
+        for parameter in getattr(model, draft).parameters():
+            if parameter.is_floating_point():
+                parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.05))
+    k = 2
+    proposer = draft_proposer(
+        model, EvaluateConfig(checkpoint=tiny_checkpoints[mode][0], mode=mode, num_draft_tokens=k)
+    )
+    expected = proposer.for_sequence(torch.tensor([sequence]))(len(sequence) - 1)
+    drafted = proposer.step_timer(torch.tensor([sequence]), 3)(k)()
+    rows = (
+        torch.cat([torch.as_tensor(t).reshape(3, -1) for t in drafted], dim=1) if isinstance(drafted, list) else drafted
+    )
+    assert rows.reshape(3, k).tolist() == [expected] * 3

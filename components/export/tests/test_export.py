@@ -16,7 +16,11 @@ from spectrain.errors import SpectrainError
 @pytest.mark.slow
 def test_medusa_export_has_exactly_vllm_names_in_the_requested_dtype(tiny_checkpoints, tmp_path):
     checkpoint, _ = tiny_checkpoints["medusa"]
-    result = run(ExportConfig(checkpoint=checkpoint, mode="medusa", output_dir=str(tmp_path), dtype="bfloat16"))
+    result = run(
+        ExportConfig(
+            checkpoint=checkpoint, mode="medusa", output_dir=str(tmp_path), dtype="bfloat16", num_draft_tokens=3
+        )
+    )
     tensors = load_file(tmp_path / "model.safetensors")
     assert set(tensors) == {
         "blocks.0.layers.0.weight",
@@ -38,7 +42,11 @@ def test_medusa_export_has_exactly_vllm_names_in_the_requested_dtype(tiny_checkp
 @pytest.mark.slow
 def test_eagle3_export_is_bf16_with_vllm_layer_ids_and_the_trained_rope(tiny_checkpoints, tmp_path):
     checkpoint, _ = tiny_checkpoints["eagle3"]
-    run(ExportConfig(checkpoint=checkpoint, mode="eagle3", output_dir=str(tmp_path), dtype="bfloat16"))
+    run(
+        ExportConfig(
+            checkpoint=checkpoint, mode="eagle3", output_dir=str(tmp_path), dtype="bfloat16", num_draft_tokens=3
+        )
+    )
     tensors = load_file(tmp_path / "model.safetensors")
     floats = {n: t for n, t in tensors.items() if t.is_floating_point()}
     assert floats and {t.dtype for t in floats.values()} == {torch.bfloat16}
@@ -53,7 +61,11 @@ def test_eagle3_export_is_bf16_with_vllm_layer_ids_and_the_trained_rope(tiny_che
 @pytest.mark.slow
 def test_dflash_export_holds_every_trained_weight_and_the_config_vllm_reads(tiny_checkpoints, tmp_path):
     checkpoint, trained = tiny_checkpoints["dflash"]
-    result = run(ExportConfig(checkpoint=checkpoint, mode="dflash", output_dir=str(tmp_path), dtype="bfloat16"))
+    result = run(
+        ExportConfig(
+            checkpoint=checkpoint, mode="dflash", output_dir=str(tmp_path), dtype="bfloat16", num_draft_tokens=3
+        )
+    )
     tensors = load_file(tmp_path / "model.safetensors")
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     draft = {n: p for n, p in model.dflash_module.state_dict().items() if "rotary" not in n}
@@ -102,7 +114,11 @@ def test_medusa_for_tensorrt_llm_has_its_loader_names_and_the_engine_build_is_sk
     tiny_checkpoints, tmp_path
 ):
     checkpoint, _ = tiny_checkpoints["medusa"]
-    result = run(ExportConfig(checkpoint=checkpoint, mode="medusa", output_dir=str(tmp_path), dtype="float16"))
+    result = run(
+        ExportConfig(
+            checkpoint=checkpoint, mode="medusa", output_dir=str(tmp_path), dtype="float16", num_draft_tokens=3
+        )
+    )
     trt = result["trtllm"]
     tensors = load_file(tmp_path / "trtllm" / "medusa" / "medusa_lm_head.safetensors")
     # what TensorRT-LLM's load_medusa_hf reads: {h}.{l}.linear.weight|bias and {h}.{num_layers}.weight
@@ -175,5 +191,76 @@ def test_a_checkpoint_of_another_mode_is_refused_before_export(tiny_checkpoints,
 
     medusa_dir, _ = tiny_checkpoints["medusa"]
     with pytest.raises(SpectrainError, match="holds a medusa draft, but export.mode is 'eagle3'"):
-        run(ExportConfig(checkpoint=medusa_dir, mode="eagle3", output_dir=str(tmp_path / "draft")))
+        run(ExportConfig(checkpoint=medusa_dir, mode="eagle3", output_dir=str(tmp_path / "draft"), num_draft_tokens=3))
+    assert not (tmp_path / "draft").exists()  # refused before anything was written
+
+
+def measured(mode: str, k: int, schedule=None) -> dict:
+    """The fields of evaluation.json export reads (what evaluate measured)."""
+    return {
+        "mode": mode,
+        "recommended_num_draft_tokens": k,
+        "expected_speedup": 1.31,
+        "num_speculative_tokens_per_batch_size": schedule,
+    }
+
+
+@pytest.mark.slow
+def test_the_served_k_and_its_batch_size_schedule_come_from_the_evaluation(tiny_checkpoints, tmp_path):
+    from spectrain.drafts import vllm_speculative_config
+
+    checkpoint, _ = tiny_checkpoints["eagle3"]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "evaluation.json").write_text(json.dumps(measured("eagle3", 2, [[1, 3, 2], [4, 16, 1]])))
+    draft = tmp_path / "draft"
+    result = run(
+        ExportConfig(checkpoint=checkpoint, mode="eagle3", output_dir=str(draft), evaluation=str(tmp_path / "eval"))
+    )
+    expected = {
+        "method": "eagle3",
+        "num_speculative_tokens": 2,
+        "num_speculative_tokens_per_batch_size": [[1, 3, 2], [4, 16, 1]],
+    }
+    assert json.loads((draft / "vllm_speculative_config.json").read_text()) == expected
+    assert vllm_speculative_config(draft) == {**expected, "model": str(draft.resolve())}
+    assert result["num_speculative_tokens"] == 2 and "1.31x expected" in result["serving_choice"]
+    assert "max_draft_len: 2" in (draft / "trtllm" / "config.yaml").read_text()  # TensorRT-LLM serves the same k
+
+
+@pytest.mark.slow
+def test_medusa_serves_one_token_per_head_and_says_how_many_heads_the_measurements_want(tiny_checkpoints, tmp_path):
+    checkpoint, _ = tiny_checkpoints["medusa"]  # 2 heads
+    (tmp_path / "evaluation.json").write_text(json.dumps(measured("medusa", 1)))
+    result = run(
+        ExportConfig(
+            checkpoint=checkpoint,
+            mode="medusa",
+            output_dir=str(tmp_path / "draft"),
+            evaluation=str(tmp_path / "evaluation.json"),
+            trtllm=False,
+        )
+    )
+    assert result["vllm_speculative_config"] == {"method": "medusa", "num_speculative_tokens": 2}
+    assert "train with medusa_num_heads = 1" in result["serving_choice"]
+
+
+def test_no_k_and_no_evaluation_or_an_evaluation_without_one_is_refused_before_export(tiny_checkpoints, tmp_path):
+    checkpoint, _ = tiny_checkpoints["eagle3"]
+    with pytest.raises(SpectrainError, match="no k to serve the draft with") as refused:
+        configs.from_dict(ExportConfig, {"checkpoint": checkpoint, "output_dir": str(tmp_path / "draft")})
+    assert "--num-draft-tokens 3" in str(refused.value)
+    (tmp_path / "evaluation.json").write_text(json.dumps({"mode": "eagle3", "acceptance_length": 1.3}))
+    with pytest.raises(SpectrainError, match="the evaluation has no measured k"):
+        run(
+            ExportConfig(
+                checkpoint=checkpoint, output_dir=str(tmp_path / "draft"), evaluation=str(tmp_path / "evaluation.json")
+            )
+        )
+    (tmp_path / "evaluation.json").write_text(json.dumps(measured("medusa", 2)))
+    with pytest.raises(SpectrainError, match="the evaluation measured a medusa draft, this export is eagle3"):
+        run(
+            ExportConfig(
+                checkpoint=checkpoint, output_dir=str(tmp_path / "draft"), evaluation=str(tmp_path / "evaluation.json")
+            )
+        )
     assert not (tmp_path / "draft").exists()  # refused before anything was written

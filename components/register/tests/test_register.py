@@ -53,8 +53,19 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout", 
             "base_model_revision": "sha256:0123456789abcdef",
             "chat_template_sha256": "sha256:fedcba9876543210",
             "seconds": 2.0,
+            # the serving recommendation: τ_k and the expected speed-up per k, measured by evaluate
+            "k_curve": [
+                {"k": 1, "expected_speedup": 1.21, "acceptance_length": 1.25},
+                {"k": 2, "expected_speedup": 1.12, "acceptance_length": 1.30},
+            ],
+            "recommended_num_draft_tokens": 1,
+            "expected_speedup": 1.21,
+            "ngram_best_num_draft_tokens": 2,
+            "ngram_expected_speedup": 1.09,
+            "draft_step_cost_ratio": 0.03,
             **protocol,
         },
+        "export": {"mode": "medusa", "num_speculative_tokens": 2, "seconds": 1.0},
     }
     # each step's resolved config, as `spectrain step` records it in the step's result
     files["train"]["config"] = public_dict(TrainHeadsConfig(data="regenerated.jsonl", lr=0.002))
@@ -317,3 +328,17 @@ def test_a_draft_that_loses_to_the_free_ngram_baseline_is_never_champion(store):
     assert "does not beat the free n-gram baseline (τ 1.200" in outcome["promotion"]
     allowed = run(RegisterConfig(pipeline_run_id="run-2", must_beat_ngram=False, **results(store, 1.15, "run-2")))
     assert allowed["alias"] == "champion"
+
+
+def test_the_served_k_and_its_expected_speedup_reach_the_registry_the_metrics_and_the_summary(store):
+    from spectrain.summary import summary_table
+
+    outcome = register(store, 1.30, "run-1")
+    client = MlflowClient(tracking_uri=outcome["tracking_uri"], registry_uri=outcome["tracking_uri"])
+    version = client.get_model_version(outcome["registered_model"], outcome["version"])
+    assert (version.tags["num_speculative_tokens"], version.tags["expected_speedup"]) == ("2", "1.21")
+    metrics = client.get_run(outcome["run_id"]).data.metrics
+    assert (metrics["expected_speedup_k1"], metrics["expected_speedup_k2"]) == (1.21, 1.12)
+    assert metrics["served_num_draft_tokens"] == 2 and metrics["ngram_expected_speedup"] == 1.09
+    row = summary_table([outcome]).splitlines()[-1]
+    assert "| k = 2: 1.12× (n-gram k = 2: 1.09×) |" in row  # the served k's own speed-up, not the best k's

@@ -1,0 +1,117 @@
+"""What a speculative step costs, measured on the hardware evaluate runs on, and the k that pays best.
+
+One decoding step without speculation is one base forward over one new token per sequence. A speculative
+step is one draft proposal of k tokens plus one base forward verifying k + 1 tokens per sequence, and emits
+τ_k tokens on average. So the expected speed-up of k at batch size b is
+
+    S(b, k) = τ_k · base(b) / (draft(b, k) + verify(b, k))
+
+with τ_k measured exactly by the replay (acceptance does not depend on the batch) and the three costs timed
+here with a KV cache of the context (the median length of the evaluated sequences). The best k shrinks as
+the batch grows: verification gets dearer once a step is compute-bound, the draft's share stops being free.
+n-gram lookup drafts on the CPU beside the model: its draft cost is taken as 0 (its best case).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from spectrain.plots import figure
+
+
+def seconds(call, repeats: int) -> float:
+    """Median wall time of ``call()`` over ``repeats`` runs, after one unmeasured warm-up run."""
+    call()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        call()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def verify_timer(model, input_ids: torch.Tensor, batch: int, max_tokens: int):
+    """tokens -> the base's forward and lm_head over ``tokens`` new tokens for ``batch`` sequences, after the first
+    len(input_ids) - ``max_tokens`` in a KV cache (one prefill for every count). ``model`` is the draft checkpoint
+    (an HF causal LM around the frozen base): its EAGLE-3 hooks keep copying the aux layers' states, as vLLM's
+    verification does, and are emptied after each call."""
+    ids = input_ids.expand(batch, -1).contiguous()
+    cached = ids.shape[1] - max_tokens
+    collected = getattr(model, "_aux_hidden_states", [])  # modelopt's EAGLE-3 hook list (absent otherwise)
+    cache = model.model(input_ids=ids[:, :cached], use_cache=True).past_key_values
+    collected.clear()
+
+    def verify(tokens: int) -> None:
+        hidden = model.model(input_ids=ids[:, cached : cached + tokens], past_key_values=cache, use_cache=True)
+        model.lm_head(hidden.last_hidden_state)
+        cache.crop(cached)
+        collected.clear()
+
+    return lambda tokens: lambda: verify(tokens)
+
+
+def step_costs(model, proposer, input_ids: torch.Tensor, max_k: int, batch_sizes: list[int], repeats: int) -> list:
+    """Per batch size: the base's step without speculation, and per k the draft's proposal and the verification."""
+    rows = []
+    for batch in batch_sizes:
+        verify, draft = verify_timer(model, input_ids, batch, max_k + 1), proposer.step_timer(input_ids, batch)
+        ks = range(1, max_k + 1)
+        rows.append(
+            {
+                "batch": batch,
+                "base_s": seconds(verify(1), repeats),
+                "verify_s": [seconds(verify(k + 1), repeats) for k in ks],
+                "draft_s": [seconds(draft(k), repeats) for k in ks],
+            }
+        )
+    return rows
+
+
+def speedups(taus: list[float], row: dict, free_draft: bool = False) -> list[float]:
+    """S(b, k) for k = 1.. at the batch size of ``row``; ``free_draft``: a draft that costs nothing (n-gram)."""
+    return [
+        tau * row["base_s"] / ((0.0 if free_draft else draft) + verify)
+        for tau, draft, verify in zip(taus, row["draft_s"], row["verify_s"])
+    ]
+
+
+def best_k(curve: list[float], allow_none: bool) -> int:
+    """The k of the highest speed-up; 0 (no speculation) when ``allow_none`` and no k beats 1×."""
+    k = max(range(len(curve)), key=curve.__getitem__) + 1
+    return 0 if allow_none and curve[k - 1] <= 1.0 else k
+
+
+def schedule(costs: list[dict], taus: list[float]) -> list[list[int]] | None:
+    """vLLM's ``num_speculative_tokens_per_batch_size``: [start, end, k] over inclusive batch-size ranges, one per
+    run of measured batch sizes with the same best k (k = 0: do not speculate at that size; vLLM carries the last
+    range's k to its largest batch). None when speculation pays at no measured size."""
+    entries: list[list[int]] = []
+    for index, row in enumerate(costs):
+        k = best_k(speedups(taus, row), allow_none=True)
+        end = costs[index + 1]["batch"] - 1 if index + 1 < len(costs) else row["batch"]
+        if entries and entries[-1][2] == k:
+            entries[-1][1] = end
+        else:
+            entries.append([row["batch"], end, k])
+    return entries if any(k for _, _, k in entries) else None
+
+
+def plot_speedup(mode: str, costs: list[dict], taus: list[float], ngram_taus: list[float], path) -> None:
+    """Expected speed-up against k: the draft at every measured batch size, n-gram at batch 1."""
+    ks = list(range(1, len(taus) + 1))
+    with figure(path) as (_, axis):
+        for row in costs:
+            axis.plot(ks, speedups(taus, row), marker="o", label=f"{mode}, batch {row['batch']}")
+        axis.plot(ks, speedups(ngram_taus, costs[0], free_draft=True), "k--", marker="x", label="n-gram, batch 1")
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xticks(ks)
+        axis.set(xlabel="k (draft tokens per step)", ylabel="expected speed-up (×)", title="speed-up by k, measured")
+        axis.legend(fontsize="small")
