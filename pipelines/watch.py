@@ -297,7 +297,8 @@ def reading(config: WatchConfig, client: Any, now: float | None = None) -> dict:
     now = time.time() if now is None else now
     deployment = config.deployment or config.registered_model
     version = champion(client, config.registered_model)
-    champion_tau = float(version.tags.get("acceptance_length") or 0.0)
+    # production runs the served k: compare with the champion's τ there (older versions: τ at the evaluation's k)
+    champion_tau = float(version.tags.get("served_acceptance_length") or version.tags.get("acceptance_length") or 0.0)
     run = deployment_run(client, deployment)
     state = load_state(client, run)
     api_key = os.environ.get("VLLM_API_KEY") or config.api_key

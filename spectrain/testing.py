@@ -144,3 +144,26 @@ def mlflow_server(directory: Path, s3_endpoint: str, *, host: str = "127.0.0.1",
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+
+
+def write_greedy_replies(path: Path, prompts: list[str], max_new_tokens: int, python: str = sys.executable) -> Path:
+    """A chat dataset of the embedded base's own greedy replies to ``prompts``, generated in torch by ``python``
+    (an environment with torch and transformers: the train or serve venv), without starting a vLLM server."""
+    script = """
+import json, sys, torch, transformers
+from spectrain.models import resolve_base_model
+path, prompts, max_new_tokens, out = resolve_base_model("embedded"), json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+base = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+with open(out, "w") as handle:
+    for i, prompt in enumerate(prompts):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        reply = base.generate(ids, do_sample=False, max_new_tokens=max_new_tokens)[0, ids.shape[1]:]
+        turns = [{"from": "User", "value": prompt},
+                 {"from": "Assistant", "value": tokenizer.decode(reply, skip_special_tokens=True)}]
+        handle.write(json.dumps({"id": f"p{i}", "conversations": turns}) + "\\n")
+"""
+    subprocess.run([python, "-c", script, json.dumps(prompts), str(max_new_tokens), str(path)], check=True)
+    return path

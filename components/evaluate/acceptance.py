@@ -515,6 +515,7 @@ def serving_recommendation(config, model, proposer, sequences, curve, ngram_curv
     """The k to serve with: τ_k from the replay, the costs of a step timed here, the expected speed-up per k."""
     ks = sorted(curve)
     taus = [curve[k].summary()["acceptance_length"] for k in ks]
+    per_draft = [curve[k].summary()["acceptance_length_per_draft"] for k in ks]
     ngram_taus = [ngram_curve[k].summary()["acceptance_length"] for k in ks]
     context = sorted(sequences, key=len)[len(sequences) // 2]  # a sequence of median length
     print(
@@ -540,11 +541,14 @@ def serving_recommendation(config, model, proposer, sequences, curve, ngram_curv
             {
                 "k": k,
                 "acceptance_length": tau,
+                "acceptance_length_per_draft": tau_per_draft,
                 "ngram_acceptance_length": ngram_tau,
                 "expected_speedup": s,
                 "ngram_expected_speedup": ngram_s,
             }
-            for k, tau, ngram_tau, s, ngram_s in zip(ks, taus, ngram_taus, speedup, ngram_speedup)
+            for k, tau, tau_per_draft, ngram_tau, s, ngram_s in zip(
+                ks, taus, per_draft, ngram_taus, speedup, ngram_speedup
+            )
         ],
         "acceptance_rate_per_position_at_max_k": curve[ks[-1]].summary()["acceptance_rate_per_position"],
         "step_costs": step,

@@ -150,6 +150,13 @@ def alias_version(client: MlflowClient, name: str, alias: str):
         return None
 
 
+def served_tau(evaluation: dict, k: int | None) -> str:
+    """τ by vLLM's definition (1 + accepted / drafts) at the served k: what `spectrain watch` expects production
+    to show at batch 1 ('' when evaluate measured no curve reaching that k)."""
+    point = next((p for p in evaluation.get("k_curve", []) if p["k"] == k), {})
+    return str(point.get("acceptance_length_per_draft", ""))
+
+
 def protocol(evaluation: dict, base_model: str) -> dict[str, str]:
     """The measurement protocol of an evaluation, as registry tags (strings; '' where the result lacks one)."""
     values = {key: evaluation.get(key) for key in PROTOCOL}
@@ -311,6 +318,7 @@ def run(config: RegisterConfig) -> dict:
         "acceptance_length": str(evaluation.get("acceptance_length", "")),
         # how to serve it: the k export wrote into the draft's serving config, and what evaluate expects of it
         "num_speculative_tokens": str(results.get("export", {}).get("num_speculative_tokens", "")),
+        "served_acceptance_length": served_tau(evaluation, results.get("export", {}).get("num_speculative_tokens")),
         "expected_speedup": str(evaluation.get("expected_speedup", "")),
         **protocol(evaluation, config.base_model),
     }

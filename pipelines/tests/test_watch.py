@@ -253,8 +253,12 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
     not an alarm) and a switch of the traffic to the other prompts (τ drops: one retraining)."""
     import json
 
+    import os
+
     from pipelines.settings import DEFAULT_YAML
+    from spectrain.drafts import vllm_speculative_config
     from spectrain.steps import run_step
+    from spectrain.testing import write_greedy_replies
     from spectrain.vllm import free_port
 
     monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path / "servers"))
@@ -262,31 +266,13 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
     port = free_port()
     served = {"run_id": "watch-test", "port": port, "max_model_len": 1024, "kv_cache_gib": 1, "dtype": "float32"}
 
-    # the base's own greedy replies to the remembered prompts, and a draft trained on them until it knows them
-    rows = [
-        {"id": f"p{i}", "conversations": [{"from": "User", "value": p}, {"from": "Assistant", "value": "-"}]}
-        for i, p in enumerate(REMEMBERED)
-    ]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    server = run_step("serve", served)
-    try:
-        run_step(
-            "regenerate",
-            {
-                "dataset": str(tmp_path / "prompts.jsonl"),
-                "output": str(tmp_path / "replies.jsonl"),
-                "endpoint": server["endpoint"],
-                "max_tokens": 40,
-                "temperature": 0.0,
-            },
-        )
-    finally:
-        run_step("stop-server", {"run_id": "watch-test"})
+    # the base's own greedy replies to the remembered prompts (in torch, no server), and a draft trained on them
+    replies = write_greedy_replies(tmp_path / "replies.jsonl", REMEMBERED, 40, os.environ["SPECTRAIN_PYTHON_TRAIN"])
     checkpoint, draft = tmp_path / "checkpoint", tmp_path / "draft"
     run_step(
         "train-heads",
         {
-            "data": str(tmp_path / "replies.jsonl"),
+            "data": str(replies),
             "output_dir": str(checkpoint),
             "mode": "eagle3",
             "batch_size": 3,
@@ -302,12 +288,13 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
         {
             "checkpoint": str(checkpoint),
             "mode": "eagle3",
-            "dataset": str(tmp_path / "replies.jsonl"),
+            "dataset": str(replies),
             "max_new_tokens": 48,
             "output_dir": str(tmp_path / "eval"),
         },
     )
-    run_step("export", {"checkpoint": str(checkpoint), "mode": "eagle3", "output_dir": str(draft), "dtype": "float32"})
+    exported = {"checkpoint": str(checkpoint), "mode": "eagle3", "output_dir": str(draft), "dtype": "float32"}
+    run_step("export", {**exported, "evaluation": str(tmp_path / "eval")})  # served with the k measured fastest
 
     # the champion: that draft, at the τ evaluate measured, from a KFP run the retraining will copy
     uri, client, experiment = registry
@@ -318,8 +305,13 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
         run_name="nightly",
         experiment="spectrain",
     )
-    register_champion(client, experiment, nightly.run_id, tau=evaluated["acceptance_length"])
-    speculative = {"method": "eagle3", "model": str(draft), "num_speculative_tokens": 3}
+    speculative = vllm_speculative_config(draft)  # the k evaluate measured fastest, per batch size
+    schedule = speculative.get("num_speculative_tokens_per_batch_size") or [
+        [1, 1, speculative["num_speculative_tokens"]]
+    ]
+    served_k = schedule[0][2]  # one request at a time: batch 1
+    champion_tau = next(p["acceptance_length_per_draft"] for p in evaluated["k_curve"] if p["k"] == served_k)
+    register_champion(client, experiment, nightly.run_id, tau=champion_tau)
     with_draft = {**served, "extra_args": ["--speculative-config", json.dumps(speculative)]}
     url = f"http://127.0.0.1:{port}"
     settings = config(
@@ -344,6 +336,7 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
         start = time.time()  # readings a minute apart on the test's own clock: no waiting between them
         readings.append(watch.reading(settings, client, now=start))
         traffic(REMEMBERED * 2)
+        counted = watch.scrape(url, "watch-key")  # vLLM follows the exported schedule: k tokens per draft at batch 1
         readings.append(watch.reading(settings, client, now=start + 60))
         run_step("stop-server", {"run_id": "watch-test"})  # a restart: the new server counts from 0
         run_step("serve", with_draft)
@@ -353,9 +346,14 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
             readings.append(watch.reading(settings, client, now=start + now))
     finally:
         run_step("stop-server", {"run_id": "watch-test"})
-    print(f"champion τ {evaluated['acceptance_length']:.3f} (evaluate)\n" + "\n".join(map(watch.line, readings)))
+    print(
+        f"served with {json.dumps({k: v for k, v in speculative.items() if k != 'model'})}; vLLM drafted "
+        f"{counted.draft_tokens / counted.drafts:.2f} tokens per draft at batch 1\n"
+        f"champion τ {champion_tau:.3f} at k = {served_k} (evaluate)\n" + "\n".join(map(watch.line, readings))
+    )
+    assert counted.draft_tokens == served_k * counted.drafts > 0
     assert [r["status"] for r in readings] == ["collecting", "ok", "collecting", "below", "retrain", "in flight"]
-    assert readings[1]["acceptance_length"] > evaluated["acceptance_length"] - 0.3  # production τ as evaluated
+    assert readings[1]["acceptance_length"] > champion_tau - 0.3  # production τ as evaluated
     assert readings[3]["acceptance_length"] < readings[1]["acceptance_length"] - 0.3  # the drift, measured
     retrains = [r for r in kfp.runs if r["display_name"].startswith("retrain-")]
     assert len(retrains) == 1 and retrains[0]["runtime_config"]["parameters"]["dataset"] == "s3://traffic/latest/"

@@ -4,8 +4,6 @@ Training, export and our evaluation run in the train environment through spectra
 the same mechanism the pipeline uses; tests/run_all.sh points SPECTRAIN_PYTHON_<ENV> at each venv.
 """
 
-import json
-
 import pytest
 
 from components.evaluate.config import VllmCrosscheckConfig
@@ -31,30 +29,11 @@ def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode):
     architecture at initialisation (the evaluate step's untrained baseline) — so vLLM's own counters
     must show the trained τ, well above that baseline, and agree with our torch replay.
     """
-    import torch
-    import transformers
-
-    from spectrain.models import resolve_base_model
     from spectrain.steps import run_step
+    from spectrain.testing import write_greedy_replies
 
-    path = resolve_base_model("embedded")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    base = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     prompts = ["Name three fruits.", "What is the capital of France?", "Give me a tip for sleeping well."]
-    rows = []
-    for i, prompt in enumerate(prompts):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-        reply = tokenizer.decode(
-            base.generate(ids, do_sample=False, max_new_tokens=40)[0, ids.shape[1] :], skip_special_tokens=True
-        )
-        rows.append(
-            {"id": f"p{i}", "conversations": [{"from": "User", "value": prompt}, {"from": "Assistant", "value": reply}]}
-        )
-    data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_greedy_replies(tmp_path / "prompts.jsonl", prompts, max_new_tokens=40)
 
     checkpoint, draft = tmp_path / "checkpoint", tmp_path / "draft"
     run_step(
@@ -80,7 +59,16 @@ def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode):
         },
     )
     # float32, as the replay: the check is of vLLM's loader and drafting, not of bf16 rounding of the weights
-    run_step("export", {"checkpoint": str(checkpoint), "mode": mode, "output_dir": str(draft), "dtype": "float32"})
+    run_step(
+        "export",
+        {
+            "checkpoint": str(checkpoint),
+            "mode": mode,
+            "output_dir": str(draft),
+            "dtype": "float32",
+            "evaluation": str(tmp_path / "eval"),
+        },
+    )
     theirs = run(
         VllmCrosscheckConfig(
             draft_dir=str(draft),

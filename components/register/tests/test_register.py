@@ -56,7 +56,7 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout", 
             # the serving recommendation: τ_k and the expected speed-up per k, measured by evaluate
             "k_curve": [
                 {"k": 1, "expected_speedup": 1.21, "acceptance_length": 1.25},
-                {"k": 2, "expected_speedup": 1.12, "acceptance_length": 1.30},
+                {"k": 2, "expected_speedup": 1.12, "acceptance_length": 1.30, "acceptance_length_per_draft": 1.33},
             ],
             "recommended_num_draft_tokens": 1,
             "expected_speedup": 1.21,
@@ -337,6 +337,7 @@ def test_the_served_k_and_its_expected_speedup_reach_the_registry_the_metrics_an
     client = MlflowClient(tracking_uri=outcome["tracking_uri"], registry_uri=outcome["tracking_uri"])
     version = client.get_model_version(outcome["registered_model"], outcome["version"])
     assert (version.tags["num_speculative_tokens"], version.tags["expected_speedup"]) == ("2", "1.21")
+    assert version.tags["served_acceptance_length"] == "1.33"  # what the watch expects of production
     metrics = client.get_run(outcome["run_id"]).data.metrics
     assert (metrics["expected_speedup_k1"], metrics["expected_speedup_k2"]) == (1.21, 1.12)
     assert metrics["served_num_draft_tokens"] == 2 and metrics["ngram_expected_speedup"] == 1.09
