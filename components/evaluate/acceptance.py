@@ -87,7 +87,7 @@ def replay_curve(sequence: list[int], prompt_length: int, propose, ks: list[int]
     longest, end = max(ks), len(sequence)
     tallies, at, proposed = {k: Tally(k) for k in ks}, dict.fromkeys(ks, prompt_length), dict[int, list[int]]()
     while any(n < end for n in at.values()):
-        k = min((k for k in ks if at[k] < end), key=at.get)
+        k = min((k for k in ks if at[k] < end), key=lambda k: at[k])
         n = at[k]
         if n + 1 < end and n not in proposed:
             proposed[n] = list(propose(n))[:longest]

@@ -153,7 +153,7 @@ def alias_version(client: MlflowClient, name: str, alias: str):
 def served_tau(evaluation: dict, k: int | None) -> str:
     """τ by vLLM's definition (1 + accepted / drafts) at the served k: what `spectrain watch` expects production
     to show at batch 1 ('' when evaluate measured no curve reaching that k)."""
-    point = next((p for p in evaluation.get("k_curve", []) if p["k"] == k), {})
+    point: dict = next((p for p in evaluation.get("k_curve", []) if p["k"] == k), {})
     return str(point.get("acceptance_length_per_draft", ""))
 
 
