@@ -8,7 +8,7 @@ STAMPS := $(foreach env,$(ENVS),$(VENVS)/$(env)/.installed)
 SPECTRAIN := $(VENVS)/orchestrate/bin/spectrain
 PYTEST = $(VENVS)/$(1)/bin/python -m pytest
 
-.PHONY: help envs run test test-fast compile images lint format clean-envs bench-heads bench-regenerate
+.PHONY: help envs run test test-fast tools compile images lint format clean-envs bench-heads bench-regenerate
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -41,8 +41,15 @@ bench-regenerate: envs  ## benchmark: our regenerate client against `vllm bench 
 compile: $(VENVS)/orchestrate/.installed  ## write pipelines/speculative_decoding.yaml (its images: REGISTRY=... TAG=...)
 	$(SPECTRAIN) compile --registry $(REGISTRY) --image-tag $(TAG) $(ARGS)
 
-test: envs  ## run every test, each in the environment of the step it tests
+test: envs tools  ## run every test, each in the environment of the step it tests
 	bash tests/run_all.sh
+
+tools:  ## system programs tests run for real: Prometheus (Debian's package, installed when root and missing)
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; } && \
+	  echo "installed prometheus $$(prometheus --version 2>&1 | head -1 | cut -d' ' -f3) (Debian) for the watch's Prometheus test"; } || \
+	  echo "no prometheus (not root, or no apt-get): its test is skipped; install it (apt-get install prometheus) to run it"
 
 test-fast: envs  ## the tests not marked slow (no vLLM server, no end-to-end run): a few minutes
 	bash tests/run_all.sh -m "not slow"

@@ -3,9 +3,11 @@
 Each reading scrapes vLLM's spec-decode counters from every endpoint (`/metrics`, Prometheus text; one URL
 per replica), keeps the snapshots of the last ``window_s`` and computes τ and the per-position acceptance
 of the window from their increase (spectrain.specdecode: a restarted server's reset counts as a reset, not
-as negative traffic; replicas add up). A window with fewer than ``min_drafts`` drafts (no traffic, or a
-server that just restarted) gives no verdict. τ more than ``margin`` below the champion's registered τ
-opens a drop; a drop that lasts ``sustain_s`` starts one retraining (``retrain``): one per drop, none while
+as negative traffic; replicas add up). Or, with ``prometheus_url``, it asks a Prometheus server that scrapes
+the replicas for the window's ``sum(increase(...))`` of each counter (Prometheus does the same reset
+handling per series). A window with fewer than ``min_drafts`` drafts (no traffic, or a server that just
+restarted) gives no verdict. τ more than ``margin`` below the champion's τ at the k it is served with
+(registry tag ``served_acceptance_length``; an older version's ``acceptance_length``) opens a drop; a drop that lasts ``sustain_s`` starts one retraining (``retrain``): one per drop, none while
 one is in flight. τ back above the line closes the drop.
 
 Every reading is recorded in MLflow (experiment `spectrain-watch`, one run per deployment: the metric
@@ -22,7 +24,9 @@ import os
 import subprocess
 import sys
 import time
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +54,18 @@ class WatchConfig:
         "",
         "the vLLM servers that speculate with it, comma-separated base URLs (one per replica); each one's "
         "/metrics is read",
-        check=checks.url(optional=False, several=True),
+        check=checks.url(several=True),
+    )
+    prometheus_url: str = field(
+        "",
+        "instead of --endpoints: a Prometheus server that scrapes them; each reading asks its query API for "
+        "the window's sum(increase(...)) of vLLM's counters",
+        check=checks.url(),
+    )
+    prometheus_selector: str = field(
+        "",
+        "with --prometheus-url: the label matchers of the serving pods' series, e.g. "
+        '\'{namespace="serving",model_name="base"}\' (empty: every vLLM in that Prometheus)',
     )
     api_key: str = field("", "API key of the servers (the VLLM_API_KEY variable wins)")
     deployment: str = field("", "this deployment's name in MLflow (default: the registered model)")
@@ -92,9 +107,62 @@ class WatchConfig:
                 where="watch.registered_model",
                 fix="name the registry entry whose champion the servers use (`mlflow ui` lists them)",
             )
+        if bool(self.endpoints) == bool(self.prometheus_url):
+            raise SpectrainError(
+                "both --endpoints and --prometheus-url given"
+                if self.endpoints
+                else "nothing to read the counters from",
+                where="watch.endpoints / watch.prometheus_url",
+                fix="name the vLLM servers (--endpoints URL,URL) or the Prometheus that scrapes them "
+                "(--prometheus-url URL), one of the two",
+            )
+        if self.prometheus_selector and not SELECTOR.fullmatch(self.prometheus_selector):
+            raise SpectrainError(
+                f"watch.prometheus_selector = {self.prometheus_selector!r} is not a PromQL label selector",
+                where="watch.prometheus_selector",
+                fix='write label matchers in braces, e.g. \'{namespace="serving",model_name="base"}\'',
+            )
 
 
 # -- readings -----------------------------------------------------------------------------------------------
+
+
+# vLLM's counters as a Prometheus server stores them (the _total series), by Counters field
+PROMETHEUS_SERIES = {
+    "drafts": "vllm:spec_decode_num_drafts_total",
+    "draft_tokens": "vllm:spec_decode_num_draft_tokens_total",
+    "accepted": "vllm:spec_decode_num_accepted_tokens_total",
+}
+PER_POSITION_SERIES = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
+SELECTOR = re.compile(r"\{\s*(\w+\s*(=|!=|=~|!~)\s*\"(\\.|[^\"\\])*\"\s*(,\s*|(?=\})))*\}")
+
+
+def prometheus_query(url: str, expression: str, at: float, timeout_s: float = 10.0) -> list[dict]:
+    """An instant query of a Prometheus server's HTTP API at time ``at``: its result vector."""
+    query = urllib.parse.urlencode({"query": expression, "time": f"{at:.3f}"})
+    with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{query}", timeout=timeout_s) as response:
+        body = json.load(response)
+    if body.get("status") != "success":
+        raise ValueError(f"Prometheus refused {expression!r}: {body.get('error')}")
+    return body["data"]["result"]
+
+
+def prometheus_window(config: WatchConfig, now: float) -> Counters:
+    """The window's increase of every counter, summed over every series the selector matches: Prometheus handles
+    restarts (a reset is not a decrease) and replicas come and go as series."""
+    span = f"{config.prometheus_selector}[{config.window_s:.0f}s]"
+
+    def total(series: str) -> float:
+        result = prometheus_query(config.prometheus_url, f"sum(increase({series}{span}))", now)
+        return float(result[0]["value"][1]) if result else 0.0
+
+    positions = prometheus_query(
+        config.prometheus_url, f"sum by (position) (increase({PER_POSITION_SERIES}{span}))", now
+    )
+    return Counters(
+        **{name: total(series) for name, series in PROMETHEUS_SERIES.items()},
+        per_position={int(r["metric"]["position"]): float(r["value"][1]) for r in positions},
+    )
 
 
 def metrics_url(endpoint: str) -> str:
@@ -303,6 +371,13 @@ def reading(config: WatchConfig, client: Any, now: float | None = None) -> dict:
     state = load_state(client, run)
     api_key = os.environ.get("VLLM_API_KEY") or config.api_key
     unreachable = []
+    prometheus = None
+    if config.prometheus_url:  # Prometheus keeps the history: no snapshots here
+        try:
+            prometheus = prometheus_window(config, now)
+        except (OSError, ValueError) as exc:
+            unreachable.append(f"{config.prometheus_url} ({exc})")
+            prometheus = Counters()
     for endpoint in filter(None, (e.strip() for e in config.endpoints.split(","))):
         try:
             counters = scrape(endpoint, api_key)
@@ -312,7 +387,8 @@ def reading(config: WatchConfig, client: Any, now: float | None = None) -> dict:
         state.snapshots.setdefault(endpoint, []).append([now, counters.to_dict()])
     if state.retraining is not None and not retraining_in_flight(state, config):
         state.retraining = None
-    verdict = decide(state, window(state, now, config.window_s), champion_tau, now, config)
+    counted = prometheus if prometheus is not None else window(state, now, config.window_s)
+    verdict = decide(state, counted, champion_tau, now, config)
     started = None
     if verdict.status == "retrain" and config.retrain != "none":
         started = start_retraining(version, client, config, now)

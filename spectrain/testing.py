@@ -167,3 +167,37 @@ with open(out, "w") as handle:
 """
     subprocess.run([python, "-c", script, json.dumps(prompts), str(max_new_tokens), str(path)], check=True)
     return path
+
+
+@contextlib.contextmanager
+def prometheus_server(directory: Path, targets: list[str], api_key: str = "") -> Iterator[str]:
+    """A real Prometheus (Debian's `prometheus` binary, `make tools` installs it) scraping ``targets`` (host:port)
+    every second, its data in ``directory``; yields its URL."""
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    scrape = [
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}",
+        "scrape_configs:",
+        "  - job_name: vllm",
+        *([f"    authorization: {{credentials: {api_key}}}"] if api_key else []),
+        f"    static_configs: [{{targets: [{', '.join(targets)}]}}]",
+    ]
+    (directory / "prometheus.yml").write_text("\n".join(scrape) + "\n")
+    command = ["prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--web.listen-address=127.0.0.1:{port}"]
+    command += [f"--storage.tsdb.path={directory / 'data'}"]
+    with open(directory / "prometheus.log", "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+                    break
+                except OSError:
+                    assert server.poll() is None, (directory / "prometheus.log").read_text()[-2000:]
+                    assert time.monotonic() < deadline, "prometheus did not come up"
+                    time.sleep(0.3)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)

@@ -7,6 +7,7 @@ server that receives the retraining run is pipelines/tests/fake_kfp.py.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -216,6 +217,70 @@ def test_readings_across_a_restart_and_a_drop_start_exactly_one_retraining_with_
     assert client.get_metric_history(run.info.run_id, "champion_acceptance_length")[0].value == 1.5
     resumed = watch.load_state(client, run)
     assert resumed.drop_handled and resumed.readings == 12 and set(resumed.snapshots) == {r.url for r in replicas}
+
+
+@pytest.mark.skipif(not shutil.which("prometheus"), reason="no prometheus binary: `make tools` installs it")
+def test_through_a_real_prometheus_a_restart_is_a_reset_and_the_drop_is_seen(registry, tmp_path):
+    """The same counters read through a Prometheus server's query API: it scrapes the replicas every second and
+    the watch asks it for the window's increase (its own reset handling across the restart)."""
+    from spectrain.testing import prometheus_server
+
+    uri, client, experiment = registry
+    register_champion(client, experiment, "nightly", tau=1.5)
+    replicas = [MetricsServer(), MetricsServer()]
+    targets = [r.url.removeprefix("http://") for r in replicas]
+    with prometheus_server(tmp_path / "prometheus", targets, api_key="k") as url:
+        settings = config(
+            endpoints="",
+            prometheus_url=url,
+            prometheus_selector='{job="vllm"}',
+            tracking_uri=uri,
+            window_s=4,
+            min_drafts=20,
+        )
+
+        def scraped() -> None:
+            """Returns once Prometheus holds what every replica serves now, and one scrape more."""
+            expected = sum(r.counters.drafts for r in replicas)
+            deadline = time.monotonic() + 30
+            while True:
+                result = watch.prometheus_query(url, 'vllm:spec_decode_num_drafts_total{job="vllm"}', time.time())
+                if len(result) == len(replicas) and sum(float(r["value"][1]) for r in result) == expected:
+                    break
+                assert time.monotonic() < deadline, f"Prometheus did not scrape the replicas: {result}"
+                time.sleep(0.2)
+            time.sleep(1.2)
+
+        def serve(tau: float) -> None:
+            for replica in replicas:
+                replica.serve(40, tau)
+
+        scraped()
+        quiet = watch.reading(settings, client)
+        serve(1.5)
+        scraped()
+        ok = watch.reading(settings, client)
+        time.sleep(settings.window_s + 1)  # that traffic leaves the window
+        replicas[0].counters = Counters(0, 0, 0, {0: 0.0, 1: 0.0})  # replica 0 restarts: its counters begin again
+        scraped()  # (a restart takes longer than a scrape: Prometheus sees the reset)
+        serve(1.1)
+        scraped()
+        drop = watch.reading(settings, client)
+    print("\n".join(map(watch.line, (quiet, ok, drop))))
+    assert [r["status"] for r in (quiet, ok, drop)] == ["collecting", "ok", "below"]
+    assert ok["acceptance_length"] == pytest.approx(1.5, abs=0.01)  # Prometheus extrapolates counts, not ratios
+    assert drop["acceptance_length"] == pytest.approx(1.1, abs=0.01)  # the reset is no negative traffic
+    assert all(key == "Bearer k" for replica in replicas for key in replica.keys)  # Prometheus sent the key
+
+
+def test_the_source_is_the_servers_or_a_prometheus_never_both_nor_neither():
+    for values, says in (
+        ({"endpoints": ""}, "nothing to read the counters from"),
+        ({"prometheus_url": "http://prometheus:9090"}, "both --endpoints and --prometheus-url given"),
+        ({"endpoints": "", "prometheus_url": "http://p:9090", "prometheus_selector": "job=vllm"}, "not a PromQL"),
+    ):
+        with pytest.raises(SpectrainError, match=says):
+            configs.from_dict(WatchConfig, {"registered_model": "m", "endpoints": "http://vllm:8000", **values})
 
 
 def test_without_a_champion_the_watch_says_what_to_do(registry):
