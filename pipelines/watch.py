@@ -5,7 +5,8 @@ per replica), keeps the snapshots of the last ``window_s`` and computes τ and t
 of the window from their increase (spectrain.specdecode: a restarted server's reset counts as a reset, not
 as negative traffic; replicas add up). Or, with ``prometheus_url``, it asks a Prometheus server that scrapes
 the replicas for the window's ``sum(increase(...))`` of each counter (Prometheus does the same reset
-handling per series). A window with fewer than ``min_drafts`` drafts (no traffic, or a server that just
+handling per series). Or, with ``prompts`` (servers that do not speculate), each reading re-measures the
+champion: vLLM serves the base with its draft from the registry on prompts from that source. A window with fewer than ``min_drafts`` drafts (no traffic, or a server that just
 restarted) gives no verdict. τ more than ``margin`` below the champion's τ at the k it is served with
 (registry tag ``served_acceptance_length``; an older version's ``acceptance_length``) opens a drop; a drop that lasts ``sustain_s`` starts one retraining (``retrain``): one per drop, none while
 one is in flight. τ back above the line closes the drop.
@@ -62,6 +63,15 @@ class WatchConfig:
         "the window's sum(increase(...)) of vLLM's counters",
         check=checks.url(),
     )
+    prompts: str = field(
+        "",
+        "instead of counters, for servers that do not speculate: every reading re-measures the champion on "
+        "prompts from this dataset source (e.g. an s3:// prefix of logged traffic) with the evaluate step's vLLM "
+        "measurement (vLLM serves the base with the champion's draft here, in the serve environment)",
+        check=checks.data_source(optional=True),
+    )
+    num_prompts: int = field(40, "with --prompts: the first N prompts of the source", check=checks.at_least(1, 40))
+    max_new_tokens: int = field(64, "with --prompts: greedy tokens per prompt", check=checks.at_least(1, 64))
     prometheus_selector: str = field(
         "",
         "with --prometheus-url: the label matchers of the serving pods' series, e.g. "
@@ -107,14 +117,13 @@ class WatchConfig:
                 where="watch.registered_model",
                 fix="name the registry entry whose champion the servers use (`mlflow ui` lists them)",
             )
-        if bool(self.endpoints) == bool(self.prometheus_url):
+        sources = [name for name in ("endpoints", "prometheus_url", "prompts") if getattr(self, name)]
+        if len(sources) != 1:
             raise SpectrainError(
-                "both --endpoints and --prometheus-url given"
-                if self.endpoints
-                else "nothing to read the counters from",
-                where="watch.endpoints / watch.prometheus_url",
-                fix="name the vLLM servers (--endpoints URL,URL) or the Prometheus that scrapes them "
-                "(--prometheus-url URL), one of the two",
+                f"{' and '.join(sources)} given: one source only" if sources else "nothing to read τ from",
+                where="watch." + " / watch.".join(sources or ("endpoints", "prometheus_url", "prompts")),
+                fix="name the vLLM servers (--endpoints URL,URL), the Prometheus that scrapes them "
+                "(--prometheus-url URL), or prompts to re-measure the champion on (--prompts SOURCE): one of them",
             )
         if self.prometheus_selector and not SELECTOR.fullmatch(self.prometheus_selector):
             raise SpectrainError(
@@ -162,6 +171,40 @@ def prometheus_window(config: WatchConfig, now: float) -> Counters:
     return Counters(
         **{name: total(series) for name, series in PROMETHEUS_SERIES.items()},
         per_position={int(r["metric"]["position"]): float(r["value"][1]) for r in positions},
+    )
+
+
+def measured_on_prompts(config: WatchConfig, version: Any, client: Any) -> Counters:
+    """The champion's draft, downloaded from the registry, served by vLLM with the base at the served k, on the
+    first ``num_prompts`` prompts of ``prompts`` (the evaluate step's vLLM measurement): its counters."""
+    import tempfile
+
+    import mlflow
+
+    from spectrain.steps import run_step
+
+    source = client.get_run(version.run_id)
+    with tempfile.TemporaryDirectory(prefix="spectrain-watch-") as tmp:
+        draft = mlflow.artifacts.download_artifacts(
+            artifact_uri=version.source, dst_path=tmp, tracking_uri=client.tracking_uri
+        )
+        measured = run_step(
+            "vllm-crosscheck",
+            {
+                "base_model": source.data.params.get("register.base_model", "embedded"),
+                "draft_dir": draft,
+                "mode": version.tags.get("mode") or source.data.tags.get("mode", "eagle3"),
+                "dataset": config.prompts,
+                "num_prompts": config.num_prompts,
+                "num_draft_tokens": int(version.tags.get("num_speculative_tokens") or 3),
+                "max_new_tokens": config.max_new_tokens,
+                "output": str(Path(tmp) / "measured.json"),
+            },
+        )
+    drafts = measured["drafts"]
+    rates = measured["acceptance_rate_per_position"]
+    return Counters(
+        drafts, measured["draft_tokens"], measured["accepted_tokens"], {i: r * drafts for i, r in enumerate(rates)}
     )
 
 
@@ -371,13 +414,15 @@ def reading(config: WatchConfig, client: Any, now: float | None = None) -> dict:
     state = load_state(client, run)
     api_key = os.environ.get("VLLM_API_KEY") or config.api_key
     unreachable = []
-    prometheus = None
-    if config.prometheus_url:  # Prometheus keeps the history: no snapshots here
+    counted: Counters | None = None  # the window's increase, where no snapshots are kept here
+    if config.prompts:  # a fresh measurement each reading
+        counted = measured_on_prompts(config, version, client)
+    if config.prometheus_url:  # Prometheus keeps the history
         try:
-            prometheus = prometheus_window(config, now)
+            counted = prometheus_window(config, now)
         except (OSError, ValueError) as exc:
             unreachable.append(f"{config.prometheus_url} ({exc})")
-            prometheus = Counters()
+            counted = Counters()
     for endpoint in filter(None, (e.strip() for e in config.endpoints.split(","))):
         try:
             counters = scrape(endpoint, api_key)
@@ -387,7 +432,7 @@ def reading(config: WatchConfig, client: Any, now: float | None = None) -> dict:
         state.snapshots.setdefault(endpoint, []).append([now, counters.to_dict()])
     if state.retraining is not None and not retraining_in_flight(state, config):
         state.retraining = None
-    counted = prometheus if prometheus is not None else window(state, now, config.window_s)
+    counted = counted if counted is not None else window(state, now, config.window_s)
     verdict = decide(state, counted, champion_tau, now, config)
     started = None
     if verdict.status == "retrain" and config.retrain != "none":

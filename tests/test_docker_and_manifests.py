@@ -328,6 +328,14 @@ def test_the_watch_cronjob_is_suspended_until_configured_and_may_only_submit_run
     assert flags <= set(WatchConfig.__dataclass_fields__), flags - set(WatchConfig.__dataclass_fields__)
     settings = one(docs, "ConfigMap", "spectrain-watch")["data"]
     assert {arg.split("$(")[1].rstrip(")") for arg in container["args"]} <= set(settings)
+    from spectrain import config as configs
+
+    # as shipped (the vLLM Service named, no Prometheus), the flags the pod gets are a valid watch
+    values = {
+        arg.split("=")[0].removeprefix("--").replace("-", "_"): settings[arg.split("$(")[1].rstrip(")")]
+        for arg in container["args"]
+    }
+    assert configs.from_dict(WatchConfig, values).endpoints.startswith("http://vllm-")
     token = pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org"
     from pipelines.submit import KFP_TOKEN_PATH

@@ -133,12 +133,16 @@ def registry(tmp_path, monkeypatch):
     return uri, client, experiment
 
 
-def register_champion(client, experiment, pipeline_run: str, tau: float = 1.5):
+def register_champion(client, experiment, pipeline_run: str, tau: float = 1.5, draft=None, k: int = 3):
+    """As the register step does it: the draft logged in the run, the version's source; τ at the served k."""
     run = client.create_run(experiment, tags={"pipeline_run_id": pipeline_run, "mode": "eagle3"})
     client.log_param(run.info.run_id, "register.base_model", "embedded")
+    if draft:
+        client.log_artifacts(run.info.run_id, str(draft), "draft")
     client.create_registered_model(MODEL)
-    version = client.create_model_version(MODEL, "runs:/x/draft", run_id=run.info.run_id)
-    client.set_model_version_tag(MODEL, version.version, "acceptance_length", str(tau))
+    version = client.create_model_version(MODEL, f"{run.info.artifact_uri}/draft", run_id=run.info.run_id)
+    client.set_model_version_tag(MODEL, version.version, "served_acceptance_length", str(tau))
+    client.set_model_version_tag(MODEL, version.version, "num_speculative_tokens", str(k))
     client.set_model_version_tag(MODEL, version.version, "mode", "eagle3")
     client.set_registered_model_alias(MODEL, "champion", version.version)
 
@@ -273,10 +277,11 @@ def test_through_a_real_prometheus_a_restart_is_a_reset_and_the_drop_is_seen(reg
     assert all(key == "Bearer k" for replica in replicas for key in replica.keys)  # Prometheus sent the key
 
 
-def test_the_source_is_the_servers_or_a_prometheus_never_both_nor_neither():
+def test_the_source_is_the_servers_a_prometheus_or_prompts_never_two_nor_none():
     for values, says in (
-        ({"endpoints": ""}, "nothing to read the counters from"),
-        ({"prometheus_url": "http://prometheus:9090"}, "both --endpoints and --prometheus-url given"),
+        ({"endpoints": ""}, "nothing to read τ from"),
+        ({"prometheus_url": "http://prometheus:9090"}, "endpoints and prometheus_url given: one source only"),
+        ({"prompts": "embedded"}, "endpoints and prompts given: one source only"),
         ({"endpoints": "", "prometheus_url": "http://p:9090", "prometheus_selector": "job=vllm"}, "not a PromQL"),
     ):
         with pytest.raises(SpectrainError, match=says):
@@ -376,7 +381,7 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
     ]
     served_k = schedule[0][2]  # one request at a time: batch 1
     champion_tau = next(p["acceptance_length_per_draft"] for p in evaluated["k_curve"] if p["k"] == served_k)
-    register_champion(client, experiment, nightly.run_id, tau=champion_tau)
+    register_champion(client, experiment, nightly.run_id, tau=champion_tau, draft=draft, k=served_k)
     with_draft = {**served, "extra_args": ["--speculative-config", json.dumps(speculative)]}
     url = f"http://127.0.0.1:{port}"
     settings = config(
@@ -411,13 +416,41 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
             readings.append(watch.reading(settings, client, now=start + now))
     finally:
         run_step("stop-server", {"run_id": "watch-test"})
+    # a server that does not speculate: each reading re-measures the champion from the registry on prompts
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text(
+        "".join(
+            json.dumps({"id": f"u{i}", "conversations": [{"from": "User", "value": p}]}) + "\n"
+            for i, p in enumerate(UNSEEN)
+        )
+    )
+    on_prompts = config(
+        endpoints="",
+        prompts=str(unseen),
+        tracking_uri=uri,
+        deployment="no-speculation",
+        num_prompts=3,
+        max_new_tokens=48,
+        margin=0.3,
+        min_drafts=20,
+    )
+    readings.append(watch.reading(on_prompts, client, now=start + 360))
     print(
         f"served with {json.dumps({k: v for k, v in speculative.items() if k != 'model'})}; vLLM drafted "
         f"{counted.draft_tokens / counted.drafts:.2f} tokens per draft at batch 1\n"
         f"champion τ {champion_tau:.3f} at k = {served_k} (evaluate)\n" + "\n".join(map(watch.line, readings))
     )
     assert counted.draft_tokens == served_k * counted.drafts > 0
-    assert [r["status"] for r in readings] == ["collecting", "ok", "collecting", "below", "retrain", "in flight"]
+    assert [r["status"] for r in readings] == [
+        "collecting",
+        "ok",
+        "collecting",
+        "below",
+        "retrain",
+        "in flight",
+        "below",
+    ]
+    assert readings[-1]["acceptance_length"] == pytest.approx(readings[3]["acceptance_length"], abs=0.15)
     assert readings[1]["acceptance_length"] > champion_tau - 0.3  # production τ as evaluated
     assert readings[3]["acceptance_length"] < readings[1]["acceptance_length"] - 0.3  # the drift, measured
     retrains = [r for r in kfp.runs if r["display_name"].startswith("retrain-")]
