@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -286,6 +287,57 @@ def test_the_source_is_the_servers_a_prometheus_or_prompts_never_two_nor_none():
     ):
         with pytest.raises(SpectrainError, match=says):
             configs.from_dict(WatchConfig, {"registered_model": "m", "endpoints": "http://vllm:8000", **values})
+
+
+def test_a_local_retraining_is_a_real_spectrain_run_in_flight_until_it_ends(registry, tmp_path):
+    """--retrain local starts `spectrain run` for the champion's mode and base model (here interrupted at once:
+    its whole run is what `make run` measures); in flight while it runs, no second one after it ended."""
+    import os
+    import signal
+
+    uri, client, experiment = registry
+    register_champion(client, experiment, "nightly")
+    replica = MetricsServer()
+    settings = config(
+        endpoints=replica.url, tracking_uri=uri, window_s=120, sustain_s=0, retrain="local", dataset="embedded"
+    )
+
+    def at(now: float) -> dict:
+        replica.serve(40, 1.1)
+        return watch.reading(settings, client, now=now)
+
+    first, started = at(0), at(60)
+    pid = int(started["retraining"]["id"])
+    command = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    assert command[1:] == [
+        "-m",
+        "spectrain",
+        "run",
+        "--modes",
+        "eagle3",
+        "--base-model",
+        "embedded",
+        "--dataset",
+        "embedded",
+        "",
+    ]
+    log = Path(started["retraining"]["log"])
+    try:
+        deadline = time.monotonic() + 120
+        while "serve: started" not in log.read_text():  # the run is under way: its first step started
+            assert time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0), log.read_text()
+            time.sleep(0.5)
+        assert at(120)["status"] == "in flight"
+    finally:
+        os.killpg(pid, signal.SIGINT)  # Ctrl-C: the run stops everything it started
+        _, status = os.waitpid(pid, 0)  # (the watcher's own child: reaped here)
+    assert os.waitstatus_to_exitcode(status) == 130 and "interrupted after" in log.read_text()
+    after = at(180)
+    print("\n".join(map(watch.line, (first, started, after))))
+    assert [r["status"] for r in (first, started, after)] == ["collecting", "retrain", "handled"]  # no second run
+    assert (
+        "spectrain run" in Path(started["retraining"]["log"]).read_text() or Path(started["retraining"]["log"]).exists()
+    )
 
 
 def test_without_a_champion_the_watch_says_what_to_do(registry):
