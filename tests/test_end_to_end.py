@@ -105,7 +105,7 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
         assert "draft/config.json" in files and "draft/model.safetensors" in files
         # plots travel as KFP artifacts of the register task (on a cluster, other steps' paths are other pods')
         plots = {a.path for a in client.list_artifacts(outcome["run_id"], "plots")}
-        assert plots == {"plots/acceptance.png", "plots/training_curves.png"}, plots
+        assert plots == {"plots/acceptance.png", "plots/speedup.png", "plots/training_curves.png"}, plots
 
     server_log = run_dir / "stop-server" / "server_log"
     assert "Application startup complete" in server_log.read_text()

@@ -48,7 +48,7 @@ class EvaluateConfig:
         check=checks.increasing_sizes("1,4,16"),
     )
     cost_repeats: int = field(
-        8, "timed rounds over every cost (the fastest of each counts)", check=checks.at_least(1, 8)
+        5, "timed rounds over every cost (the fastest of each counts)", check=checks.at_least(1, 5)
     )
     untrained_baseline: bool = field(True, "also measure the same draft architecture at initialisation")
     output_dir: str = field("evaluation", "where metrics JSON and the acceptance plot go")

@@ -413,6 +413,8 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
             "dataset": str(replies),
             "max_new_tokens": 48,
             "output_dir": str(tmp_path / "eval"),
+            "cost_batch_sizes": [1, 4],  # a schedule of two ranges at most, timed in 3 rounds
+            "cost_repeats": 3,
         },
     )
     exported = {"checkpoint": str(checkpoint), "mode": "eagle3", "output_dir": str(draft), "dtype": "float32"}

@@ -56,6 +56,9 @@ def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode):
             "dataset": str(data),
             "max_new_tokens": EVAL_TOKENS,
             "output_dir": str(tmp_path / "eval"),
+            "max_k": 3,  # the k served here; step costs at batch 1 only, timed once (not what this test checks)
+            "cost_batch_sizes": [1],
+            "cost_repeats": 1,
         },
     )
     # float32, as the replay: the check is of vLLM's loader and drafting, not of bf16 rounding of the weights
