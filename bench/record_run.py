@@ -20,6 +20,7 @@ import results  # noqa: E402
 
 SHARED_STEPS = ("serve", "regenerate")
 DRAFT_STEPS = ("train", "evaluate", "export")
+SERVING_METRICS = ("served_num_draft_tokens", "expected_speedup", "ngram_best_num_draft_tokens", "ngram_expected")
 
 
 def figures_of(run_dir: Path, total_seconds: float) -> dict:
@@ -52,6 +53,8 @@ def figures_of(run_dir: Path, total_seconds: float) -> dict:
                 "train_steps": m.get("train_steps"),
                 "alias": result["alias"],
                 "promotion": result["promotion"],
+                # how it is served: the k export wrote, the expected speed-up per k, n-gram's best (evaluate)
+                "serving": {k: v for k, v in m.items() if k.startswith(SERVING_METRICS)},
             }
         )
     return {

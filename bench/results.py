@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from spectrain import hardware
+from spectrain.summary import served
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parents[1]
@@ -83,15 +84,16 @@ def make_run_table(record: dict) -> str:
         lines.append(f"| {row['step']} | {row['mode']} | {row['seconds']:.0f} |")
     lines += [
         "",
-        "| draft | τ | n-gram τ | τ / n-gram | per-position acceptance | untrained τ | registry alias |",
-        "|---|---:|---:|---:|---|---:|---|",
+        "| draft | τ | n-gram τ | τ / n-gram | per-position acceptance | untrained τ | "
+        "served k: expected speed-up (n-gram's best) | registry alias |",
+        "|---|---:|---:|---:|---|---:|---|---|",
     ]
     for draft in figures["drafts"]:
         lines.append(
             f"| {draft['mode']} | {draft['acceptance_length']:.3f} | {draft['ngram_acceptance_length']:.3f} | "
             f"{draft['acceptance_length'] / draft['ngram_acceptance_length']:.2f}× | "
             f"{' / '.join(f'{r:.2f}' for r in draft['acceptance_rate_per_position'])} | "
-            f"{draft['untrained_acceptance_length']:.3f} | {draft['alias']} |"
+            f"{draft['untrained_acceptance_length']:.3f} | {served(draft.get('serving', {}))} | {draft['alias']} |"
         )
     return "\n".join(lines) + "\n"
 
