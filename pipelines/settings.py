@@ -20,6 +20,7 @@ class CompileSettings:
 
     accelerator_type: str = "nvidia.com/gpu"
     train_gpus: int = 1  # the train step's GPUs, one DDP rank each
+    eval_gpus: int = 1  # the GPU of evaluate (and of the vLLM cross-check and the TensorRT-LLM engine build)
     # GPUs of the serve step's own pod: none, since on Kubernetes vLLM runs in its own Deployment (serve_mode
     # cluster, whose pods take ServeConfig.gpus each) or elsewhere (external); the step only waits for it.
     serve_gpus: int = 0
@@ -33,7 +34,8 @@ class CompileSettings:
 
     HELP = {
         "accelerator_type": "Kubernetes accelerator resource of the GPU steps",
-        "train_gpus": "GPUs of the train step (one DDP rank each)",
+        "train_gpus": "GPUs of the train step (one DDP rank each; 0: none, it trains on CPUs)",
+        "eval_gpus": "GPUs of evaluate, the vLLM cross-check and the TensorRT-LLM engine build (0: CPUs)",
         "serve_gpus": "GPUs of the serve step's own pod (0: vLLM runs in its own Deployment, serve_mode cluster)",
         "mode_parallelism": "draft modes trained at once (0: all)",
         "registry": "registry (and path) of the spectrain-<family> images the steps run",
@@ -50,6 +52,7 @@ class CompileSettings:
             f"{name} is {value}: it cannot be negative"
             for name, value in (
                 ("train_gpus", self.train_gpus),
+                ("eval_gpus", self.eval_gpus),
                 ("serve_gpus", self.serve_gpus),
                 ("mode_parallelism", self.mode_parallelism),
             )

@@ -17,7 +17,7 @@ from components.train_heads.component import train_heads
 from pipelines.parameters import default
 from pipelines.settings import CompileSettings
 from pipelines.summary import summarize
-from spectrain import images, paths, secrets
+from spectrain import devices, images, paths, secrets
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 MODEL_CACHE_PATH = paths.PVC_MODEL_CACHE
@@ -33,9 +33,15 @@ def on_cluster(
     model_cache_pvc,
     secrets: dict[str, dict[str, str]],
 ):
-    """Kubernetes settings of a task (kfp.local ignores them): GPUs, placement, model cache, secrets."""
-    if gpus is not None:
+    """Kubernetes settings of a task (kfp.local ignores them): GPUs, placement, model cache, secrets.
+
+    A task given GPUs is also told how many (SPECTRAIN_GPUS): the step then refuses to run on the CPU if the pod
+    sees fewer (spectrain.devices), instead of training or timing on the wrong device for hours.
+    """
+    if gpus:
         task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
+        for name, value in devices.gpu_env(gpus).items():
+            task.set_env_variable(name, value)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
     kubernetes.mount_pvc(task, pvc_name=model_cache_pvc, mount_path=MODEL_CACHE_PATH)
@@ -133,10 +139,10 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             train_max_steps: optimizer steps per draft (0 = train_num_epochs over the data).
             train_max_minutes: stop each draft's training after this many minutes (0 = no limit).
             train_num_epochs: passes over the regenerated data when train_max_steps is 0.
-            train_lr: peak learning rate of the draft heads.
+            train_lr: peak learning rate of the draft heads (0 = chosen from the base: 1e-3 below 1B parameters, the mode's reference recipe above).
             train_batch_size: sequences per step.
-            train_max_length: tokens per training sequence.
-            train_draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary).
+            train_max_length: tokens per training sequence (0 = chosen from the base: 256 below 1B parameters, the mode's reference recipe above).
+            train_draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary; -1 = chosen from the base: 4,096 below 1B parameters, 32,000 above).
             train_hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states (skipped, with a warning, when it would exceed the train step's hidden_state_cache_max_gb, 20 GB).
             train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "warmup_steps": 20, "seed": 7}; see `spectrain step train-heads --help`.
             num_draft_tokens: k at which τ is measured, compared and gated (the vLLM cross-check too); the served k is measured: evaluate times draft and verification steps for k = 1..5 and export writes the fastest into the draft's vllm_speculative_config.json.
@@ -232,7 +238,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     max_new_tokens=eval_max_new_tokens,
                 )
                 in_image(evaluated).set_caching_options(True)
-                on_cluster(evaluated, gpus=1, secrets=HF_SECRET, **gpu)
+                on_cluster(evaluated, gpus=settings.eval_gpus, secrets=HF_SECRET, **gpu)
                 reads_cluster_config(evaluated)  # eval_dataset may be on S3
 
                 # 5. export: the draft directory serving runtimes load, with the k evaluate measured as fastest
@@ -245,7 +251,8 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     evaluation=evaluated.outputs["evaluation"],
                 )
                 in_image(exported).set_caching_options(True)
-                on_cluster(exported, gpus=1, secrets={}, **gpu)
+                # no GPU: export restores the draft onto the base without its decoder layers (a few GB at most)
+                on_cluster(exported, gpus=None, secrets={}, **gpu)
 
                 with dsl.If(eval_vllm_crosscheck == True):  # noqa: E712 (a KFP condition, not Python)
                     # 5b. the exported draft, loaded by vLLM itself: τ from vLLM's counters must match ours
@@ -259,7 +266,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                         max_new_tokens=eval_max_new_tokens,
                         expected_acceptance_length=evaluated.outputs["Output"],
                     )
-                    on_cluster(in_image(checked), gpus=1, secrets=HF_SECRET, **gpu)
+                    on_cluster(in_image(checked), gpus=settings.eval_gpus, secrets=HF_SECRET, **gpu)
                     reads_cluster_config(checked)
 
                 with dsl.If(export_trtllm_engine == True):  # noqa: E712
@@ -267,7 +274,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                         # 5c. the TensorRT-LLM engine of a Medusa draft, built in the trtllm image
                         engine = build_trtllm_engine(draft=exported.outputs["draft"], base_model=base_model)
                         in_image(engine).set_caching_options(True)  # a pure function of the draft; builds take minutes
-                        on_cluster(engine, gpus=1, secrets=HF_SECRET, **gpu)
+                        on_cluster(engine, gpus=settings.eval_gpus, secrets=HF_SECRET, **gpu)
 
                 # 6. register: MLflow run + model version; champion only if it wins
                 registered = register(

@@ -56,6 +56,15 @@ def above(low: float, example: Any) -> Rule:
     return Rule(f"a number > {low}", str(example), lambda v: None if v > low else "")
 
 
+def or_auto(auto: Any, rule: Rule, meaning: str = "chosen from the base model") -> Rule:
+    """``rule``, or the value ``auto`` that leaves the choice to the run (``meaning`` says what it does)."""
+    return Rule(
+        f"{auto:g} ({meaning}) or {rule.allowed}",
+        rule.example,
+        lambda v: None if v == auto else rule.test(v),
+    )
+
+
 def between(low: float, high: float, example: Any) -> Rule:
     return Rule(f"a number from {low} to {high}", str(example), lambda v: None if low <= v <= high else "")
 

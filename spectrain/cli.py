@@ -32,7 +32,9 @@ def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     config = configs.from_args(config_cls, args, base)
     result = step.load(step.run)(config)
     if isinstance(result, dict):
-        result["config"] = configs.public_dict(config)  # what ran, every field resolved: register logs it
+        # what ran, every field resolved (a step that chose settings itself reports them in "resolved"): register
+        # logs it
+        result["config"] = {**configs.public_dict(config), **result.get("resolved", {})}
     if os.environ.get("RANK", "0") != "0":  # a distributed step (torchrun): rank 0 reports for all
         return 0
     if args.result:

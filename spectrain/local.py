@@ -213,8 +213,9 @@ def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     from pipelines.settings import CompileSettings
     from pipelines.speculative_decoding import build_pipeline
 
-    # One draft at a time: on a laptop each draft gets every core instead of two trainings thrashing them.
-    speculative_decoding = build_pipeline(CompileSettings(mode_parallelism=1))
+    # One draft at a time: on a laptop each draft gets every core instead of two trainings thrashing them. No GPU
+    # is promised to any step (kfp.local would pass SPECTRAIN_GPUS on): each uses one where it finds one.
+    speculative_decoding = build_pipeline(CompileSettings(mode_parallelism=1, train_gpus=0, eval_gpus=0))
     # The Kubernetes settings (GPUs, PVC, secrets) are for the cluster; kfp.local says so once per task.
     warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
     os.environ[EVENTS_ENV] = "1"  # steps report progress as events for RunConsole

@@ -131,22 +131,38 @@ def model_slug(spec: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
+SAMPLES_PER_FILE, SAMPLE_BYTES = 16, 1 << 16
+
+
+def weights_fingerprint(directory: Path) -> str:
+    """A content hash of a checkpoint that reads ~1 MB per weight file, not the weights: config.json, and for
+    each weight file its name, size, safetensors header (every tensor's name, dtype, shape and offsets) and 16
+    evenly spaced 64 KiB samples. A fine-tune changes nearly every weight, so it changes the samples; hashing
+    every byte of a 70B base (140 GB) at every evaluation would cost minutes for nothing more."""
+    digest = hashlib.sha256()
+    config = directory / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for weights in sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with open(weights, "rb") as handle:
+            if weights.suffix == ".safetensors" and size >= 8:
+                header = int.from_bytes(handle.read(8), "little")
+                digest.update(handle.read(min(header, size - 8)))
+            for index in range(SAMPLES_PER_FILE):
+                handle.seek(max(0, (size - SAMPLE_BYTES) * index // max(SAMPLES_PER_FILE - 1, 1)))
+                digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
 def base_model_identity(path: str, tokenizer=None) -> dict[str, str]:
-    """What pins a base model's behaviour, for comparing measurements: its revision (the hub commit of a
-    snapshot directory, else a content hash of its weight files) and a hash of the chat template that
-    formats every prompt (``tokenizer``'s, else the one in the directory)."""
+    """What pins a base model's behaviour, for comparing measurements and for matching a draft to its base: its
+    revision (the hub commit of a snapshot directory, else :func:`weights_fingerprint`) and a hash of the chat
+    template that formats every prompt (``tokenizer``'s, else the one in the directory)."""
     directory = Path(path)
     snapshot = directory.parent.name == "snapshots" and len(directory.name) == 40
-    if snapshot:
-        revision = f"hub:{directory.name}"
-    else:
-        digest = hashlib.sha256()
-        for weights in sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin")):
-            digest.update(weights.name.encode())
-            with open(weights, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 24), b""):
-                    digest.update(block)
-        revision = "sha256:" + digest.hexdigest()[:16]
+    revision = f"hub:{directory.name}" if snapshot else "sampled:" + weights_fingerprint(directory)[:16]
     template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
     if template is None:
         jinja = directory / "chat_template.jinja"
@@ -157,3 +173,42 @@ def base_model_identity(path: str, tokenizer=None) -> dict[str, str]:
         "base_model_revision": revision,
         "chat_template_sha256": "sha256:" + hashlib.sha256(template.encode()).hexdigest()[:16] if template else "",
     }
+
+
+def attention_implementation(config) -> str | None:
+    """The attention the frozen base must run with: eager where the config soft-caps attention logits (Gemma 2;
+    sdpa has no soft-capping, so its hidden states would not be the ones the served base computes), else
+    transformers' own choice (sdpa wherever the model class supports it)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return "eager" if getattr(text, "attn_logit_softcapping", None) else None
+
+
+def load_base(model_path: str, placement, *, layers: bool = True):
+    """The frozen base at ``model_path``, in ``placement``'s dtype, loaded straight onto its device.
+
+    ``layers`` False: without decoder layers (modelopt's offline loader, ``load_vlm_or_llm``: embeddings, final
+    norm, lm_head), for an offline draft or an export, whatever the base's size.
+    """
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(model_path)
+    if not layers:
+        from modelopt.torch.speculative.utils import load_vlm_or_llm
+
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # else a table of every decoder weight it (rightly) skips
+        try:
+            model = load_vlm_or_llm(
+                model_path, use_offline_training=True, dtype=placement.dtype(), device_map={"": placement.device}
+            )
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            model_path,
+            dtype=placement.dtype(),
+            device_map={"": placement.device},
+            attn_implementation=attention_implementation(config),
+        )
+    model.requires_grad_(False)
+    return model

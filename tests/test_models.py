@@ -11,7 +11,7 @@ def test_the_identity_changes_with_the_weights_and_the_chat_template_and_names_a
     (local / "model.safetensors").write_bytes(b"weights, first version")
     (local / "chat_template.jinja").write_text("{{ messages }}")
     first = base_model_identity(str(local))
-    assert first["base_model_revision"].startswith("sha256:") and first["chat_template_sha256"].startswith("sha256:")
+    assert first["base_model_revision"].startswith("sampled:") and first["chat_template_sha256"].startswith("sha256:")
     assert base_model_identity(str(local)) == first  # the same files, the same identity
 
     (local / "model.safetensors").write_bytes(b"weights, fine-tuned")

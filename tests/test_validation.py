@@ -99,7 +99,8 @@ def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_
     assert time.monotonic() - started < 60
     assert "--modes" in result.stderr and "'eagle2'" in result.stderr and "eagle3, medusa" in result.stderr
     assert (
-        "--train-lr = -1.0 is not allowed: expected a number > 0, e.g. 0.001" in result.stderr
+        "--train-lr = -1.0 is not allowed: expected 0 (chosen from the base model) or a number > 0, e.g. 0.001"
+        in result.stderr
     )  # both problems, at once
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "servers").exists() and not (tmp_path / "runs").exists()  # nothing started
@@ -135,7 +136,9 @@ def test_an_unreadable_dataset_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_negative_learning_rate_is_refused():
-    assert "--train-lr = -1.0 is not allowed: expected a number > 0" in problems(train_lr="-1")
+    assert "--train-lr = -1.0 is not allowed: expected 0 (chosen from the base model) or a number > 0" in problems(
+        train_lr="-1"
+    )
 
 
 @pytest.mark.parametrize(
@@ -236,8 +239,8 @@ def test_a_local_model_folder_needs_a_config(tmp_path):
 def test_a_cluster_submission_skips_local_paths_and_credentials():
     with checks.for_cluster():  # /models/... lives on the cluster's model-cache PVC
         parameters.validate({"base_model": "/models/llama", "dataset": "s3://chats/"}, PARAMETERS, where="p.yaml")
-        with pytest.raises(SpectrainError, match="--train-lr = 0.0"):  # domains still apply
-            parameters.validate({"train_lr": 0.0}, PARAMETERS, where="p.yaml")
+        with pytest.raises(SpectrainError, match="--train-lr = -0.1"):  # domains still apply
+            parameters.validate({"train_lr": -0.1}, PARAMETERS, where="p.yaml")
 
 
 def test_the_dropped_eagle1_mode_is_refused_with_its_reason(tmp_path):

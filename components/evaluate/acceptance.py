@@ -15,22 +15,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import modelopt.torch.opt as mto
 import torch
 import transformers
 
 from components.evaluate import costs
 from components.evaluate.config import EvaluateConfig
+from spectrain import bases, devices, draft_checkpoint
 from spectrain.console import Progress
 from spectrain.data import dataset_fingerprint, heldout_chats
 from spectrain.drafts import check_draft_checkpoint
 from spectrain.errors import SpectrainError
-from spectrain.models import base_model_identity, resolve_base_model
+from spectrain.models import base_model_identity, load_base, resolve_base_model
 from spectrain.plots import figure
 
-mto.enable_huggingface_checkpointing()
-DTYPE = torch.float32  # base and draft arithmetic of the replay: part of the measurement protocol
-GREEDY_CACHE_VERSION = 2  # 2: batched generation, confirmed by a teacher-forced pass
+GREEDY_CACHE_VERSION = 3  # 2: batched generation, confirmed by a teacher-forced pass; 3: keyed by dtype and device
 
 
 @dataclass
@@ -160,9 +158,9 @@ class DFlashProposer:
     def _draft(self, tokens: torch.Tensor, context: torch.Tensor, k: int) -> torch.Tensor:
         """k drafts per row: one forward over [the token the base emitted, mask × (block - 1)] and the context."""
         model = self.model
-        block = torch.full((tokens.shape[0], self.block), model.mask_token_id, dtype=torch.long)
+        block = torch.full((tokens.shape[0], self.block), model.mask_token_id, dtype=torch.long, device=tokens.device)
         block[:, 0] = tokens
-        positions = torch.arange(context.shape[1] + self.block).unsqueeze(0)  # the context's, then the block's
+        positions = torch.arange(context.shape[1] + self.block, device=tokens.device).unsqueeze(0)  # context, block
         hidden = model.dflash_module(
             noise_embedding=model._base_model_embeddings(block),
             target_hidden=context,
@@ -327,10 +325,10 @@ def load_prompts(config: EvaluateConfig, tokenizer) -> list[dict]:
 @torch.no_grad()
 def generate_batch(base, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int]) -> list[list[int]]:
     """Greedy continuations of several prompts at once (left-padded), each cut after its first end token."""
-    pad = next(iter(eos_ids))
+    pad, device = next(iter(eos_ids)), base.device
     width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     output = base.generate(
         input_ids, attention_mask=attention, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad
     )
@@ -352,7 +350,7 @@ def confirm_greedy(base, prompt: list[int], continuation: list[int]) -> list[int
     sequence = prompt + continuation
     if not continuation:
         return sequence
-    logits = base(input_ids=torch.tensor([sequence])).logits[0]
+    logits = base(input_ids=torch.tensor([sequence], device=base.device)).logits[0]
     predicted = logits[len(prompt) - 1 : -1].argmax(-1).tolist()
     for offset, (token, expected) in enumerate(zip(continuation, predicted)):
         if token != expected:
@@ -361,12 +359,14 @@ def confirm_greedy(base, prompt: list[int], continuation: list[int]) -> list[int
 
 
 def greedy_sequences(base, prompts: list[dict], config: EvaluateConfig, model_path: str) -> list[list[int]]:
-    """The base model's greedy continuations, cached on disk: every mode and baseline replays the same ones."""
+    """The base model's greedy continuations, cached on disk: every mode and baseline replays the same ones
+    (keyed by the base's dtype and device type too: bf16 on a GPU may break a near-tie otherwise than fp32)."""
     from spectrain.models import cache_dir
 
+    arithmetic = [str(base.dtype), base.device.type]
     key = hashlib.sha256(
         json.dumps(
-            [GREEDY_CACHE_VERSION, model_path, config.max_new_tokens, [p["input_ids"] for p in prompts]]
+            [GREEDY_CACHE_VERSION, model_path, arithmetic, config.max_new_tokens, [p["input_ids"] for p in prompts]]
         ).encode()
     )
     path = cache_dir() / "greedy" / f"{key.hexdigest()[:24]}.json"
@@ -444,21 +444,29 @@ def run(config: EvaluateConfig) -> dict:
     started = time.monotonic()
     check_draft_checkpoint(config.checkpoint, config.mode, "evaluate", config.num_draft_tokens)
     model_path = resolve_base_model(config.base_model)
+    draft_checkpoint.check_base(config.checkpoint, model_path)
+    # the replay's arithmetic is part of the measurement protocol (recorded as "dtype"): float32 on a CPU, the
+    # base's own dtype on a GPU
+    placement = devices.resolve(model_dtype=bases.facts_of(model_path).dtype)
+    print(f"[evaluate] {placement.accelerator}: base in {placement.base_dtype} on {placement.device}", flush=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     prompts = load_prompts(config, tokenizer)
-    base = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPE).eval()
+    base = load_base(model_path, placement).eval()
     sequences = greedy_sequences(base, prompts, config, model_path)
-    del base  # the checkpoint below holds the same frozen base
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        config.checkpoint, dtype=DTYPE, attn_implementation="sdpa"
-    ).eval()
+    model = draft_checkpoint.restore(base, config.checkpoint).eval()  # the draft onto the same loaded base
+    device = placement.torch_device()
     k = config.num_draft_tokens
     proposer = draft_proposer(model, config)
     proposer.k = max_k = max(k, draft_limit(model, config.mode, config.max_k))  # the curve's chains: k = 1..max_k
     ks = list(range(1, max_k + 1))
 
     curve, by_category = evaluate_proposer(
-        lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, ks, f"{config.mode}, k = 1..{max_k}", k
+        lambda s: proposer.for_sequence(torch.tensor([s], device=device)),
+        prompts,
+        sequences,
+        ks,
+        f"{config.mode}, k = 1..{max_k}",
+        k,
     )
     ngram_curve, _ = evaluate_proposer(
         lambda s: ngram_proposer(s, max_k, config.ngram_max), prompts, sequences, ks, "n-gram"
@@ -476,7 +484,11 @@ def run(config: EvaluateConfig) -> dict:
         reset_heads(model)
         proposer.k = k
         untrained, _ = evaluate_proposer(
-            lambda s: proposer.for_sequence(torch.tensor([s])), prompts, sequences, [k], f"untrained {config.mode}"
+            lambda s: proposer.for_sequence(torch.tensor([s], device=device)),
+            prompts,
+            sequences,
+            [k],
+            f"untrained {config.mode}",
         )
         results[f"untrained {config.mode}"] = untrained[k].summary()
     plot_acceptance(results, output_dir / "acceptance.png")
@@ -492,7 +504,8 @@ def run(config: EvaluateConfig) -> dict:
         "max_new_tokens": config.max_new_tokens,
         "eval_dataset_fingerprint": dataset_fingerprint(config.dataset, "heldout"),
         # with the fields above, the measurement protocol: a τ is comparable only with one measured the same way
-        "dtype": str(DTYPE).removeprefix("torch."),
+        "dtype": placement.base_dtype,
+        "accelerator": placement.accelerator,
         "base_model": config.base_model,
         **base_model_identity(model_path, tokenizer),
         **serving,
@@ -527,7 +540,7 @@ def serving_recommendation(config, model, proposer, sequences, curve, ngram_curv
     step = costs.step_costs(
         model,
         proposer,
-        torch.tensor([context]),
+        torch.tensor([context], device=next(model.parameters()).device),
         len(ks),
         [int(b) for b in config.cost_batch_sizes],
         config.cost_repeats,

@@ -18,19 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import modelopt.torch.opt as mto
 import torch
-import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from components.export import trtllm
 from components.export.config import ExportConfig
+from spectrain import devices, draft_checkpoint
 from spectrain.drafts import SERVING_CONFIG, check_draft_checkpoint
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
-
-mto.enable_huggingface_checkpointing()
 
 
 def medusa_state_dict(model) -> dict[str, torch.Tensor]:
@@ -190,7 +187,10 @@ def run(config: ExportConfig) -> dict:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, config.dtype)
-    model = transformers.AutoModelForCausalLM.from_pretrained(config.checkpoint, dtype=torch.float32)
+    base_path = str(resolve_base_model(config.base_model))
+    # Only the draft and the base's embeddings, final norm and lm_head (the base without decoder layers, as
+    # modelopt's offline training loads it): an export needs no GPU and a few GB of memory for any base.
+    model = draft_checkpoint.load(config.checkpoint, base_path, devices.cpu(), layers=False)
     attribute, part, write = {
         "medusa": ("medusa_heads", "Medusa heads", export_medusa),
         "eagle3": ("eagle_module", "EAGLE module", export_eagle),
@@ -212,7 +212,7 @@ def run(config: ExportConfig) -> dict:
             config.mode,
             output_dir,
             dtype,
-            str(resolve_base_model(config.base_model)),
+            base_path,
             speculative["num_speculative_tokens"],
             capture,
             medusa_state_dict(model) if config.mode == "medusa" else None,

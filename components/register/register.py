@@ -69,6 +69,18 @@ def run_params(config: RegisterConfig, results: dict[str, dict]) -> dict[str, st
     }
 
 
+def recipe_tags(train: dict) -> dict[str, str]:
+    """The training settings that decide what a draft can be (draft vocabulary, context length, learning rate, as
+    they ran, those the train step chose from the base included), and what ran it."""
+    resolved = train.get("resolved") or {}
+    tags = {f"train.{name}": str(value) for name, value in sorted(resolved.items())}
+    if train.get("chosen_for_base"):
+        tags["train.chosen_for_base"] = ", ".join(sorted(k for k in train["chosen_for_base"] if k != "why"))
+    if train.get("placement"):
+        tags["train.accelerator"] = str(train["placement"].get("accelerator", ""))
+    return tags
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -320,6 +332,7 @@ def run(config: RegisterConfig) -> dict:
         "num_speculative_tokens": str(results.get("export", {}).get("num_speculative_tokens", "")),
         "served_acceptance_length": served_tau(evaluation, results.get("export", {}).get("num_speculative_tokens")),
         "expected_speedup": str(evaluation.get("expected_speedup", "")),
+        **recipe_tags(results.get("train", {})),
         **protocol(evaluation, config.base_model),
     }
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")

@@ -62,11 +62,11 @@ class TrainHeadsConfig:
     eagle_num_key_value_heads: int = field(0, "draft KV heads (0: the base model's)", check=checks.at_least(0, 3))
     eagle_head_dim: int = field(0, "draft head dim (0: the base model's)", check=checks.at_least(0, 64))
     draft_vocab_size: int = field(
-        4096,
+        -1,
         "EAGLE: draft predicts only the N most frequent tokens of the training data "
-        "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary (Medusa: "
-        "ignored, its heads always cover the full vocabulary)",
-        check=checks.at_least(0, 4096),
+        "(d2t mapping, as EAGLE-3 does); 0 keeps the full vocabulary; -1 chooses from the base: 4,096 below 1B "
+        "parameters, 32,000 above (Medusa, DFlash: ignored, their drafts cover the full vocabulary)",
+        check=checks.or_auto(-1, checks.at_least(0, 4096)),
     )
     eagle_init_from_base: bool = field(
         False,
@@ -144,7 +144,12 @@ class TrainHeadsConfig:
         check=checks.one_of("bfloat16", "float16", "float32"),
     )
     # Optimisation (names follow the seed's launch.sh)
-    lr: float = field(1e-3, "peak learning rate (cosine decay after warmup)", check=checks.above(0, 1e-3))
+    lr: float = field(
+        0.0,
+        "peak learning rate (cosine decay after warmup); 0 chooses from the base: 1e-3 below 1B parameters, "
+        "above it the reference recipe of the mode (EAGLE-3 1e-4, DFlash 6e-4, Medusa 1e-3)",
+        check=checks.or_auto(0.0, checks.above(0, 1e-3)),
+    )
     num_epochs: float = field(1.0, "passes over the data (ignored when max_steps > 0)", check=checks.above(0, 1.0))
     max_steps: int = field(0, "stop after this many optimizer steps (0: run num_epochs)", check=checks.at_least(0, 200))
     max_minutes: float = field(
@@ -163,7 +168,10 @@ class TrainHeadsConfig:
     warmup_steps: int = field(5, "linear warmup steps", check=checks.at_least(0, 5))
     weight_decay: float = field(0.0, "AdamW weight decay", check=checks.at_least(0.0, 0.01))
     max_length: int = field(
-        256, "tokens per training sequence; every batch is padded to exactly this", check=checks.at_least(16, 256)
+        0,
+        "tokens per training sequence; every batch is padded to exactly this; 0 chooses from the base: 256 below "
+        "1B parameters, above it the reference recipe of the mode (2,048; DFlash 4,096)",
+        check=checks.or_auto(0, checks.at_least(16, 256)),
     )
     save_steps: int = field(
         0,
@@ -190,14 +198,29 @@ class TrainHeadsConfig:
     )
     precision: str = field(
         "auto",
-        "auto (bf16 autocast on a GPU or a CPU with AMX / AVX512-BF16, else fp32), bf16 or fp32; weights stay fp32",
-        check=checks.one_of("auto", "bf16", "fp32"),
+        "autocast of draft training: auto (bf16 on a GPU with bf16 units, fp16 with loss scaling on older GPUs, "
+        "bf16 on a CPU with AMX / AVX512-BF16, else fp32), bf16, fp16 (GPU only) or fp32; the draft's weights "
+        "stay fp32",
+        check=checks.one_of("auto", "bf16", "fp16", "fp32"),
+    )
+    base_dtype: str = field(
+        "auto",
+        "dtype of the frozen base: auto (on a GPU the checkpoint's own, bfloat16 for current bases, float16 where "
+        "the GPU has no bf16 units; on a CPU float32), bfloat16, float16 or float32",
+        check=checks.one_of("auto", "bfloat16", "float16", "float32"),
     )
 
     def validate(self) -> None:
         if not self.data:
             raise SpectrainError(
                 "no training data given", where="train_heads.data", fix="pass the jsonl written by the regenerate step"
+            )
+        if self.base_dtype in ("bfloat16", "float16") and self.precision == "fp32":
+            raise SpectrainError(
+                f"base_dtype {self.base_dtype} with precision fp32: the float32 draft would read {self.base_dtype} "
+                "hidden states without autocast",
+                where="train_heads.precision",
+                fix=f"use precision auto or {'bf16' if self.base_dtype == 'bfloat16' else 'fp16'}, or base_dtype auto",
             )
         if self.mode == "dflash" and self.max_length % self.dflash_block_size:
             multiple = -(-self.max_length // self.dflash_block_size) * self.dflash_block_size

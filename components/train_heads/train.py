@@ -3,39 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import modelopt.torch.opt as mto
 import modelopt.torch.speculative as mtsp
 import torch
 import transformers
-from safetensors.torch import load_file, save_file
 
 from components.train_heads import hidden_cache, launch
 from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.datasets import IGNORE, CachedDataset, ConversationDataset
-from spectrain import s3
-from spectrain.console import EVENTS_ENV, Progress, warn
+from components.train_heads.datasets import CachedDataset, ConversationDataset
+from components.train_heads.trainer import (
+    DraftTrainer,
+    ProgressEvents,
+    StepCounter,
+    TrainingClock,
+    WallClockBudget,
+)
+from spectrain import bases, devices, draft_checkpoint, s3
+from spectrain.console import warn
 from spectrain.data import SkippedLine, fingerprint, read_conversations
+from spectrain.draft_checkpoint import HEAD_PREFIXES
 from spectrain.drafts import TRAIN_RESULT
 from spectrain.errors import SpectrainError
-from spectrain.hardware import cpu_runs_bf16
-from spectrain.models import resolve_base_model
+from spectrain.models import base_model_identity, load_base, resolve_base_model
 from spectrain.plots import figure
 
 # Without this, from_pretrained silently returns the plain base model and drops the heads.
 mto.enable_huggingface_checkpointing()
 
-HEAD_PREFIXES = ("eagle_module", "medusa_heads", "dflash_module")
-DRAFT_WEIGHTS = "draft_weights.safetensors"  # the weights in a resumable checkpoint-<step>/
 SAVE_STEPS_WITH_CHECKPOINT_URI = 200  # save_steps when checkpoint_uri is set and save_steps is not
+CACHE_BARRIER_SECONDS = 6 * 3600  # how long the other ranks wait while rank 0 builds the hidden-state cache
 
 
 # ---------------------------------------------------------------- data
@@ -109,11 +111,9 @@ def pack_examples(examples: list[dict], max_length: int) -> list[dict]:
 # ---------------------------------------------------------------- model
 def draft_architecture(base_config, config: TrainHeadsConfig) -> dict:
     """EAGLE draft sized from the base model (modelopt's defaults are for an 8B model)."""
-    text_config = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
+    text_config = bases.text_config(base_config)
     heads = config.eagle_num_attention_heads or text_config.num_attention_heads
-    rope = dict(getattr(text_config, "rope_parameters", None) or {"rope_type": "default"})
-    rope_theta = rope.get("rope_theta", getattr(text_config, "rope_theta", 10000.0))
-    rope.setdefault("rope_theta", rope_theta)
+    rope = bases.draft_rope(base_config)  # the base's: the draft reads hidden states at the base's positions
     eagle3 = config.mode == "eagle3"
     return {
         "num_hidden_layers": config.eagle_num_layers,
@@ -124,24 +124,33 @@ def draft_architecture(base_config, config: TrainHeadsConfig) -> dict:
         or getattr(text_config, "head_dim", None)
         or text_config.hidden_size // text_config.num_attention_heads,
         "rms_norm_eps": getattr(text_config, "rms_norm_eps", 1e-5),
-        "rope_theta": rope_theta,
+        "rope_theta": rope["rope_theta"],
         "rope_scaling": rope,
         "use_aux_hidden_state": eagle3,
         # explicit, so the hidden-state cache and the draft agree on which base layers feed it
-        "eagle_aux_hidden_state_layer_ids": aux_layer_ids(text_config.num_hidden_layers) if eagle3 else [],
+        "eagle_aux_hidden_state_layer_ids": aux_layer_ids(base_layers(text_config)) if eagle3 else [],
         "use_last_layernorm": eagle3,
         "use_input_layernorm_in_first_layer": not eagle3,
-        **({"draft_vocab_size": config.draft_vocab_size} if config.draft_vocab_size else {}),
+        **(
+            {"draft_vocab_size": config.draft_vocab_size}
+            if 0 < config.draft_vocab_size < text_config.vocab_size
+            else {}
+        ),
     }
+
+
+def base_layers(text_config) -> int:
+    """The base's decoder layers, also when it was loaded without them (modelopt's offline loader keeps the
+    count in ``num_orig_hidden_layers``)."""
+    return getattr(text_config, "num_orig_hidden_layers", None) or text_config.num_hidden_layers
 
 
 def dflash_architecture(base_config, config: TrainHeadsConfig) -> dict:
     """DFlash draft sized from the base model: modelopt builds it as a Qwen3 config whose defaults describe an
     8B model (hidden 4096, MLP 22016, 32 heads), and only hidden and vocabulary sizes come from the base."""
-    text_config = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
+    text_config = bases.text_config(base_config)
     heads = text_config.num_attention_heads
-    rope = dict(getattr(text_config, "rope_parameters", None) or {"rope_type": "default"})
-    rope.setdefault("rope_theta", getattr(text_config, "rope_theta", 10000.0))
+    rope = bases.draft_rope(base_config)
     return {
         "num_hidden_layers": config.dflash_num_layers,
         "intermediate_size": text_config.intermediate_size,
@@ -154,7 +163,7 @@ def dflash_architecture(base_config, config: TrainHeadsConfig) -> dict:
         # copies rope_theta only from configs that have the attribute (transformers 5 keeps it in rope_parameters).
         "rope_parameters": rope,
         # explicit, so the hidden-state cache and the draft agree on which base layers feed it
-        "target_layer_ids": feature_layer_ids(config, text_config.num_hidden_layers),
+        "target_layer_ids": feature_layer_ids(config, base_layers(text_config)),
     }
 
 
@@ -302,11 +311,15 @@ def convert(
                         "eagle_use_torch_compile": False,  # on CPU compile costs minutes and runs slower than eager
                         "eagle_ttt_steps": config.eagle_ttt_steps,
                         "eagle_offline": offline,
+                        # modelopt's default injects yarn rope scaling at export and refuses a draft trained with
+                        # any other rope than 'default' (Llama 3's llama3, Phi-3's longrope): the draft keeps the
+                        # base's rope in training and export alike (config.py _check_rope_scaling_consistency)
+                        "eagle_export_rope_scaling": {},
                     },
                 )
             ],
         )
-        if config.draft_vocab_size and config.draft_vocab_size < model.config.vocab_size:
+        if 0 < config.draft_vocab_size < bases.text_config(model.config).vocab_size:
             if d2t is None or output_dir is None:
                 raise ValueError("a reduced draft vocabulary needs its d2t (reduced_vocabulary) and an output_dir")
             d2t_path = output_dir / "d2t.pt"
@@ -368,165 +381,20 @@ def with_uniform_noise(features: torch.Tensor, scale: float) -> torch.Tensor:
     return features + (torch.rand_like(features) * 2 - 1) * scale * rms
 
 
-def base_fingerprint(model) -> str:
-    """Hash of every base-model parameter: proves after training that the base did not move."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith(HEAD_PREFIXES):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def draft_state_dict(model) -> dict[str, torch.Tensor]:
-    """The draft module's weights and buffers: everything training changes (checked, not assumed)."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
-    outside = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
-    if outside:
-        raise RuntimeError(f"trainable parameters outside the draft module: {outside[:3]}")
-    return state
+@torch.no_grad()
+def base_checksum(model) -> torch.Tensor:
+    """One float64 sum per base tensor, reduced where the tensor lives (no copy to the host, no float32 copy of
+    the base): after training they must be bit-identical, which any optimizer step on the base would break."""
+    sums = [
+        tensor.sum(dtype=torch.float64).to("cpu")
+        for name, tensor in sorted(model.state_dict().items())
+        if not name.startswith(HEAD_PREFIXES) and tensor.is_floating_point()
+    ]
+    return torch.stack(sums) if sums else torch.zeros(0, dtype=torch.float64)
 
 
 def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# ---------------------------------------------------------------- trainer
-class DraftTrainer(transformers.Trainer):
-    """HF Trainer that also logs per-head (per draft position) top-1 accuracy."""
-
-    lr_scheduler: Any  # the Trainer's own attribute, None until a scheduler is created
-
-    def __init__(self, *args, mode: str, budget_seconds: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.mode = mode
-        self.budget_seconds = budget_seconds
-        self._accuracy_sums: list[float] = []
-        self._accuracy_count = 0
-
-    # Resumable checkpoints hold the draft only: the base is frozen, so its weights are the base model's
-    # own and would make every checkpoint (and its copy on S3) base-sized (32 GB for an 8B base in fp32).
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        if not _internal_call:  # the final checkpoint: the whole model, which evaluate and export load
-            return super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            directory = Path(output_dir or self.args.output_dir)
-            directory.mkdir(parents=True, exist_ok=True)
-            save_file(draft_state_dict(self.model), str(directory / DRAFT_WEIGHTS), metadata={"format": "pt"})
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        weights = Path(resume_from_checkpoint) / DRAFT_WEIGHTS
-        if not weights.exists():  # a checkpoint with the whole model
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        model = model or self.model
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-        missing_draft = [k for k in missing if k.startswith(HEAD_PREFIXES)]
-        if unexpected or missing_draft:
-            raise SpectrainError(
-                f"{weights} does not fit this draft (missing {missing_draft[:3]}, unexpected {unexpected[:3]})",
-                where=str(weights),
-                fix="resume with the same mode and draft settings, or start fresh (resume_from_checkpoint '')",
-            )
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """With a wall-clock budget: linear warmup over steps, then cosine over the larger of the budget's
-        spent fraction and the steps' (the Trainer's own cosine would stay near its peak to the end)."""
-        if not self.budget_seconds or self.lr_scheduler is not None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        warmup = self.args.get_warmup_steps(num_training_steps)
-        started = time.monotonic()
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer or self.optimizer,
-            lambda step: budget_cosine(
-                step, warmup, num_training_steps, (time.monotonic() - started) / self.budget_seconds
-            ),
-        )
-        self._created_lr_scheduler = True
-        return self.lr_scheduler
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        self._record_accuracy(outputs, inputs)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-    @torch.no_grad()
-    def _record_accuracy(self, outputs, inputs) -> None:
-        if self.mode == "medusa":
-            labels = inputs["labels"]
-            accuracies = []
-            for head, logits in enumerate(outputs.medusa_logits):
-                target = labels[:, 1 + head :]
-                predicted = logits[:, : target.shape[1]].argmax(-1)
-                valid = target != IGNORE
-                accuracies.append(((predicted == target) & valid).sum().item() / max(valid.sum().item(), 1))
-        else:
-            accuracies = list(outputs.train_acc[0])
-        if not self._accuracy_sums:
-            self._accuracy_sums = [0.0] * len(accuracies)
-        self._accuracy_sums = [s + a for s, a in zip(self._accuracy_sums, accuracies)]
-        self._accuracy_count += 1
-
-    def log(self, logs: dict, *args, **kwargs) -> None:
-        if self._accuracy_count and "loss" in logs:
-            for head, total in enumerate(self._accuracy_sums):
-                logs[f"head_{head}_accuracy"] = round(total / self._accuracy_count, 4)
-            self._accuracy_sums, self._accuracy_count = [], 0
-        super().log(logs, *args, **kwargs)
-
-
-def budget_cosine(step: int, warmup: int, total_steps: int, spent: float) -> float:
-    """Learning-rate factor: linear warmup, then cosine to 0 over whichever runs out first, steps or time
-    (``spent``: the fraction of the wall-clock budget used so far)."""
-    if step < warmup:
-        return step / max(1, warmup)
-    progress = max(spent, (step - warmup) / max(1, total_steps - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-class WallClockBudget(transformers.TrainerCallback):
-    """Stop training (and save) once ``minutes`` of training time are spent."""
-
-    def __init__(self, minutes: float):
-        self.seconds, self.started = minutes * 60, time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.started >= self.seconds:
-            warn(
-                f"training stopped at step {state.global_step} of {state.max_steps}: the wall-clock budget of "
-                f"{self.seconds / 60:.1f} min (max_minutes) was reached"
-            )
-            control.should_training_stop = True
-        return control
-
-
-class ProgressEvents(transformers.TrainerCallback):
-    """Optimizer steps as progress for the console of `spectrain run` (rank 0; the Trainer's own bar is in the log)."""
-
-    def __init__(self):
-        self.progress: Progress | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and os.environ.get(EVENTS_ENV):
-            self.progress = Progress(state.max_steps, "train", "step")
-            self.progress.update(state.global_step)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress:
-            self.progress.update(state.global_step - self.progress.done)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.progress:
-            self.progress.close()
-
-
-class StepCounter(transformers.TrainerCallback):
-    """Optimizer steps taken by this process (a resumed run takes only the remaining ones)."""
-
-    def __init__(self):
-        self.steps = 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.steps += 1
 
 
 class CheckpointsToS3(transformers.TrainerCallback):
@@ -598,12 +466,6 @@ def cache_fits(config: TrainHeadsConfig, base_config, examples: list[dict]) -> b
     return False
 
 
-def load_base(model_path: str):
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.float32, attn_implementation="sdpa"
-    )
-
-
 def draft_module(model, mode: str) -> torch.nn.Module:
     """The trained part of a converted model: its EAGLE, Medusa or DFlash module."""
     return getattr(model, {"medusa": "medusa_heads", "dflash": "dflash_module"}.get(mode, "eagle_module"))
@@ -618,21 +480,27 @@ def offline_training_model(
     cache: Path,
     manifest: dict,
     pad_id: int,
+    placement: devices.Placement,
     mask_token_id: int | None = None,
 ):
     """The model that trains from the hidden-state cache, and the dataset that feeds it.
 
-    EAGLE and DFlash: modelopt's own offline model (no base decoder layers; it reads ``base_model_outputs``),
-    starting from the same draft weights as ``model``. Medusa: ``model`` itself with its base decoder
-    swapped for the cache.
+    EAGLE and DFlash: modelopt's own offline model over the base loaded without decoder layers (its offline
+    loader: embeddings, final norm, lm_head), starting from the same draft weights as ``model``. Medusa: ``model``
+    itself with its base decoder swapped for the cache.
     """
     dataset = CachedDataset(cache, config.max_length, pad_id, config.mode)
     if config.mode == "medusa":
         model.model = hidden_cache.CachedBaseDecoder()
         return model, dataset
-    base = load_base(model_path)
-    base.config.num_orig_hidden_layers = base.config.num_hidden_layers  # DFlash's offline convert reads it
-    offline = convert(base, config, d2t, output_dir, offline=True, mask_token_id=mask_token_id)
+    offline = convert(
+        load_base(model_path, placement, layers=False),
+        config,
+        d2t,
+        output_dir,
+        offline=True,
+        mask_token_id=mask_token_id,
+    )
     draft_module(offline, config.mode).load_state_dict(draft_module(model, config.mode).state_dict())
     if manifest["key"]["draft_token_ids_sha256"]:
         # The cache holds the base logits of the draft vocabulary only: modelopt's mapping from the
@@ -644,21 +512,9 @@ def offline_training_model(
     return offline, dataset
 
 
-def resolve_precision(precision: str) -> str:
-    """'auto' is bf16 where the hardware runs it natively (a GPU, or a CPU with AMX or AVX512-BF16), else fp32.
-
-    Measured on a 2-core Sapphire Rapids (AMX): one EAGLE-3 step of 4 x 256 tokens on the embedded base takes
-    0.88 s in bf16 autocast and 2.09 s in fp32; CPUs without those units emulate bf16 and gain nothing.
-    """
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16"
-    return "bf16" if cpu_runs_bf16() else "fp32"
-
-
-def training_arguments(config: TrainHeadsConfig, output_dir: Path) -> transformers.TrainingArguments:
-    use_cuda = torch.cuda.is_available()
+def training_arguments(
+    config: TrainHeadsConfig, output_dir: Path, placement: devices.Placement
+) -> transformers.TrainingArguments:
     save_steps = config.save_steps or (SAVE_STEPS_WITH_CHECKPOINT_URI if config.checkpoint_uri else 0)
     return transformers.TrainingArguments(
         output_dir=str(output_dir),
@@ -674,8 +530,11 @@ def training_arguments(config: TrainHeadsConfig, output_dir: Path) -> transforme
         save_strategy="steps" if save_steps > 0 else "no",
         save_steps=save_steps if save_steps > 0 else 500,
         seed=config.seed,
-        bf16=resolve_precision(config.precision) == "bf16",
-        use_cpu=not use_cuda,
+        bf16=placement.precision == "bf16",
+        fp16=placement.precision == "fp16",  # with the Trainer's loss scaling
+        use_cpu=not placement.on_gpu,
+        # rank 0 builds the hidden-state cache while the others wait at a barrier: give it hours, not 30 minutes
+        ddp_timeout=CACHE_BARRIER_SECONDS,
         report_to=[],
         remove_unused_columns=False,
         label_names=["labels"] if config.mode == "medusa" else [],
@@ -684,16 +543,59 @@ def training_arguments(config: TrainHeadsConfig, output_dir: Path) -> transforme
     )
 
 
+def with_recipe(config: TrainHeadsConfig, base: bases.BaseFacts) -> tuple[TrainHeadsConfig, dict]:
+    """``config`` with every setting left to the base (draft_vocab_size -1, max_length 0, lr 0) chosen by
+    :func:`spectrain.bases.recipe`, and what was chosen (logged, in the result, tagged in the registry)."""
+    recipe = bases.recipe(base, config.mode)
+    chosen = {
+        name: recipe[name]
+        for name, auto in (("draft_vocab_size", -1), ("max_length", 0), ("lr", 0.0))
+        if getattr(config, name) == auto
+    }
+    if config.mode == "dflash" and "max_length" in chosen:  # DFlash trains on whole blocks
+        chosen["max_length"] -= chosen["max_length"] % config.dflash_block_size
+    resolved = dataclasses.replace(config, **chosen)
+    resolved.validate()
+    return resolved, {**chosen, "why": recipe["why"]} if chosen else {}
+
+
+def check_frozen(model, before: torch.Tensor, optimizer) -> None:
+    """The base did not move: no base parameter trains or sits in the optimizer, and its checksum is unchanged."""
+    draft = {id(p) for n, p in model.named_parameters() if n.startswith(HEAD_PREFIXES)}
+    optimized = [p for group in (optimizer.param_groups if optimizer else []) for p in group["params"]]
+    if any(id(p) not in draft for p in optimized) or not torch.equal(base_checksum(model), before):
+        raise RuntimeError("the base model's weights changed during training: the draft must train on a frozen base")
+
+
+def prepare(config: TrainHeadsConfig) -> tuple[TrainHeadsConfig, str, bases.BaseFacts, dict]:
+    """Everything decided from the base's config alone, before any weight is loaded or any rank started: the
+    mode is one this base can serve, and the settings left to the base are chosen."""
+    model_path = resolve_base_model(config.base_model)
+    base = bases.facts_of(model_path)
+    problem = bases.mode_problem(base, config.mode)
+    if problem:
+        raise problem
+    config, chosen = with_recipe(config, base)
+    return config, model_path, base, chosen
+
+
 def run(config: TrainHeadsConfig) -> dict:
+    started = time.monotonic()
+    config, model_path, base, chosen = prepare(config)
     processes = launch.processes_wanted(config.num_processes)
     if processes > 1 and not launch.inside_launcher():
         return launch.run_distributed(config, processes)
-    started = time.monotonic()
+    placement = devices.resolve(config.precision, config.base_dtype, base.dtype)
+    if launch.is_main_process():
+        print(f"[train] base: {bases.describe(base)}", flush=True)
+        print(f"[train] {placement.line()}", flush=True)
+        if chosen:
+            settings = ", ".join(f"{k} {v}" for k, v in chosen.items() if k != "why")
+            print(f"[train] chosen for this base ({chosen['why']}): {settings}", flush=True)
     transformers.set_seed(config.seed)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    args = training_arguments(config, output_dir)
-    model_path = resolve_base_model(config.base_model)
+    args = training_arguments(config, output_dir, placement)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
@@ -702,18 +604,19 @@ def run(config: TrainHeadsConfig) -> dict:
     if config.pack:
         examples = pack_examples(examples, config.max_length)
 
-    model = load_base(model_path)
-    d2t = reduced_vocabulary(config, model.config.vocab_size, examples)
+    model = load_base(model_path, placement)
+    d2t = reduced_vocabulary(config, base.vocab_size, examples)
     mask_token_id = dflash_mask_token_id(config, tokenizer, examples) if config.mode == "dflash" else None
     cache_manifest = None
     if config.hidden_state_cache and not cache_fits(config, model.config, examples):
         config = dataclasses.replace(config, hidden_state_cache=False)
     if config.hidden_state_cache:
         cache = Path(config.hidden_state_cache_dir or output_dir / "hidden-state-cache")
-        aux = feature_layer_ids(config, model.config.num_hidden_layers)
+        aux = feature_layer_ids(config, base.num_layers)
         draft_ids = None if d2t is None else torch.arange(len(d2t)) + d2t
         key = hidden_cache.cache_key(examples, model_path, aux, config.hidden_state_cache_dtype, draft_ids)
-        key["precision"] = resolve_precision(config.precision)  # the base's arithmetic, as training would run it
+        key["precision"] = placement.precision  # the base's arithmetic, as training would run it
+        key["base_dtype"] = placement.base_dtype
         with args.main_process_first(desc="hidden-state cache"):  # rank 0 builds, the others then reuse it
             cache_manifest = hidden_cache.build(
                 model,
@@ -722,22 +625,36 @@ def run(config: TrainHeadsConfig) -> dict:
                 key,
                 batch_size=config.batch_size,
                 draft_token_ids=draft_ids,
-                bf16=key["precision"] == "bf16",
+                bf16=placement.precision == "bf16",
             )
     transformers.set_seed(config.seed)  # the same head init with or without the cache
     with args.main_process_first(desc="draft vocabulary"):
         convert(model, config, d2t, output_dir, mask_token_id=mask_token_id)
+    online_state = mto.modelopt_state(model)  # what evaluate and export restore onto the base
+    draft_module(model, config.mode).float()  # master weights in float32; autocast computes in `precision`
     if cache_manifest:
-        base_decoder = model.model
         train_model, dataset = offline_training_model(
-            model, model_path, config, d2t, output_dir, cache, cache_manifest, tokenizer.pad_token_id, mask_token_id
+            model,
+            model_path,
+            config,
+            d2t,
+            output_dir,
+            cache,
+            cache_manifest,
+            tokenizer.pad_token_id,
+            placement,
+            mask_token_id,
         )
+        draft_module(train_model, config.mode).float()
+        if train_model is not model:
+            del model  # the base's decoder layers: the cache stands in for them
     else:
         train_model, dataset = (
             model,
             ConversationDataset(examples, config.max_length, tokenizer.pad_token_id, config.mode),
         )
-    base_before = base_fingerprint(train_model)
+    base_before = base_checksum(train_model)
+    clock = TrainingClock(config.max_minutes) if config.max_minutes > 0 else None
     trainer = DraftTrainer(
         model=train_model,
         args=args,
@@ -745,10 +662,10 @@ def run(config: TrainHeadsConfig) -> dict:
         processing_class=tokenizer,
         data_collator=torch.utils.data.default_collate,  # items are fixed-length, possibly nested
         mode=config.mode,
-        budget_seconds=config.max_minutes * 60 if config.schedule_by_time else 0.0,
+        clock=clock if config.schedule_by_time else None,
     )
-    if config.max_minutes > 0:
-        trainer.add_callback(WallClockBudget(config.max_minutes))
+    if clock:
+        trainer.add_callback(WallClockBudget(clock))
     counter = StepCounter()
     trainer.add_callback(counter)
     trainer.add_callback(ProgressEvents())
@@ -764,20 +681,12 @@ def run(config: TrainHeadsConfig) -> dict:
     train_started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume or None)
     train_seconds = time.monotonic() - train_started
-    if base_fingerprint(train_model) != base_before:
-        raise RuntimeError("the base model's weights changed during training: the draft must train on a frozen base")
-    if cache_manifest:  # the checkpoint is always the full model: base + trained draft, as online training saves it
-        if config.mode == "medusa":
-            model.model = base_decoder
-        else:
-            draft_module(model, config.mode).load_state_dict(draft_module(train_model, config.mode).state_dict())
-        trainer.model = model
-    trainer.save_model(str(output_dir))
-    if not trainer.is_world_process_zero():  # rank 0 writes the checkpoint and reports
+    check_frozen(train_model, base_before, trainer.optimizer)
+    if not trainer.is_world_process_zero():  # rank 0 writes the artifact and reports
         return {"rank": args.process_index}
+    artifact_bytes = draft_checkpoint.save(train_model, output_dir, online_state)
     if cache_manifest and not config.hidden_state_cache_dir:
         shutil.rmtree(cache, ignore_errors=True)
-    tokenizer.save_pretrained(str(output_dir))
 
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
@@ -789,13 +698,20 @@ def run(config: TrainHeadsConfig) -> dict:
             {
                 "dflash_block_size": config.dflash_block_size,
                 "dflash_mask_token_id": mask_token_id,
-                "dflash_target_layer_ids": list(model.target_layer_ids),
+                "dflash_target_layer_ids": list(train_model.target_layer_ids),
             }
             if config.mode == "dflash"
             else {}
         ),
         "checkpoint": str(output_dir),
+        "artifact_bytes": artifact_bytes,
         "base_model": config.base_model,
+        "base": base.as_dict(),
+        "base_identity": base_model_identity(model_path, tokenizer),
+        "chosen_for_base": chosen,
+        # the settings that ran, those chosen from the base included (register logs them as train_heads.<name>)
+        "resolved": {name: getattr(config, name) for name in ("draft_vocab_size", "max_length", "lr")},
+        "placement": placement.as_dict(),
         "examples": len(examples),
         "data_fingerprint": fingerprint(config.data),
         "skipped_input_lines": len(skipped),
@@ -803,11 +719,11 @@ def run(config: TrainHeadsConfig) -> dict:
         "steps_this_run": counter.steps,
         "processes": args.world_size,
         "resumed_from": resume or None,
-        "trainable_parameters": trainable_parameters(model),
+        "trainable_parameters": trainable_parameters(train_model),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "seconds_per_step": train_seconds / max(counter.steps, 1),
-        "precision": resolve_precision(config.precision),
+        "precision": placement.precision,
         "conversations": conversations,
         "hidden_state_cache": {k: v for k, v in cache_manifest.items() if k != "shards"} if cache_manifest else None,
         "history": history,
@@ -817,7 +733,7 @@ def run(config: TrainHeadsConfig) -> dict:
     (output_dir / TRAIN_RESULT).write_text(json.dumps(result, indent=2))
     print(
         f"[train] {config.mode}: {result['steps']} steps, loss {result['first_loss']} -> {result['final_loss']}, "
-        f"{result['seconds_per_step']:.2f} s/step",
+        f"{result['seconds_per_step']:.2f} s/step; artifact {artifact_bytes / 1e6:.1f} MB (the draft only)",
         flush=True,
     )
     return result

@@ -63,12 +63,17 @@ def test_kubernetes_settings_are_compiled_in(tmp_path):
         assert config["pvcMount"][0]["pvcNameParameter"]["componentInputParameter"].endswith("model_cache_pvc")
         assert config["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("node_selector")
         assert config["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("tolerations")
-        resources = spec["deploymentSpec"]["executors"][name]["container"].get("resources", {})
-        if name == "exec-serve-base-model":  # vLLM runs in its own Deployment: the serve step only waits for it
-            assert "accelerator" not in resources
+        container = spec["deploymentSpec"]["executors"][name]["container"]
+        resources, env = container.get("resources", {}), {e["name"]: e["value"] for e in container.get("env", [])}
+        # vLLM runs in its own Deployment (the serve step only waits for it); export restores the draft onto the
+        # base without its decoder layers: neither needs a GPU
+        if name in ("exec-serve-base-model", "exec-export"):
+            assert "accelerator" not in resources and "SPECTRAIN_GPUS" not in env, name
             continue
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert int(resources["accelerator"]["resourceCount"]) >= 1
+        # the step knows how many it was given, and refuses to fall back to the CPU (spectrain.devices)
+        assert env["SPECTRAIN_GPUS"] == resources["accelerator"]["resourceCount"], name
     secrets = {s["secretName"] for e in executors.values() for s in e.get("secretAsEnv", [])}
     assert {"spectrain-vllm", "spectrain-hf", "spectrain-mlflow", "spectrain-s3"} <= secrets
     # Steps that touch S3 or MLflow get the endpoints from the ConfigMap and the S3 keys from the Secret.

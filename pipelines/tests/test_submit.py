@@ -121,7 +121,10 @@ def test_a_param_outside_its_domain_is_refused_before_the_server_is_asked(fake, 
         with pytest.raises(SpectrainError) as error:
             cli(fake, *command, "--params", path)
         assert error.value.where == path
-        assert "train_lr = -1.0 is not allowed: expected a number > 0" in error.value.what
+        assert (
+            "train_lr = -1.0 is not allowed: expected 0 (chosen from the base model) or a number > 0"
+            in error.value.what
+        )
         assert "unknown: 'eagle2'" in error.value.what
         assert "on-the-pvc" not in error.value.what  # a path of the cluster's, not checked on this machine
     assert fake.requests == []

@@ -12,9 +12,17 @@ from components.evaluate.acceptance import (
     replay,
     replay_curve,
 )
+from spectrain import devices, draft_checkpoint
 from spectrain.models import resolve_base_model
 
-SEQUENCE = list(range(100, 120))  # 5 prompt tokens, 15 generated
+SEQUENCE = list(range(100, 120))
+
+
+def load_draft(checkpoint):
+    """The trained draft restored onto the embedded base, as the evaluate step loads it."""
+    return draft_checkpoint.load(
+        checkpoint, resolve_base_model("embedded"), devices.cpu()
+    )  # 5 prompt tokens, 15 generated
 
 
 def test_a_perfect_draft_emits_k_plus_one_tokens_per_step():
@@ -75,9 +83,7 @@ def greedy(path, tokenizer, prompt: str, new_tokens: int) -> list[int]:
 def test_drafts_equal_modelopt_pseudo_speculative_generate(base, tiny_checkpoints, mode, proposer):
     path, tokenizer = base
     sequence, prompt_length = greedy(path, tokenizer, "List three colours.", 12)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        tiny_checkpoints[mode][0], dtype=torch.float32, attn_implementation="sdpa"
-    ).eval()
+    model = load_draft(tiny_checkpoints[mode][0])
     # Two training steps leave a draft that proposes one token everywhere; spread its weights so that its
     # drafts depend on the context and the comparison below can tell two computations apart.
     torch.manual_seed(0)
@@ -106,7 +112,7 @@ def test_more_draft_tokens_than_a_dflash_block_drafts_is_refused(tiny_checkpoint
 def test_medusa_drafts_come_from_the_hidden_state_that_emitted_the_token(base, tiny_checkpoints):
     path, tokenizer = base
     sequence, prompt_length = greedy(path, tokenizer, "Name a planet.", 6)
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoints["medusa"][0], dtype=torch.float32)
+    model = load_draft(tiny_checkpoints["medusa"][0])
     propose = MedusaProposer(model, k=2).for_sequence(torch.tensor([sequence]))
     with torch.no_grad():
         hidden = model.model(input_ids=torch.tensor([sequence[:prompt_length]])).last_hidden_state[0, -1]
@@ -147,7 +153,7 @@ def test_a_loaded_checkpoint_of_another_kind_is_refused_even_without_its_train_r
     eagle_dir, _ = tiny_checkpoints["eagle3"]
     copy = tmp_path / "eagle"
     shutil.copytree(eagle_dir, copy, ignore=shutil.ignore_patterns("train_result.json"))
-    model = transformers.AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float32)
+    model = load_draft(copy)
     with pytest.raises(SpectrainError, match="holds EAGLE, not a medusa draft"):
         draft_proposer(model, EvaluateConfig(checkpoint=str(copy), mode="medusa"))
 
@@ -225,9 +231,7 @@ def test_a_timed_draft_step_for_a_batch_computes_what_the_replay_proposes(base, 
 
     path, tokenizer = base
     sequence, _ = greedy(path, tokenizer, "List three colours.", 8)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        tiny_checkpoints[mode][0], dtype=torch.float32, attn_implementation="sdpa"
-    ).eval()
+    model = load_draft(tiny_checkpoints[mode][0])
     torch.manual_seed(0)
     with torch.no_grad():  # as above: drafts that depend on the context
         draft = {"eagle3": "eagle_module", "dflash": "dflash_module", "medusa": "medusa_heads"}[mode]

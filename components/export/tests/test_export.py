@@ -4,13 +4,14 @@ import json
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 
 from components.export.config import ExportConfig
 from components.export.export import run
 from spectrain import config as configs
+from spectrain import devices, draft_checkpoint
 from spectrain.errors import SpectrainError
+from spectrain.models import resolve_base_model
 
 
 @pytest.mark.slow
@@ -31,7 +32,7 @@ def test_medusa_export_has_exactly_vllm_names_in_the_requested_dtype(tiny_checkp
         "lm_heads.1.weight",
     }
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    model = draft_checkpoint.load(checkpoint, resolve_base_model("embedded"), devices.cpu())
     assert torch.equal(tensors["lm_heads.1.weight"], model.medusa_heads[1][-1].weight.to(torch.bfloat16))
     assert torch.equal(tensors["blocks.0.layers.0.weight"], model.medusa_heads[0][0].linear.weight.to(torch.bfloat16))
     config = json.loads((tmp_path / "config.json").read_text())
@@ -67,7 +68,7 @@ def test_dflash_export_holds_every_trained_weight_and_the_config_vllm_reads(tiny
         )
     )
     tensors = load_file(tmp_path / "model.safetensors")
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    model = draft_checkpoint.load(checkpoint, resolve_base_model("embedded"), devices.cpu())
     draft = {n: p for n, p in model.dflash_module.state_dict().items() if "rotary" not in n}
     assert set(tensors) == set(draft)  # every draft weight, under the names vLLM's DFlash model loads
     assert all(torch.equal(tensors[n], p.to(torch.bfloat16)) for n, p in draft.items())

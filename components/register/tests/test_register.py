@@ -68,7 +68,14 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout", 
         "export": {"mode": "medusa", "num_speculative_tokens": 2, "seconds": 1.0},
     }
     # each step's resolved config, as `spectrain step` records it in the step's result
-    files["train"]["config"] = public_dict(TrainHeadsConfig(data="regenerated.jsonl", lr=0.002))
+    # (the settings the train step chose from the base replace their 'auto' values, as spectrain.cli merges them)
+    chosen = {"draft_vocab_size": 4096, "max_length": 256}
+    files["train"].update(
+        resolved={**chosen, "lr": 0.002},
+        chosen_for_base={**chosen, "why": "135M parameters"},
+        placement={"accelerator": "CPU: test"},
+    )
+    files["train"]["config"] = {**public_dict(TrainHeadsConfig(data="regenerated.jsonl", lr=0.002)), **chosen}
     files["evaluate"]["config"] = public_dict(EvaluateConfig(checkpoint="draft", mode="medusa"))
     files["regenerate"] = {"config": public_dict(RegenerateConfig(api_key="sk-live", output="x"))}
     paths = {}
@@ -137,6 +144,13 @@ def test_every_field_of_every_step_config_reaches_mlflow_and_no_secret_does(stor
         }
         assert fields <= set(params), f"{step}: {sorted(fields - set(params))} not logged"
     assert params["train.lr"] == "0.002" and params["train.draft_vocab_size"] == "4096"
+    version = MlflowClient(tracking_uri=outcome["tracking_uri"]).get_model_version(
+        outcome["registered_model"], outcome["version"]
+    )
+    # the settings that decide what the draft can be, those chosen from the base named so, and what trained it
+    assert version.tags["train.draft_vocab_size"] == "4096" and version.tags["train.max_length"] == "256"
+    assert version.tags["train.chosen_for_base"] == "draft_vocab_size, max_length"
+    assert version.tags["train.accelerator"] == "CPU: test"
     assert params["register.pipeline_run_id"] == "run-1"
     assert "regenerate.api_key" not in params and "sk-live" not in " ".join(params.values())
 

@@ -9,7 +9,9 @@ from safetensors.torch import load_file
 
 from components.train_heads import hidden_cache
 from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.train import HEAD_PREFIXES, run
+from components.train_heads.train import run
+from spectrain import devices, draft_checkpoint
+from spectrain.draft_checkpoint import HEAD_PREFIXES
 from spectrain.models import resolve_base_model
 
 SETTINGS = {
@@ -62,17 +64,17 @@ def test_training_from_the_cache_follows_the_online_loss_curve(tiny_data, tmp_pa
     assert losses(compact) == pytest.approx(losses(online), rel=0.02)
     assert losses(online)[-1] < losses(online)[0]
 
-    # the checkpoint is the full model, as online training writes it: base untouched, trained heads
-    saved = load_file(str(tmp_path / "exact" / "model.safetensors"))
-    base = load_file(f"{resolve_base_model('embedded')}/model.safetensors")
-    assert set(base) <= set(saved)
-    assert all(torch.equal(saved[name].to(tensor.dtype), tensor) for name, tensor in base.items())
-    reference = load_file(str(tmp_path / "online" / "model.safetensors"))
-    heads = [name for name in saved if name.startswith(HEAD_PREFIXES)]
+    # the artifact is the draft, as online training writes it, and restores onto the untouched base
+    saved = load_file(str(tmp_path / "exact" / draft_checkpoint.DRAFT_WEIGHTS))
+    reference = load_file(str(tmp_path / "online" / draft_checkpoint.DRAFT_WEIGHTS))
+    assert saved.keys() == reference.keys() and all(name.startswith(HEAD_PREFIXES) for name in saved)
     # the trained draft, not its initial weights (4 Adam steps of lr 1e-3 move them by ~4e-3; fp32 noise ~2e-5)
-    assert heads and all(torch.allclose(saved[n], reference[n], atol=1e-4) for n in heads)
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "exact"), dtype=torch.float32)
-    assert any(name.startswith(HEAD_PREFIXES) for name in reloaded.state_dict())
+    assert all(torch.allclose(saved[n], reference[n], atol=1e-4) for n in saved)
+    base_path = resolve_base_model("embedded")
+    restored = draft_checkpoint.load(tmp_path / "exact", base_path, devices.cpu()).state_dict()
+    base = load_file(f"{base_path}/model.safetensors")
+    assert all(torch.equal(restored[name].to(tensor.dtype), tensor) for name, tensor in base.items())
+    assert all(torch.equal(restored[name], tensor) for name, tensor in saved.items())
 
     # size on disk is reported; the default cache lives in output_dir only while training
     info = exact["hidden_state_cache"]

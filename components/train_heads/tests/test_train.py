@@ -1,5 +1,7 @@
 """train_heads: assistant-only loss mask, draft sizing, d2t, and real modelopt training on the embedded model."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -7,7 +9,6 @@ from safetensors.torch import load_file
 
 from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.train import (
-    HEAD_PREFIXES,
     convert,
     dflash_mask_token_id,
     draft_architecture,
@@ -15,6 +16,8 @@ from components.train_heads.train import (
     reduced_vocabulary,
     tokenize_conversation,
 )
+from spectrain import devices, draft_checkpoint
+from spectrain.draft_checkpoint import HEAD_PREFIXES
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
 
@@ -67,17 +70,24 @@ def test_eagle_draft_is_sized_from_the_base_model(base_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["eagle3", "medusa", "dflash"])
-def test_training_moves_only_the_heads_and_the_checkpoint_reloads_them(tiny_checkpoints, base_path, mode):
+def test_training_moves_only_the_heads_and_the_artifact_holds_only_the_draft(tiny_checkpoints, base_path, mode):
     checkpoint, result = tiny_checkpoints[mode]
     assert result["steps"] == 2 and result["base_frozen"] and result["final_loss"] is not None
     assert any("head_0_accuracy" in entry for entry in result["history"])
-    saved = load_file(f"{checkpoint}/model.safetensors")
+    files = {p.name for p in Path(checkpoint).iterdir() if p.is_file()}
+    assert {draft_checkpoint.MODELOPT_STATE, draft_checkpoint.DRAFT_WEIGHTS} <= files
+    assert not files & {"model.safetensors", "config.json"}, "the artifact carries a copy of the base"
+    saved = load_file(f"{checkpoint}/{draft_checkpoint.DRAFT_WEIGHTS}")
+    assert saved and all(name.startswith(HEAD_PREFIXES) for name in saved)
+    draft_bytes = sum(t.numel() * t.element_size() for t in saved.values())
+    assert draft_bytes < result["artifact_bytes"] < draft_bytes + 2**20  # the draft's tensors and a small state
+    reloaded = draft_checkpoint.load(checkpoint, base_path, devices.cpu())
     base = load_file(f"{base_path}/model.safetensors")
-    for name, tensor in base.items():  # base weights in the checkpoint are the base model's, untouched
-        assert torch.equal(saved[name].to(tensor.dtype), tensor), name
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    heads = {n: p for n, p in reloaded.state_dict().items() if n.startswith(HEAD_PREFIXES)}
-    assert heads and all(torch.equal(p, saved[n]) for n, p in heads.items())
+    restored = reloaded.state_dict()
+    for name, tensor in base.items():  # the base under the restored draft is the base model, untouched
+        assert torch.equal(restored[name].to(tensor.dtype), tensor), name
+    heads = {n: p for n, p in restored.items() if n.startswith(HEAD_PREFIXES)}
+    assert heads.keys() == saved.keys() and all(torch.equal(p, saved[n].to(p.dtype)) for n, p in heads.items())
     fresh = transformers.AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     torch.manual_seed(0)
     convert(
@@ -192,7 +202,7 @@ def test_packing_fills_rows_with_whole_conversations():
 
 
 def test_a_time_budget_schedule_decays_to_zero_when_time_or_steps_run_out():
-    from components.train_heads.train import budget_cosine
+    from components.train_heads.trainer import budget_cosine
 
     assert budget_cosine(0, warmup=10, total_steps=1000, spent=0.0) == 0.0
     assert budget_cosine(5, 10, 1000, 0.0) == 0.5  # warmup is by steps
@@ -200,21 +210,6 @@ def test_a_time_budget_schedule_decays_to_zero_when_time_or_steps_run_out():
     assert budget_cosine(20, 10, 1000, 0.5) == pytest.approx(0.5)  # half the time gone: half way down the cosine
     assert budget_cosine(20, 10, 1000, 1.2) == pytest.approx(0.0)  # time is up
     assert budget_cosine(505, 10, 1000, 0.1) == pytest.approx(0.5)  # the steps run out first here
-
-
-def test_auto_precision_is_bf16_only_where_the_hardware_runs_it(monkeypatch):
-    from components.train_heads.train import resolve_precision
-
-    from components.train_heads import train
-    from spectrain import hardware
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for flags, expected in [({"amx_bf16", "avx2"}, "bf16"), ({"avx512_bf16"}, "bf16"), ({"avx2", "avx512f"}, "fp32")]:
-        monkeypatch.setattr(train, "cpu_runs_bf16", lambda flags=flags: any(f in flags for f in hardware.BF16_FLAGS))
-        assert resolve_precision("auto") == expected
-        assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_precision("auto") == "bf16"
 
 
 def test_the_dflash_draft_is_sized_from_the_base_model_and_uses_its_rope(base_path):

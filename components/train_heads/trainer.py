@@ -1,0 +1,183 @@
+"""The HF Trainer of a draft: draft-only checkpoints, per-position accuracy, and one clock for every rank."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from components.train_heads.datasets import IGNORE
+from spectrain.console import EVENTS_ENV, Progress, warn
+from spectrain.draft_checkpoint import DRAFT_WEIGHTS, HEAD_PREFIXES, draft_state_dict
+from spectrain.errors import SpectrainError
+
+
+class DraftTrainer(transformers.Trainer):
+    """HF Trainer that also logs per-head (per draft position) top-1 accuracy."""
+
+    lr_scheduler: Any  # the Trainer's own attribute, None until a scheduler is created
+
+    def __init__(self, *args, mode: str, clock: TrainingClock | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mode = mode
+        self.clock = clock  # with a wall-clock budget: the learning rate follows its spent fraction
+        self._accuracy_sums: list[float] = []
+        self._accuracy_count = 0
+
+    # Checkpoints hold the draft only: the base is frozen, so its weights are the base model's own and would
+    # make every checkpoint (and its copy on S3) base-sized (16 GB for an 8B base in bf16). The final artifact
+    # adds modelopt's state (spectrain.draft_checkpoint.save).
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self.args.should_save:
+            directory = Path(output_dir or self.args.output_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            save_file(draft_state_dict(self.model), str(directory / DRAFT_WEIGHTS), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        weights = Path(resume_from_checkpoint) / DRAFT_WEIGHTS
+        if not weights.exists():  # a checkpoint with the whole model
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model or self.model
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing_draft = [k for k in missing if k.startswith(HEAD_PREFIXES)]
+        if unexpected or missing_draft:
+            raise SpectrainError(
+                f"{weights} does not fit this draft (missing {missing_draft[:3]}, unexpected {unexpected[:3]})",
+                where=str(weights),
+                fix="resume with the same mode and draft settings, or start fresh (resume_from_checkpoint '')",
+            )
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """With a wall-clock budget: linear warmup over steps, then cosine over the larger of the budget's
+        spent fraction and the steps' (the Trainer's own cosine would stay near its peak to the end)."""
+        if self.clock is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup, clock = self.args.get_warmup_steps(num_training_steps), self.clock
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer or self.optimizer, lambda step: budget_cosine(step, warmup, num_training_steps, clock.spent)
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        self._record_accuracy(outputs, inputs)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    @torch.no_grad()
+    def _record_accuracy(self, outputs, inputs) -> None:
+        if self.mode == "medusa":
+            labels = inputs["labels"]
+            accuracies = []
+            for head, logits in enumerate(outputs.medusa_logits):
+                target = labels[:, 1 + head :]
+                predicted = logits[:, : target.shape[1]].argmax(-1)
+                valid = target != IGNORE
+                accuracies.append(((predicted == target) & valid).sum().item() / max(valid.sum().item(), 1))
+        else:
+            accuracies = list(outputs.train_acc[0])
+        if not self._accuracy_sums:
+            self._accuracy_sums = [0.0] * len(accuracies)
+        self._accuracy_sums = [s + a for s, a in zip(self._accuracy_sums, accuracies)]
+        self._accuracy_count += 1
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self._accuracy_count and "loss" in logs:
+            for head, total in enumerate(self._accuracy_sums):
+                logs[f"head_{head}_accuracy"] = round(total / self._accuracy_count, 4)
+            self._accuracy_sums, self._accuracy_count = [], 0
+        super().log(logs, *args, **kwargs)
+
+
+def budget_cosine(step: int, warmup: int, total_steps: int, spent: float) -> float:
+    """Learning-rate factor: linear warmup, then cosine to 0 over whichever runs out first, steps or time
+    (``spent``: the fraction of the wall-clock budget used so far)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = max(spent, (step - warmup) / max(1, total_steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class TrainingClock:
+    """The spent fraction of the wall-clock budget as rank 0 measures it: the same number on every rank.
+
+    Ranks load the base at different speeds, so clocks of their own would end the budget at different steps
+    (and the ranks that go on would wait in their next all-reduce until the collective's timeout) and would
+    schedule different learning rates. Rank 0's clock starts when its training begins; at every step's end
+    every rank takes rank 0's reading from a broadcast, so all stop at the same step with the same schedule.
+    """
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.started: float | None = None
+        self.spent = 0.0  # read by the learning-rate schedule
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def tick(self, device) -> float:
+        """Every rank calls it once per step (a collective): rank 0's spent fraction, everywhere."""
+        elapsed = time.monotonic() - (self.started if self.started is not None else time.monotonic())
+        spent = elapsed / self.seconds if self.seconds else 0.0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            reading = torch.tensor([spent], dtype=torch.float64, device=device)
+            torch.distributed.broadcast(reading, src=0)
+            spent = float(reading.item())
+        self.spent = spent
+        return spent
+
+
+class WallClockBudget(transformers.TrainerCallback):
+    """Stop training (and save) once ``clock`` says the budget is spent, at the same step on every rank."""
+
+    def __init__(self, clock: TrainingClock):
+        self.clock = clock
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.clock.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.clock.tick(args.device) >= 1.0:
+            if state.is_world_process_zero:
+                warn(
+                    f"training stopped at step {state.global_step} of {state.max_steps}: the wall-clock budget of "
+                    f"{self.clock.seconds / 60:.1f} min (max_minutes) was reached"
+                )
+            control.should_training_stop = True
+        return control
+
+
+class ProgressEvents(transformers.TrainerCallback):
+    """Optimizer steps as progress for the console of `spectrain run` (rank 0; the Trainer's own bar is in the log)."""
+
+    def __init__(self):
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and os.environ.get(EVENTS_ENV):
+            self.progress = Progress(state.max_steps, "train", "step")
+            self.progress.update(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(state.global_step - self.progress.done)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.close()
+
+
+class StepCounter(transformers.TrainerCallback):
+    """Optimizer steps taken by this process (a resumed run takes only the remaining ones)."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
