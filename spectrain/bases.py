@@ -37,7 +37,7 @@ VLLM_AUX_HIDDEN_STATE_TARGETS = frozenset(
     }
 )
 # Architectures vLLM 0.32 has a model class for that does NOT implement SupportsEagle3 (read in the same files).
-VLLM_WITHOUT_AUX_HIDDEN_STATES = frozenset({"Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3SmallForCausalLM"})
+VLLM_WITHOUT_AUX_HIDDEN_STATES = frozenset({"Gemma2ForCausalLM", "Gemma3ForCausalLM"})
 
 LARGE_BASE_PARAMETERS = 1_000_000_000  # from here on, the reference recipes' defaults (below: the embedded one)
 # The recipe measured on the embedded 135M base (bench/ablation.py, components/evaluate/README.md), for bases
@@ -152,7 +152,8 @@ def facts(config) -> BaseFacts:
             features.append(f"{label} soft-capping {getattr(text, key):g}")
     layer_types = getattr(text, "layer_types", None) or []
     window = getattr(text, "sliding_window", None)
-    if window and (not layer_types or "sliding_attention" in layer_types):
+    context = getattr(text, "max_position_embeddings", None) or float("inf")
+    if window and window < context and (not layer_types or "sliding_attention" in layer_types):
         if getattr(text, "use_sliding_window", True) is not False:
             share = f" on {layer_types.count('sliding_attention')}/{len(layer_types)} layers" if layer_types else ""
             features.append(f"sliding window {window}{share}")
@@ -203,6 +204,18 @@ def mode_problem(base: BaseFacts, mode: str) -> SpectrainError | None:
             where="train_heads.mode",
             fix="train a medusa draft for this base (it reads only the last hidden state), or a base vLLM serves "
             f"{name} drafts for: {', '.join(sorted(VLLM_AUX_HIDDEN_STATE_TARGETS))}",
+        )
+    return None
+
+
+def mode_warning(base: BaseFacts, mode: str) -> str | None:
+    """What to say when nobody checked that vLLM serves ``mode`` for this base (it may well: say so, go on)."""
+    known = VLLM_AUX_HIDDEN_STATE_TARGETS | VLLM_WITHOUT_AUX_HIDDEN_STATES
+    if mode in ("eagle3", "dflash") and base.architecture not in known:
+        return (
+            f"{base.architecture} is not among the bases spectrain checked against vLLM 0.32: a {mode} draft needs a "
+            "target class that hands out intermediate hidden states (SupportsEagle3); check vLLM's model before "
+            "serving the draft"
         )
     return None
 

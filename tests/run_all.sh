@@ -13,6 +13,7 @@ run() {  # run ENV PATHS...
 }
 run train components/train_heads components/evaluate components/export \
     --ignore=components/evaluate/tests/test_vllm_crosscheck.py "${@}"
-run serve components/serve components/regenerate components/evaluate/tests/test_vllm_crosscheck.py "${@}"
-run orchestrate components/register pipelines tests "${@}"
+run serve components/serve components/regenerate components/evaluate/tests/test_vllm_crosscheck.py \
+    tests/model_matrix "${@}"
+run orchestrate components/register pipelines tests --ignore=tests/model_matrix "${@}"
 exit $status

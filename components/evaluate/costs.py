@@ -14,26 +14,41 @@ n-gram lookup drafts on the CPU beside the model: its draft cost is taken as 0 (
 
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from spectrain.plots import figure
 
 
+@dataclass
+class Timed:
+    """A call to time, and what must happen before each timing, untimed (a fresh copy of a KV cache)."""
+
+    call: Callable[[], object]
+    prepare: Callable[[], object] = lambda: None
+
+
 def seconds(calls: list, repeats: int) -> list[float]:
     """The fastest wall time of each call over ``repeats`` rounds, after one unmeasured warm-up each. Rounds go
     through every call in turn, so a slow spell of the machine (another process) hits all of them alike, and
-    the minimum is what a call costs when nothing else runs (the usual estimator of a micro-benchmark)."""
-    for call in calls:
-        call()
-    best = [float("inf")] * len(calls)
+    the minimum is what a call costs when nothing else runs (the usual estimator of a micro-benchmark).
+    A :class:`Timed` call is prepared before each timing, outside the timed span."""
+    timed = [call if isinstance(call, Timed) else Timed(call) for call in calls]
+    for each in timed:
+        each.prepare()
+        each.call()
+    best = [float("inf")] * len(timed)
     for _ in range(repeats):
-        for index, call in enumerate(calls):
+        for index, each in enumerate(timed):
+            each.prepare()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            call()
+            each.call()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             best[index] = min(best[index], time.perf_counter() - started)
@@ -43,22 +58,29 @@ def seconds(calls: list, repeats: int) -> list[float]:
 @torch.no_grad()
 def verify_timer(model, input_ids: torch.Tensor, batch: int, max_tokens: int):
     """tokens -> the base's forward and lm_head over ``tokens`` new tokens for ``batch`` sequences, after the first
-    len(input_ids) - ``max_tokens`` in a KV cache (one prefill for every count). ``model`` is the draft checkpoint
-    (an HF causal LM around the frozen base): its EAGLE-3 hooks keep copying the aux layers' states, as vLLM's
-    verification does, and are emptied after each call."""
+    len(input_ids) - ``max_tokens`` in a KV cache (one prefill for every count, copied afresh before each timing:
+    a sliding-window layer's cache cannot be cut back once it has dropped the oldest tokens, Gemma's and gpt-oss's
+    included). ``model`` is the draft checkpoint (an HF causal LM around the frozen base): its EAGLE-3 hooks keep
+    copying the aux layers' states, as vLLM's verification does, and are emptied after each call."""
     ids = input_ids.expand(batch, -1).contiguous()
     cached = ids.shape[1] - max_tokens
     collected = getattr(model, "_aux_hidden_states", [])  # modelopt's EAGLE-3 hook list (absent otherwise)
-    cache = model.model(input_ids=ids[:, :cached], use_cache=True).past_key_values
+    prefilled = model.model(input_ids=ids[:, :cached], use_cache=True).past_key_values
     collected.clear()
+    state = {"cache": prefilled}
 
     def verify(tokens: int) -> None:
-        hidden = model.model(input_ids=ids[:, cached : cached + tokens], past_key_values=cache, use_cache=True)
-        model.lm_head(hidden.last_hidden_state)
-        cache.crop(cached)
+        with torch.no_grad():
+            hidden = model.model(
+                input_ids=ids[:, cached : cached + tokens], past_key_values=state["cache"], use_cache=True
+            )
+            model.lm_head(hidden.last_hidden_state)
         collected.clear()
 
-    return lambda tokens: lambda: verify(tokens)
+    def fresh() -> None:
+        state["cache"] = copy.deepcopy(prefilled)
+
+    return lambda tokens: Timed(lambda: verify(tokens), fresh)
 
 
 def step_costs(model, proposer, input_ids: torch.Tensor, max_k: int, batch_sizes: list[int], repeats: int) -> list:

@@ -124,6 +124,15 @@ def draft_architecture(base_config, config: TrainHeadsConfig) -> dict:
         or getattr(text_config, "head_dim", None)
         or text_config.hidden_size // text_config.num_attention_heads,
         "rms_norm_eps": getattr(text_config, "rms_norm_eps", 1e-5),
+        # modelopt builds the draft's config with the base's config class (hf_eagle.py modify), so the class's
+        # defaults leak into a Llama draft layer unless set: gpt-oss's sliding window of 128 (the draft's masks
+        # then disagree with modelopt's TTT masks), Gemma's gelu-tanh MLP. The draft vLLM and TensorRT-LLM run is a
+        # plain Llama layer: full attention, SiLU, no biases.
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "sliding_window": None,
+        "layer_types": ["full_attention"] * config.eagle_num_layers,
         "rope_theta": rope["rope_theta"],
         "rope_scaling": rope,
         "use_aux_hidden_state": eagle3,
@@ -575,6 +584,9 @@ def prepare(config: TrainHeadsConfig) -> tuple[TrainHeadsConfig, str, bases.Base
     problem = bases.mode_problem(base, config.mode)
     if problem:
         raise problem
+    caution = bases.mode_warning(base, config.mode)
+    if caution and launch.is_main_process():
+        warn(caution)
     config, chosen = with_recipe(config, base)
     return config, model_path, base, chosen
 
@@ -600,6 +612,13 @@ def run(config: TrainHeadsConfig) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
     examples, skipped = load_examples(config, tokenizer)
+    highest = max(max(e["input_ids"]) for e in examples)
+    if highest >= base.vocab_size:  # else an index error deep in the embedding, or in the draft vocabulary
+        raise SpectrainError(
+            f"the tokenizer gives token id {highest}, outside the base's vocabulary of {base.vocab_size} ids",
+            where=f"{model_path}: tokenizer",
+            fix="keep the tokenizer that ships with the base model in its checkpoint directory",
+        )
     conversations = len(examples)
     if config.pack:
         examples = pack_examples(examples, config.max_length)
