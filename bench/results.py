@@ -192,6 +192,45 @@ def regenerate_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_matrix_table(record: dict) -> str:
+    """README's model-support matrix: each base, what sets it apart, and per mode whether it trains, evaluates and
+    exports at tiny size with vLLM loading every weight of the draft, or why the mode is refused."""
+    bases = record["figures"]["bases"]
+    modes = ("eagle3", "medusa", "dflash")
+    lines = [
+        f"{provenance(record, flags=False)}: {len(bases)} bases at tiny size (random weights, their real configs), "
+        f"{record['figures']['seconds'] / 60:.1f} minutes. ✓: trains, evaluates and exports; vLLM 0.32's loader takes "
+        "every weight of the exported draft.",
+        "",
+        "| base | parameters | what sets it apart | " + " | ".join(modes) + " |",
+        "|---|---:|---|" + "---|" * len(modes),
+    ]
+    for name, entry in sorted(bases.items()):
+        cells = []
+        for mode in modes:
+            outcome = entry["modes"].get(mode, {})
+            if outcome.get("outcome") == "ok":
+                cells.append("✓" if outcome["vllm_loads_every_weight"] else "✓ trains; vLLM loads it incompletely")
+            elif outcome.get("outcome") == "refused":
+                cells.append("refused¹")
+            else:
+                cells.append("fails")
+        features = ", ".join(f for f in entry["features"] if not f.startswith("vocabulary"))
+        vocabulary = next((f for f in entry["features"] if f.startswith("vocabulary")), "")
+        lines.append(
+            f"| {name} ({entry['architecture']}) | {entry['parameters'] / 1e9:.1f}B | "
+            f"{vocabulary}{'; ' + features if features else ''} | " + " | ".join(cells) + " |"
+        )
+    if any(o.get("outcome") == "refused" for e in bases.values() for o in e["modes"].values()):
+        lines += [
+            "",
+            "¹ vLLM 0.32 serves EAGLE-3 and DFlash drafts only for a target class that hands out the hidden states of "
+            "intermediate layers (SupportsEagle3); its Gemma 2 and Gemma 3 classes do not. The train step refuses "
+            "such a mode when it checks the config, before loading a weight, and names Medusa as what does serve.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 TABLES = {
     "make-run": make_run_table,
     "make-test": make_test_table,
@@ -200,6 +239,7 @@ TABLES = {
     "heads": heads_table,
     "heads-dflash": heads_table,
     "regenerate-concurrency": regenerate_table,
+    "model-matrix": model_matrix_table,
 }
 
 
