@@ -29,6 +29,7 @@ def test_every_result_says_what_produced_it_where_and_when():
         ("heads", "components/evaluate/README.md"),
         ("heads-dflash", "components/evaluate/README.md"),
         ("regenerate-concurrency", "components/regenerate/README.md"),
+        ("model-matrix", "README.md"),
     ],
 )
 def test_the_readme_table_is_the_one_made_from_the_newest_result(name, readme):
