@@ -68,6 +68,7 @@ class BaseFacts:
     rope: dict  # the rope the draft trains with (a single one; see draft_rope)
     tied_embeddings: bool
     features: tuple[str, ...] = field(default=())  # what sets it apart, in words, for logs and the matrix
+    layer_classes: tuple[str, ...] = field(default=())  # its decoder layers' classes (what FSDP2 shards by)
 
     @property
     def large(self) -> bool:
@@ -184,6 +185,7 @@ def facts(config) -> BaseFacts:
         rope=rope,
         tied_embeddings="tied embeddings" in features,
         features=tuple(features),
+        layer_classes=tuple(getattr(model, "_no_split_modules", None) or ()),
     )
 
 

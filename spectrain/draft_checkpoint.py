@@ -25,8 +25,16 @@ OFFLINE_FLAGS = ("eagle_offline", "dflash_offline")  # modelopt's "the base has 
 
 
 def draft_state_dict(model) -> dict:
-    """The draft module's weights and buffers: everything training changes (checked, not assumed)."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
+    """The draft module's weights and buffers: everything training changes (checked, not assumed), whole.
+
+    Under FSDP2 each process holds a shard of every tensor: every process must call this (each sharded tensor is
+    gathered in turn, the same order everywhere), and all get the whole draft.
+    """
+    state = {}
+    for name, value in sorted(model.state_dict().items()):
+        if name.startswith(HEAD_PREFIXES):
+            value = value.full_tensor() if hasattr(value, "full_tensor") else value  # a DTensor shard: gathered
+            state[name] = value.detach().contiguous()
     outside = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
     if outside:
         raise RuntimeError(f"trainable parameters outside the draft module: {outside[:3]}")
@@ -48,16 +56,16 @@ def with_offline(state: dict, offline: bool) -> dict:
     return state
 
 
-def save(model, directory: Path, state: dict | None = None) -> int:
-    """Write the draft of the converted ``model`` (and ``state``, else the model's own modelopt state, made
-    online) into ``directory``; returns the bytes written."""
+def save(model, directory: Path, state: dict | None = None, tensors: dict | None = None) -> int:
+    """Write the draft of the converted ``model`` (its ``tensors`` when already gathered, and ``state``, else the
+    model's own modelopt state, made online) into ``directory``; returns the bytes written."""
     import modelopt.torch.opt as mto
     import torch
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(with_offline(state or mto.modelopt_state(model), False), directory / MODELOPT_STATE)
-    tensors = {k: v.to("cpu") for k, v in draft_state_dict(model).items()}
+    tensors = {k: v.to("cpu") for k, v in (tensors if tensors is not None else draft_state_dict(model)).items()}
     save_file(tensors, str(directory / DRAFT_WEIGHTS), metadata={"format": "pt"})
     return sum((directory / name).stat().st_size for name in (MODELOPT_STATE, DRAFT_WEIGHTS))
 

@@ -196,6 +196,13 @@ class TrainHeadsConfig:
         "one per visible GPU (1 on CPU); N > 1 on CPU runs N gloo processes",
         check=checks.at_least(0, 2),
     )
+    shard_base: str = field(
+        "auto",
+        "shard the frozen base across the training processes with FSDP2 (each holds 1/N of it): auto (when the "
+        "memory plan finds that one GPU cannot hold the base next to the draft's training state), always, or "
+        "never (every process holds the whole base, DDP)",
+        check=checks.one_of("auto", "always", "never"),
+    )
     precision: str = field(
         "auto",
         "autocast of draft training: auto (bf16 on a GPU with bf16 units, fp16 with loss scaling on older GPUs, "

@@ -17,8 +17,11 @@ import transformers
 from components.train_heads import hidden_cache, launch
 from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.datasets import CachedDataset, ConversationDataset
+from components.train_heads.memory import check as check_memory
+from components.train_heads.memory import plan
 from components.train_heads.trainer import (
     DraftTrainer,
+    FrozenBase,
     ProgressEvents,
     StepCounter,
     TrainingClock,
@@ -27,7 +30,7 @@ from components.train_heads.trainer import (
 from spectrain import bases, devices, draft_checkpoint, s3
 from spectrain.console import warn
 from spectrain.data import SkippedLine, fingerprint, read_conversations
-from spectrain.draft_checkpoint import HEAD_PREFIXES
+from spectrain.draft_checkpoint import draft_state_dict
 from spectrain.drafts import TRAIN_RESULT
 from spectrain.errors import SpectrainError
 from spectrain.models import base_model_identity, load_base, resolve_base_model
@@ -390,18 +393,6 @@ def with_uniform_noise(features: torch.Tensor, scale: float) -> torch.Tensor:
     return features + (torch.rand_like(features) * 2 - 1) * scale * rms
 
 
-@torch.no_grad()
-def base_checksum(model) -> torch.Tensor:
-    """One float64 sum per base tensor, reduced where the tensor lives (no copy to the host, no float32 copy of
-    the base): after training they must be bit-identical, which any optimizer step on the base would break."""
-    sums = [
-        tensor.sum(dtype=torch.float64).to("cpu")
-        for name, tensor in sorted(model.state_dict().items())
-        if not name.startswith(HEAD_PREFIXES) and tensor.is_floating_point()
-    ]
-    return torch.stack(sums) if sums else torch.zeros(0, dtype=torch.float64)
-
-
 def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -521,11 +512,33 @@ def offline_training_model(
     return offline, dataset
 
 
+def fsdp_arguments(base: bases.BaseFacts) -> dict:
+    """The Trainer's FSDP2 settings that shard the frozen base by its decoder layers (the draft's layer, a Llama
+    layer for EAGLE, becomes a unit of its own; the rest, embeddings and lm_head included, the root unit).
+    Every process but the first loads the base on the meta device and receives its shard from it
+    (cpu_ram_efficient_loading), so a 70B base needs host memory once per node, not once per process."""
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "transformer_layer_cls_to_wrap": list(base.layer_classes),
+            "reshard_after_forward": True,
+            "cpu_ram_efficient_loading": True,
+            "state_dict_type": "FULL_STATE_DICT",
+        },
+    }
+
+
 def training_arguments(
-    config: TrainHeadsConfig, output_dir: Path, placement: devices.Placement
+    config: TrainHeadsConfig,
+    output_dir: Path,
+    placement: devices.Placement,
+    base: bases.BaseFacts | None = None,
+    shard: bool = False,
 ) -> transformers.TrainingArguments:
     save_steps = config.save_steps or (SAVE_STEPS_WITH_CHECKPOINT_URI if config.checkpoint_uri else 0)
     return transformers.TrainingArguments(
+        **(fsdp_arguments(base) if shard and base else {}),
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -568,14 +581,6 @@ def with_recipe(config: TrainHeadsConfig, base: bases.BaseFacts) -> tuple[TrainH
     return resolved, {**chosen, "why": recipe["why"]} if chosen else {}
 
 
-def check_frozen(model, before: torch.Tensor, optimizer) -> None:
-    """The base did not move: no base parameter trains or sits in the optimizer, and its checksum is unchanged."""
-    draft = {id(p) for n, p in model.named_parameters() if n.startswith(HEAD_PREFIXES)}
-    optimized = [p for group in (optimizer.param_groups if optimizer else []) for p in group["params"]]
-    if any(id(p) not in draft for p in optimized) or not torch.equal(base_checksum(model), before):
-        raise RuntimeError("the base model's weights changed during training: the draft must train on a frozen base")
-
-
 def prepare(config: TrainHeadsConfig) -> tuple[TrainHeadsConfig, str, bases.BaseFacts, dict]:
     """Everything decided from the base's config alone, before any weight is loaded or any rank started: the
     mode is one this base can serve, and the settings left to the base are chosen."""
@@ -594,20 +599,32 @@ def prepare(config: TrainHeadsConfig) -> tuple[TrainHeadsConfig, str, bases.Base
 def run(config: TrainHeadsConfig) -> dict:
     started = time.monotonic()
     config, model_path, base, chosen = prepare(config)
-    processes = launch.processes_wanted(config.num_processes)
-    if processes > 1 and not launch.inside_launcher():
-        return launch.run_distributed(config, processes)
     placement = devices.resolve(config.precision, config.base_dtype, base.dtype)
-    if launch.is_main_process():
+    processes = launch.processes_wanted(config.num_processes)
+    memory = plan(bases.load_config(model_path), base, config, placement, processes)
+    main = launch.is_main_process()
+    if main:
         print(f"[train] base: {bases.describe(base)}", flush=True)
         print(f"[train] {placement.line()}", flush=True)
         if chosen:
             settings = ", ".join(f"{k} {v}" for k, v in chosen.items() if k != "why")
             print(f"[train] chosen for this base ({chosen['why']}): {settings}", flush=True)
+        print(f"[train] {memory.line()}", flush=True)
+    check_memory(memory, config)
+    shard = memory.strategy == "shard"
+    if shard and config.hidden_state_cache:
+        if main:
+            warn(
+                "the hidden-state cache is built by one process holding the whole base; with the base sharded over "
+                f"{processes} processes the draft trains online (hidden_state_cache off)"
+            )
+        config = dataclasses.replace(config, hidden_state_cache=False)
+    if processes > 1 and not launch.inside_launcher():
+        return launch.run_distributed(config, processes)
     transformers.set_seed(config.seed)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    args = training_arguments(config, output_dir, placement)
+    args = training_arguments(config, output_dir, placement, base, shard)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = tokenizer.eos_token_id
@@ -623,7 +640,9 @@ def run(config: TrainHeadsConfig) -> dict:
     if config.pack:
         examples = pack_examples(examples, config.max_length)
 
-    model = load_base(model_path, placement)
+    # sharded: loaded on the host (the first process only; the others on the meta device) and sharded onto the GPUs
+    # when the Trainer prepares the model
+    model = load_base(model_path, dataclasses.replace(placement, device="cpu") if shard else placement)
     d2t = reduced_vocabulary(config, base.vocab_size, examples)
     mask_token_id = dflash_mask_token_id(config, tokenizer, examples) if config.mode == "dflash" else None
     cache_manifest = None
@@ -672,7 +691,6 @@ def run(config: TrainHeadsConfig) -> dict:
             model,
             ConversationDataset(examples, config.max_length, tokenizer.pad_token_id, config.mode),
         )
-    base_before = base_checksum(train_model)
     clock = TrainingClock(config.max_minutes) if config.max_minutes > 0 else None
     trainer = DraftTrainer(
         model=train_model,
@@ -685,6 +703,8 @@ def run(config: TrainHeadsConfig) -> dict:
     )
     if clock:
         trainer.add_callback(WallClockBudget(clock))
+    frozen = FrozenBase()
+    trainer.add_callback(frozen)
     counter = StepCounter()
     trainer.add_callback(counter)
     trainer.add_callback(ProgressEvents())
@@ -700,10 +720,10 @@ def run(config: TrainHeadsConfig) -> dict:
     train_started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume or None)
     train_seconds = time.monotonic() - train_started
-    check_frozen(train_model, base_before, trainer.optimizer)
+    draft = draft_state_dict(trainer.model)  # every process: a sharded draft is gathered
     if not trainer.is_world_process_zero():  # rank 0 writes the artifact and reports
         return {"rank": args.process_index}
-    artifact_bytes = draft_checkpoint.save(train_model, output_dir, online_state)
+    artifact_bytes = draft_checkpoint.save(train_model, output_dir, online_state, draft)
     if cache_manifest and not config.hidden_state_cache_dir:
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -731,6 +751,8 @@ def run(config: TrainHeadsConfig) -> dict:
         # the settings that ran, those chosen from the base included (register logs them as train_heads.<name>)
         "resolved": {name: getattr(config, name) for name in ("draft_vocab_size", "max_length", "lr")},
         "placement": placement.as_dict(),
+        "memory_plan": memory.as_dict(),
+        "sharded_base": frozen.sharded,  # what training ran with, not what was asked
         "examples": len(examples),
         "data_fingerprint": fingerprint(config.data),
         "skipped_input_lines": len(skipped),

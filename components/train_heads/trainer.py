@@ -34,17 +34,19 @@ class DraftTrainer(transformers.Trainer):
     # make every checkpoint (and its copy on S3) base-sized (16 GB for an 8B base in bf16). The final artifact
     # adds modelopt's state (spectrain.draft_checkpoint.save).
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        draft = draft_state_dict(self.model)  # every process: a sharded draft is gathered collectively
         if self.args.should_save:
             directory = Path(output_dir or self.args.output_dir)
             directory.mkdir(parents=True, exist_ok=True)
-            save_file(draft_state_dict(self.model), str(directory / DRAFT_WEIGHTS), metadata={"format": "pt"})
+            tensors = {name: tensor.to("cpu") for name, tensor in draft.items()}
+            save_file(tensors, str(directory / DRAFT_WEIGHTS), metadata={"format": "pt"})
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         weights = Path(resume_from_checkpoint) / DRAFT_WEIGHTS
         if not weights.exists():  # a checkpoint with the whole model
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         model = model or self.model
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing, unexpected = load_draft(model, load_file(str(weights)))
         missing_draft = [k for k in missing if k.startswith(HEAD_PREFIXES)]
         if unexpected or missing_draft:
             raise SpectrainError(
@@ -93,6 +95,56 @@ class DraftTrainer(transformers.Trainer):
                 logs[f"head_{head}_accuracy"] = round(total / self._accuracy_count, 4)
             self._accuracy_sums, self._accuracy_count = [], 0
         super().log(logs, *args, **kwargs)
+
+
+def load_draft(model, tensors: dict) -> tuple[list[str], list[str]]:
+    """Load whole draft tensors into ``model``, whose parameters may be FSDP2 shards; (missing, unexpected)."""
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        keys = set(model.state_dict())
+        set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+        return sorted(keys - set(tensors)), sorted(set(tensors) - keys)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    return list(missing), list(unexpected)
+
+
+@torch.no_grad()
+def base_checksum(model) -> torch.Tensor:
+    """One float64 sum per base tensor (this process's shard of it under FSDP2), reduced where it lives (no host
+    copy, no float32 copy of the base): any optimizer step on the base would change one."""
+    sums = []
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(HEAD_PREFIXES) or not tensor.is_floating_point():
+            continue
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        sums.append(local.sum(dtype=torch.float64).to("cpu"))
+    return torch.stack(sums) if sums else torch.zeros(0, dtype=torch.float64)
+
+
+class FrozenBase(transformers.TrainerCallback):
+    """Proof, at the end of training, that the base did not move: no base parameter trains or sits in the
+    optimizer, and its checksum is what it was when training began (taken then, once the model is placed and,
+    under FSDP2, sharded)."""
+
+    def __init__(self):
+        self.before: torch.Tensor | None = None
+        self.sharded = False  # whether the base's parameters were FSDP2 shards when training began
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = base_checksum(model)
+        self.sharded = any(
+            hasattr(p, "full_tensor") for n, p in model.named_parameters() if not n.startswith(HEAD_PREFIXES)
+        )
+
+    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        draft = {id(p) for n, p in model.named_parameters() if n.startswith(HEAD_PREFIXES)}
+        optimized = [p for group in (optimizer.param_groups if optimizer else []) for p in group["params"]]
+        moved = self.before is None or not torch.equal(base_checksum(model), self.before)
+        if moved or any(id(p) not in draft for p in optimized):
+            raise RuntimeError(
+                "the base model's weights changed during training: the draft must train on a frozen base"
+            )
 
 
 def budget_cosine(step: int, warmup: int, total_steps: int, spent: float) -> float:

@@ -67,16 +67,16 @@ def test_a_bfloat16_base_needs_autocast_for_its_float32_draft():
 def test_the_gpu_arrangement_trains_a_float32_draft_over_a_bfloat16_base(tmp_path, tiny_data, monkeypatch):
     """What a GPU runs (base in bf16, draft master weights in fp32, bf16 autocast), run here on the CPU: every base
     tensor is bf16 on the decided device, every draft tensor fp32 there, and the cache and training still work."""
-    from components.train_heads import train
+    from components.train_heads import train, trainer
 
     placed = {}
-    original = train.check_frozen
+    original = trainer.FrozenBase.on_train_end
 
-    def record(model, before, optimizer):  # where the trained model's tensors live at the end of training
+    def record(self, args, state, control, model=None, **kwargs):  # where the tensors live when training ends
         placed.update({name: (p.device.type, p.dtype) for name, p in model.named_parameters()})
-        return original(model, before, optimizer)
+        return original(self, args, state, control, model=model, **kwargs)
 
-    monkeypatch.setattr(train, "check_frozen", record)
+    monkeypatch.setattr(trainer.FrozenBase, "on_train_end", record)
     result = train.run(
         TrainHeadsConfig(
             data=tiny_data,
