@@ -23,10 +23,10 @@ ROOT = RESULTS.parents[1]
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what moves CPU speed most for these workloads
 
 
-def machine() -> dict:
-    """CPU model, core count and the instruction-set flags that decide bf16/AMX speed."""
+def machine(gpu: str | None = None) -> dict:
+    """CPU model, core count and the instruction-set flags that decide bf16/AMX speed; the GPU's name if one ran."""
     model, flags = hardware.cpu()
-    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags], "gpu": None}
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags], "gpu": gpu}
 
 
 def provenance(record: dict, flags: bool = True) -> str:
@@ -45,7 +45,7 @@ def commit(root: Path = ROOT) -> str:
         return "unknown"
 
 
-def write(name: str, command: str, figures: dict, *, at_commit: str | None = None) -> Path:
+def write(name: str, command: str, figures: dict, *, at_commit: str | None = None, gpu: str | None = None) -> Path:
     """bench/results/<name>-<date>.json with what produced it and where."""
     RESULTS.mkdir(exist_ok=True)
     date = time.strftime("%Y-%m-%d")
@@ -54,7 +54,7 @@ def write(name: str, command: str, figures: dict, *, at_commit: str | None = Non
         "name": name,
         "command": command,
         "date": date,
-        "machine": machine(),
+        "machine": machine(gpu),
         "commit": at_commit or commit(),
         "figures": figures,
     }

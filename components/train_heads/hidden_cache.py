@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -130,6 +131,7 @@ def build(
         shards.append({"file": name, "examples": len(pending)})
         pending, pending_tokens = [], 0
 
+    started = time.monotonic()
     progress = Progress(len(examples), "hidden-state cache", "conv")
     try:
         for start in range(0, len(examples), batch_size):
@@ -178,6 +180,7 @@ def build(
         "tokens": tokens,
         "bytes": size,
         "bytes_per_token": size / max(tokens, 1),
+        "build_seconds": round(time.monotonic() - started, 2),
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))  # last: marks the cache complete
     print(
