@@ -1,6 +1,6 @@
 """The memory a draft's training needs, from the base's config alone, against the GPUs it runs on.
 
-(The train step's own plan: it builds the draft the step would build, with the step's ``convert``.)
+(The train step's own plan: the step counts the draft it would build, with its own ``convert``, on the meta device.)
 
 Decided before any weight is loaded (a meta-device build of the base and of the draft modelopt would add to it):
 one whole base per training process (DDP), the frozen base sharded over the processes with FSDP2, or a refusal
@@ -79,28 +79,18 @@ def activation_bytes(facts, config, base_bytes_per_value: int) -> int:
     return base_logits + config.dflash_num_layers * blocks * 34 * hidden * value + blocks * vocab * 4 * 3
 
 
-def plan(base_config, facts, config, placement, processes: int) -> MemoryPlan:
-    """The plan for training ``config`` (resolved: no setting left to the base) on ``processes`` processes."""
-    import contextlib
-    import io
-    import tempfile
-    from pathlib import Path
-
+def plan(base_config, facts, config, placement, processes: int, draft_parameters: int) -> MemoryPlan:
+    """The plan for training ``config`` (resolved: no setting left to the base) on ``processes`` processes, for a
+    draft of ``draft_parameters`` (train.meta_draft_parameters: the draft modelopt builds, on the meta device)."""
     import torch
     import transformers
 
-    from components.train_heads.train import convert, draft_module  # the draft as the run will build it
-
-    reduced = 0 < config.draft_vocab_size < facts.vocab_size and config.mode == "eagle3"
-    with torch.device("meta"), tempfile.TemporaryDirectory(prefix="spectrain-plan-") as scratch:
+    with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(base_config)
-        layers = getattr(getattr(model, "model", None), "layers", None) or []
-        units = [sum(p.numel() for p in layer.parameters()) for layer in layers] or [0]
-        outside = sum(p.numel() for p in model.parameters()) - sum(units)
-        d2t = torch.zeros(config.draft_vocab_size, dtype=torch.long, device="cpu") if reduced else None
-        with contextlib.redirect_stdout(io.StringIO()):  # modelopt reports every part it finds: not news here
-            convert(model, config, d2t, Path(scratch), mask_token_id=0)
-        draft = sum(p.numel() for p in draft_module(model, config.mode).parameters())
+    layers = getattr(getattr(model, "model", None), "layers", None) or []
+    units = [sum(p.numel() for p in layer.parameters()) for layer in layers] or [0]
+    outside = sum(p.numel() for p in model.parameters()) - sum(units)
+    draft = draft_parameters
     value = BYTES.get(placement.base_dtype, 2)
     base_bytes = facts.parameters * value
     largest = max(max(units), outside) * value

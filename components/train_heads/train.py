@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -581,6 +584,17 @@ def with_recipe(config: TrainHeadsConfig, base: bases.BaseFacts) -> tuple[TrainH
     return resolved, {**chosen, "why": recipe["why"]} if chosen else {}
 
 
+def meta_draft_parameters(base_config, config: TrainHeadsConfig) -> int:
+    """The parameters of the draft this run would build, converted on a meta-device base: no memory, no weights."""
+    reduced = config.mode == "eagle3" and 0 < config.draft_vocab_size < bases.text_config(base_config).vocab_size
+    with torch.device("meta"), tempfile.TemporaryDirectory(prefix="spectrain-plan-") as scratch:
+        model = transformers.AutoModelForCausalLM.from_config(base_config)
+        d2t = torch.zeros(config.draft_vocab_size, dtype=torch.long, device="cpu") if reduced else None
+        with contextlib.redirect_stdout(io.StringIO()):  # modelopt reports every part it finds: not news here
+            convert(model, config, d2t, Path(scratch), mask_token_id=0)
+        return sum(p.numel() for p in draft_module(model, config.mode).parameters())
+
+
 def prepare(config: TrainHeadsConfig) -> tuple[TrainHeadsConfig, str, bases.BaseFacts, dict]:
     """Everything decided from the base's config alone, before any weight is loaded or any rank started: the
     mode is one this base can serve, and the settings left to the base are chosen."""
@@ -601,7 +615,8 @@ def run(config: TrainHeadsConfig) -> dict:
     config, model_path, base, chosen = prepare(config)
     placement = devices.resolve(config.precision, config.base_dtype, base.dtype)
     processes = launch.processes_wanted(config.num_processes)
-    memory = plan(bases.load_config(model_path), base, config, placement, processes)
+    base_config = bases.load_config(model_path)
+    memory = plan(base_config, base, config, placement, processes, meta_draft_parameters(base_config, config))
     main = launch.is_main_process()
     if main:
         print(f"[train] base: {bases.describe(base)}", flush=True)

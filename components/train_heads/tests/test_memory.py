@@ -7,7 +7,7 @@ import transformers
 
 from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.memory import GIB, check, plan
-from components.train_heads.train import with_recipe
+from components.train_heads.train import meta_draft_parameters, with_recipe
 from spectrain import bases
 from spectrain.devices import Placement
 from spectrain.errors import SpectrainError
@@ -27,7 +27,7 @@ def planned(name: str, tmp_path, gpus: int, mode: str = "eagle3", **settings):
     config = transformers.AutoConfig.from_pretrained(directory)
     facts = bases.facts(config)
     train, _ = with_recipe(TrainHeadsConfig(data="x", mode=mode, **settings), facts)
-    return plan(config, facts, train, h100s(gpus), gpus), train
+    return plan(config, facts, train, h100s(gpus), gpus, meta_draft_parameters(config, train)), train
 
 
 def test_an_8b_base_fits_one_gpu_per_process_with_its_eagle3_draft(tmp_path):
