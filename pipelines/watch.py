@@ -348,15 +348,17 @@ def retraining_in_flight(state: State, config: WatchConfig) -> bool:
     if state.retraining is None:
         return False
     if state.retraining["how"] == "local":
-        pid = int(state.retraining["id"])
-        try:
-            return "spectrain" in Path(f"/proc/{pid}/cmdline").read_text()
-        except OSError:
-            return False
-    from pipelines import submit
+        import psutil  # (the CLI that imports this module runs in every environment; psutil only matters here)
 
-    client = submit.make_client(config.kfp_host or None, config.kfp_namespace)
-    with submit.api_errors(config.kfp_host or None):
+        try:
+            process = psutil.Process(int(state.retraining["id"]))
+            return process.status() != psutil.STATUS_ZOMBIE and "spectrain" in " ".join(process.cmdline())
+        except psutil.Error:  # gone (or its pid now someone else's, not ours to read)
+            return False
+    from pipelines import kfp_client
+
+    client = kfp_client.make_client(config.kfp_host or None, config.kfp_namespace)
+    with kfp_client.api_errors(config.kfp_host or None):
         return str(client.get_run(state.retraining["id"]).state) in IN_FLIGHT
 
 
@@ -375,12 +377,12 @@ def start_retraining(champion_version: Any, client: Any, config: WatchConfig, no
         with open(log, "w") as handle:
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         return {"how": "local", "id": str(process.pid), "started": now, "log": str(log)}
-    from pipelines import submit
+    from pipelines import kfp_client
     from pipelines.settings import DEFAULT_YAML
 
     pipeline_run = source.data.tags.get("pipeline_run_id", "")
-    kfp = submit.make_client(config.kfp_host or None, config.kfp_namespace)
-    with submit.api_errors(config.kfp_host or None):
+    kfp = kfp_client.make_client(config.kfp_host or None, config.kfp_namespace)
+    with kfp_client.api_errors(config.kfp_host or None):
         if not pipeline_run:
             raise SpectrainError(
                 f"champion v{champion_version.version} records no pipeline run: nothing to retrain like it",
@@ -390,7 +392,7 @@ def start_retraining(champion_version: Any, client: Any, config: WatchConfig, no
         parameters = dict(kfp.get_run(pipeline_run).runtime_config.parameters or {})
         if config.dataset:
             parameters["dataset"] = config.dataset
-        run, _ = submit.submit_run(
+        run, _ = kfp_client.submit_run(
             kfp,
             package=Path(config.package) if config.package else DEFAULT_YAML,
             params=parameters,

@@ -12,7 +12,8 @@ import ctypes
 import os
 import signal
 import time
-from pathlib import Path
+
+import psutil
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -26,32 +27,21 @@ def become_subreaper() -> bool:
         return False
 
 
-def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] != "Z":  # a zombie has exited: nothing to stop
-                parents[int(entry.name)] = int(fields[1])
-    return parents
-
-
 def descendants(pid: int | None = None) -> list[int]:
-    """Living processes below ``pid`` (default: this one), parents before children."""
-    root = os.getpid() if pid is None else pid
-    parents = _parents()
-    children: dict[int, list[int]] = {}
-    for child, parent in parents.items():
-        children.setdefault(parent, []).append(child)
-    found, frontier = [], [root]
-    while frontier:
-        frontier = [c for p in frontier for c in children.get(p, [])]
-        found += frontier
-    return found
+    """Living processes below ``pid`` (default: this one), parents before children; zombies (exited, waiting to be
+    reaped) left out: there is nothing to stop."""
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [child.pid for child in below if _running(child)]
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone meanwhile
+        return False
 
 
 def stop_descendants(grace_s: float = 15.0) -> list[int]:

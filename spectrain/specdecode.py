@@ -9,11 +9,9 @@ position i is accepted_at_i / drafts. Counters only grow, except when a server r
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-SAMPLE = re.compile(r"^(vllm:spec_decode_num_[a-z_]+?)(?:_total)?(\{[^}]*\})?\s+([0-9.eE+-]+)(?:\s+\d+)?$")
-POSITION = re.compile(r'position="(\d+)"')
+PREFIX = "vllm:spec_decode_num_"
 
 
 @dataclass
@@ -88,23 +86,26 @@ class Counters:
 
 
 def parse(metrics_text: str) -> Counters:
-    """The spec-decode counters in a Prometheus text exposition, summed over every engine (label set)."""
+    """The spec-decode counters in a Prometheus text exposition (prometheus_client's parser), summed over every
+    engine (label set)."""
+    from prometheus_client.parser import text_string_to_metric_families  # (the watch's and the serve env's only)
+
     counters = Counters()
-    for line in metrics_text.splitlines():
-        match = SAMPLE.match(line)
-        if not match:
-            continue
-        name, labels, value = match[1], match[2] or "", float(match[3])
-        if name == "vllm:spec_decode_num_accepted_tokens_per_pos":
-            if position := POSITION.search(labels):
-                index = int(position[1])
-                counters.per_position[index] = counters.per_position.get(index, 0.0) + value
-        elif name == "vllm:spec_decode_num_drafts":
-            counters.drafts += value
-        elif name == "vllm:spec_decode_num_draft_tokens":
-            counters.draft_tokens += value
-        elif name == "vllm:spec_decode_num_accepted_tokens":
-            counters.accepted += value
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if not sample.name.startswith(PREFIX) or sample.name.endswith("_created"):  # (a counter's start time)
+                continue
+            name = sample.name.removeprefix(PREFIX).removesuffix("_total")
+            if name == "accepted_tokens_per_pos":
+                if "position" in sample.labels:
+                    index = int(sample.labels["position"])
+                    counters.per_position[index] = counters.per_position.get(index, 0.0) + sample.value
+            elif name == "drafts":
+                counters.drafts += sample.value
+            elif name == "draft_tokens":
+                counters.draft_tokens += sample.value
+            elif name == "accepted_tokens":
+                counters.accepted += sample.value
     counters.per_position = dict(sorted(counters.per_position.items()))
     return counters
 

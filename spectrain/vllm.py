@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from spectrain.errors import SpectrainError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -161,13 +163,9 @@ def wait_until_ready(
 def alive(pid: int) -> bool:
     """Running, and not a zombie waiting for its parent to reap it."""
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # no such process, or not ours to see
         return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def terminate(pid: int, grace_s: float = 20.0) -> None:
@@ -189,14 +187,12 @@ def terminate(pid: int, grace_s: float = 20.0) -> None:
 
 def _group_alive(pgid: int) -> bool:
     """A member of process group ``pgid`` still runs (zombies waiting for a parent that is not us do not count)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(group) == pgid and state != "Z":
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
                 return True
+        except ProcessLookupError:
+            continue
     return False
 
 

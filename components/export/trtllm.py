@@ -26,6 +26,7 @@ import shlex
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -89,27 +90,17 @@ def medusa_commands(base_model: str, medusa_dir: Path, out: Path, heads: int, la
     ]
 
 
-def eagle3_config(draft_dir: Path, num_draft_tokens: int, capture_layers: list[int]) -> str:
-    """`trtllm-serve --config` YAML for an EAGLE-3 draft (written by hand: a few keys, no YAML dependency)."""
-    return (
-        f"# trtllm-serve BASE_MODEL --backend pytorch --config {draft_dir}/trtllm/config.yaml\n"
-        "speculative_config:\n"
-        "  decoding_type: Eagle3\n"
-        f"  max_draft_len: {num_draft_tokens}\n"
-        f"  speculative_model: {draft_dir}\n"
-        f"  eagle3_layers_to_capture: {json.dumps(capture_layers)}  # outputs of these base layers\n"
-    )
-
-
-def dflash_config(draft_dir: Path, num_draft_tokens: int) -> str:
-    """`trtllm-serve --config` YAML for a DFlash draft: mask token and target layers come from its config.json."""
-    return (
-        f"# trtllm-serve BASE_MODEL --backend pytorch --config {draft_dir}/trtllm/config.yaml\n"
-        "speculative_config:\n"
-        "  decoding_type: DFlash\n"
-        f"  max_draft_len: {num_draft_tokens}\n"
-        f"  speculative_model: {draft_dir}\n"
-    )
+def serve_config(draft_dir: Path, decoding_type: str, num_draft_tokens: int, **extra) -> str:
+    """`trtllm-serve --config` YAML for a draft (yaml.safe_dump: any path stays one quoted string); DFlash's mask
+    token and target layers come from its config.json, EAGLE-3 names the base layers whose outputs it reads."""
+    speculative = {
+        "decoding_type": decoding_type,
+        "max_draft_len": num_draft_tokens,
+        "speculative_model": str(draft_dir),
+        **extra,
+    }
+    usage = f"# trtllm-serve BASE_MODEL --backend pytorch --config {draft_dir}/trtllm/config.yaml\n"
+    return usage + yaml.safe_dump({"speculative_config": speculative}, sort_keys=False, default_flow_style=None)
 
 
 def expected_dflash(config: dict) -> dict[str, tuple]:
@@ -252,7 +243,7 @@ def export(
     dtype_name = str(dtype).removeprefix("torch.")
     if mode == "dflash":
         config = json.loads((draft_dir / "config.json").read_text())
-        (out / "config.yaml").write_text(dflash_config(draft_dir, num_draft_tokens))
+        (out / "config.yaml").write_text(serve_config(draft_dir, "DFlash", num_draft_tokens))
         problems = dflash_config_problems(config, num_draft_tokens) + check(
             sorted(draft_dir.glob("*.safetensors")), expected_dflash(config), dflash_names_as_trtllm_loads_them
         )
@@ -265,7 +256,9 @@ def export(
         }
     if mode == "eagle3":
         config = json.loads((draft_dir / "config.json").read_text())
-        (out / "config.yaml").write_text(eagle3_config(draft_dir, num_draft_tokens, capture_layers))
+        (out / "config.yaml").write_text(
+            serve_config(draft_dir, "Eagle3", num_draft_tokens, eagle3_layers_to_capture=capture_layers)
+        )
         problems = check(
             sorted(draft_dir.glob("*.safetensors")),
             expected_eagle3(config),

@@ -1,9 +1,11 @@
 """export: names vLLM's loaders expect (they skip unknown names silently), dtype in the file, config fixes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from components.export.config import ExportConfig
@@ -80,8 +82,8 @@ def test_dflash_export_holds_every_trained_weight_and_the_config_vllm_reads(tiny
     assert config["rope_theta"] == 100000 and config["head_dim"] == 64
     # TensorRT-LLM's PyTorch backend loads the same directory: its names, shapes and config keys check out
     assert result["trtllm"]["supported"] and result["trtllm"]["problems"] == []
-    yaml = (tmp_path / "trtllm" / "config.yaml").read_text()
-    assert "decoding_type: DFlash" in yaml and "max_draft_len: 3" in yaml and f"speculative_model: {tmp_path}" in yaml
+    served = yaml.safe_load((tmp_path / "trtllm" / "config.yaml").read_text())["speculative_config"]
+    assert served == {"decoding_type": "DFlash", "max_draft_len": 3, "speculative_model": str(tmp_path)}
 
 
 def test_the_tensorrt_llm_dflash_check_reads_what_its_loader_reads():
@@ -149,10 +151,21 @@ def test_eagle3_for_tensorrt_llm_matches_its_draft_model_and_captures_layer_outp
     checkpoint, _ = tiny_checkpoints["eagle3"]
     result = run(ExportConfig(checkpoint=checkpoint, mode="eagle3", output_dir=str(tmp_path), num_draft_tokens=4))
     assert result["trtllm"]["problems"] == []
-    yaml = (tmp_path / "trtllm" / "config.yaml").read_text()
-    assert "decoding_type: Eagle3" in yaml and "max_draft_len: 4" in yaml
-    assert "eagle3_layers_to_capture: [1, 14, 26]" in yaml  # layer outputs: modelopt's ids, not vLLM's shifted ones
-    assert f"speculative_model: {tmp_path}" in yaml
+    served = yaml.safe_load((tmp_path / "trtllm" / "config.yaml").read_text())["speculative_config"]
+    assert served == {
+        "decoding_type": "Eagle3",
+        "max_draft_len": 4,
+        "speculative_model": str(tmp_path),
+        "eagle3_layers_to_capture": [1, 14, 26],  # layer outputs: modelopt's ids, not vLLM's shifted ones
+    }
+
+
+def test_the_tensorrt_llm_config_keeps_a_path_yaml_would_misread_as_one_string():
+    from components.export import trtllm
+
+    odd = Path("/data/run: 7 #final/- [draft]")
+    served = yaml.safe_load(trtllm.serve_config(odd, "DFlash", 3))["speculative_config"]
+    assert served["speculative_model"] == str(odd) and served["max_draft_len"] == 3
 
 
 def test_the_tensorrt_llm_check_catches_wrong_names_and_shapes(tmp_path):
