@@ -338,7 +338,7 @@ def test_the_watch_cronjob_is_suspended_until_configured_and_may_only_submit_run
     assert configs.from_dict(WatchConfig, values).endpoints.startswith("http://vllm-")
     token = pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org"
-    from pipelines.submit import KFP_TOKEN_PATH
+    from pipelines.kfp_client import KFP_TOKEN_PATH
 
     assert {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": KFP_TOKEN_PATH} in container["env"]
     assert container["volumeMounts"][0]["mountPath"] + "/" + token["path"] == KFP_TOKEN_PATH
@@ -346,7 +346,7 @@ def test_the_watch_cronjob_is_suspended_until_configured_and_may_only_submit_run
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_runner_role_is_least_privilege(overlay):
-    from pipelines.submit import DEFAULT_SERVICE_ACCOUNT
+    from pipelines.kfp_client import DEFAULT_SERVICE_ACCOUNT
 
     docs = build(f"overlays/{overlay}")
     roles = of_kind(docs, "Role")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -136,3 +137,69 @@ def plot_speedup(mode: str, costs: list[dict], taus: list[float], ngram_taus: li
         axis.set_xticks(ks)
         axis.set(xlabel="k (draft tokens per step)", ylabel="expected speed-up (×)", title="speed-up by k, measured")
         axis.legend(fontsize="small")
+
+
+def serving_recommendation(config, model, proposer, sequences, curve, ngram_curve, output_dir: Path) -> dict:
+    """The k to serve with: τ_k from the replay, the costs of a step timed here, the expected speed-up per k."""
+    ks = sorted(curve)
+    taus = [curve[k].summary()["acceptance_length"] for k in ks]
+    per_draft = [curve[k].summary()["acceptance_length_per_draft"] for k in ks]
+    ngram_taus = [ngram_curve[k].summary()["acceptance_length"] for k in ks]
+    context = sorted(sequences, key=len)[len(sequences) // 2]  # a sequence of median length
+    print(
+        f"[evaluate] timing a draft step and a verification step, k = 1..{len(ks)}, "
+        f"batch sizes {config.cost_batch_sizes}, {len(context)} tokens of context",
+        flush=True,
+    )
+    proposer.k = len(ks)
+    step = step_costs(
+        model,
+        proposer,
+        torch.tensor([context], device=next(model.parameters()).device),
+        len(ks),
+        [int(b) for b in config.cost_batch_sizes],
+        config.cost_repeats,
+    )
+    single = step[0]
+    speedup, ngram_speedup = speedups(taus, single), speedups(ngram_taus, single, free_draft=True)
+    best, ngram_best = best_k(speedup, allow_none=False), best_k(ngram_speedup, allow_none=False)
+    plot_speedup(config.mode, step, taus, ngram_taus, output_dir / "speedup.png")
+    return {
+        "k_curve": [
+            {
+                "k": k,
+                "acceptance_length": tau,
+                "acceptance_length_per_draft": tau_per_draft,
+                "ngram_acceptance_length": ngram_tau,
+                "expected_speedup": s,
+                "ngram_expected_speedup": ngram_s,
+            }
+            for k, tau, tau_per_draft, ngram_tau, s, ngram_s in zip(
+                ks, taus, per_draft, ngram_taus, speedup, ngram_speedup
+            )
+        ],
+        "acceptance_rate_per_position_at_max_k": curve[ks[-1]].summary()["acceptance_rate_per_position"],
+        "step_costs": step,
+        "cost_context_tokens": len(context),
+        "draft_step_cost_ratio": single["draft_s"][0] / single["base_s"],
+        "recommended_num_draft_tokens": best,
+        "expected_speedup": speedup[best - 1],
+        "ngram_best_num_draft_tokens": ngram_best,
+        "ngram_expected_speedup": ngram_speedup[ngram_best - 1],
+        "num_speculative_tokens_per_batch_size": schedule(step, taus),
+        "speedup_plot": str(output_dir / "speedup.png"),
+    }
+
+
+def serving_line(summary: dict) -> str:
+    """One line: the recommended k, its expected speed-up against n-gram's best, and the schedule."""
+    if "recommended_num_draft_tokens" not in summary:
+        return "no serving recommendation (evaluated before spectrain measured step costs)"
+    schedule = summary.get("num_speculative_tokens_per_batch_size")
+    return (
+        f"serve with k = {summary['recommended_num_draft_tokens']}: {summary['expected_speedup']:.2f}x expected "
+        f"at batch 1 (n-gram's best: k = {summary['ngram_best_num_draft_tokens']}, "
+        f"{summary['ngram_expected_speedup']:.2f}x); a draft step costs {summary['draft_step_cost_ratio']:.2f} "
+        "base steps; by batch size: "
+        + (", ".join(f"{a}-{b}: k = {k}" for a, b, k in schedule) if schedule else "speculation never pays")
+    )

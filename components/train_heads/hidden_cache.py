@@ -21,11 +21,15 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 
-from spectrain.console import Progress
+from spectrain.console import Progress, warn
+
+if TYPE_CHECKING:
+    from components.train_heads.config import TrainHeadsConfig
 
 CACHE_VERSION = 1
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -202,3 +206,28 @@ class CachedBaseDecoder(torch.nn.Module):
         from transformers.modeling_outputs import BaseModelOutputWithPast
 
         return BaseModelOutputWithPast(last_hidden_state=base_hidden_states)
+
+
+def cache_bytes_per_token(config: TrainHeadsConfig, base_config) -> int:
+    """What one token costs in the hidden-state cache: final hidden state, the layers the draft reads
+    (:func:`feature_layer_ids`), draft-vocabulary logits."""
+    from components.train_heads.draft import feature_layer_ids  # (draft.py imports modelopt: only when sizing)
+
+    text_config = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
+    values = text_config.hidden_size * (1 + len(feature_layer_ids(config, text_config.num_hidden_layers)))
+    if config.mode == "eagle3" and 0 < config.draft_vocab_size < text_config.vocab_size:
+        values += config.draft_vocab_size
+    return values * DTYPES[config.hidden_state_cache_dtype].itemsize + 5  # + token id and mask
+
+
+def cache_fits(config: TrainHeadsConfig, base_config, examples: list[dict]) -> bool:
+    """Whether the cache stays under hidden_state_cache_max_gb; if not, say so (training then runs online)."""
+    tokens = sum(len(e["input_ids"]) for e in examples)
+    size = tokens * cache_bytes_per_token(config, base_config)
+    if size <= config.hidden_state_cache_max_gb * 1e9:
+        return True
+    warn(
+        f"the hidden-state cache would take {size / 1e9:.1f} GB for {tokens} tokens, over hidden_state_cache_max_gb "
+        f"= {config.hidden_state_cache_max_gb:g}: training online instead (raise the limit to cache)"
+    )
+    return False

@@ -81,7 +81,7 @@ def activation_bytes(facts, config, base_bytes_per_value: int) -> int:
 
 def plan(base_config, facts, config, placement, processes: int, draft_parameters: int) -> MemoryPlan:
     """The plan for training ``config`` (resolved: no setting left to the base) on ``processes`` processes, for a
-    draft of ``draft_parameters`` (train.meta_draft_parameters: the draft modelopt builds, on the meta device)."""
+    draft of ``draft_parameters`` (draft.meta_draft_parameters: the draft modelopt builds, on the meta device)."""
     import torch
     import transformers
 

@@ -12,10 +12,16 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from components.train_heads import launch
+from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.datasets import IGNORE
+from spectrain import bases, devices
 from spectrain.console import EVENTS_ENV, Progress, warn
 from spectrain.draft_checkpoint import DRAFT_WEIGHTS, HEAD_PREFIXES, draft_state_dict
 from spectrain.errors import SpectrainError
+
+SAVE_STEPS_WITH_CHECKPOINT_URI = 200  # save_steps when checkpoint_uri is set and save_steps is not
+CACHE_BARRIER_SECONDS = 6 * 3600  # how long the other ranks wait while rank 0 builds the hidden-state cache
 
 
 class DraftTrainer(transformers.Trainer):
@@ -225,11 +231,54 @@ class ProgressEvents(transformers.TrainerCallback):
             self.progress.close()
 
 
-class StepCounter(transformers.TrainerCallback):
-    """Optimizer steps taken by this process (a resumed run takes only the remaining ones)."""
+def fsdp_arguments(base: bases.BaseFacts) -> dict:
+    """The Trainer's FSDP2 settings that shard the frozen base by its decoder layers (the draft's layer, a Llama
+    layer for EAGLE, becomes a unit of its own; the rest, embeddings and lm_head included, the root unit).
+    Every process but the first loads the base on the meta device and receives its shard from it
+    (cpu_ram_efficient_loading), so a 70B base needs host memory once per node, not once per process."""
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "transformer_layer_cls_to_wrap": list(base.layer_classes),
+            "reshard_after_forward": True,
+            "cpu_ram_efficient_loading": True,
+            "state_dict_type": "FULL_STATE_DICT",
+        },
+    }
 
-    def __init__(self):
-        self.steps = 0
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.steps += 1
+def training_arguments(
+    config: TrainHeadsConfig,
+    output_dir: Path,
+    placement: devices.Placement,
+    base: bases.BaseFacts | None = None,
+    shard: bool = False,
+) -> transformers.TrainingArguments:
+    save_steps = config.save_steps or (SAVE_STEPS_WITH_CHECKPOINT_URI if config.checkpoint_uri else 0)
+    return transformers.TrainingArguments(
+        **(fsdp_arguments(base) if shard and base else {}),
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.lr,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else 500,
+        seed=config.seed,
+        bf16=placement.precision == "bf16",
+        fp16=placement.precision == "fp16",  # with the Trainer's loss scaling
+        use_cpu=not placement.on_gpu,
+        # rank 0 builds the hidden-state cache while the others wait at a barrier: give it hours, not 30 minutes
+        ddp_timeout=CACHE_BARRIER_SECONDS,
+        report_to=[],
+        remove_unused_columns=False,
+        label_names=["labels"] if config.mode == "medusa" else [],
+        dataloader_drop_last=False,
+        disable_tqdm=not launch.is_main_process(),
+    )

@@ -10,7 +10,7 @@ import kfp
 import pytest
 import yaml
 
-from pipelines import submit
+from pipelines import kfp_client, submit
 from pipelines.tests.fake_kfp import FakeKfpServer
 from spectrain.errors import SpectrainError
 from pipelines.settings import DEFAULT_YAML
@@ -25,7 +25,7 @@ def fake(monkeypatch, tmp_path):
     for name in ("KFP_HOST", "KFP_NAMESPACE", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KFP_TOKEN", "t0ken")
-    monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", tmp_path / "no-service-account-token")
+    monkeypatch.setattr(kfp_client, "SERVICE_ACCOUNT_TOKEN", tmp_path / "no-service-account-token")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-kfp-token"))
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
     with FakeKfpServer() as server:
@@ -72,7 +72,7 @@ def test_service_account_token_is_used_without_kfp_token(fake, tmp_path, monkeyp
     token = tmp_path / "token"
     token.write_text("sa-token\n")
     monkeypatch.delenv("KFP_TOKEN")
-    monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", token)
+    monkeypatch.setattr(kfp_client, "SERVICE_ACCOUNT_TOKEN", token)
     assert cli(fake, "submit", "--run-name", "r") == 0
     assert {r.authorization for r in fake.requests} == {"Bearer sa-token"}
 
@@ -82,7 +82,7 @@ def test_the_token_projected_for_the_kfp_api_wins_over_the_service_account_token
     (tmp_path / "sa").write_text("sa-token")
     (tmp_path / "kfp").write_text("kfp-audience-token\n")
     monkeypatch.delenv("KFP_TOKEN")
-    monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", tmp_path / "sa")
+    monkeypatch.setattr(kfp_client, "SERVICE_ACCOUNT_TOKEN", tmp_path / "sa")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "kfp"))
     assert cli(fake, "submit", "--run-name", "r") == 0
     assert {r.authorization for r in fake.requests} == {"Bearer kfp-audience-token"}
@@ -281,7 +281,7 @@ def test_a_serving_mode_that_cannot_cross_pods_is_refused_before_the_server_is_a
 def test_the_compiled_default_serves_from_its_own_deployment_and_submits_without_flags(fake):
     spec = next(yaml.safe_load_all(PACKAGE.read_text()))
     assert spec["root"]["inputDefinitions"]["parameters"]["serve_mode"]["defaultValue"] == "cluster"
-    assert cli(fake, "submit", "--run-name", "defaults") == 0  # the README's step 4 without a params file
+    assert cli(fake, "submit", "--run-name", "defaults") == 0  # docs/kubernetes.md's step 4 without a params file
 
 
 def test_a_package_whose_own_default_cannot_cross_pods_is_refused(fake, tmp_path):

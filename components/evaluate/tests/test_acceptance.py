@@ -4,14 +4,8 @@ import pytest
 import torch
 import transformers
 
-from components.evaluate.acceptance import (
-    DFlashProposer,
-    EagleProposer,
-    MedusaProposer,
-    ngram_proposer,
-    replay,
-    replay_curve,
-)
+from components.evaluate.proposers import DFlashProposer, EagleProposer, MedusaProposer, ngram_proposer
+from components.evaluate.replay import replay, replay_curve
 from spectrain import devices, draft_checkpoint
 from spectrain.models import resolve_base_model
 
@@ -146,7 +140,7 @@ def test_more_draft_tokens_than_medusa_heads_is_refused(tiny_checkpoints):
 def test_a_loaded_checkpoint_of_another_kind_is_refused_even_without_its_train_result(tiny_checkpoints, tmp_path):
     import shutil
 
-    from components.evaluate.acceptance import draft_proposer
+    from components.evaluate.proposers import draft_proposer
     from components.evaluate.config import EvaluateConfig
     from spectrain.errors import SpectrainError
 
@@ -159,7 +153,7 @@ def test_a_loaded_checkpoint_of_another_kind_is_refused_even_without_its_train_r
 
 
 def test_batched_greedy_replies_are_exactly_the_base_models_own_greedy_text(base):
-    from components.evaluate.acceptance import confirm_greedy, generate_batch
+    from components.evaluate.greedy import confirm_greedy, generate_batch
 
     path, tokenizer = base
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -191,7 +185,7 @@ def test_batched_greedy_replies_are_exactly_the_base_models_own_greedy_text(base
 
 
 def test_a_reply_that_disagrees_with_the_teacher_forced_pass_is_cut_at_the_first_disagreement(base):
-    from components.evaluate.acceptance import confirm_greedy
+    from components.evaluate.greedy import confirm_greedy
 
     path, tokenizer = base
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -226,7 +220,7 @@ def test_the_curve_replays_every_k_exactly_as_alone_asking_each_position_once_in
 @pytest.mark.parametrize("mode", ["eagle3", "medusa", "dflash"])
 def test_a_timed_draft_step_for_a_batch_computes_what_the_replay_proposes(base, tiny_checkpoints, mode):
     """The cost measured is the cost of the real thing: each row of the batched step drafts what propose(n) does."""
-    from components.evaluate.acceptance import draft_proposer
+    from components.evaluate.proposers import draft_proposer
     from components.evaluate.config import EvaluateConfig
 
     path, tokenizer = base

@@ -118,7 +118,7 @@ def test_cache_dtype_is_checked():
 
 
 def test_the_cache_size_is_estimated_before_it_is_built():
-    from components.train_heads.train import cache_bytes_per_token
+    from components.train_heads.hidden_cache import cache_bytes_per_token
 
     base = transformers.AutoConfig.from_pretrained(resolve_base_model("embedded"))
     eagle3 = TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=4096)

@@ -55,8 +55,7 @@ def test_process_count_defaults_to_one_per_gpu(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "mode, extra",
-    [
-        ("medusa", ["--medusa-num-heads", "2"]),
+    [  # (Medusa's two ranks: the next test, which also makes one of them late)
         ("eagle3", ["--draft-vocab-size", "512", "--hidden-state-cache"]),
         ("dflash", ["--dflash-block-size", "4", "--hidden-state-cache"]),
     ],
@@ -101,15 +100,16 @@ def test_two_gloo_ranks_split_the_data_and_rank_zero_reports(tiny_data, tmp_path
     # 8 conversations, 2 per rank per step, 2 ranks: one step is half an epoch (one rank alone: a quarter)
     assert [entry["epoch"] for entry in result["history"] if "loss" in entry] == [0.5, 1.0]
     assert (output / DRAFT_WEIGHTS).exists() and (output / "training_curves.png").exists()
-    if mode != "medusa":  # rank 0 built the cache while rank 1 waited, then reused it
-        assert completed.stdout.count("hidden-state cache:") == 1
-        assert "reusing hidden-state cache" in completed.stdout
+    # rank 0 built the cache while rank 1 waited, then reused it
+    assert completed.stdout.count("hidden-state cache:") == 1
+    assert "reusing hidden-state cache" in completed.stdout
 
 
 @pytest.mark.slow
 def test_ranks_stop_at_the_same_step_when_one_starts_late(tiny_data, tmp_path):
     """A wall-clock budget read by each rank on its own clock ends a late rank's training steps after the others:
-    it then waits in an all-reduce nobody joins. One clock, rank 0's, broadcast every step: all stop together."""
+    it then waits in an all-reduce nobody joins. One clock, rank 0's, broadcast every step: all stop together.
+    Online Medusa training on two ranks, which split the data and of which rank 0 reports."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_RANK)
@@ -125,7 +125,7 @@ def test_ranks_stop_at_the_same_step_when_one_starts_late(tiny_data, tmp_path):
             "--mode",
             "medusa",
             "--medusa-num-heads",
-            "1",
+            "2",
             "--output-dir",
             str(tmp_path / "checkpoint"),
             "--max-steps",
@@ -133,8 +133,10 @@ def test_ranks_stop_at_the_same_step_when_one_starts_late(tiny_data, tmp_path):
             "--max-minutes",
             "0.2",
             "--schedule-by-time",
-            "--batch-size",
+            "--logging-steps",
             "1",
+            "--batch-size",
+            "2",
             "--max-length",
             "64",
             "--no-hidden-state-cache",
@@ -153,3 +155,8 @@ def test_ranks_stop_at_the_same_step_when_one_starts_late(tiny_data, tmp_path):
     assert 1 < result["steps"] < 1000  # the budget ended it, not the step limit
     stops = [line for line in completed.stderr.splitlines() if "wall-clock budget" in line]
     assert len(stops) == 1 and f"step {result['steps']} of" in stops[0]  # said once, by rank 0, for both
+    assert "-m torch.distributed.run --standalone --nproc-per-node=2" in completed.stdout
+    assert result["processes"] == 2 and (tmp_path / "checkpoint" / DRAFT_WEIGHTS).exists()
+    # 8 conversations, 2 per rank per step, 2 ranks: a step is half an epoch (one rank alone: a quarter)
+    epochs = [entry["epoch"] for entry in result["history"] if "loss" in entry]
+    assert epochs == [0.5 * step for step in range(1, result["steps"] + 1)]

@@ -7,7 +7,8 @@ import transformers
 
 from components.train_heads.config import TrainHeadsConfig
 from components.train_heads.memory import GIB, check, plan
-from components.train_heads.train import meta_draft_parameters, with_recipe
+from components.train_heads.draft import meta_draft_parameters
+from components.train_heads.train import with_recipe
 from spectrain import bases
 from spectrain.devices import Placement
 from spectrain.errors import SpectrainError
