@@ -8,7 +8,7 @@ STAMPS := $(foreach env,$(ENVS),$(VENVS)/$(env)/.installed)
 SPECTRAIN := $(VENVS)/orchestrate/bin/spectrain
 PYTEST = $(VENVS)/$(1)/bin/python -m pytest
 
-.PHONY: help envs run test test-fast tools compile images lint format clean-envs bench-heads bench-regenerate
+.PHONY: help envs run test test-fast fresh-check tools compile images lint format clean-envs bench-heads bench-regenerate
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -50,6 +50,9 @@ tools:  ## system programs tests run for real: Prometheus (Debian's package, ins
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; } && \
 	  echo "installed prometheus $$(prometheus --version 2>&1 | head -1 | cut -d' ' -f3) (Debian) for the watch's Prometheus test"; } || \
 	  echo "no prometheus (not root, or no apt-get): its test is skipped; install it (apt-get install prometheus) to run it"
+
+fresh-check:  ## make run, then make test, as a newcomer: a fresh clone, an empty home, no caches; nothing left running
+	scripts/fresh-check.sh $(ARGS)
 
 test-fast: envs  ## the tests not marked slow (no vLLM server, no end-to-end run): a few minutes
 	bash tests/run_all.sh -m "not slow"

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--vicuna",
-        default=str(ROOT.parent / "shared" / "data" / "vicuna_bench_question.jsonl"),
+        default=str(ROOT / "bench" / "data" / "vicuna_bench_question.jsonl"),
         help="a second prompt set evaluated like the held-out split ('' to skip)",
     )
     parser.add_argument("--workdir", default=str(ROOT / "bench" / ".work" / "heads"), help="data, checkpoints, results")
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = args.modes.split(",")
     for spec in specs:
         mode_and_settings(spec)  # every --modes entry checked before any work
+    if args.vicuna and not Path(args.vicuna).is_file():
+        parser.error(f"--vicuna {args.vicuna}: no such file (bench/data/ ships the 80 questions; '' skips them)")
     for spec in specs:
         mode = mode_and_settings(spec)[0]
         trained = train(
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 "limit": args.budget,
             },
         }
-        if args.vicuna and Path(args.vicuna).exists():
+        if args.vicuna:
             rows[spec]["vicuna"] = run_step(
                 "evaluate",
                 {

@@ -1,11 +1,11 @@
-"""The model-support matrix as a result: bench/results/model-matrix-<date>.json, from which README's table is made.
+"""The model-support matrix as a result: bench/results/model-matrix-<date>.json, from which docs/bases.md's table is made.
 
     python bench/model_matrix.py            # ~5 minutes on 2 cores: train, evaluate, export every base × mode,
                                             # then vLLM's loader on every draft (the test's own run)
 
 The same run as tests/model_matrix/test_model_matrix.py (drive.py in the train environment, vllm_load.py in the
 serve one), kept as a figure of what this commit supports; `python bench/results.py table model-matrix` prints the
-table README.md shows.
+table docs/bases.md shows.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 
 Reads the run directory `spectrain run` wrote (arguments.json, the register results under
 pipeline-root/) and the step times; --total-seconds is the wall time of the whole command
-(virtualenvs included) as measured by whoever ran it, e.g. ../shared/tools/fresh-machine.sh.
+(virtualenvs included) as measured by whoever ran it. `make fresh-check` (scripts/fresh-check.sh) prints that
+time for each command and keeps the run directory in its fresh clone; say how it ran in --command's parentheses,
+e.g. --command "make run (fresh clone, empty home and caches)".
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
     make test-fast 2>&1 | tee fast.log; python bench/record_test.py fast.log --command "make test-fast" --total-seconds 282
 
 Reads each environment's pytest summary (tests/run_all.sh prints `=== [env] pytest ...` before each).
+`make fresh-check` (scripts/fresh-check.sh) keeps each command's log in its scratch directory (2.log is
+`make test`'s) and prints its time. A note in --command's parentheses says how it ran and is not part of the
+result's name, e.g. --command "make test (fresh clone, empty home and caches, after make run created the environments)".
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Benchmark figures as JSON under bench/results/ (command, date, machine, commit) and the README tables made from them.
+"""Benchmark figures as JSON under bench/results/ (command, date, machine, commit) and the tables made from them.
 
     python bench/results.py table make-run      # the Markdown table of the newest make-run result
 
-A README table is pasted from that output, and tests/test_bench_results.py fails when it drifts from the JSON.
+A table in docs/ or a README is pasted from that output, and tests/test_bench_results.py fails when it drifts from the JSON.
 """
 
 from __future__ import annotations
@@ -45,6 +45,23 @@ def commit(root: Path = ROOT) -> str:
         return "unknown"
 
 
+def portable(value):
+    """``value`` with every absolute path made machine-neutral: inside the project relative to its root, in the
+    home directory as ``~/...``, elsewhere as ``.../`` and its last two parts."""
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item) for item in value]
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path = Path(value)
+    for base, shown in ((ROOT, None), (Path.home(), "~")):
+        if path.is_relative_to(base):
+            relative = path.relative_to(base).as_posix()
+            return f"{shown}/{relative}" if shown else relative
+    return "/".join(("...", *path.parts[-2:]))
+
+
 def write(name: str, command: str, figures: dict, *, at_commit: str | None = None, gpu: str | None = None) -> Path:
     """bench/results/<name>-<date>.json with what produced it and where."""
     RESULTS.mkdir(exist_ok=True)
@@ -56,7 +73,7 @@ def write(name: str, command: str, figures: dict, *, at_commit: str | None = Non
         "date": date,
         "machine": machine(gpu),
         "commit": at_commit or commit(),
-        "figures": figures,
+        "figures": portable(figures),
     }
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
@@ -70,7 +87,7 @@ def newest(name: str) -> dict:
 
 
 def make_run_table(record: dict) -> str:
-    """The README's `make run` table: the pipeline's steps with their times, then each draft's τ."""
+    """docs/results.md's `make run` table: the pipeline's steps with their times, then each draft's τ."""
     figures = record["figures"]
     lines = [
         f"{provenance(record)}: "
@@ -99,7 +116,7 @@ def make_run_table(record: dict) -> str:
 
 
 def make_test_table(record: dict) -> str:
-    """The README's `make test` line: total time and each environment's share."""
+    """docs/results.md's `make test` line: total time and each environment's share."""
     figures = record["figures"]
     parts = ", ".join(
         f"{env} env {row['tests']} tests in {row['seconds'] / 60:.1f} min"
@@ -133,7 +150,7 @@ def ablation_table(record: dict) -> str:
 
 
 def heads_table(record: dict) -> str:
-    """bench/README.md's heads table: each mode at a 30-minute budget, on the held-out split and the vicuna questions."""
+    """components/evaluate/README.md's heads table: each mode at a 30-minute budget, on the held-out split and the vicuna questions."""
     figures = record["figures"]
     data = figures["regenerate"]
     lines = [
@@ -193,7 +210,7 @@ def regenerate_table(record: dict) -> str:
 
 
 def model_matrix_table(record: dict) -> str:
-    """README's model-support matrix: each base, what sets it apart, and per mode whether it trains, evaluates and
+    """docs/bases.md's model-support matrix: each base, what sets it apart, and per mode whether it trains, evaluates and
     exports at tiny size with vLLM loading every weight of the draft, or why the mode is refused."""
     bases = record["figures"]["bases"]
     modes = ("eagle3", "medusa", "dflash")

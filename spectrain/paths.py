@@ -2,7 +2,7 @@
 
 Caches live under ``~/.cache/spectrain`` (a PVC mount on Kubernetes: ``SPECTRAIN_MODEL_CACHE=/models`` in the
 images); runs, the local MLflow store and server state under the work directory `spectrain run --workdir`
-names (``./spectrain-runs``). The README's table of environment variables lists these.
+names (``./spectrain-runs``). docs/configuration.md lists every variable.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Runs in the serve environment (vLLM): the training, evaluation and export run in the train environment, all bases
 and modes in one process (drive.py, started with that environment's Python, as the pipeline's steps are), and
-vLLM's own loader then takes each exported draft (vllm_load.py). README's matrix is this run's result
+vLLM's own loader then takes each exported draft (vllm_load.py). docs/bases.md's matrix is this run's result
 (`python bench/model_matrix.py`, then `python bench/results.py table model-matrix`).
 """
 
