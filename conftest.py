@@ -1,6 +1,9 @@
-"""Shared test fixtures: a real vLLM server on the embedded model (serve environment only)."""
+"""Shared test fixtures: a real vLLM server, the converted base, memorised drafts, tiny checkpoints, S3."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,26 @@ def vllm_server(tmp_path_factory):
     info = run(ServeConfig(run_id="pytest", api_key="test-key", max_model_len=1024, kv_cache_gib=1))
     yield info
     stop(StopServerConfig(run_id="pytest"))
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    """The embedded base converted from its GGUF, in the model cache (tests/run_all.sh gives the suite one: the
+    base is converted once per suite), by the train environment: the orchestrate one has no torch."""
+    python = os.environ.get("SPECTRAIN_PYTHON_TRAIN") or sys.executable
+    code = "from spectrain.models import resolve_base_model; print(resolve_base_model('embedded'))"
+    printed = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout
+    return Path(printed.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def memorised(tmp_path_factory):
+    """``memorised(mode)``: a draft that has learnt the base's greedy replies by heart (tests/support/memorised.py),
+    built once per suite and shared by every test and environment that asks for the same one."""
+    from tests.support.memorised import memorised_draft
+
+    fallback = tmp_path_factory.mktemp("memorised")
+    return lambda mode: memorised_draft(mode, fallback)
 
 
 @pytest.fixture(scope="session")

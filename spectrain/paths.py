@@ -35,6 +35,12 @@ def data_cache() -> Path:
     return _from_env("SPECTRAIN_DATA_CACHE", _cache() / "data")
 
 
+def vllm_cache() -> Path:
+    """vLLM's own cache (what it learnt inspecting model classes, compiled graphs), shared by every local server so
+    that a second start skips what the first worked out; vLLM's VLLM_CACHE_ROOT, where set, wins."""
+    return _from_env("VLLM_CACHE_ROOT", _cache() / "vllm")
+
+
 def server_state() -> Path:
     """The pid file and log of each local vLLM server, one directory per run id."""
     return _from_env("SPECTRAIN_STATE_DIR", _cache() / "servers")

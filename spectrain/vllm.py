@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from spectrain import paths
 from spectrain.errors import SpectrainError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -81,13 +82,14 @@ def cpu_settings(kv_cache_gib: int = CPU_KV_CACHE_GIB) -> dict[str, str]:
     return {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": f"0-{cpus - 1}"}
 
 
-def cpu_env(api_key: str, cache_root: Path, kv_cache_gib: int) -> dict[str, str]:
-    """Environment for vLLM: the API key (never on the command line) and CPU defaults the user may override."""
+def cpu_env(api_key: str, kv_cache_gib: int) -> dict[str, str]:
+    """Environment for vLLM: the API key (never on the command line), CPU defaults the user may override, and the
+    cache every local server shares (spectrain.paths.vllm_cache)."""
     env = dict(os.environ)
     env["VLLM_API_KEY"] = api_key
     for variable, value in cpu_settings(kv_cache_gib).items():
         env.setdefault(variable, value)
-    env.setdefault("VLLM_CACHE_ROOT", str(cache_root))
+    env["VLLM_CACHE_ROOT"] = str(paths.vllm_cache())
     return env
 
 

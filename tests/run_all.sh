@@ -4,6 +4,18 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 status=0
+# What the tests build once and share across environments (tests/support/memorised.py): one folder per suite
+# run, removed at its end, so nothing outlives the code that built it.
+if [ -z "${SPECTRAIN_TEST_CACHE:-}" ]; then
+  SPECTRAIN_TEST_CACHE=$(mktemp -d -t spectrain-tests.XXXXXX) && export SPECTRAIN_TEST_CACHE
+  trap 'rm -rf "$SPECTRAIN_TEST_CACHE"' EXIT
+fi
+# The embedded base is converted from its GGUF once per suite, into that folder, and every test reads it there
+# (the end-to-end run that checks a fresh machine's first conversion gives itself an empty cache).
+export SPECTRAIN_MODEL_CACHE="${SPECTRAIN_MODEL_CACHE:-$SPECTRAIN_TEST_CACHE/models}"
+# vLLM's own cache, shared by every server the suite starts as by every server of a user's machine: a start after
+# the first skips inspecting the model classes again (a subprocess per architecture, ~15 s on 2 cores).
+export VLLM_CACHE_ROOT="${VLLM_CACHE_ROOT:-$SPECTRAIN_TEST_CACHE/vllm}"
 # Tests that cross environments call run_step, which finds each environment's Python here.
 for env in serve train orchestrate; do export "SPECTRAIN_PYTHON_${env^^}=$PWD/.venvs/$env/bin/python"; done
 run() {  # run ENV PATHS...

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,9 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
 
 
 @pytest.mark.slow
-def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_cache(tmp_path, monkeypatch):
+def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_cache(
+    tmp_path, monkeypatch, embedded_model
+):
     """Every step in a pod of its own (spectrain/pods.py: network namespaces, a SIMULATION of a Kubernetes node).
 
     The serve step creates its vLLM Deployment through the simulated Kubernetes API, which runs it as a pod of
@@ -137,6 +140,7 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
     from spectrain.testing import mlflow_server, moto_s3
 
     assert pods.unavailable() is None, f"pod boundaries cannot run here: {pods.unavailable()}"
+    shutil.copytree(embedded_model, tmp_path / "pvc" / embedded_model.name)  # the model cache PVC, already filled
     credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     for variable, value in credentials.items():  # for this test's own clients
         monkeypatch.setenv(variable, value)
@@ -184,11 +188,14 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
     (run_dir,) = (tmp_path / "runs").glob("*/pipeline-root/speculative-decoding-*")
     assert "Application startup complete" in (run_dir / "stop-server" / "server_log").read_text()  # its pod's log
 
-    # one model cache for every pod: converted once, by the serve step, onto the "PVC"; no step wrote a home cache
-    assert (tmp_path / "pvc" / "SmolLM2-135M-Instruct" / "config.json").is_file()
+    # one model cache for every pod: the "PVC", holding the converted base before the run (that the first step
+    # converts it on a fresh machine is the test above); a step that looked anywhere else would convert it there
     step_logs = [p for p in logs.glob("*.log") if p.name != "pipeline.log"]  # (pipeline.log holds them all)
+    assert {"serve.log", "regenerate.log", "train-heads-eagle3.log", "evaluate-eagle3.log"} <= {
+        p.name for p in step_logs
+    }
     converted = [p.name for p in step_logs if "converting the embedded" in p.read_text()]
-    assert converted == ["serve.log"], converted
+    assert converted == [], converted
     assert not (tmp_path / "home" / ".cache").exists()
 
     # MLflow and S3 reached at the host's bridge address: the draft in the registry, its files in S3 via the client

@@ -21,6 +21,7 @@ from kubernetes import client
 
 from spectrain import pods
 from spectrain.errors import SpectrainError
+from tests.support.standin import with_standin_vllm
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,8 +251,10 @@ def test_pods_cannot_be_made_without_root_and_say_so(tmp_path, monkeypatch):
 # -- the mistake pod boundaries exist to catch ------------------------------------------------------------
 
 
-def step_in_pod(network: pods.PodNetwork, pod: pods.Pod, env: str, step: str, config: dict, tmp_path):
-    """`spectrain step STEP` in ``pod``, with the Python of the step's environment."""
+def step_in_pod(
+    network: pods.PodNetwork, pod: pods.Pod, env: str, step: str, config: dict, tmp_path, standin_vllm: bool = False
+):
+    """`spectrain step STEP` in ``pod``, with the Python of the step's environment (and the stand-in vLLM)."""
     python = os.environ.get(f"SPECTRAIN_PYTHON_{env.upper()}") or str(ROOT / ".venvs" / env / "bin" / "python")
     path = tmp_path / f"{step}.json"
     path.write_text(json.dumps(config))
@@ -266,18 +269,19 @@ def step_in_pod(network: pods.PodNetwork, pod: pods.Pod, env: str, step: str, co
         "--result",
         str(tmp_path / f"{step}-result.json"),
     ]
+    environment = {**os.environ, **network.env, **pod.env, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")}
     return subprocess.run(
         pod.command(command),
-        env={**os.environ, **network.env, **pod.env, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers")},
+        env=with_standin_vllm(environment) if standin_vllm else environment,
         capture_output=True,
         text=True,
         timeout=900,
     )
 
 
-@pytest.mark.slow
 def test_the_old_local_default_fails_across_pods_with_a_message_that_names_the_cause(network, tmp_path):
-    """serve_mode 'local' (the old compiled default): vLLM on the serve pod's loopback, gone with that pod."""
+    """serve_mode 'local' (the old compiled default): vLLM on the serve pod's loopback, gone with that pod. (The
+    stand-in vLLM: where a server listens is the subject, not what it serves.)"""
     with network.pod("serve-base-model") as serve_pod:
         served = step_in_pod(
             network,
@@ -286,6 +290,7 @@ def test_the_old_local_default_fails_across_pods_with_a_message_that_names_the_c
             "serve",
             {"run_id": "pods", "mode": "local", "max_model_len": 512, "kv_cache_gib": 1},
             tmp_path,
+            standin_vllm=True,
         )
         assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
     endpoint = json.loads((tmp_path / "serve-result.json").read_text())["endpoint"]

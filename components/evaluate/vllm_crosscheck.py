@@ -50,7 +50,7 @@ def run(config: VllmCrosscheckConfig) -> dict:
     arguments = vllm.serve_arguments(
         model_path, port, dtype=config.dtype, extra=["--speculative-config", json.dumps(speculative)]
     )
-    process = vllm.start(arguments, log, vllm.cpu_env(API_KEY, output.parent / "vllm-cache", 1))
+    process = vllm.start(arguments, log, vllm.cpu_env(API_KEY, 1))
     base_url = f"http://127.0.0.1:{port}"
     try:
         vllm.wait_until_ready(f"{base_url}/v1", API_KEY, config.ready_timeout_s, process, log)

