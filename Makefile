@@ -57,7 +57,7 @@ fresh-check:  ## make run, then make test, as a newcomer: a fresh clone, an empt
 test-fast: envs  ## the tests not marked slow (no vLLM server, no end-to-end run): a few minutes
 	bash tests/run_all.sh -m "not slow"
 
-LINTED := spectrain components pipelines bench tests conftest.py
+LINTED := spectrain components pipelines podsim bench tests conftest.py
 lint: $(VENVS)/orchestrate/.installed  ## ruff (lint and format) over the tree, mypy over spectrain/components/pipelines; run by .ci/run
 	$(VENVS)/orchestrate/bin/ruff check $(LINTED)
 	$(VENVS)/orchestrate/bin/ruff format --check $(LINTED)

@@ -86,7 +86,7 @@ def s3_endpoint():
 
     Sets the AWS_* variables boto3 reads for the session and yields the endpoint URL.
     """
-    from spectrain.testing import moto_s3
+    from tests.support.servers import moto_s3
 
     saved = {
         k: os.environ.get(k)

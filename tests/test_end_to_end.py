@@ -127,7 +127,7 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
 def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_cache(
     tmp_path, monkeypatch, embedded_model
 ):
-    """Every step in a pod of its own (spectrain/pods.py: network namespaces, a SIMULATION of a Kubernetes node).
+    """Every step in a pod of its own (podsim/pods.py: network namespaces, a SIMULATION of a Kubernetes node).
 
     The serve step creates its vLLM Deployment through the simulated Kubernetes API, which runs it as a pod of
     its own; regenerate reaches it by its Service name. MLflow (`--no-serve-artifacts`, as manifests/mlflow
@@ -136,8 +136,8 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
     """
     import boto3
 
-    from spectrain import pods
-    from spectrain.testing import mlflow_server, moto_s3
+    from podsim import pods
+    from tests.support.servers import mlflow_server, moto_s3
 
     assert pods.unavailable() is None, f"pod boundaries cannot run here: {pods.unavailable()}"
     shutil.copytree(embedded_model, tmp_path / "pvc" / embedded_model.name)  # the model cache PVC, already filled
@@ -157,11 +157,12 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
                 if not k.startswith(("MLFLOW_", "HF_", "XDG_", "VLLM_", "TRANSFORMERS_", "AWS_", "SPECTRAIN_MODEL"))
             }
             result = subprocess.run(
-                [sys.executable, "-m", "spectrain", "run", "--pod-boundaries", "--workdir", str(tmp_path)]
+                [sys.executable, "-m", "podsim", "run", "--workdir", str(tmp_path)]
                 + [*TINY, "--modes", "eagle3", "--checkpoint-root", "s3://e2e/checkpoints/"],
                 capture_output=True,
                 text=True,
                 timeout=1500,
+                cwd=Path(__file__).resolve().parents[1],  # podsim runs from the project's checkout
                 env={
                     **env,
                     **credentials,

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,15 +87,16 @@ def spectrain_namespaces() -> list[str]:
 
 @pytest.mark.slow
 def test_ctrl_c_with_pod_boundaries_stops_the_vllm_pod_and_removes_every_namespace(tmp_path):
-    from spectrain import pods
+    from podsim import pods
 
     assert pods.unavailable() is None, f"pod boundaries cannot run here: {pods.unavailable()}"
     run = subprocess.Popen(
-        [sys.executable, "-m", "spectrain", "run", "--pod-boundaries", "--workdir", str(tmp_path), *TINY],
+        [sys.executable, "-m", "podsim", "run", "--workdir", str(tmp_path), *TINY],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=Path(__file__).resolve().parents[1],  # podsim runs from the project's checkout
         start_new_session=True,
     )
     try:

@@ -2,6 +2,7 @@
 
 import ast
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,18 @@ def test_components_import_no_heavy_step_code_at_module_level():
             if isinstance(n, (ast.Import, ast.ImportFrom))
         }
         assert top_level <= {"kfp", "kfp.dsl", "spectrain", "typing"}, (path, top_level)
+
+
+def test_the_product_imports_neither_its_test_rig_nor_the_pod_simulation():
+    """Test servers and fakes live in tests/support/, the pod simulation in podsim/ (a development tool run from
+    the checkout); the packages the images install (pyproject's packages) import neither, and ship neither."""
+    for folder in ("spectrain", "components", "pipelines"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if "tests" not in path.parts:
+                for module in imported_modules(path):
+                    assert module.split(".")[0] not in ("tests", "podsim"), f"{path.relative_to(ROOT)} imports {module}"
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert packages["include"] == ["spectrain*", "components*", "pipelines*"]
 
 
 APPLICATION = {"spectrain.cli", "spectrain.local", "spectrain.__main__"}  # the `spectrain` command

@@ -1,4 +1,4 @@
-"""Pod boundaries on one machine (spectrain/pods.py, a SIMULATION of a Kubernetes node with network namespaces).
+"""Pod boundaries on one machine (podsim/pods.py, a SIMULATION of a Kubernetes node with network namespaces).
 
 These tests need root and `ip netns`: where namespaces cannot be made they FAIL, saying so, rather than skip,
 because the end-to-end pod-boundary run depends on them.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from spectrain import pods
+from podsim import pods
 from spectrain.errors import SpectrainError
 from tests.support.standin import with_standin_vllm
 
@@ -133,7 +133,7 @@ def test_a_pod_has_its_own_scratch_and_the_model_cache_at_models_and_ends_its_pr
 
 
 def test_kfp_local_still_starts_every_task_through_the_function_pods_replace():
-    """spectrain.pods.kfp_tasks_in_pods swaps kfp.local's one place where a task's command starts (kfp 2.17)."""
+    """podsim.pods.kfp_tasks_in_pods swaps kfp.local's one place where a task's command starts (kfp 2.17)."""
     from kfp.local import subprocess_task_handler as handler
 
     assert "return_code = run_local_subprocess(" in inspect.getsource(handler.SubprocessTaskHandler.run)
@@ -245,7 +245,7 @@ def test_pods_cannot_be_made_without_root_and_say_so(tmp_path, monkeypatch):
     monkeypatch.setattr(pods.os, "geteuid", lambda: 1000)
     with pytest.raises(SpectrainError, match="network namespaces need root") as caught:
         pods.PodNetwork(tmp_path, pvc=tmp_path / "pvc").__enter__()
-    assert caught.value.where == "--pod-boundaries"
+    assert caught.value.where == "python -m podsim run"
 
 
 # -- the mistake pod boundaries exist to catch ------------------------------------------------------------

@@ -7,6 +7,7 @@ vLLM started); the rules themselves are called directly.
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -72,12 +73,18 @@ def test_spectrain_run_serves_locally_whatever_the_preset():
     assert "--serve-mode = 'local' starts vLLM" in parameters.cluster_problems({"serve_mode": "local"})[0]
 
 
-def test_with_pod_boundaries_local_serving_is_refused_before_anything_starts(tmp_path):
+def test_in_podsims_pods_local_serving_is_refused_before_anything_starts(tmp_path):
     """In pods the cluster default holds; asking for 'local' there is the mistake the boundaries exist to catch
     (tests/test_pods.py shows it would fail on its own: regenerate finds no server)."""
-    result = spectrain("run", "--pod-boundaries", "--workdir", str(tmp_path), "--serve-mode", "local")
+    result = subprocess.run(
+        [sys.executable, "-m", "podsim", "run", "--workdir", str(tmp_path), "--serve-mode", "local"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],  # podsim runs from the project's checkout
+    )
     assert result.returncode == 2, result.stderr
-    assert "spectrain run --pod-boundaries: --serve-mode = 'local' starts vLLM" in result.stderr
+    assert "python -m podsim run: --serve-mode = 'local' starts vLLM" in result.stderr
     assert "drop --serve-mode" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
 

@@ -229,7 +229,7 @@ def test_readings_across_a_restart_and_a_drop_start_exactly_one_retraining_with_
 def test_through_a_real_prometheus_a_restart_is_a_reset_and_the_drop_is_seen(registry, tmp_path):
     """The same counters read through a Prometheus server's query API: it scrapes the replicas every second and
     the watch asks it for the window's increase (its own reset handling across the restart)."""
-    from spectrain.testing import prometheus_server
+    from tests.support.servers import prometheus_server
 
     uri, client, experiment = registry
     register_champion(client, experiment, "nightly", tau=1.5)

@@ -103,7 +103,7 @@ def memorised_draft(mode: str, fallback_cache: Path) -> Memorised:
 
 def greedy_replies(root: Path) -> Path:
     """The base's greedy replies to PROMPTS (in torch, by the train environment: no server), shared by every mode."""
-    from spectrain.testing import write_greedy_replies
+    from tests.support.servers import write_greedy_replies
 
     path = root / f"replies-{digest({'prompts': PROMPTS, 'tokens': REPLY_TOKENS})}.jsonl"
     with locked(root / f".{path.name}.lock"):

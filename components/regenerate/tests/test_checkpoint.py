@@ -1,7 +1,7 @@
 """checkpoint_uri: finished conversations survive the loss of the step's disk (a KFP retry is a new pod).
 
 S3 is a real HTTP endpoint on loopback (moto server); the chat endpoint is the stand-in that can fail
-on cue (spectrain.testing.FlakyServer), because the point is what happens around failures.
+on cue (tests/support/servers.py FlakyServer), because the point is what happens around failures.
 """
 
 import json
@@ -14,7 +14,7 @@ from components.regenerate.regenerate import run
 from spectrain import config as configs
 from spectrain import s3
 from spectrain.errors import SpectrainError
-from spectrain.testing import FlakyServer
+from tests.support.servers import FlakyServer
 
 PROMPTS = [f"p{i}" for i in range(10)]
 

@@ -11,7 +11,7 @@ import pytest
 from components.regenerate.config import RegenerateConfig
 from components.regenerate.regenerate import run
 from spectrain.errors import SpectrainError
-from spectrain.testing import FlakyServer
+from tests.support.servers import FlakyServer
 
 
 @pytest.fixture

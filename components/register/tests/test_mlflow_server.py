@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from components.register.config import RegisterConfig
 from components.register.register import run
 from components.register.tests.test_register import results
-from spectrain.testing import mlflow_server as mlflow_server_process
+from tests.support.servers import mlflow_server as mlflow_server_process
 
 
 MANIFEST = Path(__file__).resolve().parents[3] / "manifests" / "mlflow" / "mlflow.yaml"

@@ -1,4 +1,4 @@
-"""Cluster serve mode against a FAKE Kubernetes API server over real HTTP (spectrain/fake_kube.py).
+"""Cluster serve mode against a FAKE Kubernetes API server over real HTTP (podsim/fake_kube.py).
 
 What is verified: the requests the official client sends (manifests, selectors, deletions) and how the
 step reacts to the states the fake reports. What is not: a real API server, scheduler or kubelet, the
@@ -16,7 +16,7 @@ from kubernetes import client
 
 from components.serve import cluster, server
 from components.serve.config import ServeConfig, StopServerConfig
-from spectrain.fake_kube import FakeKube
+from podsim.fake_kube import FakeKube
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from podsim.fake_kube import send_json  # (started in the project's root, as spectrain starts vLLM)
+
 REPLY = "A stand-in reply."
 
 
@@ -30,12 +32,7 @@ def handler(name: str, max_model_len: int, api_key: str) -> type[BaseHTTPRequest
             print(f"{self.command} {self.path} -> {args[1] if len(args) > 1 else ''}", flush=True)
 
         def answer(self, status: int, body: dict | str) -> None:
-            data = (body if isinstance(body, str) else json.dumps(body)).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, body)
 
         def authorised(self) -> bool:
             if self.headers.get("Authorization") == f"Bearer {api_key}" or not api_key:

@@ -1,4 +1,4 @@
-"""Pod boundaries on one machine (`spectrain run --pod-boundaries`): every step runs as a Kubernetes pod would.
+"""Pod boundaries on one machine (`python -m podsim run`): every step runs as a Kubernetes pod would.
 
 A SIMULATION of one Kubernetes node, built from Linux network namespaces (`ip netns`; root only), so that a
 pipeline that only works because its steps share a machine fails here, not first on a cluster:
@@ -13,7 +13,7 @@ pipeline that only works because its steps share a machine fails here, not first
   is created on this machine if it is missing, and stays empty there.
 - When the task returns, every process left in its namespace is stopped and the namespace deleted: a server
   a step starts and leaves running ends with the step, as it would with its pod.
-- SimulatedCluster (serve_mode 'cluster'): the Kubernetes API is spectrain.fake_kube's server on
+- SimulatedCluster (serve_mode 'cluster'): the Kubernetes API is podsim.fake_kube's server on
   HOST_ADDRESS, which here also runs each Deployment's container command as a pod of its own (the image's
   environment is the virtualenv of its family, .venvs/<family>), marks a replica ready when its readiness
   probe answers, and resolves a Service's DNS names to its pods' addresses through every pod's /etc/hosts
@@ -64,13 +64,13 @@ def _ip(*args: str) -> str:
     if completed.returncode != 0:
         raise SpectrainError(
             f"`ip {' '.join(args)}` failed: {completed.stderr.strip()}",
-            where="--pod-boundaries",
+            where="python -m podsim run",
             fix="pod boundaries need root and iproute2 with network namespace support (`ip netns add` must work)",
         )
     return completed.stdout
 
 
-NEEDS = "run as root on Linux with iproute2, or without --pod-boundaries"
+NEEDS = "run as root on Linux with iproute2, or use spectrain run (steps side by side on this machine)"
 
 
 def unavailable() -> str | None:
@@ -174,7 +174,7 @@ class PodNetwork:
 
     def __enter__(self) -> PodNetwork:
         if problem := unavailable():
-            raise SpectrainError(f"cannot create pods: {problem}", where="--pod-boundaries", fix=NEEDS)
+            raise SpectrainError(f"cannot create pods: {problem}", where="python -m podsim run", fix=NEEDS)
         self.pvc.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         Path(paths.PVC_MODEL_CACHE).mkdir(exist_ok=True)  # the mount point; pods mount the PVC over it
@@ -214,7 +214,7 @@ class PodNetwork:
             taken = {lease.name for lease in leases.iterdir()} | {HOST_ADDRESS}
             address = next((str(a) for a in NETWORK.hosts() if str(a) not in taken), None)
             if address is None:
-                raise SpectrainError(f"no free pod address left in {NETWORK}", where="--pod-boundaries")
+                raise SpectrainError(f"no free pod address left in {NETWORK}", where="python -m podsim run")
             pod = Pod(self, re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "pod", address)
             (leases / address).write_text(pod.netns)
         with self._lock:
@@ -296,7 +296,7 @@ def kfp_tasks_in_pods(network: PodNetwork) -> Iterator[None]:
 
 
 class SimulatedCluster:
-    """A Kubernetes API (spectrain.fake_kube) whose Deployments run as pods of ``network`` (see the module doc).
+    """A Kubernetes API (podsim.fake_kube) whose Deployments run as pods of ``network`` (see the module doc).
 
     ``image_path(image)``: the PATH standing in for a container image (its family's virtualenv).
     """
@@ -304,7 +304,7 @@ class SimulatedCluster:
     def __init__(
         self, network: PodNetwork, image_path: Callable[[str], str], api_key: str = "", node_env: dict | None = None
     ) -> None:
-        from spectrain.fake_kube import FakeKube
+        from podsim.fake_kube import FakeKube
 
         self.network, self.image_path = network, image_path
         self.node_env = dict(node_env or {})  # what this machine, as the node, gives every container
@@ -470,7 +470,7 @@ class SimulatedCluster:
 
     def _refresh_names(self) -> None:
         """Every Service's DNS names -> the address of its first running pod (a headless Service)."""
-        from spectrain.fake_kube import matches
+        from podsim.fake_kube import matches
 
         names: dict[str, str] = {}
         with self.api._lock:

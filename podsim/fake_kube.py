@@ -1,4 +1,4 @@
-"""A FAKE Kubernetes API server: for the cluster serve mode's tests, and the API of spectrain.pods' simulation.
+"""A FAKE Kubernetes API server: the API of the pod simulation (podsim.pods), and the cluster serve mode's tests'.
 
 It stands in for a Kubernetes API that cannot run here: real HTTP (stdlib http.server on 127.0.0.1 or the
 address given, a free port, a thread), so the official `kubernetes` client does its real serialization, URL building and error
@@ -11,7 +11,7 @@ It implements only what components/serve/cluster.py calls, namespaced:
 Lists honour `labelSelector` (k=v, k==v, k!=v, k, !k; comma = and) and `fieldSelector`
 (involvedObject.name=..., metadata.name=...). Objects live in memory; every request is recorded.
 Nothing runs pods here: a test seeds them with add_pod() and marks Deployments ready with mark_ready();
-spectrain.pods.SimulatedCluster runs them through the hooks (on_deployment_created, on_service_created,
+podsim.pods.SimulatedCluster runs them through the hooks (on_deployment_created, on_service_created,
 on_deleted) and pod_log(). Deleting a Deployment also deletes pods carrying its selector's labels (what
 garbage collection would do).
 """
@@ -24,13 +24,13 @@ import json
 import re
 import threading
 import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 from kubernetes import client
 
-from spectrain.testing import Request, send_json
 
 PATH = re.compile(
     r"^/(?:api/v1|apis/apps/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>deployments|services|pods|events)"
@@ -38,6 +38,28 @@ PATH = re.compile(
 )
 GROUP_OF = {"deployments": "/apis/apps/v1", "services": "/api/v1", "pods": "/api/v1", "events": "/api/v1"}
 KIND_OF = {"deployments": "Deployment", "services": "Service", "pods": "Pod", "events": "Event"}
+
+
+@dataclass
+class Request:
+    """One request as a stand-in API server received it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    authorization: str | None = None
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+    """Answer with ``payload`` as JSON (a str goes out as text/plain)."""
+    text = isinstance(payload, str)
+    data = payload.encode() if text else json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "text/plain" if text else "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 def matches(selector: str, labels: dict[str, str]) -> bool:

@@ -1,5 +1,5 @@
-"""Helpers for the servers tests run: stand-ins (fake KFP and Kubernetes APIs, flaky endpoints) and real ones
-(moto's S3 server, `mlflow server`), started the same way by every test that needs them."""
+"""The servers tests run: a flaky stand-in OpenAI endpoint, and real ones (moto's S3 server, `mlflow server`,
+Prometheus), started the same way by every test that needs them; and the base's greedy replies as a dataset."""
 
 from __future__ import annotations
 
@@ -13,34 +13,11 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
+from podsim.fake_kube import send_json
 from spectrain.vllm import free_port
-
-
-@dataclass
-class Request:
-    """One request as a stand-in API server received it."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    authorization: str | None = None
-
-
-def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
-    """Answer with ``payload`` as JSON (a str goes out as text/plain)."""
-    text = isinstance(payload, str)
-    data = payload.encode() if text else json.dumps(payload).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "text/plain" if text else "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
 
 
 REPLY = {
