@@ -24,12 +24,13 @@ import json
 import re
 import threading
 import uuid
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 from kubernetes import client
+
+from podsim.http import Request, send_json
 
 
 PATH = re.compile(
@@ -38,28 +39,6 @@ PATH = re.compile(
 )
 GROUP_OF = {"deployments": "/apis/apps/v1", "services": "/api/v1", "pods": "/api/v1", "events": "/api/v1"}
 KIND_OF = {"deployments": "Deployment", "services": "Service", "pods": "Pod", "events": "Event"}
-
-
-@dataclass
-class Request:
-    """One request as a stand-in API server received it."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Any
-    authorization: str | None = None
-
-
-def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
-    """Answer with ``payload`` as JSON (a str goes out as text/plain)."""
-    text = isinstance(payload, str)
-    data = payload.encode() if text else json.dumps(payload).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "text/plain" if text else "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
 
 
 def matches(selector: str, labels: dict[str, str]) -> bool:

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from podsim.fake_kube import Request, send_json
+from podsim.http import Request, send_json
 
 API = "/apis/v2beta1"
 COLLECTIONS = {"experiments": "experiment_id", "runs": "run_id", "recurringruns": "recurring_run_id"}

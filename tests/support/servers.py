@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from podsim.fake_kube import send_json
+from podsim.http import send_json
 from spectrain.vllm import free_port
 
 

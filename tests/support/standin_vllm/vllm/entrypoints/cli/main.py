@@ -9,7 +9,7 @@ import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from podsim.fake_kube import send_json  # (started in the project's root, as spectrain starts vLLM)
+from podsim.http import send_json  # (started in the project's root, as spectrain starts vLLM)
 
 REPLY = "A stand-in reply."
 
