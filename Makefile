@@ -57,11 +57,11 @@ fresh-check:  ## make run, then make test, as a newcomer: a fresh clone, an empt
 test-fast: envs  ## the tests not marked slow (no vLLM server, no end-to-end run): a few minutes
 	bash tests/run_all.sh -m "not slow"
 
-LINTED := spectrain components pipelines podsim bench tests conftest.py
-lint: $(VENVS)/orchestrate/.installed  ## ruff (lint and format) over the tree, mypy over spectrain/components/pipelines; run by .ci/run
+LINTED := spectrain components pipelines operations cli podsim bench tests conftest.py
+lint: $(VENVS)/orchestrate/.installed  ## ruff (lint and format) over the tree, mypy over the product and podsim (scripts/typecheck.sh); run by .ci/run
 	$(VENVS)/orchestrate/bin/ruff check $(LINTED)
 	$(VENVS)/orchestrate/bin/ruff format --check $(LINTED)
-	$(VENVS)/orchestrate/bin/mypy
+	scripts/typecheck.sh $(VENVS)/orchestrate/bin/mypy
 
 format: $(VENVS)/orchestrate/.installed  ## apply ruff's fixes and formatting
 	$(VENVS)/orchestrate/bin/ruff check --fix $(LINTED)

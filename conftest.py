@@ -11,8 +11,8 @@ import pytest
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory):
     """One real `vllm serve` process for the session; stopped (and checked stopped) at the end."""
-    from components.serve.config import ServeConfig, StopServerConfig
-    from components.serve.server import run, stop
+    from spectrain.components.serve.config import ServeConfig, StopServerConfig
+    from spectrain.components.serve.server import run, stop
 
     os.environ["SPECTRAIN_STATE_DIR"] = str(tmp_path_factory.mktemp("servers"))
     info = run(ServeConfig(run_id="pytest", api_key="test-key", max_model_len=1024, kv_cache_gib=1))
@@ -53,8 +53,8 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory, tiny_data):
     """Real modelopt checkpoints of the embedded model after two training steps: mode -> (dir, result)."""
-    from components.train_heads.config import TrainHeadsConfig
-    from components.train_heads.train import run
+    from spectrain.components.train_heads.config import TrainHeadsConfig
+    from spectrain.components.train_heads.train import run
 
     checkpoints = {}
     for mode, extra in (

@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import heads  # noqa: E402  (bench/heads.py: the regenerated training data)
 import results  # noqa: E402
 from spectrain.steps import run_step  # noqa: E402
+from spectrain.components.evaluate import EVALUATE  # noqa: E402
+from spectrain.components.train_heads import TRAIN_HEADS  # noqa: E402
 
 # The recipe before the ablation: a 4096-token draft vocabulary with a randomly initialised lm_head.
 # Every setting a row may change is pinned here, so the reference stays what it was when defaults move.
@@ -144,7 +146,7 @@ def measure(name: str, settings: dict, data: Path, args, workdir: Path) -> dict:
     checkpoint = workdir / "ablation" / name
     train_settings = {k: v for k, v in settings.items() if k != "synthesize"}  # that one shapes the data
     trained = run_step(
-        "train-heads",
+        TRAIN_HEADS,
         {
             "data": str(data),
             "output_dir": str(checkpoint),
@@ -155,7 +157,7 @@ def measure(name: str, settings: dict, data: Path, args, workdir: Path) -> dict:
         },
     )
     evaluated = run_step(
-        "evaluate",
+        EVALUATE,
         {
             "checkpoint": trained["checkpoint"],
             "mode": settings["mode"],

@@ -136,8 +136,8 @@ def stage(name: str, work, device: str) -> dict:
 
 
 def train(mode: str, base_dir: Path, output: Path, steps: int, tiny: bool) -> dict:
-    from components.train_heads.config import TrainHeadsConfig
-    from components.train_heads.train import run
+    from spectrain.components.train_heads.config import TrainHeadsConfig
+    from spectrain.components.train_heads.train import run
     from spectrain.data import embedded_path
 
     result = run(
@@ -167,8 +167,8 @@ def train(mode: str, base_dir: Path, output: Path, steps: int, tiny: bool) -> di
 
 
 def evaluate(checkpoint: Path, base_dir: Path, output: Path, tiny: bool) -> dict:
-    from components.evaluate.acceptance import run
-    from components.evaluate.config import EvaluateConfig
+    from spectrain.components.evaluate.acceptance import run
+    from spectrain.components.evaluate.config import EvaluateConfig
 
     result = run(
         EvaluateConfig(

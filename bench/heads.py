@@ -31,6 +31,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import results  # noqa: E402  (bench/results.py: figures as JSON under bench/results/)
 from spectrain.steps import ENVIRONMENTS, run_step  # noqa: E402
+from spectrain.components.evaluate import EVALUATE  # noqa: E402
+from spectrain.components.regenerate import REGENERATE  # noqa: E402
+from spectrain.components.serve import SERVE, STOP_SERVER  # noqa: E402
+from spectrain.components.train_heads import TRAIN_HEADS  # noqa: E402
 
 TARGETS = {"eagle3": 1.9, "medusa": 1.5}
 MODE_SETTINGS = {"eagle3": {"draft_vocab_size": 4096}, "medusa": {"medusa_num_heads": 3}, "dflash": {}}
@@ -72,10 +76,10 @@ def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, di
             earlier = plain_result.get("data_seconds", plain_result.get("seconds", 0.0))
     started = time.monotonic()
     os.environ["SPECTRAIN_STATE_DIR"] = str(workdir / "servers")
-    server = run_step("serve", {"run_id": "bench-heads", "max_model_len": 2048})
+    server = run_step(SERVE, {"run_id": "bench-heads", "max_model_len": 2048})
     try:
         result = run_step(
-            "regenerate",
+            REGENERATE,
             {
                 "endpoint": server["endpoint"],
                 "output": str(output),
@@ -86,7 +90,7 @@ def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, di
             },
         )
     finally:
-        run_step("stop-server", {"run_id": "bench-heads"})
+        run_step(STOP_SERVER, {"run_id": "bench-heads"})
     # Everything the data cost, serving start-up included: it counts against each mode's budget.
     result["data_seconds"] = earlier + time.monotonic() - started
     done.write_text(json.dumps(result))
@@ -96,7 +100,7 @@ def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, di
 def train(data: Path, output: Path, spec: str, **settings) -> dict:
     mode, mode_settings = mode_and_settings(spec)
     return run_step(
-        "train-heads",
+        TRAIN_HEADS,
         {
             "data": str(data),
             "output_dir": str(output),
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup_steps=20,
         )
         evaluated = run_step(
-            "evaluate",
+            EVALUATE,
             {
                 "checkpoint": trained["checkpoint"],
                 "mode": mode,
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.vicuna:
             rows[spec]["vicuna"] = run_step(
-                "evaluate",
+                EVALUATE,
                 {
                     "checkpoint": trained["checkpoint"],
                     "mode": mode,

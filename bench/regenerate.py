@@ -31,6 +31,8 @@ from heads import use_local_envs  # noqa: E402
 
 from spectrain.data import embedded_path, read_conversations  # noqa: E402
 from spectrain.steps import python_for, run_step  # noqa: E402
+from spectrain.components.regenerate import REGENERATE  # noqa: E402
+from spectrain.components.serve import SERVE, STOP_SERVER  # noqa: E402
 
 API_KEY = "bench-key"
 
@@ -51,7 +53,7 @@ def ours(server: dict, data: Path, workdir: Path, concurrency: int, max_tokens: 
     output = workdir / f"ours-{concurrency}.jsonl"
     output.unlink(missing_ok=True)
     result = run_step(
-        "regenerate",
+        REGENERATE,
         {
             "endpoint": server["endpoint"],
             "api_key": API_KEY,
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = resolve_base_model("embedded")
     started = time.monotonic()
     server = run_step(
-        "serve", {"run_id": "bench-regenerate", "api_key": API_KEY, "max_model_len": 2048, "kv_cache_gib": 2}
+        SERVE, {"run_id": "bench-regenerate", "api_key": API_KEY, "max_model_len": 2048, "kv_cache_gib": 2}
     )
     rows = []
     try:
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     finally:
-        run_step("stop-server", {"run_id": "bench-regenerate"})
+        run_step(STOP_SERVER, {"run_id": "bench-regenerate"})
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "argv": sys.argv[1:],

@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import heads  # noqa: E402
 import results  # noqa: E402
 from spectrain.steps import run_step  # noqa: E402
+from spectrain.components.regenerate import REGENERATE  # noqa: E402
+from spectrain.components.serve import SERVE, STOP_SERVER  # noqa: E402
 
 CONVERSATIONS, MAX_TOKENS = 120, 128
 
@@ -64,13 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     for index, (dtype, eager) in enumerate(server_settings(args.servers)):
         run_id = f"regen-{index}"
         started = time.monotonic()
-        server = run_step("serve", {"run_id": run_id, "max_model_len": 2048, "dtype": dtype, "enforce_eager": eager})
+        server = run_step(SERVE, {"run_id": run_id, "max_model_len": 2048, "dtype": dtype, "enforce_eager": eager})
         startup = time.monotonic() - started
         try:
             for concurrency in levels if index == 0 else levels[:1]:
                 out = work / f"{run_id}-c{concurrency}.jsonl"
                 r = run_step(
-                    "regenerate",
+                    REGENERATE,
                     {
                         "endpoint": server["endpoint"],
                         "output": str(out),
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if index == 0 and args.synthesize:
                 r = run_step(
-                    "regenerate",
+                    REGENERATE,
                     {
                         "endpoint": server["endpoint"],
                         "output": str(work / "synth.jsonl"),
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     **{k: r[k] for k in ("done", "discarded", "output_tokens", "seconds")},
                 }
         finally:
-            run_step("stop-server", {"run_id": run_id})
+            run_step(STOP_SERVER, {"run_id": run_id})
     path = results.write(
         "regenerate-concurrency",
         "python bench/regenerate_concurrency.py " + " ".join(sys.argv[1:] if argv is None else argv),

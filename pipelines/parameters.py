@@ -7,17 +7,18 @@ impossible value is reported within seconds, naming the parameter, instead of af
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
-from components.evaluate.config import EvaluateConfig
-from components.export.config import ExportConfig
-from components.regenerate.config import RegenerateConfig
-from components.register.config import RegisterConfig
-from components.serve.config import ServeConfig
-from components.train_heads.config import TrainHeadsConfig
+from spectrain.components.evaluate.config import EvaluateConfig
+from spectrain.components.export.config import ExportConfig
+from spectrain.components.regenerate.config import RegenerateConfig
+from spectrain.components.register.config import RegisterConfig
+from spectrain.components.serve.config import ServeConfig
+from spectrain.components.train_heads.config import TrainHeadsConfig
 from spectrain import checks
 from spectrain.config import check_of, coerce, default_of, field_type, help_of, rule_problem
-from spectrain.drafts import MODES, RETIRED_MODES
+from spectrain.drafts import MODES, RETIRED_MODES, max_draft_tokens, too_many_draft_tokens
 from spectrain.errors import SpectrainError
 
 # pipeline parameter -> the step config field it becomes (its type and rule apply to the parameter too)
@@ -79,7 +80,7 @@ SHARED = {
 # Where the pipeline's default differs from the field it feeds, and why. A serve step run alone defaults to
 # 'local' (vLLM as a process next to it); in the pipeline each step is a pod that ends with the step, so the
 # server must live outside the serve step: its own Deployment + Service. `spectrain run` (kfp.local, every
-# step on one machine) asks for 'local' itself (spectrain/local.py).
+# step on one machine) asks for 'local' itself (cli/local.py).
 PIPELINE_DEFAULTS: dict[str, Any] = {"serve_mode": "cluster"}
 # Serving modes that cannot work when every step is its own pod.
 SINGLE_MACHINE_SERVE_MODES = {
@@ -129,7 +130,7 @@ def cluster_problems(arguments: dict[str, Any], label=flag) -> list[str]:
 def validate(arguments: dict[str, Any], parameters: dict[str, dict], where: str, label=flag) -> dict[str, Any]:
     """``arguments`` coerced to each parameter's type and checked against its rule; every problem in one error.
 
-    ``parameters``: name -> {"type": python type, "default": ..} (spectrain.local.pipeline_parameters).
+    ``parameters``: name -> {"type": python type, "default": ..} (spectrain.cli.local.pipeline_parameters).
     ``label`` names a parameter in messages (a flag on the command line, the key in a params file).
     Returns the coerced arguments.
     """
@@ -210,26 +211,22 @@ def _cross_problems(arguments: dict[str, Any], label) -> list[str]:
             f"of a running server, e.g. http://vllm.example:8000/v1"
         )
     modes, k, options = arguments.get("modes"), arguments.get("num_draft_tokens"), arguments.get("train_options")
-    if isinstance(modes, list) and "medusa" in modes and isinstance(k, int):
-        heads = (options if isinstance(options, dict) else {}).get(
-            "medusa_num_heads", TrainHeadsConfig().medusa_num_heads
-        )
-        if isinstance(heads, int) and k > heads:
+    defaults = TrainHeadsConfig()
+    trained = {"medusa_num_heads": defaults.medusa_num_heads, "dflash_block_size": defaults.dflash_block_size}
+    trained |= {
+        name: value for name, value in (options if isinstance(options, dict) else {}).items() if isinstance(value, int)
+    }
+    for mode in modes if isinstance(modes, list) and isinstance(k, int) else []:
+        problem = too_many_draft_tokens(mode, trained, k)
+        if problem:
+            reason, setting = problem
             problems.append(
-                f"{label('num_draft_tokens')} = {k} is more than the {heads} Medusa heads trained (one "
-                f"draft token per head): expected at most {heads}, or train more heads with "
-                f"{label('train_options')} '{{\"medusa_num_heads\": {k}}}'"
+                f"{label('num_draft_tokens')} = {k}, but {reason}: expected at most "
+                f"{max_draft_tokens(mode, trained)}, or {label('train_options')} '{json.dumps(setting)}'"
             )
     if isinstance(modes, list) and "dflash" in modes:
-        block = (options if isinstance(options, dict) else {}).get(
-            "dflash_block_size", TrainHeadsConfig().dflash_block_size
-        )
+        block = trained["dflash_block_size"]
         length = arguments.get("train_max_length")
-        if isinstance(block, int) and isinstance(k, int) and k > block - 1:
-            problems.append(
-                f"{label('num_draft_tokens')} = {k}, but a DFlash block of {block} drafts {block - 1} tokens: "
-                f"expected at most {block - 1}, or {label('train_options')} '{{\"dflash_block_size\": {k + 1}}}'"
-            )
         if isinstance(block, int) and block > 0 and isinstance(length, int) and length % block:
             problems.append(
                 f"{label('train_max_length')} = {length} is not a multiple of the DFlash block size {block}: "

@@ -8,15 +8,15 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components.evaluate.component import evaluate, vllm_crosscheck
-from components.export.component import build_trtllm_engine, export
-from components.regenerate.component import regenerate
-from components.register.component import register
-from components.serve.component import serve_base_model, stop_server
-from components.train_heads.component import train_heads
-from pipelines.parameters import default
-from pipelines.settings import CompileSettings
-from pipelines.summary import summarize
+from spectrain.components.evaluate.component import evaluate, vllm_crosscheck
+from spectrain.components.export.component import build_trtllm_engine, export
+from spectrain.components.regenerate.component import regenerate
+from spectrain.components.register.component import register
+from spectrain.components.serve.component import serve_base_model, stop_server
+from spectrain.components.train_heads.component import train_heads
+from spectrain.pipelines.parameters import default
+from spectrain.pipelines.settings import CompileSettings
+from spectrain.pipelines.summary import summarize
 from spectrain import devices, images, paths, secrets
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER

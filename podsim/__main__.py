@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from podsim import pods
-from spectrain import cli, local, paths, vllm
+from spectrain import cli, paths, vllm
+from spectrain.cli import local
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
 

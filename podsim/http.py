@@ -1,6 +1,6 @@
 """The plumbing of a stand-in JSON API served from a thread: the request it records and its JSON answer. The
 simulated Kubernetes API uses it, and so do the tests' stand-ins (tests/support/servers.py, the stand-in vLLM,
-pipelines/tests/fake_kfp.py): standard library only, so that every environment can import it."""
+tests/support/fake_kfp.py): standard library only, so that every environment can import it."""
 
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from spectrain.errors import SpectrainError
 
@@ -18,6 +20,29 @@ RETIRED_MODES = {
 TRAIN_RESULT = "train_result.json"  # what train_heads writes next to the checkpoint: mode, heads, steps, losses
 # What export writes into a draft directory: vLLM's --speculative-config with the measured k, less the draft's path.
 SERVING_CONFIG = "vllm_speculative_config.json"
+
+
+def max_draft_tokens(mode: str, trained: Mapping[str, Any]) -> int | None:
+    """The most tokens a draft proposes per step, from how it was trained (``medusa_num_heads``,
+    ``dflash_block_size``): a Medusa head drafts one token; a DFlash block holds the token the base just emitted and
+    block_size - 1 drafts; an EAGLE chain has no limit of its own (None), nor a draft whose setting is unknown."""
+    if mode == "medusa":
+        return trained.get("medusa_num_heads") or None
+    if mode == "dflash":
+        block = trained.get("dflash_block_size")
+        return block - 1 if block else None
+    return None
+
+
+def too_many_draft_tokens(mode: str, trained: Mapping[str, Any], k: int) -> tuple[str, dict[str, int]] | None:
+    """None when a draft trained so proposes ``k`` tokens per step; else why not, and the training setting that
+    would let it (what train_options or train_heads take)."""
+    limit = max_draft_tokens(mode, trained)
+    if limit is None or k <= limit:
+        return None
+    if mode == "medusa":
+        return f"{limit} Medusa heads draft {limit} tokens (one each)", {"medusa_num_heads": k}
+    return f"a DFlash block of {limit + 1} drafts {limit} tokens", {"dflash_block_size": k + 1}
 
 
 def vllm_speculative_config(draft_dir: str | Path) -> dict:
@@ -50,20 +75,11 @@ def check_draft_checkpoint(checkpoint: str, mode: str, step: str, num_draft_toke
             where=f"{step}.mode",
             fix=f"pass --mode {trained['mode']}, or the checkpoint of a {mode} draft",
         )
-    block = trained.get("dflash_block_size")
-    if mode == "dflash" and block and num_draft_tokens is not None and num_draft_tokens > block - 1:
+    problem = too_many_draft_tokens(mode, trained, num_draft_tokens) if num_draft_tokens is not None else None
+    if problem:
+        reason, setting = problem
         raise SpectrainError(
-            f"num_draft_tokens = {num_draft_tokens}, but the DFlash draft in {checkpoint} proposes {block - 1} "
-            f"tokens per block (dflash_block_size {block})",
+            f"num_draft_tokens = {num_draft_tokens}, but in the draft of {checkpoint} {reason}",
             where=f"{step}.num_draft_tokens",
-            fix=f"use at most {block - 1}, or train with a larger dflash_block_size",
-        )
-    heads = trained.get("medusa_num_heads")
-    if mode == "medusa" and heads and num_draft_tokens is not None and num_draft_tokens > heads:
-        raise SpectrainError(
-            f"num_draft_tokens = {num_draft_tokens}, but the draft in {checkpoint} has {heads} "
-            f"Medusa heads: each head proposes one token, so positions {heads + 1}.."
-            f"{num_draft_tokens} would never be drafted",
-            where=f"{step}.num_draft_tokens",
-            fix=f"use at most {heads}, or train more heads (medusa_num_heads)",
+            fix=f"use at most {max_draft_tokens(mode, trained)}, or a draft trained with {json.dumps(setting)}",
         )

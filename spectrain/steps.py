@@ -1,21 +1,23 @@
-"""The pipeline's steps, the environment (image) each runs in, and how to run one there.
+"""What a step is, the environment (image) each runs in, and how to run one there.
 
-A step is ``components/<name>/config.py`` (a documented dataclass) plus a ``run(config)``
-function. Whoever calls a step — the CLI, a KFP component on a laptop or on Kubernetes —
-goes through :func:`run_step`, which starts ``python -m spectrain step NAME`` with the
-Python of the step's environment: ``SPECTRAIN_PYTHON_<ENV>`` when set (a local virtualenv
-under ``.venvs/``), else the current interpreter (inside the step's container image).
+A step is declared by its own package, ``components/<name>/__init__.py``: a :class:`Step` that names its
+config (a documented dataclass) and its ``run(config)`` function, which imports the step's heavy code only
+when called. The command line assembles the registry from those declarations (``spectrain.cli.steps``).
+Whoever calls a step — the CLI, a KFP component on a laptop or on Kubernetes — goes through
+:func:`run_step`, which starts ``python -m spectrain.cli step NAME`` with the Python of the step's
+environment: ``SPECTRAIN_PYTHON_<ENV>`` when set (a local virtualenv under ``.venvs/``), else the current
+interpreter (inside the step's container image).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,94 +40,19 @@ DATA_SOURCES = ("datasets", "pyarrow.parquet", "boto3")  # hf:, .parquet and s3:
 
 @dataclass(frozen=True)
 class Step:
-    name: str
-    config: str  # "module:Class"
-    run: str  # "module:function"
-    env: str
+    """One step of the pipeline, as its package declares it."""
+
+    name: str  # the name `spectrain step NAME` and the console use
+    config: type  # its config dataclass: the flags of `spectrain step NAME`
+    run: Callable[[Any], Any]  # run(config) -> result dict; imports the step's heavy code when called
+    env: str  # the environment (image) it runs in
     summary: str
     needs: tuple[str, ...] = ()  # modules imported lazily while the step runs
+    per_draft: bool = False  # runs once per draft mode: the console and the log files name it by step and mode
 
-    def load(self, ref: str) -> Any:
-        module, attr = ref.split(":")
-        return getattr(importlib.import_module(module), attr)
-
-
-STEPS: dict[str, Step] = {
-    s.name: s
-    for s in (
-        Step(
-            "serve",
-            "components.serve.config:ServeConfig",
-            "components.serve.server:run",
-            "serve",
-            "start vLLM on the base model and wait until it answers",
-            needs=("vllm.entrypoints.cli.main", "kubernetes", *LOADS_BASE_MODEL),
-        ),
-        Step(
-            "stop-server",
-            "components.serve.config:StopServerConfig",
-            "components.serve.server:stop",
-            "serve",
-            "stop the vLLM server a serve step started for a run",
-            needs=("kubernetes",),
-        ),
-        Step(
-            "regenerate",
-            "components.regenerate.config:RegenerateConfig",
-            "components.regenerate.regenerate:run",
-            "serve",
-            "rewrite every assistant turn of a chat dataset with the served model",
-            needs=("openai", *DATA_SOURCES),
-        ),
-        Step(
-            "train-heads",
-            "components.train_heads.config:TrainHeadsConfig",
-            "components.train_heads.train:run",
-            "train",
-            "train EAGLE or Medusa heads on the frozen base model with modelopt",
-            needs=(*LOADS_BASE_MODEL, *DATA_SOURCES, "matplotlib.pyplot"),
-        ),
-        Step(
-            "evaluate",
-            "components.evaluate.config:EvaluateConfig",
-            "components.evaluate.acceptance:run",
-            "train",
-            "measure acceptance length on held-out prompts",
-            needs=(*LOADS_BASE_MODEL, *DATA_SOURCES),
-        ),
-        Step(
-            "vllm-crosscheck",
-            "components.evaluate.config:VllmCrosscheckConfig",
-            "components.evaluate.vllm_crosscheck:run",
-            "serve",
-            "serve the base in vLLM with the exported draft and read vLLM's acceptance counters",
-            needs=("vllm.entrypoints.cli.main", *LOADS_BASE_MODEL, *DATA_SOURCES),
-        ),
-        Step(
-            "export",
-            "components.export.config:ExportConfig",
-            "components.export.export:run",
-            "train",
-            "write draft checkpoints that vLLM and TensorRT-LLM load",
-            needs=("modelopt.torch.export", *LOADS_BASE_MODEL),
-        ),
-        Step(
-            "build-engine",
-            "components.export.config:BuildEngineConfig",
-            "components.export.engine:run",
-            "trtllm",
-            "build the TensorRT-LLM engine of a Medusa draft (trtllm image, NVIDIA GPU)",
-        ),
-        Step(
-            "register",
-            "components.register.config:RegisterConfig",
-            "components.register.register:run",
-            "orchestrate",
-            "log the run to MLflow, register the draft, promote the champion",
-            needs=("mlflow", "boto3", "matplotlib.pyplot"),
-        ),
-    )
-}
+    def __post_init__(self) -> None:
+        if self.env not in ENVIRONMENTS + IMAGE_ONLY_ENVIRONMENTS:
+            raise ValueError(f"step {self.name!r}: unknown environment {self.env!r}")
 
 
 def python_for(env: str) -> str:
@@ -134,25 +61,23 @@ def python_for(env: str) -> str:
     return os.environ.get(f"SPECTRAIN_PYTHON_{env.upper()}") or sys.executable
 
 
-# Steps that run once per draft mode: the console and the log files name them by step and mode.
-PER_DRAFT = ("train-heads", "evaluate", "vllm-crosscheck", "export", "build-engine")
 ERROR_FILE_ENV = "SPECTRAIN_ERROR_FILE"  # where `spectrain step` also writes a user error's message
 
 
-def run_step(name: str, config: dict[str, Any], label: str = "") -> dict[str, Any]:
-    """Run step ``name`` in its environment with ``config``; return its result dict.
+def run_step(step: Step, config: dict[str, Any], label: str = "") -> dict[str, Any]:
+    """Run ``step`` in its environment with ``config``; return its result dict.
 
     ``label`` tells runs of one step apart in the console and the logs (default: the draft mode).
     """
-    step = STEPS[name]
-    label = label or (str(config.get("mode", "")) if name in PER_DRAFT else "")
+    name = step.name
+    label = label or (str(config.get("mode", "")) if step.per_draft else "")
     with tempfile.TemporaryDirectory(prefix=f"spectrain-{name}-") as tmp:
         config_path, result_path, error_path = Path(tmp, "config.json"), Path(tmp, "result.json"), Path(tmp, "error")
         config_path.write_text(json.dumps(config))
         command = [
             python_for(step.env),
             "-m",
-            "spectrain",
+            "spectrain.cli",
             "step",
             name,
             "--config",

@@ -27,5 +27,5 @@ run train components/train_heads components/evaluate components/export \
     --ignore=components/evaluate/tests/test_vllm_crosscheck.py "${@}"
 run serve components/serve components/regenerate components/evaluate/tests/test_vllm_crosscheck.py \
     tests/model_matrix "${@}"
-run orchestrate components/register pipelines tests --ignore=tests/model_matrix "${@}"
+run orchestrate components/register pipelines operations tests --ignore=tests/model_matrix "${@}"
 exit $status

@@ -5,11 +5,11 @@ import sys
 
 
 def spectrain(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "spectrain", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "spectrain.cli", *args], capture_output=True, text=True, env=env)
 
 
 def test_run_help_lists_every_pipeline_parameter_with_its_meaning():
-    from spectrain.local import pipeline_parameters
+    from spectrain.cli.local import pipeline_parameters
 
     result = spectrain("run", "--help")
     assert result.returncode == 0

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from components.regenerate.config import RegenerateConfig
-from components.train_heads.config import TrainHeadsConfig
+from spectrain.components.regenerate.config import RegenerateConfig
+from spectrain.components.train_heads.config import TrainHeadsConfig
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
 
@@ -48,10 +48,10 @@ def test_invalid_json_config_file_reports_file_and_line(tmp_path):
 def test_every_field_has_help_text():
     import dataclasses
 
-    from spectrain.steps import STEPS
+    from spectrain.cli.steps import STEPS
 
     for step in STEPS.values():
-        cls = step.load(step.config)
+        cls = step.config
         missing = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("help")]
         assert not missing, f"{cls.__name__} fields without help: {missing}"
         json.dumps(configs.to_dict(cls()))  # every default is serialisable into a KFP parameter

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+import tomllib
 import shutil
 import subprocess
 import sysconfig
@@ -152,8 +153,9 @@ def test_environment(name):
 def test_project_installed_with_its_images_extra(name):
     assert any(re.search(rf'pip install "\./\[{name}\]"$', run) for run in pip_installs(name))
     copied = " ".join(args_of(name, "COPY"))
-    for path in ("pyproject.toml", "spectrain/", "components/", "pipelines/"):
-        assert path in copied, f"{path} is not copied into the image"
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    for path in ("pyproject.toml", "spectrain/", *(f"{folder}/" for folder in folders)):
+        assert path in copied, f"{path} is not copied into the image (pyproject's packages live there)"
 
 
 @pytest.mark.parametrize("name", IMAGES)
@@ -313,7 +315,7 @@ def grants(role: dict) -> dict[tuple[str, str], set[str]]:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_watch_cronjob_is_suspended_until_configured_and_may_only_submit_runs(overlay):
-    from pipelines.watch import WatchConfig
+    from spectrain.operations.watch import WatchConfig
 
     docs = build(f"overlays/{overlay}")
     assert grants(one(docs, "Role", "spectrain-watch")) == WATCH_GRANTS
@@ -338,7 +340,7 @@ def test_the_watch_cronjob_is_suspended_until_configured_and_may_only_submit_run
     assert configs.from_dict(WatchConfig, values).endpoints.startswith("http://vllm-")
     token = pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org"
-    from pipelines.kfp_client import KFP_TOKEN_PATH
+    from spectrain.operations.kfp_client import KFP_TOKEN_PATH
 
     assert {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": KFP_TOKEN_PATH} in container["env"]
     assert container["volumeMounts"][0]["mountPath"] + "/" + token["path"] == KFP_TOKEN_PATH
@@ -346,7 +348,7 @@ def test_the_watch_cronjob_is_suspended_until_configured_and_may_only_submit_run
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_runner_role_is_least_privilege(overlay):
-    from pipelines.kfp_client import DEFAULT_SERVICE_ACCOUNT
+    from spectrain.operations.kfp_client import DEFAULT_SERVICE_ACCOUNT
 
     docs = build(f"overlays/{overlay}")
     roles = of_kind(docs, "Role")
@@ -398,7 +400,7 @@ def test_secrets_hold_placeholders_only(overlay):
 def test_config_and_model_cache(overlay):
     docs = build(f"overlays/{overlay}")
     config = one(docs, "ConfigMap", "spectrain-config")["data"]
-    from pipelines.speculative_decoding import CLUSTER_CONFIG_KEYS
+    from spectrain.pipelines.speculative_decoding import CLUSTER_CONFIG_KEYS
 
     assert set(CLUSTER_CONFIG_KEYS) <= set(config), "every key the pipeline's steps read is in the ConfigMap"
     assert config["MLFLOW_TRACKING_URI"] == "http://mlflow.spectrain.svc.cluster.local:5000"

@@ -55,7 +55,7 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
         [
             sys.executable,
             "-m",
-            "spectrain",
+            "spectrain.cli",
             "run",
             "--workdir",
             str(tmp_path),

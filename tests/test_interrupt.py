@@ -51,7 +51,7 @@ def test_an_interrupted_run_leaves_no_process_behind_and_says_where_it_stopped(t
     env = with_standin_vllm({**os.environ, "SPECTRAIN_STATE_DIR": str(tmp_path / "servers"), "PYTHONUNBUFFERED": "1"})
     # its own session, like a shell job: Ctrl-C reaches the run's process group, never the test's
     run = subprocess.Popen(
-        [sys.executable, "-m", "spectrain", "run", "--workdir", str(tmp_path), *TINY],
+        [sys.executable, "-m", "spectrain.cli", "run", "--workdir", str(tmp_path), *TINY],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

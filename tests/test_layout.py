@@ -1,6 +1,7 @@
 """The architecture stays visible: one folder per step with its parts, and no step reaching into another."""
 
 import ast
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -8,10 +9,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["serve", "regenerate", "train_heads", "evaluate", "export", "register"]
+STEPS_FOLDERS = ["serve", "regenerate", "train_heads", "evaluate", "export", "register"]
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", STEPS_FOLDERS)
 def test_each_step_folder_has_config_logic_component_readme_and_tests(step):
     folder = ROOT / "components" / step
     assert (folder / "config.py").is_file() and (folder / "component.py").is_file()
@@ -31,14 +32,14 @@ def imported_modules(path: Path) -> set[str]:
     return modules
 
 
-@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("step", STEPS_FOLDERS)
 def test_no_step_imports_another_steps_code(step):
     """Step code only; a step's integration tests may use another step to produce their input."""
     for path in (ROOT / "components" / step).glob("*.py"):
         for module in imported_modules(path):
             parts = module.split(".")
-            if parts[0] == "components" and len(parts) > 1:
-                assert parts[1] == step, f"{path.relative_to(ROOT)} imports {module}"
+            if parts[:2] == ["spectrain", "components"] and len(parts) > 2:
+                assert parts[2] == step, f"{path.relative_to(ROOT)} imports {module}"
 
 
 def test_components_import_no_heavy_step_code_at_module_level():
@@ -52,29 +53,57 @@ def test_components_import_no_heavy_step_code_at_module_level():
         assert top_level <= {"kfp", "kfp.dsl", "spectrain", "typing"}, (path, top_level)
 
 
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+# The floors, bottom to top (docs/architecture.md): each imports only its own floor and those below it.
+FLOORS = ["spectrain", "spectrain.components", "spectrain.pipelines", "spectrain.operations", "spectrain.cli"]
+
+
+def folder_of(package: str) -> Path:
+    """Where a package of the installed namespace lives in the checkout (pyproject's package-dir)."""
+    for prefix, folder in sorted(PYPROJECT["package-dir"].items(), key=lambda item: -len(item[0])):
+        if package == prefix or package.startswith(prefix + "."):
+            return ROOT / folder / package[len(prefix) :].lstrip(".").replace(".", "/")
+    return ROOT / package.replace(".", "/")
+
+
+def product_modules() -> dict[str, Path]:
+    """Every module the wheel installs, by its import name."""
+    modules = {}
+    for package in PYPROJECT["packages"]:
+        folder = folder_of(package)
+        modules[package] = folder / "__init__.py"
+        for path in folder.glob("*.py"):
+            if path.name != "__init__.py":
+                modules[f"{package}.{path.stem}"] = path
+    return modules
+
+
+def test_the_packages_are_every_folder_of_the_floors_and_nothing_else():
+    """pyproject lists the packages (a mapped layout cannot be found by setuptools' find): a new subpackage missing
+    from the list would be missing from the wheel and the images; tests and the rig never ship."""
+    found = {
+        ".".join((package, *init.parent.relative_to(folder_of(package)).parts))
+        for package in FLOORS
+        for init in folder_of(package).rglob("__init__.py")
+        if "tests" not in init.relative_to(ROOT).parts
+    }
+    assert sorted(PYPROJECT["packages"]) == sorted(found)
+    assert all(name == "spectrain" or name.startswith("spectrain.") for name in PYPROJECT["packages"])
+
+
 def test_the_product_imports_neither_its_test_rig_nor_the_pod_simulation():
     """Test servers and fakes live in tests/support/, the pod simulation in podsim/ (a development tool run from
-    the checkout); the packages the images install (pyproject's packages) import neither, and ship neither."""
-    for folder in ("spectrain", "components", "pipelines"):
-        for path in (ROOT / folder).rglob("*.py"):
-            if "tests" not in path.parts:
-                for module in imported_modules(path):
-                    assert module.split(".")[0] not in ("tests", "podsim"), f"{path.relative_to(ROOT)} imports {module}"
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    assert packages["include"] == ["spectrain*", "components*", "pipelines*"]
-
-
-APPLICATION = {"spectrain.cli", "spectrain.local", "spectrain.__main__"}  # the `spectrain` command
+    the checkout); the packages the images install import neither."""
+    for name, path in product_modules().items():
+        for module in imported_modules(path):
+            assert module.split(".")[0] not in ("tests", "podsim", "components", "pipelines"), (
+                f"{name} imports {module}"
+            )
 
 
 def first_party_import_graph() -> dict[str, set[str]]:
     """Module -> the first-party modules it imports anywhere in its code (lazy imports included)."""
-    paths = {}
-    for folder in ("spectrain", "components", "pipelines"):
-        for path in (ROOT / folder).rglob("*.py"):
-            if "tests" not in path.parts:
-                name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-                paths[name.removesuffix(".__init__")] = path
+    paths = product_modules()
     graph = {}
     for name, path in paths.items():
         found = set()
@@ -87,20 +116,21 @@ def first_party_import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_the_import_graph_has_no_cycles_and_the_library_stays_below_the_application():
+def floor(module: str) -> int:
+    return max(i for i, prefix in enumerate(FLOORS) if module == prefix or module.startswith(prefix + "."))
+
+
+def test_every_floor_imports_only_downward_and_the_import_graph_has_no_cycles():
+    """No exception: the library imports no step, a step no pipeline, the pipeline no client or command."""
     graph = first_party_import_graph()
-    for name, imports in graph.items():
-        layer = "application" if name in APPLICATION else name.split(".")[0]
-        allowed = {
-            "application": ("spectrain", "components", "pipelines"),
-            "pipelines": ("spectrain", "components", "pipelines"),
-            "components": ("spectrain", "components"),
-            "spectrain": ("spectrain",),
-        }[layer]
-        for module in imports:
-            assert module.split(".")[0] in allowed and module not in APPLICATION or name in APPLICATION, (
-                f"{name} ({layer}) imports {module}"
-            )
+    assert {floor(name) for name in graph} == set(range(len(FLOORS)))
+    upward = [
+        f"{name} imports {module}"
+        for name, imports in graph.items()
+        for module in imports
+        if floor(module) > floor(name)
+    ]
+    assert upward == []
     visiting, done = [], set()
 
     def visit(module):
@@ -117,6 +147,23 @@ def test_the_import_graph_has_no_cycles_and_the_library_stays_below_the_applicat
         visit(module)
 
 
+def test_the_step_registry_is_what_the_steps_declare():
+    """Each step's package declares its steps (config class and a run function, no module paths in strings); the
+    command line assembles the registry from those declarations."""
+    from spectrain.cli.steps import STEPS
+
+    declared = {}
+    for step in STEPS_FOLDERS:
+        package = importlib.import_module(f"spectrain.components.{step}")
+        declared |= {s.name: s for s in package.STEPS}
+        for declaration in package.STEPS:
+            assert declaration.config.__module__ == f"spectrain.components.{step}.config"
+            assert declaration.run.__module__ == f"spectrain.components.{step}"
+    assert STEPS == declared
+    source = (ROOT / "spectrain" / "steps.py").read_text()
+    assert "importlib" not in source and "components." not in source
+
+
 def test_every_spectrain_environment_variable_is_in_the_configuration_table():
     import re
 
@@ -127,7 +174,7 @@ def test_every_spectrain_environment_variable_is_in_the_configuration_table():
     patterns = [re.compile(re.sub(r"<[A-Z]+>", "[A-Z]+", name) + "$") for name in documented]
     sources = [
         p
-        for folder in ("spectrain", "components", "pipelines", "bench", "docker")
+        for folder in ("spectrain", "components", "pipelines", "operations", "cli", "bench", "docker")
         for p in (ROOT / folder).rglob("*")
         if p.is_file() and p.suffix in (".py", "") and "tests" not in p.parts
     ]
@@ -146,7 +193,7 @@ def test_one_module_owns_the_paths():
     )
     readers = sorted(
         str(p.relative_to(ROOT))
-        for folder in ("spectrain", "components", "pipelines")
+        for folder in ("spectrain", "components", "pipelines", "operations", "cli")
         for p in (ROOT / folder).rglob("*.py")
         if "tests" not in p.parts and p != owner and reads.search(p.read_text())
     )

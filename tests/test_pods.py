@@ -261,7 +261,7 @@ def step_in_pod(
     command = [
         python,
         "-m",
-        "spectrain",
+        "spectrain.cli",
         "step",
         step,
         "--config",

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import parameters
+from spectrain.pipelines import parameters
 from spectrain import checks
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
-from spectrain.local import pipeline_parameters
+from spectrain.cli.local import pipeline_parameters
 
 PARAMETERS = pipeline_parameters()
 
@@ -28,7 +28,7 @@ def problems(**arguments) -> str:
 
 def spectrain(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "spectrain", *args], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "spectrain.cli", *args], capture_output=True, text=True, env=env, timeout=120
     )
 
 
@@ -66,7 +66,7 @@ def test_each_pipeline_default_is_the_default_of_the_step_field_it_feeds():
 
 
 def test_spectrain_run_serves_locally_whatever_the_preset():
-    from spectrain.local import ON_THIS_MACHINE
+    from spectrain.cli.local import ON_THIS_MACHINE
 
     assert ON_THIS_MACHINE == {"serve_mode": "local"}  # kfp.local: every step on this machine
     assert parameters.cluster_problems({"serve_mode": "cluster"}) == []
@@ -162,7 +162,7 @@ def test_k_must_be_at_least_one():
 
 def test_k_above_the_medusa_head_count_is_refused_with_the_fix():
     message = problems(num_draft_tokens=5)  # default modes train medusa with 3 heads
-    assert "more than the 3 Medusa heads" in message and '"medusa_num_heads": 5' in message
+    assert "3 Medusa heads draft 3 tokens" in message and '"medusa_num_heads": 5' in message
     parameters.validate({"num_draft_tokens": 5, "train_options": {"medusa_num_heads": 5}}, PARAMETERS, where="x")
     parameters.validate({"num_draft_tokens": 5, "modes": ["eagle3"]}, PARAMETERS, where="x")  # no Medusa: fine
 

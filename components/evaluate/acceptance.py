@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from components.evaluate.config import EvaluateConfig
-from components.evaluate.costs import serving_line, serving_recommendation
-from components.evaluate.greedy import greedy_sequences, load_prompts
-from components.evaluate.proposers import draft_limit, draft_proposer, ngram_proposer, reset_heads
-from components.evaluate.replay import evaluate_proposer
+from spectrain.components.evaluate.config import EvaluateConfig
+from spectrain.components.evaluate.costs import serving_line, serving_recommendation
+from spectrain.components.evaluate.greedy import greedy_sequences, load_prompts
+from spectrain.components.evaluate.proposers import draft_limit, draft_proposer, ngram_proposer, reset_heads
+from spectrain.components.evaluate.replay import evaluate_proposer
 from spectrain import bases, devices, draft_checkpoint
 from spectrain.data import dataset_fingerprint
 from spectrain.drafts import check_draft_checkpoint

@@ -24,9 +24,10 @@ def evaluate(
     import json
 
     from spectrain.steps import run_step
+    from spectrain.components.evaluate import EVALUATE
 
     outcome = run_step(
-        "evaluate",
+        EVALUATE,
         {
             "base_model": base_model,
             "checkpoint": draft_checkpoint.path,
@@ -61,9 +62,10 @@ def vllm_crosscheck(
 ) -> float:
     """Serve the base in vLLM with the exported draft; returns vLLM's measured τ (and checks it against ours)."""
     from spectrain.steps import run_step
+    from spectrain.components.evaluate import VLLM_CROSSCHECK
 
     outcome = run_step(
-        "vllm-crosscheck",
+        VLLM_CROSSCHECK,
         {
             "base_model": base_model,
             "draft_dir": draft.path,

@@ -8,7 +8,7 @@ import json
 
 import torch
 
-from components.evaluate.config import EvaluateConfig
+from spectrain.components.evaluate.config import EvaluateConfig
 from spectrain.console import Progress
 from spectrain.data import heldout_chats
 

@@ -4,9 +4,12 @@ causality they are the hidden states any prefix would have)."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
-from components.evaluate.config import EvaluateConfig
+from spectrain.components.evaluate.config import EvaluateConfig
+from spectrain.drafts import max_draft_tokens, too_many_draft_tokens
 from spectrain.errors import SpectrainError
 
 
@@ -111,21 +114,17 @@ def draft_proposer(model, config: EvaluateConfig):
             where="evaluate.mode",
             fix="pass the mode the checkpoint was trained with, or the train_heads output of this mode",
         )
+    problem = too_many_draft_tokens(config.mode, trained_settings(model), k)
+    if problem:
+        reason, setting = problem
+        raise SpectrainError(
+            f"num_draft_tokens = {k}, but {reason}",
+            where="evaluate.num_draft_tokens",
+            fix=f"use at most {draft_limit(model, config.mode, k)}, or a draft trained with {json.dumps(setting)}",
+        )
     if config.mode == "medusa":
-        if k > len(model.medusa_heads):
-            raise SpectrainError(
-                f"num_draft_tokens = {k}, but the draft has {len(model.medusa_heads)} Medusa heads (one token each)",
-                where="evaluate.num_draft_tokens",
-                fix=f"use at most {len(model.medusa_heads)}",
-            )
         return MedusaProposer(model, k)
     if config.mode == "dflash":
-        if k > model.dflash_block_size - 1:
-            raise SpectrainError(
-                f"num_draft_tokens = {k}, but the DFlash draft proposes {model.dflash_block_size - 1} tokens per block",
-                where="evaluate.num_draft_tokens",
-                fix=f"use at most {model.dflash_block_size - 1}",
-            )
         return DFlashProposer(model, k)
     return EagleProposer(model, k)
 
@@ -218,13 +217,18 @@ class EagleProposer:
         return lambda k: lambda: self._chain(context_hidden, next_ids, cache, n, k)
 
 
+def trained_settings(model) -> dict[str, int]:
+    """What bounds a loaded draft's chain, read from the model (as train_result.json records it)."""
+    settings = {"dflash_block_size": getattr(model, "dflash_block_size", 0)}
+    if hasattr(model, "medusa_heads"):
+        settings["medusa_num_heads"] = len(model.medusa_heads)
+    return settings
+
+
 def draft_limit(model, mode: str, wanted: int) -> int:
-    """The longest chain the draft can propose, at most ``wanted`` (EAGLE has no limit of its own)."""
-    if mode == "medusa":
-        return min(wanted, len(model.medusa_heads))
-    if mode == "dflash":
-        return min(wanted, model.dflash_block_size - 1)
-    return wanted
+    """The longest chain the draft can propose, at most ``wanted``."""
+    limit = max_draft_tokens(mode, trained_settings(model))
+    return wanted if limit is None else min(wanted, limit)
 
 
 def reset_heads(model) -> None:

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from components.evaluate.config import SPEC_METHODS, VllmCrosscheckConfig
+from spectrain.components.evaluate.config import SPEC_METHODS, VllmCrosscheckConfig
 from spectrain import specdecode, vllm
 from spectrain.data import heldout_chats
 from spectrain.errors import SpectrainError

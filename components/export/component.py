@@ -22,9 +22,10 @@ def export(
     import json
 
     from spectrain.steps import run_step
+    from spectrain.components.export import EXPORT
 
     outcome = run_step(
-        "export",
+        EXPORT,
         {
             "checkpoint": draft_checkpoint.path,
             "mode": mode,
@@ -46,8 +47,9 @@ def build_trtllm_engine(draft: Input[Model], base_model: str, engine: Output[Mod
     import json
 
     from spectrain.steps import run_step
+    from spectrain.components.export import BUILD_ENGINE
 
-    outcome = run_step("build-engine", {"draft": draft.path, "base_model": base_model, "output_dir": engine.path})
+    outcome = run_step(BUILD_ENGINE, {"draft": draft.path, "base_model": base_model, "output_dir": engine.path})
     engine.metadata["serve_command"] = outcome["serve_command"]
     with open(result.path, "w") as handle:
         json.dump(outcome, handle)

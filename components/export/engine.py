@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from components.export.config import BuildEngineConfig
+from spectrain.components.export.config import BuildEngineConfig
 from spectrain.errors import SpectrainError
 
 
@@ -26,7 +26,7 @@ def missing_tools() -> list[str]:
         import torch
     except ImportError:  # not even the export code can load here
         return [*missing, "torch"]
-    from components.export.trtllm import MEDUSA_CONVERT
+    from spectrain.components.export.trtllm import MEDUSA_CONVERT
 
     if not Path(MEDUSA_CONVERT).exists():
         missing.append(MEDUSA_CONVERT)
@@ -51,7 +51,7 @@ def run(config: BuildEngineConfig) -> dict:
             fix="run this step in the trtllm image on a GPU node (the pipeline does, with "
             "export_trtllm_engine: true), or `bash DRAFT/trtllm/build.sh` there by hand",
         )
-    from components.export.trtllm import medusa_commands
+    from spectrain.components.export.trtllm import medusa_commands
     from spectrain.models import resolve_base_model
 
     meta = json.loads((medusa_dir / "config.json").read_text())

@@ -22,8 +22,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from components.export import trtllm
-from components.export.config import ExportConfig
+from spectrain.components.export import trtllm
+from spectrain.components.export.config import ExportConfig
 from spectrain import devices, draft_checkpoint
 from spectrain.drafts import SERVING_CONFIG, check_draft_checkpoint
 from spectrain.errors import SpectrainError
@@ -172,7 +172,7 @@ def serving_config(config: ExportConfig, model, evaluation: dict) -> tuple[dict,
     speculative = {"method": method, "num_speculative_tokens": measured}
     why = f"k = {measured} measured fastest at batch 1 ({evaluation['expected_speedup']:.2f}x expected)"
     schedule = evaluation.get("num_speculative_tokens_per_batch_size")
-    if schedule and config.mode == "eagle3":  # the schedule vLLM is proven to follow (pipelines/tests/test_watch.py)
+    if schedule and config.mode == "eagle3":  # the schedule vLLM is proven to follow (operations/tests/test_watch.py)
         speculative["num_speculative_tokens"] = max(measured, *(k for _, _, k in schedule))
         speculative["num_speculative_tokens_per_batch_size"] = schedule
         why += ", by batch size " + ", ".join(f"{a}-{b}: {k}" for a, b, k in schedule)

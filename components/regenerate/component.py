@@ -29,11 +29,12 @@ def regenerate(
 
     from spectrain.s3 import run_prefix
     from spectrain.steps import run_step
+    from spectrain.components.regenerate import REGENERATE
 
     checkpoint = {"checkpoint_uri": run_prefix(checkpoint_root, run_id, "regenerate")} if checkpoint_root else {}
     # `options` first: a parameter of its own wins (spectrain run/submit refuse such overlaps up front).
     outcome = run_step(
-        "regenerate",
+        REGENERATE,
         {
             **options,
             **checkpoint,

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from components.regenerate.checkpoint import S3Checkpoint
-from components.regenerate.config import RegenerateConfig
+from spectrain.components.regenerate.checkpoint import S3Checkpoint
+from spectrain.components.regenerate.config import RegenerateConfig
 from spectrain.console import Progress, warn
 from spectrain.data import Conversation, SkippedLine, append_jsonl, content_id, read_conversations
 from spectrain.errors import SpectrainError

@@ -28,9 +28,10 @@ def register(
     import json
 
     from spectrain.steps import run_step
+    from spectrain.components.register import REGISTER
 
     outcome = run_step(
-        "register",
+        REGISTER,
         {
             "base_model": base_model,
             "draft_dir": draft.path,

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from components.register.config import RegisterConfig
+from spectrain.components.register.config import RegisterConfig
 from spectrain import paths
 from spectrain.config import is_secret, to_dict
 from spectrain.errors import SpectrainError

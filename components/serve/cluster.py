@@ -21,7 +21,7 @@ from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from components.serve.config import ServeConfig
+from spectrain.components.serve.config import ServeConfig
 from spectrain import paths, secrets, vllm
 from spectrain.errors import SpectrainError
 from spectrain.models import EMBEDDED, resolve_base_model

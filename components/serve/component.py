@@ -27,9 +27,10 @@ def serve_base_model(
     import json
 
     from spectrain.steps import run_step
+    from spectrain.components.serve import SERVE
 
     outcome = run_step(
-        "serve",
+        SERVE,
         {
             "base_model": base_model,
             "run_id": run_id,
@@ -52,5 +53,6 @@ def serve_base_model(
 def stop_server(run_id: str, serve_mode: str, server_log: Output[Artifact]):
     """Exit handler: stop the run's vLLM server or Deployment (even after a failed step) and keep its log."""
     from spectrain.steps import run_step
+    from spectrain.components.serve import STOP_SERVER
 
-    run_step("stop-server", {"run_id": run_id, "mode": serve_mode, "log_copy": server_log.path})
+    run_step(STOP_SERVER, {"run_id": run_id, "mode": serve_mode, "log_copy": server_log.path})

@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from components.serve.config import ServeConfig, StopServerConfig
+from spectrain.components.serve.config import ServeConfig, StopServerConfig
 from spectrain import paths, vllm
 from spectrain.errors import SpectrainError
 from spectrain.hardware import cpu_runs_bf16, has_nvidia_gpu
@@ -96,7 +96,7 @@ def local_dtype(dtype: str) -> str:
 
 def run_in_cluster(config: ServeConfig, started: float) -> dict:
     """Cluster mode: the Deployment is ready (its /health answers); check the API through the Service too."""
-    from components.serve import (
+    from spectrain.components.serve import (
         cluster,  # kubernetes is needed (and installed) for cluster mode only
     )
 
@@ -116,7 +116,7 @@ def run_in_cluster(config: ServeConfig, started: float) -> dict:
 
 def stop(config: StopServerConfig) -> dict:
     if config.mode == "cluster":
-        from components.serve import cluster
+        from spectrain.components.serve import cluster
 
         api = cluster.connect()
         return cluster.stop(config.run_id, cluster.own_namespace(config.namespace), api, config.log_copy or None)

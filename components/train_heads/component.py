@@ -37,11 +37,12 @@ def train_heads(
 
     from spectrain.s3 import run_prefix
     from spectrain.steps import run_step
+    from spectrain.components.train_heads import TRAIN_HEADS
 
     checkpoint = {"checkpoint_uri": run_prefix(checkpoint_root, run_id, "train", mode)} if checkpoint_root else {}
     # `options` first: a parameter of its own wins (spectrain run/submit refuse such overlaps up front).
     outcome = run_step(
-        "train-heads",
+        TRAIN_HEADS,
         {
             **options,
             "resume_from_checkpoint": "auto",

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from components.train_heads.hidden_cache import read_manifest
+from spectrain.components.train_heads.hidden_cache import read_manifest
 
 IGNORE = -100
 

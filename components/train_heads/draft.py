@@ -12,7 +12,7 @@ import modelopt.torch.speculative as mtsp
 import torch
 import transformers
 
-from components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.config import TrainHeadsConfig
 from spectrain import bases
 from spectrain.errors import SpectrainError
 

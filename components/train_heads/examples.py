@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.config import TrainHeadsConfig
 from spectrain.data import SkippedLine, read_conversations
 from spectrain.errors import SpectrainError
 

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from spectrain.console import Progress, warn
 
 if TYPE_CHECKING:
-    from components.train_heads.config import TrainHeadsConfig
+    from spectrain.components.train_heads.config import TrainHeadsConfig
 
 CACHE_VERSION = 1
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -211,7 +211,9 @@ class CachedBaseDecoder(torch.nn.Module):
 def cache_bytes_per_token(config: TrainHeadsConfig, base_config) -> int:
     """What one token costs in the hidden-state cache: final hidden state, the layers the draft reads
     (:func:`feature_layer_ids`), draft-vocabulary logits."""
-    from components.train_heads.draft import feature_layer_ids  # (draft.py imports modelopt: only when sizing)
+    from spectrain.components.train_heads.draft import (
+        feature_layer_ids,
+    )  # (draft.py imports modelopt: only when sizing)
 
     text_config = base_config.get_text_config() if hasattr(base_config, "get_text_config") else base_config
     values = text_config.hidden_size * (1 + len(feature_layer_ids(config, text_config.num_hidden_layers)))

@@ -4,7 +4,7 @@
 more than one visible GPU, it writes its config to a file and runs
 
     python -m torch.distributed.run --standalone --nproc-per-node N \\
-        -m spectrain step train-heads --config CONFIG --result RESULT
+        -m spectrain.cli step train-heads --config CONFIG --result RESULT
 
 Each process is one DDP rank of the HF Trainer (NCCL on GPUs, gloo on CPU); rank 0 writes the
 checkpoint and the result, which the launching process returns. On Kubernetes the train step
@@ -47,7 +47,7 @@ def torchrun_command(num_processes: int, config_path: Path, result_path: Path, p
         "--standalone",
         f"--nproc-per-node={num_processes}",
         "-m",
-        "spectrain",
+        "spectrain.cli",
         "step",
         "train-heads",
         "--config",

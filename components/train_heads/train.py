@@ -14,11 +14,11 @@ import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
-from components.train_heads import hidden_cache, launch
-from components.train_heads.checkpoints import CheckpointsToS3, restore_from_s3
-from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.datasets import CachedDataset, ConversationDataset
-from components.train_heads.draft import (
+from spectrain.components.train_heads import hidden_cache, launch
+from spectrain.components.train_heads.checkpoints import CheckpointsToS3, restore_from_s3
+from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.datasets import CachedDataset, ConversationDataset
+from spectrain.components.train_heads.draft import (
     convert,
     dflash_mask_token_id,
     draft_module,
@@ -27,11 +27,11 @@ from components.train_heads.draft import (
     reduced_vocabulary,
     trainable_parameters,
 )
-from components.train_heads.examples import load_examples, pack_examples
-from components.train_heads.hidden_cache import cache_fits
-from components.train_heads.memory import check as check_memory
-from components.train_heads.memory import plan
-from components.train_heads.trainer import (
+from spectrain.components.train_heads.examples import load_examples, pack_examples
+from spectrain.components.train_heads.hidden_cache import cache_fits
+from spectrain.components.train_heads.memory import check as check_memory
+from spectrain.components.train_heads.memory import plan
+from spectrain.components.train_heads.trainer import (
     DraftTrainer,
     FrozenBase,
     ProgressEvents,

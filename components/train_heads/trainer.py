@@ -12,9 +12,9 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from components.train_heads import launch
-from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.datasets import IGNORE
+from spectrain.components.train_heads import launch
+from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.datasets import IGNORE
 from spectrain import bases, devices
 from spectrain.console import EVENTS_ENV, Progress, warn
 from spectrain.draft_checkpoint import DRAFT_WEIGHTS, HEAD_PREFIXES, draft_state_dict

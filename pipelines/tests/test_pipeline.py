@@ -8,7 +8,7 @@ import pytest
 import yaml
 from kfp import compiler
 
-from pipelines.speculative_decoding import speculative_decoding
+from spectrain.pipelines.speculative_decoding import speculative_decoding
 
 COMMITTED = Path(__file__).resolve().parents[1] / "speculative_decoding.yaml"
 
@@ -142,7 +142,7 @@ def test_compile_settings_are_arguments_not_environment_read_at_import(tmp_path)
         [
             sys.executable,
             "-m",
-            "spectrain",
+            "spectrain.cli",
             "compile",
             "--output",
             str(tmp_path / "p.yaml"),
@@ -194,7 +194,7 @@ def test_compile_settings_are_arguments_not_environment_read_at_import(tmp_path)
 )
 def test_bad_compile_settings_are_refused_before_compiling(tmp_path, flags, message):
     result = subprocess.run(
-        [sys.executable, "-m", "spectrain", "compile", "--output", str(tmp_path / "p.yaml"), *flags],
+        [sys.executable, "-m", "spectrain.cli", "compile", "--output", str(tmp_path / "p.yaml"), *flags],
         capture_output=True,
         text=True,
         timeout=300,

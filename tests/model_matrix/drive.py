@@ -49,12 +49,12 @@ EVALUATE = {
 
 def one(base_dir: Path, mode: str, work: Path, data: str) -> dict:
     """train → evaluate → export of ``mode`` on the base in ``base_dir``: what each stage reported."""
-    from components.evaluate.acceptance import run as evaluate
-    from components.evaluate.config import EvaluateConfig
-    from components.export.config import ExportConfig
-    from components.export.export import run as export
-    from components.train_heads.config import TrainHeadsConfig
-    from components.train_heads.train import run as train
+    from spectrain.components.evaluate.acceptance import run as evaluate
+    from spectrain.components.evaluate.config import EvaluateConfig
+    from spectrain.components.export.config import ExportConfig
+    from spectrain.components.export.export import run as export
+    from spectrain.components.train_heads.config import TrainHeadsConfig
+    from spectrain.components.train_heads.train import run as train
     from spectrain.errors import SpectrainError
 
     checkpoint, evaluation, draft = work / "checkpoint", work / "evaluation", work / "draft"

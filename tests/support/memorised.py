@@ -52,6 +52,9 @@ def cache_root(fallback: Path) -> Path:
 def memorised_draft(mode: str, fallback_cache: Path) -> Memorised:
     """The memorised ``mode`` draft, built by the real steps unless this suite already built the same one."""
     from spectrain.steps import run_step
+    from spectrain.components.evaluate import EVALUATE
+    from spectrain.components.export import EXPORT
+    from spectrain.components.train_heads import TRAIN_HEADS
 
     root = cache_root(fallback_cache)
     root.mkdir(parents=True, exist_ok=True)
@@ -66,7 +69,7 @@ def memorised_draft(mode: str, fallback_cache: Path) -> Memorised:
             folder.mkdir()
             checkpoint = folder / "checkpoint"
             run_step(
-                "train-heads",
+                TRAIN_HEADS,
                 {
                     "data": str(replies),
                     "output_dir": str(checkpoint),
@@ -78,7 +81,7 @@ def memorised_draft(mode: str, fallback_cache: Path) -> Memorised:
                 },
             )
             evaluation = run_step(
-                "evaluate",
+                EVALUATE,
                 {
                     "checkpoint": str(checkpoint),
                     "mode": mode,
@@ -88,7 +91,7 @@ def memorised_draft(mode: str, fallback_cache: Path) -> Memorised:
                 },
             )
             run_step(  # served with the k measured fastest
-                "export",
+                EXPORT,
                 {
                     "checkpoint": str(checkpoint),
                     "mode": mode,

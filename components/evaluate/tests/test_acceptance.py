@@ -4,8 +4,8 @@ import pytest
 import torch
 import transformers
 
-from components.evaluate.proposers import DFlashProposer, EagleProposer, MedusaProposer, ngram_proposer
-from components.evaluate.replay import replay, replay_curve
+from spectrain.components.evaluate.proposers import DFlashProposer, EagleProposer, MedusaProposer, ngram_proposer
+from spectrain.components.evaluate.replay import replay, replay_curve
 from spectrain import devices, draft_checkpoint
 from spectrain.models import resolve_base_model
 
@@ -99,7 +99,7 @@ def test_more_draft_tokens_than_a_dflash_block_drafts_is_refused(tiny_checkpoint
     dflash_dir, _ = tiny_checkpoints["dflash"]  # blocks of 4: 3 drafts
     result = spectrain_step("evaluate", "--checkpoint", dflash_dir, "--mode", "dflash", "--num-draft-tokens", "4")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "proposes 3 tokens per block" in result.stderr and "use at most 3" in result.stderr
+    assert "a DFlash block of 4 drafts 3 tokens" in result.stderr and "use at most 3" in result.stderr
 
 
 @pytest.mark.slow
@@ -119,7 +119,7 @@ def spectrain_step(*args):
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "spectrain", "step", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "spectrain.cli", "step", *args], capture_output=True, text=True, timeout=600
     )
 
 
@@ -134,14 +134,14 @@ def test_more_draft_tokens_than_medusa_heads_is_refused(tiny_checkpoints):
     medusa_dir, _ = tiny_checkpoints["medusa"]  # 2 heads
     result = spectrain_step("evaluate", "--checkpoint", medusa_dir, "--mode", "medusa", "--num-draft-tokens", "3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "has 2 Medusa heads" in result.stderr and "use at most 2" in result.stderr
+    assert "2 Medusa heads draft 2 tokens" in result.stderr and "use at most 2" in result.stderr
 
 
 def test_a_loaded_checkpoint_of_another_kind_is_refused_even_without_its_train_result(tiny_checkpoints, tmp_path):
     import shutil
 
-    from components.evaluate.proposers import draft_proposer
-    from components.evaluate.config import EvaluateConfig
+    from spectrain.components.evaluate.proposers import draft_proposer
+    from spectrain.components.evaluate.config import EvaluateConfig
     from spectrain.errors import SpectrainError
 
     eagle_dir, _ = tiny_checkpoints["eagle3"]
@@ -153,7 +153,7 @@ def test_a_loaded_checkpoint_of_another_kind_is_refused_even_without_its_train_r
 
 
 def test_batched_greedy_replies_are_exactly_the_base_models_own_greedy_text(base):
-    from components.evaluate.greedy import confirm_greedy, generate_batch
+    from spectrain.components.evaluate.greedy import confirm_greedy, generate_batch
 
     path, tokenizer = base
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -185,7 +185,7 @@ def test_batched_greedy_replies_are_exactly_the_base_models_own_greedy_text(base
 
 
 def test_a_reply_that_disagrees_with_the_teacher_forced_pass_is_cut_at_the_first_disagreement(base):
-    from components.evaluate.greedy import confirm_greedy
+    from spectrain.components.evaluate.greedy import confirm_greedy
 
     path, tokenizer = base
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -220,8 +220,8 @@ def test_the_curve_replays_every_k_exactly_as_alone_asking_each_position_once_in
 @pytest.mark.parametrize("mode", ["eagle3", "medusa", "dflash"])
 def test_a_timed_draft_step_for_a_batch_computes_what_the_replay_proposes(base, tiny_checkpoints, mode):
     """The cost measured is the cost of the real thing: each row of the batched step drafts what propose(n) does."""
-    from components.evaluate.proposers import draft_proposer
-    from components.evaluate.config import EvaluateConfig
+    from spectrain.components.evaluate.proposers import draft_proposer
+    from spectrain.components.evaluate.config import EvaluateConfig
 
     path, tokenizer = base
     sequence, _ = greedy(path, tokenizer, "List three colours.", 8)

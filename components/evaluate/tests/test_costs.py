@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.evaluate import costs
+from spectrain.components.evaluate import costs
 
 TAUS = [1.30, 1.40, 1.43]  # τ_k for k = 1, 2, 3: each extra draft token is accepted less often
 
@@ -33,7 +33,7 @@ def test_batch_sizes_must_start_at_one_and_increase():
     from spectrain import config as configs
     from spectrain.errors import SpectrainError
 
-    from components.evaluate.config import EvaluateConfig
+    from spectrain.components.evaluate.config import EvaluateConfig
 
     for sizes, why in (("4,16", "the list must start at 1"), ("1,16,4", "the sizes must increase")):
         with pytest.raises(SpectrainError, match=why):

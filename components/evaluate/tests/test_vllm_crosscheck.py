@@ -7,8 +7,8 @@ uses; tests/run_all.sh points SPECTRAIN_PYTHON_<ENV> at each venv), so a draft t
 
 import pytest
 
-from components.evaluate.config import VllmCrosscheckConfig
-from components.evaluate.vllm_crosscheck import run
+from spectrain.components.evaluate.config import VllmCrosscheckConfig
+from spectrain.components.evaluate.vllm_crosscheck import run
 from tests.support.memorised import EVAL_TOKENS
 
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from components.export.config import BuildEngineConfig
-from components.export.engine import run
+from spectrain.components.export.config import BuildEngineConfig
+from spectrain.components.export.engine import run
 from spectrain.errors import SpectrainError
 
 
@@ -31,7 +31,7 @@ def test_without_gpu_and_tensorrt_llm_the_step_says_what_is_missing_and_where_to
         [
             sys.executable,
             "-m",
-            "spectrain",
+            "spectrain.cli",
             "step",
             "build-engine",
             "--draft",

@@ -8,8 +8,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from components.export.config import ExportConfig
-from components.export.export import run
+from spectrain.components.export.config import ExportConfig
+from spectrain.components.export.export import run
 from spectrain import config as configs
 from spectrain import devices, draft_checkpoint
 from spectrain.errors import SpectrainError
@@ -87,7 +87,7 @@ def test_dflash_export_holds_every_trained_weight_and_the_config_vllm_reads(tiny
 
 
 def test_the_tensorrt_llm_dflash_check_reads_what_its_loader_reads():
-    from components.export import trtllm
+    from spectrain.components.export import trtllm
 
     config = {
         "model_type": "qwen3",
@@ -161,7 +161,7 @@ def test_eagle3_for_tensorrt_llm_matches_its_draft_model_and_captures_layer_outp
 
 
 def test_the_tensorrt_llm_config_keeps_a_path_yaml_would_misread_as_one_string():
-    from components.export import trtllm
+    from spectrain.components.export import trtllm
 
     odd = Path("/data/run: 7 #final/- [draft]")
     served = yaml.safe_load(trtllm.serve_config(odd, "DFlash", 3))["speculative_config"]
@@ -171,7 +171,7 @@ def test_the_tensorrt_llm_config_keeps_a_path_yaml_would_misread_as_one_string()
 def test_the_tensorrt_llm_check_catches_wrong_names_and_shapes(tmp_path):
     from safetensors.torch import save_file
 
-    from components.export import trtllm
+    from spectrain.components.export import trtllm
 
     save_file(
         {

@@ -9,8 +9,8 @@ import json
 import boto3
 import pytest
 
-from components.regenerate.config import RegenerateConfig
-from components.regenerate.regenerate import run
+from spectrain.components.regenerate.config import RegenerateConfig
+from spectrain.components.regenerate.regenerate import run
 from spectrain import config as configs
 from spectrain import s3
 from spectrain.errors import SpectrainError

@@ -35,9 +35,9 @@ def wait_for_lines(path: Path, count: int, process: subprocess.Popen, timeout: f
 
 @pytest.mark.slow
 def test_kill_9_of_client_and_of_server_mid_run_then_rerun_gives_one_record_each(tmp_path, monkeypatch):
-    from components.serve.config import ServeConfig, StopServerConfig
-    from components.serve.server import run as serve
-    from components.serve.server import stop
+    from spectrain.components.serve.config import ServeConfig, StopServerConfig
+    from spectrain.components.serve.server import run as serve
+    from spectrain.components.serve.server import stop
 
     monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path / "servers"))
     data = tmp_path / "input.jsonl"
@@ -50,7 +50,7 @@ def test_kill_9_of_client_and_of_server_mid_run_then_rerun_gives_one_record_each
             [
                 sys.executable,
                 "-m",
-                "spectrain",
+                "spectrain.cli",
                 "step",
                 "regenerate",
                 "--dataset",

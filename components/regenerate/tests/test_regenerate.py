@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from components.regenerate.config import RegenerateConfig
-from components.regenerate.regenerate import run
+from spectrain.components.regenerate.config import RegenerateConfig
+from spectrain.components.regenerate.regenerate import run
 from spectrain.errors import SpectrainError
 
 CONVERSATIONS = [
@@ -93,7 +93,7 @@ def test_an_unreachable_server_fails_the_step_and_records_every_conversation(dat
 
 
 def test_selection_dedupes_prompts_then_samples_then_takes_the_first_n(tmp_path):
-    from components.regenerate.regenerate import select
+    from spectrain.components.regenerate.regenerate import select
     from spectrain.data import read_conversations
 
     rows = [

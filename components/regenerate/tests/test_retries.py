@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from components.regenerate.config import RegenerateConfig
-from components.regenerate.regenerate import run
+from spectrain.components.regenerate.config import RegenerateConfig
+from spectrain.components.regenerate.regenerate import run
 from spectrain.errors import SpectrainError
 from tests.support.servers import FlakyServer
 

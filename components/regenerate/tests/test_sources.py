@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from components.regenerate.config import RegenerateConfig
+from spectrain.components.regenerate.config import RegenerateConfig
 from spectrain import config as configs
 from spectrain.data import read_conversations
 from spectrain.errors import SpectrainError

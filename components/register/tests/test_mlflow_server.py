@@ -15,9 +15,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components.register.config import RegisterConfig
-from components.register.register import run
-from components.register.tests.test_register import results
+from spectrain.components.register.config import RegisterConfig
+from spectrain.components.register.register import run
+from spectrain.components.register.tests.test_register import results
 from tests.support.servers import mlflow_server as mlflow_server_process
 
 

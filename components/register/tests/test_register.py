@@ -5,11 +5,11 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from components.evaluate.config import EvaluateConfig
-from components.regenerate.config import RegenerateConfig
-from components.register.config import RegisterConfig
-from components.register.register import run
-from components.train_heads.config import TrainHeadsConfig
+from spectrain.components.evaluate.config import EvaluateConfig
+from spectrain.components.regenerate.config import RegenerateConfig
+from spectrain.components.register.config import RegisterConfig
+from spectrain.components.register.register import run
+from spectrain.components.train_heads.config import TrainHeadsConfig
 from spectrain.config import public_dict, to_dict
 from spectrain.errors import SpectrainError
 
@@ -198,7 +198,7 @@ def test_rollback_puts_the_previous_champion_back_from_the_command_line(store):
     command = [
         sys.executable,
         "-m",
-        "spectrain",
+        "spectrain.cli",
         "promote",
         "--rollback",
         "--model",
@@ -235,7 +235,7 @@ def test_a_champion_measured_another_way_is_never_compared(store, change):
 
 
 def test_a_retry_after_a_kill_completes_its_own_run_and_model_version(store, monkeypatch):
-    import components.register.register as register_module
+    import spectrain.components.register.register as register_module
 
     register(store, 1.30, "run-0")
 
@@ -302,7 +302,7 @@ def test_two_runs_promoting_at_once_leave_the_better_one_champion(store, monkeyp
     import threading
     import time
 
-    import components.register.register as register_module
+    import spectrain.components.register.register as register_module
 
     register(store, 1.30, "run-0")
     barrier = threading.Barrier(2, timeout=60)

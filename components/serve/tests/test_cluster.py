@@ -14,8 +14,8 @@ import threading
 import pytest
 from kubernetes import client
 
-from components.serve import cluster, server
-from components.serve.config import ServeConfig, StopServerConfig
+from spectrain.components.serve import cluster, server
+from spectrain.components.serve.config import ServeConfig, StopServerConfig
 from podsim.fake_kube import FakeKube
 from spectrain import config as configs
 from spectrain.errors import SpectrainError

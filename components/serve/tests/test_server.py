@@ -6,8 +6,8 @@ import urllib.request
 
 import pytest
 
-from components.serve.config import ServeConfig, StopServerConfig
-from components.serve.server import stop
+from spectrain.components.serve.config import ServeConfig, StopServerConfig
+from spectrain.components.serve.server import stop
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
 from spectrain.vllm import alive, wait_until_ready
@@ -43,7 +43,7 @@ def test_external_mode_needs_a_url():
 
 
 def test_local_mode_refuses_to_start_vllm_inside_a_kubernetes_pod(tmp_path, monkeypatch):
-    from components.serve.server import run
+    from spectrain.components.serve.server import run
 
     monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # what the kubelet sets in every pod
@@ -84,7 +84,7 @@ def test_real_vllm_serves_the_embedded_model_behind_its_api_key(vllm_server):
     reply = json.load(urllib.request.urlopen(request))
     assert reply["choices"][0]["message"]["content"].strip()
     with pytest.raises(SpectrainError, match="already running"):
-        from components.serve.server import run
+        from spectrain.components.serve.server import run
 
         run(ServeConfig(run_id="pytest"))
 
@@ -94,7 +94,7 @@ def test_real_vllm_serves_the_embedded_model_behind_its_api_key(vllm_server):
 
 
 def test_auto_dtype_on_a_cpu_is_bf16_only_where_it_runs_natively(monkeypatch):
-    from components.serve import server
+    from spectrain.components.serve import server
 
     monkeypatch.setattr(server, "has_nvidia_gpu", lambda: False)
     for native, expected in [(True, "bfloat16"), (False, "float32")]:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import transformers
 
-from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.draft import draft_architecture
-from components.train_heads.train import with_recipe
+from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.draft import draft_architecture
+from spectrain.components.train_heads.train import with_recipe
 from spectrain import bases
 from spectrain.errors import SpectrainError
 from spectrain.models import resolve_base_model
@@ -91,8 +91,8 @@ def test_an_eagle3_draft_converts_for_a_base_with_llama3_rope_and_exports_that_r
     """modelopt refused it before (its export default injects yarn and then rejects a llama3 training rope)."""
     import torch
 
-    from components.export.export import export_eagle
-    from components.train_heads.draft import convert
+    from spectrain.components.export.export import export_eagle
+    from spectrain.components.train_heads.draft import convert
 
     settings = json.loads((CONFIGS / "llama-3.1-8b-instruct.json").read_text())
     settings.update(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)

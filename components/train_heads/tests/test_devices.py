@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.config import TrainHeadsConfig
 from spectrain import devices, hardware
 from spectrain.errors import SpectrainError
 
@@ -41,7 +41,7 @@ def test_a_step_given_gpus_that_sees_none_stops_with_what_it_saw(monkeypatch, tm
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"data": tiny_data, "output_dir": str(tmp_path / "out"), "max_steps": 1}))
     step = subprocess.run(
-        [sys.executable, "-m", "spectrain", "step", "train-heads", "--config", str(config)],
+        [sys.executable, "-m", "spectrain.cli", "step", "train-heads", "--config", str(config)],
         capture_output=True,
         text=True,
         env={**os.environ, devices.GPUS_ENV: "1"},
@@ -67,7 +67,7 @@ def test_a_bfloat16_base_needs_autocast_for_its_float32_draft():
 def test_the_gpu_arrangement_trains_a_float32_draft_over_a_bfloat16_base(tmp_path, tiny_data, monkeypatch):
     """What a GPU runs (base in bf16, draft master weights in fp32, bf16 autocast), run here on the CPU: every base
     tensor is bf16 on the decided device, every draft tensor fp32 there, and the cache and training still work."""
-    from components.train_heads import train, trainer
+    from spectrain.components.train_heads import train, trainer
 
     placed = {}
     original = trainer.FrozenBase.on_train_end

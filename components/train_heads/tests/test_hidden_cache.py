@@ -7,9 +7,9 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from components.train_heads import hidden_cache
-from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.train import run
+from spectrain.components.train_heads import hidden_cache
+from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.train import run
 from spectrain import devices, draft_checkpoint
 from spectrain.draft_checkpoint import HEAD_PREFIXES
 from spectrain.models import resolve_base_model
@@ -118,7 +118,7 @@ def test_cache_dtype_is_checked():
 
 
 def test_the_cache_size_is_estimated_before_it_is_built():
-    from components.train_heads.hidden_cache import cache_bytes_per_token
+    from spectrain.components.train_heads.hidden_cache import cache_bytes_per_token
 
     base = transformers.AutoConfig.from_pretrained(resolve_base_model("embedded"))
     eagle3 = TrainHeadsConfig(data="x", mode="eagle3", draft_vocab_size=4096)

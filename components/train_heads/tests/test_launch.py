@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.train_heads import launch
+from spectrain.components.train_heads import launch
 from spectrain.draft_checkpoint import DRAFT_WEIGHTS
 
 # Imported by every rank's interpreter (PYTHONPATH): rank 1 builds its Trainer seconds after rank 0, as a rank whose
@@ -34,7 +34,7 @@ def test_torchrun_command_relaunches_the_same_step():
         "--standalone",
         "--nproc-per-node=4",
         "-m",
-        "spectrain",
+        "spectrain.cli",
         "step",
         "train-heads",
         "--config",
@@ -66,7 +66,7 @@ def test_two_gloo_ranks_split_the_data_and_rank_zero_reports(tiny_data, tmp_path
         [
             sys.executable,
             "-m",
-            "spectrain",
+            "spectrain.cli",
             "step",
             "train-heads",
             "--data",
@@ -117,7 +117,7 @@ def test_ranks_stop_at_the_same_step_when_one_starts_late(tiny_data, tmp_path):
         [
             sys.executable,
             "-m",
-            "spectrain",
+            "spectrain.cli",
             "step",
             "train-heads",
             "--data",

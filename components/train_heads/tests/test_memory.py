@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import transformers
 
-from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.memory import GIB, check, plan
-from components.train_heads.draft import meta_draft_parameters
-from components.train_heads.train import with_recipe
+from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.memory import GIB, check, plan
+from spectrain.components.train_heads.draft import meta_draft_parameters
+from spectrain.components.train_heads.train import with_recipe
 from spectrain import bases
 from spectrain.devices import Placement
 from spectrain.errors import SpectrainError

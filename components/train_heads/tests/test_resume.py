@@ -27,7 +27,7 @@ def test_killed_training_resumes_from_the_last_checkpoint_on_s3(tiny_data, tmp_p
         return [
             sys.executable,
             "-m",
-            "spectrain",
+            "spectrain.cli",
             "step",
             "train-heads",
             "--data",
@@ -84,8 +84,8 @@ def test_a_checkpoint_holds_the_draft_only_and_resuming_from_it_ends_where_an_un
 ):
     from safetensors.torch import load_file
 
-    from components.train_heads.config import TrainHeadsConfig
-    from components.train_heads.train import run
+    from spectrain.components.train_heads.config import TrainHeadsConfig
+    from spectrain.components.train_heads.train import run
     from spectrain.draft_checkpoint import DRAFT_WEIGHTS
 
     settings = dict(

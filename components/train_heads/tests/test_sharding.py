@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.draft import convert, draft_module
+from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.draft import convert, draft_module
 from spectrain import devices
 from spectrain.models import load_base, resolve_base_model
 
@@ -28,9 +28,9 @@ WORKER = """
 import sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from safetensors.torch import save_file
-from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.draft import convert, draft_module
-from components.train_heads.trainer import base_checksum, load_draft
+from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.draft import convert, draft_module
+from spectrain.components.train_heads.trainer import base_checksum, load_draft
 from spectrain import devices
 from spectrain.draft_checkpoint import draft_state_dict
 from spectrain.models import load_base

@@ -7,15 +7,15 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from components.train_heads.config import TrainHeadsConfig
-from components.train_heads.draft import (
+from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.draft import (
     convert,
     dflash_mask_token_id,
     draft_architecture,
     draft_vocabulary,
     reduced_vocabulary,
 )
-from components.train_heads.examples import tokenize_conversation
+from spectrain.components.train_heads.examples import tokenize_conversation
 from spectrain import devices, draft_checkpoint
 from spectrain.draft_checkpoint import HEAD_PREFIXES
 from spectrain.errors import SpectrainError
@@ -105,7 +105,7 @@ def test_training_moves_only_the_heads_and_the_artifact_holds_only_the_draft(tin
 
 
 def test_bad_data_is_a_clear_error(tmp_path):
-    from components.train_heads.train import run
+    from spectrain.components.train_heads.train import run
     from spectrain.errors import SpectrainError
 
     path = tmp_path / "empty.jsonl"
@@ -138,7 +138,7 @@ def test_the_eagle_draft_starts_from_the_base_lm_head_rows_and_final_norm(base_p
 
 
 def test_loss_can_cover_every_token_and_extra_data_is_read_as_written(base_path, tiny_data):
-    from components.train_heads.examples import load_examples
+    from spectrain.components.train_heads.examples import load_examples
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(base_path)
     answers, _ = load_examples(TrainHeadsConfig(data=tiny_data, loss_on="answers", max_length=128), tokenizer)
@@ -174,7 +174,7 @@ def test_feature_noise_perturbs_the_base_features_only_while_training(base_path,
 
 
 def test_feature_noise_keeps_gradients_finite_on_all_zero_padding():
-    from components.train_heads.draft import with_uniform_noise
+    from spectrain.components.train_heads.draft import with_uniform_noise
 
     features = torch.zeros(1, 3, 8)
     features[0, 0] = torch.arange(8.0)  # one real position, two of padding (cached padding is all zero)
@@ -188,7 +188,7 @@ def test_feature_noise_keeps_gradients_finite_on_all_zero_padding():
 
 
 def test_packing_fills_rows_with_whole_conversations():
-    from components.train_heads.examples import pack_examples
+    from spectrain.components.train_heads.examples import pack_examples
 
     examples = [{"input_ids": [n] * length, "loss_mask": [1] * length} for n, length in enumerate([5, 3, 8, 2, 6])]
     rows = pack_examples(examples, max_length=10)
@@ -202,7 +202,7 @@ def test_packing_fills_rows_with_whole_conversations():
 
 
 def test_a_time_budget_schedule_decays_to_zero_when_time_or_steps_run_out():
-    from components.train_heads.trainer import budget_cosine
+    from spectrain.components.train_heads.trainer import budget_cosine
 
     assert budget_cosine(0, warmup=10, total_steps=1000, spent=0.0) == 0.0
     assert budget_cosine(5, 10, 1000, 0.0) == 0.5  # warmup is by steps
@@ -251,7 +251,7 @@ def test_a_dflash_sequence_length_must_hold_whole_blocks():
 
 
 def test_a_dflash_draft_with_more_layers_than_the_base_can_feed_is_refused():
-    from components.train_heads.draft import feature_layer_ids
+    from spectrain.components.train_heads.draft import feature_layer_ids
 
     assert feature_layer_ids(TrainHeadsConfig(data="x", mode="dflash", dflash_num_layers=3), 30) == [1, 14, 27]
     with pytest.raises(SpectrainError, match="dflash_num_layers = 3") as refused:
@@ -260,7 +260,7 @@ def test_a_dflash_draft_with_more_layers_than_the_base_can_feed_is_refused():
 
 
 def test_training_curves_are_drawn_even_before_the_first_logged_step(tmp_path):
-    from components.train_heads.train import plot_history
+    from spectrain.components.train_heads.train import plot_history
 
     plot_history([{"train_runtime": 1.0}], tmp_path / "short.png")  # fewer steps than logging_steps
     plot_history([{"step": 1, "loss": 5.0, "head_0_accuracy": 0.2}], tmp_path / "logged.png")

@@ -1,5 +1,5 @@
 """`spectrain submit / schedule / runs` through the CLI parser and a real kfp.Client, against a FAKE KFP API server
-(pipelines/tests/fake_kfp.py: real HTTP on loopback, in-memory objects; a real KFP server cannot run here)."""
+(tests/support/fake_kfp.py: real HTTP on loopback, in-memory objects; a real KFP server cannot run here)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import kfp
 import pytest
 import yaml
 
-from pipelines import kfp_client, submit
-from pipelines.tests.fake_kfp import FakeKfpServer
+from spectrain.cli import kubeflow as submit
+from spectrain.operations import kfp_client
+from tests.support.fake_kfp import FakeKfpServer
 from spectrain.errors import SpectrainError
-from pipelines.settings import DEFAULT_YAML
+from spectrain.pipelines.settings import DEFAULT_YAML
 
 PACKAGE = DEFAULT_YAML  # the committed, compiled pipeline
 EXPERIMENTS, RUNS, RECURRING = "/apis/v2beta1/experiments", "/apis/v2beta1/runs", "/apis/v2beta1/recurringruns"
@@ -33,7 +34,7 @@ def fake(monkeypatch, tmp_path):
 
 
 def cli(fake: FakeKfpServer, *argv: str) -> int:
-    """Parse argv with the commands' own parsers (as spectrain/cli.py wires them) and run the handler."""
+    """Parse argv with the commands' own parsers (as cli/__init__.py wires them) and run the handler."""
     parser = argparse.ArgumentParser(prog="spectrain")
     submit.add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([*argv[:1], "--host", fake.url, *argv[1:]])

@@ -1,3 +1,5 @@
+import sys
+
 from spectrain.cli import main
 
-raise SystemExit(main())
+sys.exit(main())

@@ -182,6 +182,7 @@ def measured_on_prompts(config: WatchConfig, version: Any, client: Any) -> Count
     import mlflow
 
     from spectrain.steps import run_step
+    from spectrain.components.evaluate import VLLM_CROSSCHECK
 
     source = client.get_run(version.run_id)
     with tempfile.TemporaryDirectory(prefix="spectrain-watch-") as tmp:
@@ -189,7 +190,7 @@ def measured_on_prompts(config: WatchConfig, version: Any, client: Any) -> Count
             artifact_uri=version.source, dst_path=tmp, tracking_uri=client.tracking_uri
         )
         measured = run_step(
-            "vllm-crosscheck",
+            VLLM_CROSSCHECK,
             {
                 "base_model": source.data.params.get("register.base_model", "embedded"),
                 "draft_dir": draft,
@@ -355,7 +356,7 @@ def retraining_in_flight(state: State, config: WatchConfig) -> bool:
             return process.status() != psutil.STATUS_ZOMBIE and "spectrain" in " ".join(process.cmdline())
         except psutil.Error:  # gone (or its pid now someone else's, not ours to read)
             return False
-    from pipelines import kfp_client
+    from spectrain.operations import kfp_client
 
     client = kfp_client.make_client(config.kfp_host or None, config.kfp_namespace)
     with kfp_client.api_errors(config.kfp_host or None):
@@ -370,15 +371,15 @@ def start_retraining(champion_version: Any, client: Any, config: WatchConfig, no
     mode = champion_version.tags.get("mode") or source.data.tags.get("mode", "")
     if config.retrain == "local":
         base = source.data.params.get("register.base_model", "embedded")
-        command = [sys.executable, "-m", "spectrain", "run", "--modes", mode, "--base-model", base]
+        command = [sys.executable, "-m", "spectrain.cli", "run", "--modes", mode, "--base-model", base]
         command += ["--dataset", config.dataset] if config.dataset else []
         log = paths.home() / "watch" / f"retrain-{stamp}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as handle:
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         return {"how": "local", "id": str(process.pid), "started": now, "log": str(log)}
-    from pipelines import kfp_client
-    from pipelines.settings import DEFAULT_YAML
+    from spectrain.operations import kfp_client
+    from spectrain.pipelines.settings import DEFAULT_YAML
 
     pipeline_run = source.data.tags.get("pipeline_run_id", "")
     kfp = kfp_client.make_client(config.kfp_host or None, config.kfp_namespace)

@@ -1,6 +1,6 @@
 """`spectrain submit`, `spectrain schedule`, `spectrain runs`: the compiled pipeline on a Kubeflow Pipelines server.
 
-Each command is a thin handler over pipelines/kfp_client.py, whose functions take a `kfp.Client` (tests point
+Each command is a thin handler over operations/kfp_client.py, whose functions take a `kfp.Client` (tests point
 one at a fake server). Both writing commands are idempotent: `submit` skips a run whose name already exists in the
 experiment (--force submits anyway), `schedule` leaves an identical recurring run alone and replaces a
 changed one (delete + create).
@@ -16,13 +16,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.settings import DEFAULT_YAML
+from spectrain.pipelines.settings import DEFAULT_YAML
 from spectrain.errors import SpectrainError
 
 if TYPE_CHECKING:
     pass
 
-from pipelines.kfp_client import (
+from spectrain.operations.kfp_client import (
     CRON_EXAMPLE,
     DEFAULT_EXPERIMENT,
     DEFAULT_SERVICE_ACCOUNT,

@@ -2,7 +2,7 @@
 
 The /metrics served here is a STAND-IN for vLLM's (the same Prometheus text, tests/test_specdecode.py has
 vLLM's exact lines), for what a real server cannot do on cue: drift and restart at a chosen moment; the KFP
-server that receives the retraining run is pipelines/tests/fake_kfp.py.
+server that receives the retraining run is tests/support/fake_kfp.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from mlflow import MlflowClient
 
-from pipelines import kfp_client, watch
-from pipelines.tests.fake_kfp import FakeKfpServer
-from pipelines.watch import State, WatchConfig, decide
+from spectrain.operations import kfp_client, watch
+from tests.support.fake_kfp import FakeKfpServer
+from spectrain.operations.watch import State, WatchConfig, decide
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
 from spectrain.specdecode import Counters
@@ -161,7 +161,7 @@ def kfp(monkeypatch, tmp_path):
 def test_readings_across_a_restart_and_a_drop_start_exactly_one_retraining_with_the_champions_parameters(
     registry, kfp, tmp_path, monkeypatch
 ):
-    from pipelines.settings import DEFAULT_YAML
+    from spectrain.pipelines.settings import DEFAULT_YAML
 
     uri, client, experiment = registry
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
@@ -312,7 +312,7 @@ def test_a_local_retraining_is_a_real_spectrain_run_in_flight_until_it_ends(regi
     command = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
     assert command[1:] == [
         "-m",
-        "spectrain",
+        "spectrain.cli",
         "run",
         "--modes",
         "eagle3",
@@ -375,9 +375,10 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
     not an alarm) and a switch of the traffic to the other prompts (τ drops: one retraining)."""
     import json
 
-    from pipelines.settings import DEFAULT_YAML
+    from spectrain.pipelines.settings import DEFAULT_YAML
     from spectrain.drafts import vllm_speculative_config
     from spectrain.steps import run_step
+    from spectrain.components.serve import SERVE, STOP_SERVER
     from spectrain.vllm import free_port
 
     monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path / "servers"))
@@ -424,21 +425,21 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
             chat(url, prompt)
 
     readings = []
-    run_step("serve", with_draft)
+    run_step(SERVE, with_draft)
     try:
         start = time.time()  # readings a minute apart on the test's own clock: no waiting between them
         readings.append(watch.reading(settings, client, now=start))
         traffic(PROMPTS * 2)  # the prompts it remembers
         counted = watch.scrape(url, "watch-key")  # vLLM follows the exported schedule: k tokens per draft at batch 1
         readings.append(watch.reading(settings, client, now=start + 60))
-        run_step("stop-server", {"run_id": "watch-test"})  # a restart: the new server counts from 0
-        run_step("serve", with_draft)
+        run_step(STOP_SERVER, {"run_id": "watch-test"})  # a restart: the new server counts from 0
+        run_step(SERVE, with_draft)
         readings.append(watch.reading(settings, client, now=start + 120))
         for now in (180, 240, 300):  # the traffic moves to prompts the draft never saw
             traffic(UNSEEN)
             readings.append(watch.reading(settings, client, now=start + now))
     finally:
-        run_step("stop-server", {"run_id": "watch-test"})
+        run_step(STOP_SERVER, {"run_id": "watch-test"})
     # a server that does not speculate: each reading re-measures the champion from the registry on prompts
     unseen = tmp_path / "unseen.jsonl"
     unseen.write_text(

@@ -1,7 +1,7 @@
 """The Kubeflow Pipelines API as spectrain uses it: the compiled package's parameters and a --params file checked
 against them, a cron checked, a client made with the right token, a run submitted and a recurring run scheduled
 idempotently, runs listed. Every function takes a `kfp.Client`, so that tests point one at a fake server; the
-commands that call them are pipelines/submit.py.
+commands that call them are cli/kubeflow.py.
 
 kfp is imported lazily: this module is imported by the CLI in step environments that have no kfp.
 """
@@ -82,7 +82,7 @@ def pipeline_parameters(package: Path) -> dict[str, dict]:
 def read_params(path: Path | None, package: Path) -> dict[str, Any]:
     """Pipeline arguments from a YAML mapping, checked against the package's parameters (names and types), and
     refused where they (or the package's defaults) cannot work on Kubernetes."""
-    from pipelines import parameters
+    from spectrain.pipelines import parameters
 
     known = pipeline_parameters(package)
     types = {

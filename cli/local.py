@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.settings import DEFAULT_YAML
+from spectrain.pipelines.settings import DEFAULT_YAML
 from spectrain import paths, processes
 from spectrain.console import EVENTS_ENV, RunConsole, duration
 from spectrain.errors import SpectrainError
@@ -55,7 +55,7 @@ KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "Li
 
 def pipeline_parameters() -> dict[str, dict]:
     """name -> {type, default, help}, read from the pipeline function (its signature and docstring)."""
-    from pipelines.speculative_decoding import speculative_decoding
+    from spectrain.pipelines.speculative_decoding import speculative_decoding
 
     return {
         name: {"type": KFP_TYPES[spec.type], "default": spec.default, "help": spec.description or ""}
@@ -125,7 +125,7 @@ class Boundaries:
 
 
 def run_command(args: argparse.Namespace, boundaries: Boundaries | None = None) -> int:
-    from pipelines import parameters as pipeline_checks
+    from spectrain.pipelines import parameters as pipeline_checks
 
     parameters = pipeline_parameters()
     arguments = ({} if boundaries else ON_THIS_MACHINE) | (LAPTOP_PRESET if args.preset == "laptop" else {})
@@ -216,8 +216,8 @@ def new_run_dir(workdir: Path) -> Path:
 def _run_pipeline(arguments: dict, run_dir: Path) -> None:
     from kfp import local
 
-    from pipelines.settings import CompileSettings
-    from pipelines.speculative_decoding import build_pipeline
+    from spectrain.pipelines.settings import CompileSettings
+    from spectrain.pipelines.speculative_decoding import build_pipeline
 
     # One draft at a time: on a laptop each draft gets every core instead of two trainings thrashing them. No GPU
     # is promised to any step (kfp.local would pass SPECTRAIN_GPUS on): each uses one where it finds one.
@@ -274,7 +274,7 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per compile setting (pipelines.speculative_decoding.CompileSettings), its default shown."""
     import dataclasses
 
-    from pipelines.settings import CompileSettings
+    from spectrain.pipelines.settings import CompileSettings
 
     parser.add_argument("--output", default=None, help="where to write (default: pipelines/speculative_decoding.yaml)")
     for setting in dataclasses.fields(CompileSettings):
@@ -291,8 +291,8 @@ def compile_command(args: argparse.Namespace) -> int:
 
     from kfp import compiler
 
-    from pipelines.settings import CompileSettings
-    from pipelines.speculative_decoding import build_pipeline
+    from spectrain.pipelines.settings import CompileSettings
+    from spectrain.pipelines.speculative_decoding import build_pipeline
 
     settings = CompileSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompileSettings)})
     if problems := settings.problems():

@@ -19,18 +19,19 @@ import json
 import os
 import sys
 import traceback
+from typing import Any
 
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
-from spectrain.steps import ERROR_FILE_ENV, STEPS, USER_ERROR_EXIT
+from spectrain.cli.steps import STEPS
+from spectrain.steps import ERROR_FILE_ENV, USER_ERROR_EXIT
 
 
 def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     step = STEPS[args.step_name]
-    config_cls = step.load(step.config)
     base = configs.read_json(args.config) if args.config else {}
-    config = configs.from_args(config_cls, args, base)
-    result = step.load(step.run)(config)
+    config: Any = configs.from_args(step.config, args, base)
+    result = step.run(config)
     if isinstance(result, dict):
         # what ran, every field resolved (a step that chose settings itself reports them in "resolved"): register
         # logs it
@@ -46,7 +47,7 @@ def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def _promote_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from components.register.register import rollback
+    from spectrain.components.register.register import rollback
 
     rollback(args.model, args.tracking_uri)
     return 0
@@ -60,7 +61,7 @@ WATCH_EXAMPLES = """examples:
 
 
 def _watch_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from pipelines import watch
+    from spectrain.operations import watch
 
     watch.run(configs.from_args(watch.WatchConfig, args))
     return 0
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from spectrain import local  # light: imports kfp lazily
+    from spectrain.cli import local  # light: imports kfp lazily
 
     run = commands.add_parser(
         "run",
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_compile_arguments(compile_)
     compile_.set_defaults(handler=lambda a, p: local.compile_command(a))
 
-    from pipelines import submit as kfp_submit  # light: imports kfp only when a command runs
+    from spectrain.cli import kubeflow as kfp_submit  # light: imports kfp only when a command runs
 
     kfp_submit.add_commands(commands)
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.set_defaults(handler=_promote_command)
 
-    from pipelines import watch
+    from spectrain.operations import watch
 
     watcher = commands.add_parser(
         "watch",
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = steps.add_parser(name, help=spec.summary, description=spec.summary)
         sub.add_argument("--config", help="JSON file with the step's config; flags override it")
         sub.add_argument("--result", help="write the step's result JSON here (default: print it)")
-        configs.add_arguments(sub, spec.load(spec.config))
+        configs.add_arguments(sub, spec.config)
         sub.set_defaults(handler=_step_command)
     return parser
 
