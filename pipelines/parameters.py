@@ -216,8 +216,8 @@ def _cross_problems(arguments: dict[str, Any], label) -> list[str]:
     trained |= {
         name: value for name, value in (options if isinstance(options, dict) else {}).items() if isinstance(value, int)
     }
-    for mode in modes if isinstance(modes, list) and isinstance(k, int) else []:
-        problem = too_many_draft_tokens(mode, trained, k)
+    for mode in modes if isinstance(modes, list) else []:
+        problem = too_many_draft_tokens(mode, trained, k) if isinstance(k, int) else None
         if problem:
             reason, setting = problem
             problems.append(
