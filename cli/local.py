@@ -50,18 +50,6 @@ examples:
   spectrain run --base-model /models/Llama-3.2-1B-Instruct --dataset Daring-Anteater/train.jsonl --preset full
 """
 
-KFP_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool, "List": list, "Dict": dict}
-
-
-def pipeline_parameters() -> dict[str, dict]:
-    """name -> {type, default, help}, read from the pipeline function (its signature and docstring)."""
-    from spectrain.pipelines.speculative_decoding import speculative_decoding
-
-    return {
-        name: {"type": KFP_TYPES[spec.type], "default": spec.default, "help": spec.description or ""}
-        for name, spec in speculative_decoding.component_spec.inputs.items()
-    }
-
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -83,7 +71,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "either way it is in <workdir>/runs/<run>/logs/",
     )
     group = parser.add_argument_group("pipeline parameters")
-    for name, parameter in pipeline_parameters().items():
+    from spectrain.pipelines.parameters import of_pipeline
+
+    for name, parameter in of_pipeline().items():
         shown = {**ON_THIS_MACHINE, **LAPTOP_PRESET}.get(name, parameter["default"])
         metavar = {int: "INT", float: "FLOAT", list: "A,B", dict: "JSON", bool: "BOOL"}.get(parameter["type"], "TEXT")
         group.add_argument(
@@ -127,7 +117,7 @@ class Boundaries:
 def run_command(args: argparse.Namespace, boundaries: Boundaries | None = None) -> int:
     from spectrain.pipelines import parameters as pipeline_checks
 
-    parameters = pipeline_parameters()
+    parameters = pipeline_checks.of_pipeline()
     arguments = ({} if boundaries else ON_THIS_MACHINE) | (LAPTOP_PRESET if args.preset == "laptop" else {})
     arguments |= {name: getattr(args, name) for name in parameters if getattr(args, name) is not None}
     arguments = pipeline_checks.validate(arguments, parameters, where="command line")

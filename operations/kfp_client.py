@@ -31,23 +31,6 @@ DEFAULT_EXPERIMENT = "spectrain"
 # The ServiceAccount manifests/base/rbac.yaml creates: may create the vLLM Deployment/Service of serve_mode cluster.
 DEFAULT_SERVICE_ACCOUNT = "spectrain-pipeline-runner"
 CRON_EXAMPLE = "0 0 3 * * *"
-# Python types a parameter of each pipeline-spec (IR) type accepts in a --params file.
-PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
-    "STRING": (str,),
-    "NUMBER_INTEGER": (int,),
-    "NUMBER_DOUBLE": (int, float),
-    "BOOLEAN": (bool,),
-    "LIST": (list,),
-    "STRUCT": (dict,),
-}
-PYTHON_TYPES = {
-    "STRING": str,
-    "NUMBER_INTEGER": int,
-    "NUMBER_DOUBLE": float,
-    "BOOLEAN": bool,
-    "LIST": list,
-    "STRUCT": dict,
-}
 # What `schedule` writes in a recurring run's description, and reads back to decide whether it changed.
 FINGERPRINT = re.compile(r"package sha256:(?P<package>[0-9a-f]+); params sha256:(?P<params>[0-9a-f]+)")
 
@@ -56,8 +39,10 @@ FINGERPRINT = re.compile(r"package sha256:(?P<package>[0-9a-f]+); params sha256:
 
 
 def pipeline_parameters(package: Path) -> dict[str, dict]:
-    """The pipeline's parameters (name -> its inputDefinitions entry), from the compiled package YAML."""
+    """The pipeline's parameters (name -> {type, default, help}), from the compiled package YAML."""
     import yaml
+
+    from spectrain.pipelines.parameters import declared
 
     if not package.is_file():
         raise SpectrainError(
@@ -70,7 +55,7 @@ def pipeline_parameters(package: Path) -> dict[str, dict]:
     with package.open() as handle:
         spec: Any = next(yaml.safe_load_all(handle), None)
     try:
-        return dict(spec["root"].get("inputDefinitions", {}).get("parameters", {}))
+        return declared(spec["root"])
     except (TypeError, KeyError, AttributeError):
         raise SpectrainError(
             "not a compiled KFP pipeline (no `root` in its first document)",
@@ -84,12 +69,8 @@ def read_params(path: Path | None, package: Path) -> dict[str, Any]:
     refused where they (or the package's defaults) cannot work on Kubernetes."""
     from spectrain.pipelines import parameters
 
-    known = pipeline_parameters(package)
-    types = {
-        name: {"type": PYTHON_TYPES.get(spec.get("parameterType", ""), object), "default": spec.get("defaultValue")}
-        for name, spec in known.items()
-    }
-    params = {} if path is None else _params_file(path, known, package)
+    types = pipeline_parameters(package)
+    params = {} if path is None else _params_file(path, types, package)
     with checks.for_cluster():  # paths and credentials are the cluster's, not this machine's
         coerced = parameters.validate(params, types, where=str(path or package), label=str)
     problems = parameters.cluster_problems({name: spec["default"] for name, spec in types.items()} | coerced, str)
@@ -105,6 +86,8 @@ def read_params(path: Path | None, package: Path) -> dict[str, Any]:
 
 def _params_file(path: Path, known: dict[str, dict], package: Path) -> dict[str, Any]:
     import yaml
+
+    from spectrain.pipelines import parameters
 
     try:
         params = yaml.safe_load(path.read_text()) or {}
@@ -126,13 +109,12 @@ def _params_file(path: Path, known: dict[str, dict], package: Path) -> dict[str,
             fix=f"known parameters of {package.name}: {', '.join(sorted(known))}",
         )
     for name, value in params.items():
-        kind = known[name].get("parameterType", "")
-        accepted = PARAMETER_TYPES.get(kind)
-        if accepted and (not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)):
+        kind = known[name]["type"]
+        if kind is not object and not parameters.accepts(kind, value):
             raise SpectrainError(
-                f"{name}: expected {kind.lower()}, got {type(value).__name__} {value!r}",
+                f"{name}: expected {kind.__name__}, got {type(value).__name__} {value!r}",
                 where=str(path),
-                fix=f"{name}: {known[name].get('description', '')}",
+                fix=f"{name}: {known[name]['help']}",
             )
     return params
 

@@ -127,10 +127,51 @@ def cluster_problems(arguments: dict[str, Any], label=flag) -> list[str]:
     return []
 
 
+# The Python type of each parameter type of a pipeline spec (KFP's IR: the compiled YAML, the function's own spec).
+IR_TYPES: dict[str, type] = {
+    "STRING": str,
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "BOOLEAN": bool,
+    "LIST": list,
+    "STRUCT": dict,
+}
+
+
+def declared(root: dict[str, Any]) -> dict[str, dict]:
+    """name -> {type, default, help} of a pipeline's parameters, read from its spec's ``root`` (a compiled
+    package's first document, or the pipeline function's own spec): what `spectrain run` makes flags of and
+    what `spectrain submit` checks a params file against."""
+    found = {}
+    for name, spec in root.get("inputDefinitions", {}).get("parameters", {}).items():
+        kind = IR_TYPES.get(spec.get("parameterType", ""), object)
+        default = spec.get("defaultValue")
+        if kind is int and isinstance(default, float) and default.is_integer():  # the IR keeps numbers as doubles
+            default = int(default)
+        found[name] = {"type": kind, "default": default, "help": spec.get("description", "")}
+    return found
+
+
+def of_pipeline() -> dict[str, dict]:
+    """The parameters of the pipeline function itself (spectrain.pipelines.speculative_decoding)."""
+    from google.protobuf import json_format
+
+    from spectrain.pipelines.speculative_decoding import speculative_decoding
+
+    return declared(json_format.MessageToDict(speculative_decoding.pipeline_spec)["root"])
+
+
+def accepts(kind: type, value: Any) -> bool:
+    """Whether a value read from YAML is of a parameter's type as it is (no coercion: a params file is typed)."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
 def validate(arguments: dict[str, Any], parameters: dict[str, dict], where: str, label=flag) -> dict[str, Any]:
     """``arguments`` coerced to each parameter's type and checked against its rule; every problem in one error.
 
-    ``parameters``: name -> {"type": python type, "default": ..} (spectrain.cli.local.pipeline_parameters).
+    ``parameters``: name -> {"type": python type, "default": ..} (:func:`declared`).
     ``label`` names a parameter in messages (a flag on the command line, the key in a params file).
     Returns the coerced arguments.
     """

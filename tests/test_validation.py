@@ -15,9 +15,9 @@ from spectrain.pipelines import parameters
 from spectrain import checks
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
-from spectrain.cli.local import pipeline_parameters
+from spectrain.pipelines.parameters import of_pipeline
 
-PARAMETERS = pipeline_parameters()
+PARAMETERS = of_pipeline()
 
 
 def problems(**arguments) -> str:
