@@ -158,7 +158,8 @@ def of_pipeline() -> dict[str, dict]:
 
     from spectrain.pipelines.speculative_decoding import speculative_decoding
 
-    return declared(json_format.MessageToDict(speculative_decoding.pipeline_spec)["root"])
+    found = declared(json_format.MessageToDict(speculative_decoding.pipeline_spec)["root"])
+    return {name: found[name] for name in speculative_decoding.component_spec.inputs}  # the signature's order
 
 
 def accepts(kind: type, value: Any) -> bool:
