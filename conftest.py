@@ -71,8 +71,7 @@ def tiny_checkpoints(tmp_path_factory, tiny_data):
                 max_steps=2,
                 batch_size=2,
                 max_length=96,
-                logging_steps=1,
-                warmup_steps=0,
+                training_arguments={"warmup_steps": 0, "logging_steps": 1},
                 **extra,
             )
         )

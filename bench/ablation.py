@@ -43,7 +43,7 @@ REFERENCE = {
     "lr": 1e-3,
     "max_length": 256,
     "batch_size": 4,
-    "warmup_steps": 20,
+    "training_arguments": {"warmup_steps": 20, "logging_steps": 10},
     "precision": "fp32",
     "pack": False,
     "extra_data": "",
@@ -84,7 +84,11 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {
         "cache-loss-all-tokens",
         {"eagle_feature_noise": 0.1},
     ),
-    "weight-decay": ("AdamW weight decay 0.01", "cache-loss-all-tokens", {"weight_decay": 0.01}),
+    "weight-decay": (
+        "AdamW weight decay 0.01",
+        "cache-loss-all-tokens",
+        {"training_arguments": {"warmup_steps": 20, "logging_steps": 10, "weight_decay": 0.01}},
+    ),
     "lr-3e-3": ("peak learning rate 3e-3 instead of 1e-3", "+pack", {"lr": 3e-3}),
     "lr-3e-4": ("peak learning rate 3e-4 instead of 1e-3", "cache-loss-all-tokens", {"lr": 3e-4}),
     "time-schedule": (
@@ -152,7 +156,6 @@ def measure(name: str, settings: dict, data: Path, args, workdir: Path) -> dict:
             "output_dir": str(checkpoint),
             "num_epochs": 1000,
             "max_minutes": args.minutes,
-            "logging_steps": 10,
             **train_settings,
         },
     )

@@ -149,7 +149,6 @@ def train(mode: str, base_dir: Path, output: Path, steps: int, tiny: bool) -> di
             max_steps=steps,
             max_length=256 if tiny else 0,  # 0: the recipe the base gets (2,048 tokens; DFlash 4,096)
             dflash_num_layers=1 if tiny else 3,
-            logging_steps=5,
         )
     )
     cache = result.get("hidden_state_cache") or {}

@@ -107,7 +107,6 @@ def train(data: Path, output: Path, spec: str, **settings) -> dict:
             "mode": mode,
             "max_length": 256,
             "batch_size": 4,
-            "logging_steps": 10,
             **mode_settings,
             **settings,
         },
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.lr,
             max_minutes=args.minutes,
             hidden_state_cache=True,
-            warmup_steps=20,
+            training_arguments={"warmup_steps": 20, "logging_steps": 10},
         )
         evaluated = run_step(
             EVALUATE,
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             "eagle3",
             max_steps=args.epoch_steps,
             hidden_state_cache=cached,
-            warmup_steps=0,
+            training_arguments={"warmup_steps": 0, "logging_steps": 10},
         )
         steps_per_epoch = -(-result["examples"] // 4)
         timing["cache" if cached else "online"] = {

@@ -15,7 +15,7 @@ from spectrain.components.export.config import ExportConfig
 from spectrain.components.regenerate.config import RegenerateConfig
 from spectrain.components.register.config import RegisterConfig
 from spectrain.components.serve.config import ServeConfig
-from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.config import TrainHeadsConfig, training_argument_names
 from spectrain import checks
 from spectrain.config import check_of, coerce, default_of, field_type, help_of, rule_problem
 from spectrain.drafts import MODES, RETIRED_MODES, max_draft_tokens, too_many_draft_tokens
@@ -225,6 +225,12 @@ def _options_problems(name: str, options: dict, label_of) -> list[str]:
             continue
         if key in SET_BY_PIPELINE[name]:
             problems.append(f"{label}: {key!r} is set by the pipeline itself: remove it")
+            continue
+        if key not in fields and "training_arguments" in fields and key in training_argument_names():
+            problems.append(
+                f"{label}: {key!r} is a field of transformers.TrainingArguments: pass it inside training_arguments, "
+                f'e.g. \'{{"training_arguments": {{"{key}": {json.dumps(value)}}}}}\''
+            )
             continue
         if key not in fields:
             problems.append(

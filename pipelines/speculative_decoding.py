@@ -144,7 +144,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             train_max_length: tokens per training sequence (0 = chosen from the base: 256 below 1B parameters, the mode's reference recipe above).
             train_draft_vocab_size: EAGLE draft vocabulary (most frequent tokens; 0 = full vocabulary; -1 = chosen from the base: 4,096 below 1B parameters, 32,000 above).
             train_hidden_state_cache: run the frozen base once over the data and train every epoch from its cached hidden states (skipped, with a warning, when it would exceed the train step's hidden_state_cache_max_gb, 20 GB).
-            train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "warmup_steps": 20, "seed": 7}; see `spectrain step train-heads --help`.
+            train_options: any other train setting, e.g. {"medusa_num_heads": 4, "eagle_num_layers": 2, "training_arguments": {"warmup_steps": 20, "seed": 7}}; see `spectrain step train-heads --help`.
             num_draft_tokens: k at which τ is measured, compared and gated (the vLLM cross-check too); the served k is measured: evaluate times draft and verification steps for k = 1..5 and export writes the fastest into the draft's vllm_speculative_config.json.
             eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
             eval_max_new_tokens: greedy tokens generated per evaluation prompt.

@@ -21,7 +21,7 @@ for env in serve train orchestrate; do export "SPECTRAIN_PYTHON_${env^^}=$PWD/.v
 run() {  # run ENV PATHS...
   local env=$1; shift
   echo "=== [$env] pytest $*"
-  .venvs/$env/bin/python -m pytest "$@" || status=1
+  .venvs/$env/bin/python -m pytest --durations=25 "$@" || status=1
 }
 run train components/train_heads components/evaluate components/export \
     --ignore=components/evaluate/tests/test_vllm_crosscheck.py "${@}"

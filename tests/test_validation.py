@@ -95,8 +95,12 @@ def test_an_options_key_with_a_parameter_of_its_own_is_refused_naming_that_param
     assert "--train-options: 'lr' has a parameter of its own: set --train-lr instead" in message
     assert "--train-options: 'data' is set by the pipeline itself" in message
     parameters.validate(
-        {"regenerate_options": {"temperature": 0.6}, "train_options": {"seed": 7}}, PARAMETERS, where="x"
+        {"regenerate_options": {"temperature": 0.6}, "train_options": {"training_arguments": {"seed": 7}}},
+        PARAMETERS,
+        where="x",
     )  # settings without a parameter of their own stay welcome
+    message = problems(train_options={"seed": 7})
+    assert """'seed' is a field of transformers.TrainingArguments: pass it inside training_arguments""" in message
 
 
 def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_path):
@@ -229,9 +233,15 @@ def test_a_malformed_s3_location_is_refused():
 
 
 def test_options_keys_are_fields_of_the_step_and_their_values_follow_its_rules():
-    message = problems(train_options={"medusa_num_hedas": 4, "warmup_steps": -1}, regenerate_options={"top_p": 2})
+    message = problems(
+        train_options={"medusa_num_hedas": 4, "training_arguments": {"warmup_step": 5, "learning_rate": 1.0}},
+        regenerate_options={"top_p": 2},
+    )
     assert "unknown key 'medusa_num_hedas'" in message and "medusa_num_heads" in message
-    assert "--train-options: warmup_steps = -1 is not allowed" in message
+    # TrainingArguments' own fields, read from the transformers the train image pins (orchestrate carries it too)
+    assert "learning_rate is set from lr" in message
+    problem = problems(train_options={"training_arguments": {"warmup_step": 5}})
+    assert "not a field of transformers.TrainingArguments: 'warmup_step' (did you mean 'warmup_steps'?)" in problem
     assert "--regenerate-options: top_p = 2" in message and "from 0.0 to 1.0" in message
 
 

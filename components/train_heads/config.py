@@ -2,12 +2,90 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
+import os
 from dataclasses import dataclass
+from typing import Any
 
 from spectrain import checks
 from spectrain.config import field
 from spectrain.drafts import MODES, RETIRED_MODES
 from spectrain.errors import SpectrainError
+
+
+# TrainingArguments that spectrain sets differently from the HF defaults (a user's training_arguments win).
+# The seed also initialises the draft, before the Trainer exists.
+DEFAULT_TRAINING_ARGUMENTS: dict[str, Any] = {
+    "warmup_steps": 5,
+    "logging_steps": 5,
+    "lr_scheduler_type": "cosine",
+    "seed": 42,
+}
+# TrainingArguments spectrain sets itself, and what sets them (components/train_heads/trainer.py).
+OWNED_TRAINING_ARGUMENTS = {
+    "output_dir": "output_dir",
+    "learning_rate": "lr",
+    "per_device_train_batch_size": "batch_size",
+    "num_train_epochs": "num_epochs",
+    "max_steps": "max_steps",
+    "save_strategy": "save_steps (0: only at the end)",
+    "bf16": "precision",
+    "fp16": "precision",
+    "use_cpu": "the devices the step finds",
+    "fsdp": "shard_base",
+    "fsdp_config": "shard_base",
+    "ddp_timeout": "the hidden-state cache's barrier",
+    "report_to": "spectrain (the register step logs to MLflow)",
+    "remove_unused_columns": "spectrain's data collation",
+    "label_names": "the draft mode",
+    "disable_tqdm": "spectrain's progress bars",
+    "dataloader_drop_last": "spectrain (every row trains)",
+}
+
+
+@functools.cache
+def training_argument_names() -> frozenset[str]:
+    """The fields of transformers.TrainingArguments, read from the installed transformers (the train image's pin;
+    the orchestrate image carries the same one, so that spectrain run and submit check them before any work)."""
+    quiet = os.environ.get("TRANSFORMERS_NO_ADVISORY_WARNINGS")
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"  # "PyTorch was not found" where there is no torch
+    try:
+        from transformers import TrainingArguments
+    finally:
+        if quiet is None:
+            del os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"]
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+def _training_arguments_problem(value: dict) -> str | None:
+    owned = [
+        f"{name} is set from {OWNED_TRAINING_ARGUMENTS[name]}" for name in value if name in OWNED_TRAINING_ARGUMENTS
+    ]
+    if owned:
+        return "; ".join(owned)
+    if not value:
+        return None
+    known = training_argument_names()
+    unknown = []
+    for name in value:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            unknown.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"not a field of transformers.TrainingArguments: {', '.join(unknown)}" if unknown else None
+
+
+TRAINING_ARGUMENTS_RULE = checks.Rule(
+    "fields of transformers.TrainingArguments that spectrain does not set itself",
+    '{"warmup_steps": 20}',
+    _training_arguments_problem,
+)
+
+
+def chosen_training_arguments(config: TrainHeadsConfig) -> dict[str, Any]:
+    """spectrain's defaults with the config's training_arguments over them."""
+    return {**DEFAULT_TRAINING_ARGUMENTS, **config.training_arguments}
 
 
 @dataclass
@@ -164,19 +242,19 @@ class TrainHeadsConfig:
         "instead of decaying over steps the budget will never reach",
     )
     batch_size: int = field(4, "sequences per device per step", check=checks.at_least(1, 4))
-    gradient_accumulation_steps: int = field(1, "micro-batches per optimizer step", check=checks.at_least(1))
-    warmup_steps: int = field(5, "linear warmup steps", check=checks.at_least(0, 5))
-    weight_decay: float = field(0.0, "AdamW weight decay", check=checks.at_least(0.0, 0.01))
     max_length: int = field(
         0,
         "tokens per training sequence; every batch is padded to exactly this; 0 chooses from the base: 256 below "
         "1B parameters, above it the reference recipe of the mode (2,048; DFlash 4,096)",
         check=checks.or_auto(0, checks.at_least(16, 256)),
     )
-    save_steps: int = field(
-        0,
-        "save a resumable checkpoint every N steps (0: only at the end; with checkpoint_uri: every 200 steps)",
-        check=checks.at_least(0, 200),
+    training_arguments: dict = field(
+        {},
+        "more settings of the HF Trainer, as fields of transformers.TrainingArguments passed through as given, e.g. "
+        '{"warmup_steps": 20, "weight_decay": 0.01, "seed": 7, "save_steps": 200, "gradient_accumulation_steps": 2}; '
+        f"spectrain's own defaults: {DEFAULT_TRAINING_ARGUMENTS}; save_steps 0 saves only at the end (with "
+        "checkpoint_uri: every 200 steps); the fields spectrain sets from its own settings are refused",
+        check=TRAINING_ARGUMENTS_RULE,
     )
     checkpoint_uri: str = field(
         "",
@@ -185,11 +263,9 @@ class TrainHeadsConfig:
         "output_dir has none as new (a KFP retry is a new pod with an empty disk)",
         check=checks.s3_prefix(),
     )
-    logging_steps: int = field(5, "log loss and head accuracy every N steps", check=checks.at_least(1, 5))
     resume_from_checkpoint: str = field(
         "", "'' to start fresh, 'auto' for the newest checkpoint in output_dir, or a path"
     )
-    seed: int = field(42, "seed for head init and data order")
     num_processes: int = field(
         0,
         "training processes (DDP through torchrun, this same command relaunched): 0 = "

@@ -16,7 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from spectrain.components.train_heads import hidden_cache, launch
 from spectrain.components.train_heads.checkpoints import CheckpointsToS3, restore_from_s3
-from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.config import TrainHeadsConfig, chosen_training_arguments
 from spectrain.components.train_heads.datasets import CachedDataset, ConversationDataset
 from spectrain.components.train_heads.draft import (
     convert,
@@ -169,7 +169,7 @@ def run(config: TrainHeadsConfig) -> dict:
         config = dataclasses.replace(config, hidden_state_cache=False)
     if processes > 1 and not launch.inside_launcher():
         return launch.run_distributed(config, processes)
-    transformers.set_seed(config.seed)
+    transformers.set_seed(chosen_training_arguments(config)["seed"])
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(config, output_dir, placement, base, shard)
@@ -213,7 +213,7 @@ def run(config: TrainHeadsConfig) -> dict:
                 draft_token_ids=draft_ids,
                 bf16=placement.precision == "bf16",
             )
-    transformers.set_seed(config.seed)  # the same head init with or without the cache
+    transformers.set_seed(chosen_training_arguments(config)["seed"])  # the same head init with or without the cache
     with args.main_process_first(desc="draft vocabulary"):
         convert(model, config, d2t, output_dir, mask_token_id=mask_token_id)
     online_state = mto.modelopt_state(model)  # what evaluate and export restore onto the base

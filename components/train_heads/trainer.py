@@ -13,7 +13,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from spectrain.components.train_heads import launch
-from spectrain.components.train_heads.config import TrainHeadsConfig
+from spectrain.components.train_heads.config import TrainHeadsConfig, chosen_training_arguments
 from spectrain.components.train_heads.datasets import IGNORE
 from spectrain import bases, devices
 from spectrain.console import EVENTS_ENV, Progress, warn
@@ -42,7 +42,7 @@ class DraftTrainer(transformers.Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         draft = draft_state_dict(self.model)  # every process: a sharded draft is gathered collectively
         if self.args.should_save:
-            directory = Path(output_dir or self.args.output_dir)
+            directory = Path(output_dir or str(self.args.output_dir))
             directory.mkdir(parents=True, exist_ok=True)
             tensors = {name: tensor.to("cpu") for name, tensor in draft.items()}
             save_file(tensors, str(directory / DRAFT_WEIGHTS), metadata={"format": "pt"})
@@ -255,22 +255,17 @@ def training_arguments(
     base: bases.BaseFacts | None = None,
     shard: bool = False,
 ) -> transformers.TrainingArguments:
-    save_steps = config.save_steps or (SAVE_STEPS_WITH_CHECKPOINT_URI if config.checkpoint_uri else 0)
+    chosen = chosen_training_arguments(config)
+    save_steps = chosen.pop("save_steps", 0) or (SAVE_STEPS_WITH_CHECKPOINT_URI if config.checkpoint_uri else 0)
     return transformers.TrainingArguments(
         **(fsdp_arguments(base) if shard and base else {}),
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.lr,
         num_train_epochs=config.num_epochs,
         max_steps=config.max_steps if config.max_steps > 0 else -1,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        lr_scheduler_type="cosine",
-        logging_steps=config.logging_steps,
         save_strategy="steps" if save_steps > 0 else "no",
         save_steps=save_steps if save_steps > 0 else 500,
-        seed=config.seed,
         bf16=placement.precision == "bf16",
         fp16=placement.precision == "fp16",  # with the Trainer's loss scaling
         use_cpu=not placement.on_gpu,
@@ -281,4 +276,5 @@ def training_arguments(
         label_names=["labels"] if config.mode == "medusa" else [],
         dataloader_drop_last=False,
         disable_tqdm=not launch.is_main_process(),
+        **chosen,  # the user's TrainingArguments (and spectrain's defaults for warm-up, logging, schedule)
     )

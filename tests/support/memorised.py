@@ -76,7 +76,7 @@ def memorised_draft(mode: str, fallback_cache: Path) -> Memorised:
                     "mode": mode,
                     "batch_size": 3,
                     "max_length": 96,
-                    "warmup_steps": 0,
+                    "training_arguments": {"warmup_steps": 0},
                     **TRAINING[mode],
                 },
             )

@@ -88,8 +88,7 @@ def test_the_gpu_arrangement_trains_a_float32_draft_over_a_bfloat16_base(tmp_pat
             batch_size=2,
             max_length=96,
             draft_vocab_size=512,
-            warmup_steps=0,
-            logging_steps=1,
+            training_arguments={"warmup_steps": 0, "logging_steps": 1},
         )
     )
     assert result["placement"]["base_dtype"] == "bfloat16" and result["precision"] == "bf16"

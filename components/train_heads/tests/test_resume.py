@@ -94,14 +94,13 @@ def test_a_checkpoint_holds_the_draft_only_and_resuming_from_it_ends_where_an_un
         max_steps=3,
         batch_size=2,
         max_length=64,
-        warmup_steps=0,
         lr=1e-2,
         **{"medusa": {"medusa_num_heads": 2}, "eagle3": {"draft_vocab_size": 512}, "dflash": {"dflash_block_size": 4}}[
             mode
         ],
     )
     unbroken = tmp_path / "unbroken"
-    run(TrainHeadsConfig(output_dir=str(unbroken), save_steps=1, **settings))
+    run(TrainHeadsConfig(output_dir=str(unbroken), training_arguments={"warmup_steps": 0, "save_steps": 1}, **settings))
     checkpoint = unbroken / "checkpoint-1"
     assert not (checkpoint / "model.safetensors").exists(), "the frozen base does not belong in a checkpoint"
     final = load_file(str(unbroken / DRAFT_WEIGHTS))  # the artifact: the draft only
