@@ -1,5 +1,9 @@
-"""Crashes with real processes: kill -9 of the client, then of the vLLM server, mid-run; re-runs finish the job.
+"""Crashes with real processes: kill -9 of the client, then of the server, mid-run; re-runs finish the job.
 The last server is stopped as the stop-server step stops it (its log kept).
+
+The subject is the client's resumption and the server's process tree, not vLLM: the serve step starts the STAND-IN
+vLLM of tests/support/standin_vllm (an OpenAI server whose engine child shares its session, each reply after
+0.5 s so that a run lasts long enough to be killed). Regeneration by the real vLLM is tests/test_regenerate.py's.
 
 Whatever dies, re-running the step with the same output must end with exactly one record per
 input conversation: nothing lost, nothing twice.
@@ -17,6 +21,7 @@ import pytest
 
 from spectrain.data import embedded_path
 from spectrain.vllm import alive
+from tests.support.standin import with_standin_vllm
 
 CONVERSATIONS = 24
 
@@ -40,6 +45,10 @@ def test_kill_9_of_client_and_of_server_mid_run_then_rerun_gives_one_record_each
     from spectrain.components.serve.server import stop
 
     monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path / "servers"))
+    for name, value in with_standin_vllm(
+        {"PYTHONPATH": os.environ.get("PYTHONPATH", ""), "STANDIN_VLLM_REPLY_SECONDS": "0.5"}
+    ).items():
+        monkeypatch.setenv(name, value)
     data = tmp_path / "input.jsonl"
     data.write_text("".join(open(embedded_path("train")).readlines()[:CONVERSATIONS]))
     expected = {json.loads(line)["id"] for line in data.read_text().splitlines()}

@@ -3,6 +3,6 @@
 
 It keeps what those tests rely on and nothing more: `vllm serve MODEL --host --port --served-model-name`
 answers the OpenAI API behind the API key in ``VLLM_API_KEY`` (models, chat, completions, /tokenize, /health,
-an empty /metrics) within a second, and like vLLM it runs an engine child process in the server's session,
+an empty /metrics) within a second (each generation after STANDIN_VLLM_REPLY_SECONDS, 0 by default), and like vLLM it runs an engine child process in the server's session,
 so stopping the server means stopping a process tree. It loads no model and its replies are canned.
 """

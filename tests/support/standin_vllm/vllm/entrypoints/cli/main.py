@@ -7,11 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from podsim.http import send_json  # (started in the project's root, as spectrain starts vLLM)
 
 REPLY = "A stand-in reply."
+# How long a generation takes (STANDIN_VLLM_REPLY_SECONDS, default 0: at once).
+REPLY_SECONDS = float(os.environ.get("STANDIN_VLLM_REPLY_SECONDS", "0"))
 
 
 def arguments(argv: list[str]) -> argparse.Namespace:
@@ -56,6 +59,7 @@ def handler(name: str, max_model_len: int, api_key: str) -> type[BaseHTTPRequest
             request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             if not self.authorised():
                 return
+            time.sleep(REPLY_SECONDS)  # a test that kills a client or the server mid-run needs a run to last
             usage = {"prompt_tokens": 8, "completion_tokens": 4, "total_tokens": 12}
             if self.path == "/v1/chat/completions":
                 message = {"role": "assistant", "content": REPLY}
