@@ -9,6 +9,7 @@ Examples:
   spectrain runs --host URL                          # recent runs and their state
   spectrain step train-heads --help                  # one step, in the current environment
   spectrain promote --rollback --model NAME          # put the previous champion back
+  spectrain fetch-champion --model NAME --to DIR     # the champion draft, its files checked, ready to serve
   spectrain watch --registered-model NAME --endpoints URL  # production τ against the champion's; retrain on a drop
 """
 
@@ -43,6 +44,13 @@ def _step_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             json.dump(result, handle, indent=2)
     else:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def _fetch_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from spectrain.components.register.register import fetch
+
+    print(fetch(args.model, args.alias, args.to, args.tracking_uri)["draft_dir"])
     return 0
 
 
@@ -110,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the local store in $SPECTRAIN_HOME)",
     )
     promote.set_defaults(handler=_promote_command)
+
+    fetch = commands.add_parser(
+        "fetch-champion",
+        help="download the champion draft, checked file by file against the registry's record; print its folder",
+        description="Download the draft an alias points at (champion by default) and check every file's sha256 "
+        "against what the register step recorded: a draft whose files were changed in the artifact store is refused, "
+        "naming the file. The last line printed is the folder to serve, e.g. "
+        "draft=$(spectrain fetch-champion --model NAME --to ./champion | tail -1).",
+    )
+    fetch.add_argument("--model", required=True, help="registered model, e.g. spectrain-smollm2-135m-instruct-eagle3")
+    fetch.add_argument("--alias", default="champion", help="the alias to follow (default: champion)")
+    fetch.add_argument("--to", required=True, help="an empty or new folder to download into")
+    fetch.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the local store in $SPECTRAIN_HOME)",
+    )
+    fetch.set_defaults(handler=_fetch_command)
 
     from spectrain.operations import watch
 

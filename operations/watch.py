@@ -179,16 +179,13 @@ def measured_on_prompts(config: WatchConfig, version: Any, client: Any) -> Count
     first ``num_prompts`` prompts of ``prompts`` (the evaluate step's vLLM measurement): its counters."""
     import tempfile
 
-    import mlflow
-
-    from spectrain.steps import run_step
     from spectrain.components.evaluate import VLLM_CROSSCHECK
+    from spectrain.components.register.register import fetch_draft
+    from spectrain.steps import run_step
 
     source = client.get_run(version.run_id)
     with tempfile.TemporaryDirectory(prefix="spectrain-watch-") as tmp:
-        draft = mlflow.artifacts.download_artifacts(
-            artifact_uri=version.source, dst_path=tmp, tracking_uri=client.tracking_uri
-        )
+        draft = str(fetch_draft(client, version, Path(tmp)))  # refused if its files are not those registered
         measured = run_step(
             VLLM_CROSSCHECK,
             {

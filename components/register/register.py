@@ -12,7 +12,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from spectrain.components.register.config import RegisterConfig
-from spectrain import paths
+from spectrain import integrity, paths
 from spectrain.config import is_secret, to_dict
 from spectrain.errors import SpectrainError
 from spectrain.models import model_slug
@@ -142,6 +142,7 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str, logged:
         mlflow.log_artifact(plot, "plots")
     if config.draft_dir:
         mlflow.log_artifacts(config.draft_dir, "draft")
+        mlflow.log_text(integrity.manifest(Path(config.draft_dir)), integrity.MANIFEST)  # its digest: a version tag
     return metrics
 
 
@@ -278,6 +279,39 @@ def rollback(name: str, tracking_uri_: str = "") -> dict:
     return {"registered_model": name, "champion": str(previous.version), "previous_champion": str(champion.version)}
 
 
+def fetch_draft(client: MlflowClient, version, dest: Path) -> Path:
+    """A registered version's draft, downloaded under ``dest`` and checked file by file against what was registered
+    (spectrain.integrity): the way every spectrain download of a draft goes."""
+    draft = mlflow.artifacts.download_artifacts(
+        artifact_uri=version.source, dst_path=str(dest), tracking_uri=client.tracking_uri
+    )
+    try:
+        record = Path(client.download_artifacts(version.run_id, integrity.MANIFEST, str(dest / "record")))
+        manifest = record.read_text()
+    except (mlflow.exceptions.MlflowException, OSError):
+        manifest = ""
+    integrity.verify(
+        Path(draft), manifest, version.tags.get(integrity.DIGEST_TAG, ""), f"{version.name} v{version.version}"
+    )
+    return Path(draft)
+
+
+def fetch(name: str, alias: str, dest: str, tracking_uri_: str = "") -> dict:
+    """`spectrain fetch-champion`: the draft the alias points at, downloaded and verified, ready to serve."""
+    uri = tracking_uri(RegisterConfig(tracking_uri=tracking_uri_))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = alias_version(client, name, alias)
+    if version is None:
+        raise SpectrainError(
+            f"'{name}' has no {alias} alias",
+            where=uri,
+            fix="check the model name (`mlflow ui` lists them) and tracking URI",
+        )
+    draft = fetch_draft(client, version, Path(dest))
+    print(f"[fetch] {name}@{alias} = v{version.version}: every file as registered, in {draft}", flush=True)
+    return {"registered_model": name, "version": str(version.version), "draft_dir": str(draft)}
+
+
 def run(config: RegisterConfig) -> dict:
     started = time.monotonic()
     results = load_results(config.step_results)
@@ -335,6 +369,8 @@ def run(config: RegisterConfig) -> dict:
         **recipe_tags(results.get("train", {})),
         **protocol(evaluation, config.base_model),
     }
+    if config.draft_dir:  # what every download checks the draft's files against (spectrain.integrity)
+        tags[integrity.DIGEST_TAG] = integrity.digest(integrity.manifest(Path(config.draft_dir)))
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if existing:
         version = str(existing[0].version)

@@ -20,6 +20,7 @@ from spectrain.operations import kfp_client, watch
 from tests.support.fake_kfp import FakeKfpServer
 from spectrain.operations.watch import State, WatchConfig, decide
 from spectrain import config as configs
+from spectrain import integrity
 from spectrain.errors import SpectrainError
 from spectrain.specdecode import Counters
 from tests.support.memorised import PROMPTS
@@ -141,8 +142,13 @@ def register_champion(client, experiment, pipeline_run: str, tau: float = 1.5, d
     client.log_param(run.info.run_id, "register.base_model", "embedded")
     if draft:
         client.log_artifacts(run.info.run_id, str(draft), "draft")
+        client.log_text(run.info.run_id, integrity.manifest(Path(draft)), integrity.MANIFEST)
     client.create_registered_model(MODEL)
     version = client.create_model_version(MODEL, f"{run.info.artifact_uri}/draft", run_id=run.info.run_id)
+    if draft:  # the watch downloads it through fetch_draft, which checks every file against this record
+        client.set_model_version_tag(
+            MODEL, version.version, integrity.DIGEST_TAG, integrity.digest(integrity.manifest(Path(draft)))
+        )
     client.set_model_version_tag(MODEL, version.version, "served_acceptance_length", str(tau))
     client.set_model_version_tag(MODEL, version.version, "num_speculative_tokens", str(k))
     client.set_model_version_tag(MODEL, version.version, "mode", "eagle3")

@@ -357,3 +357,40 @@ def test_the_served_k_and_its_expected_speedup_reach_the_registry_the_metrics_an
     assert metrics["served_num_draft_tokens"] == 2 and metrics["ngram_expected_speedup"] == 1.09
     row = summary_table([outcome]).splitlines()[-1]
     assert "| k = 2: 1.12× (n-gram k = 2: 1.09×) |" in row  # the served k's own speed-up, not the best k's
+
+
+def test_a_draft_changed_in_the_artifact_store_is_refused_on_download_naming_the_file(store, tmp_path):
+    """The register step records every file's sha256 (spectrain.integrity); `spectrain fetch-champion` (and the
+    watch, through the same fetch_draft) checks them: one byte changed in the store, or the manifest rewritten to
+    match, and the download is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from spectrain import integrity
+    from spectrain.components.register.register import fetch
+
+    outcome = register(store, 1.30, "run-1")
+    client = MlflowClient(tracking_uri=outcome["tracking_uri"], registry_uri=outcome["tracking_uri"])
+    version = client.get_model_version_by_alias(outcome["registered_model"], "champion")
+    assert version.tags["draft_sha256"].startswith("sha256:")
+
+    def fetch_command(to: str) -> subprocess.CompletedProcess:
+        command = ["fetch-champion", "--model", outcome["registered_model"], "--to", str(tmp_path / to)]
+        arguments = [*command, "--tracking-uri", outcome["tracking_uri"]]
+        return subprocess.run([sys.executable, "-m", "spectrain.cli", *arguments], capture_output=True, text=True)
+
+    intact = fetch(outcome["registered_model"], "champion", str(tmp_path / "intact"), outcome["tracking_uri"])
+    served = Path(intact["draft_dir"])
+    assert json.loads((served / "config.json").read_text()) == {"architectures": ["MedusaModel"]}
+
+    stored = next((store / "mlartifacts").rglob("draft/config.json"))
+    stored.write_text('{"architectures": ["MedusaModeL"]}')  # one byte
+    changed = fetch_command("changed")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "is not the draft that was registered: config.json changed" in changed.stderr
+
+    manifest = next((store / "mlartifacts").rglob(integrity.MANIFEST))
+    manifest.write_text(integrity.manifest(stored.parent))  # the manifest rewritten to match the swapped file
+    with pytest.raises(SpectrainError, match="not the one the registry recorded"):
+        fetch(outcome["registered_model"], "champion", str(tmp_path / "rewritten"), outcome["tracking_uri"])
