@@ -33,12 +33,40 @@ KFP_RUNTIME_IMAGES = ("serve", "train", "trtllm")  # orchestrate pins kfp in its
 OVERLAYS = sorted(p.parent.name for p in (MANIFESTS / "overlays").glob("*/kustomization.yaml"))
 
 # What the pipeline runner may do, and nothing more: {(apiGroup, resource): verbs}.
-ALLOWED_GRANTS = {
+# What every KFP v2 step's pod does with the run's ServiceAccount, read in the sources at the backend release of
+# the SDK pin (kfp 2.17.x): Argo's emissary executor creates and patches its WorkflowTaskResult (argo-workflows
+# v4.0.5 docs/workflow-rbac.md, "the minimum for the executor"); KFP's root driver gets the kfp-launcher ConfigMap
+# (backend/src/v2/config/env.go) and the launcher gets the object-store Secret it names (backend/src/v2/objectstore/
+# object_store.go, createS3BucketSession) and its own pod (component/launcher_v2.go). Named where a name is known.
+KFP_STEP_GRANTS = {
+    ("argoproj.io", "workflowtaskresults"): {"create", "patch"},
+    ("", "configmaps"): {"get"},
+    ("", "secrets"): {"get"},
+    ("", "pods"): {"get"},
+}
+# What the serve step does: vLLM as a Deployment + Service for the run, its pods waited on, then deleted.
+SERVE_GRANTS = {
     ("apps", "deployments"): {"create", "get", "list", "watch", "delete"},
     ("", "services"): {"create", "get", "list", "watch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get", "list", "watch"},
     ("", "events"): {"get", "list", "watch"},
+}
+ALLOWED_GRANTS = {
+    key: KFP_STEP_GRANTS.get(key, set()) | SERVE_GRANTS.get(key, set()) for key in {*KFP_STEP_GRANTS, *SERVE_GRANTS}
+}
+# KFP's own pipeline-runner Role at backend 2.17.0 (kubeflow/pipelines, tag 2.17.0, commit 4a3592cb:
+# manifests/kustomize/base/pipeline/pipeline-runner-role.yaml), the rules a step's pod relies on: ours may grant
+# no verb there that KFP's own does not.
+KFP_PIPELINE_RUNNER_2_17_0 = {
+    ("", "secrets"): {"get"},
+    ("", "configmaps"): {"get", "watch", "list"},
+    ("argoproj.io", "workflowtaskresults"): {"create", "patch"},
+    ("argoproj.io", "workflows"): {"get", "list", "watch", "update", "patch"},
+    ("", "pods"): {"*"},
+    ("", "pods/log"): {"*"},
+    ("", "services"): {"*"},
+    ("apps", "deployments"): {"*"},
 }
 # What `spectrain watch` may do: submit one retraining run to KFP (whose multi-user mode checks these).
 WATCH_GRANTS = {
@@ -346,28 +374,39 @@ def test_the_watch_cronjob_is_suspended_until_configured_and_may_only_submit_run
     assert container["volumeMounts"][0]["mountPath"] + "/" + token["path"] == KFP_TOKEN_PATH
 
 
+def named_grants(role: dict) -> dict[tuple[str, str], tuple[set[str], tuple[str, ...]]]:
+    """(group, resource) -> (verbs, the resource names a rule is limited to; () for all)."""
+    granted: dict[tuple[str, str], tuple[set[str], tuple[str, ...]]] = {}
+    for rule in role["rules"]:
+        assert "nonResourceURLs" not in rule
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule.get(field, []), f"wildcard in {field}: {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert (group, resource) not in granted, f"{group or 'core'}/{resource} in two rules"
+                granted[(group, resource)] = (set(rule["verbs"]), tuple(rule.get("resourceNames", ())))
+    return granted
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_runner_role_is_least_privilege(overlay):
+def test_runner_role_is_what_kfp_steps_and_the_serve_step_need_and_no_more(overlay):
     from spectrain.operations.kfp_client import DEFAULT_SERVICE_ACCOUNT
 
     docs = build(f"overlays/{overlay}")
     roles = of_kind(docs, "Role")
     assert sorted(r["metadata"]["name"] for r in roles) == ["spectrain-pipeline-runner", "spectrain-watch"]
     one(docs, "ServiceAccount", DEFAULT_SERVICE_ACCOUNT)  # what `spectrain submit/schedule` run as
-    granted: dict[tuple[str, str], set[str]] = {}
-    for rule in one(docs, "Role", "spectrain-pipeline-runner")["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule.get(field, []), f"wildcard in {field}: {rule}"
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                assert (group, resource) in ALLOWED_GRANTS, f"grants on {group or 'core'}/{resource}"
-                granted.setdefault((group, resource), set()).update(rule["verbs"])
-    for key, verbs in granted.items():
-        assert verbs <= ALLOWED_GRANTS[key], f"{key}: extra verbs {verbs - ALLOWED_GRANTS[key]}"
-    assert granted == ALLOWED_GRANTS, "the serve step needs every listed grant"
+    granted = named_grants(one(docs, "Role", "spectrain-pipeline-runner"))
+    assert {key: verbs for key, (verbs, _) in granted.items()} == ALLOWED_GRANTS
+    for key, verbs in KFP_STEP_GRANTS.items():  # never more than KFP's own runner grants a step
+        assert verbs <= KFP_PIPELINE_RUNNER_2_17_0[key] or KFP_PIPELINE_RUNNER_2_17_0[key] == {"*"}, key
+    # ConfigMaps and Secrets by name: the launcher's settings and the store credentials they name, nothing else
+    providers = yaml.safe_load(one(docs, "ConfigMap", "kfp-launcher")["data"]["providers"])
+    store_secret = providers["s3"]["default"]["credentials"]["secretRef"]["secretName"]
+    assert granted[("", "configmaps")][1] == ("kfp-launcher",)
+    assert granted[("", "secrets")][1] == (store_secret,)
+    assert all(names == () for key, (_, names) in granted.items() if key[1] not in ("configmaps", "secrets"))
 
-    one(docs, "ServiceAccount", "spectrain-pipeline-runner")
     binding = one(docs, "RoleBinding", "spectrain-pipeline-runner")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -377,6 +416,29 @@ def test_runner_role_is_least_privilege(overlay):
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "spectrain-pipeline-runner", "namespace": NAMESPACE}
     ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kfp_launcher_gives_every_step_the_artifact_store(overlay):
+    """KFP's launcher moves every step's artifacts (serve, stop-server, export, the engine build and the summary
+    included, which hold no S3 credentials of their own) with the provider settings of the kfp-launcher ConfigMap
+    (backend/src/v2/config/s3.go at 2.17.0: default.endpoint, region, disableSSL, forcePathStyle, credentials with
+    fromEnv or secretRef{secretName, accessKeyKey, secretKeyKey}); the Secret it names must exist with those keys."""
+    docs = build(f"overlays/{overlay}")
+    launcher = one(docs, "ConfigMap", "kfp-launcher")["data"]
+    assert launcher["defaultPipelineRoot"].startswith("s3://")
+    default = yaml.safe_load(launcher["providers"])["s3"]["default"]
+    assert default["endpoint"] and "://" not in default["endpoint"], "host[:port], as KFP's s3 provider takes it"
+    assert default["region"] and isinstance(default["disableSSL"], bool) and default["forcePathStyle"] is True
+    credentials = default["credentials"]
+    assert credentials["fromEnv"] is False
+    secret = one(docs, "Secret", credentials["secretRef"]["secretName"])
+    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    assert {credentials["secretRef"]["accessKeyKey"], credentials["secretRef"]["secretKeyKey"]} <= keys
+    if overlay == "local-minio":  # the in-cluster MinIO, over plain HTTP, with the bucket it creates
+        assert default["endpoint"] == "minio.spectrain.svc.cluster.local:9000" and default["disableSSL"] is True
+        bucket = launcher["defaultPipelineRoot"].removeprefix("s3://").split("/")[0]
+        assert f"local/{bucket}" in yaml.safe_dump(one(docs, "Deployment", "minio"))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
