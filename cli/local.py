@@ -71,9 +71,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "either way it is in <workdir>/runs/<run>/logs/",
     )
     group = parser.add_argument_group("pipeline parameters")
-    from spectrain.pipelines.parameters import of_pipeline
+    from spectrain.pipelines.speculative_decoding import parameters
 
-    for name, parameter in of_pipeline().items():
+    for name, parameter in parameters().items():
         shown = {**ON_THIS_MACHINE, **LAPTOP_PRESET}.get(name, parameter["default"])
         metavar = {int: "INT", float: "FLOAT", list: "A,B", dict: "JSON", bool: "BOOL"}.get(parameter["type"], "TEXT")
         group.add_argument(
@@ -117,7 +117,9 @@ class Boundaries:
 def run_command(args: argparse.Namespace, boundaries: Boundaries | None = None) -> int:
     from spectrain.pipelines import parameters as pipeline_checks
 
-    parameters = pipeline_checks.of_pipeline()
+    from spectrain.pipelines.speculative_decoding import parameters as declared_parameters
+
+    parameters = declared_parameters()
     arguments = ({} if boundaries else ON_THIS_MACHINE) | (LAPTOP_PRESET if args.preset == "laptop" else {})
     arguments |= {name: getattr(args, name) for name in parameters if getattr(args, name) is not None}
     arguments = pipeline_checks.validate(arguments, parameters, where="command line")
@@ -279,10 +281,8 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
 def compile_command(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from kfp import compiler
-
     from spectrain.pipelines.settings import CompileSettings
-    from spectrain.pipelines.speculative_decoding import build_pipeline
+    from spectrain.pipelines.speculative_decoding import compile_to
 
     settings = CompileSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompileSettings)})
     if problems := settings.problems():
@@ -292,7 +292,7 @@ def compile_command(args: argparse.Namespace) -> int:
             fix="correct the flag (`spectrain compile --help` lists them with their defaults)",
         )
     output = Path(args.output) if args.output else DEFAULT_YAML
-    compiler.Compiler().compile(build_pipeline(settings), str(output))
+    compile_to(output, settings)
     print(f"wrote {output} ({', '.join(f'{k} {v}' for k, v in dataclasses.asdict(settings).items())})")
     return 0
 

@@ -207,6 +207,40 @@ def api_errors(host: str | None) -> Iterator[None]:
         ) from None
 
 
+REQUIRED_BACKEND = re.compile(r"^# Requires: Kubeflow Pipelines backend >= (?P<version>[0-9][0-9.]*)", re.MULTILINE)
+
+
+def release(text: str) -> tuple[int, ...] | None:
+    """A release number as a tuple (``2.17.0`` or ``v2.17.0-rc.1`` -> (2, 17, 0)); None if it is not one."""
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    return tuple(int(part or 0) for part in match.groups()) if match else None
+
+
+def check_backend(client: kfp.Client, package: Path) -> None:
+    """Refuse a server older than the package needs (its `# Requires:` line, written by `spectrain compile`), before
+    anything is created. The release is `tag_name` of the server's healthz answer, read raw: kfp's own model of that
+    answer drops it."""
+    required = REQUIRED_BACKEND.search(package.read_text()[:2000])
+    if required is None:
+        return  # compiled elsewhere: no minimum known
+    answer = json.loads(client._healthz_api.healthz_service_get_healthz(_preload_content=False).data or b"{}")
+    reported = str(answer.get("tag_name") or "")
+    found, needed = release(reported), release(required["version"])
+    if found is None:
+        warnings.warn(
+            f"the KFP server does not report its release (healthz tag_name {reported!r}); this pipeline needs "
+            f"{required['version']} or later",
+            stacklevel=2,
+        )
+    elif needed is not None and found < needed:
+        raise SpectrainError(
+            f"the KFP server runs Kubeflow Pipelines {reported}, but {package.name} needs {required['version']} or "
+            "later (tolerations and node selectors as pipeline parameters)",
+            where=f"{client._get_url_prefix()} (GET /apis/v2beta1/healthz)",
+            fix=f"upgrade Kubeflow Pipelines to {required['version']} or later; nothing was submitted",
+        )
+
+
 def display_name_filter(name: str) -> str:
     """A v2beta1 list filter: display_name equals `name`."""
     return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "string_value": name}]})
@@ -245,6 +279,7 @@ def submit_run(
 
     Returns (run, created).
     """
+    check_backend(client, package)
     experiment_id = client.create_experiment(name=experiment).experiment_id
     if not force:
         existing = client.list_runs(experiment_id=experiment_id, page_size=1, filter=display_name_filter(run_name)).runs
@@ -299,6 +334,7 @@ def schedule_recurring_run(
     A replaced recurring run keeps its enabled/disabled mode.
     """
     cron = check_cron(cron)
+    check_backend(client, package)
     experiment_id = client.create_experiment(name=experiment).experiment_id
     description = fingerprint(package, params, pipeline_root, service_account)
     existing = find_recurring_runs(client, experiment_id, name)

@@ -152,16 +152,6 @@ def declared(root: dict[str, Any]) -> dict[str, dict]:
     return found
 
 
-def of_pipeline() -> dict[str, dict]:
-    """The parameters of the pipeline function itself (spectrain.pipelines.speculative_decoding)."""
-    from google.protobuf import json_format
-
-    from spectrain.pipelines.speculative_decoding import speculative_decoding
-
-    found = declared(json_format.MessageToDict(speculative_decoding.pipeline_spec)["root"])
-    return {name: found[name] for name in speculative_decoding.component_spec.inputs}  # the signature's order
-
-
 def accepts(kind: type, value: Any) -> bool:
     """Whether a value read from YAML is of a parameter's type as it is (no coercion: a params file is typed)."""
     if kind is float:

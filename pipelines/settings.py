@@ -11,6 +11,12 @@ from pathlib import Path
 from spectrain import images
 
 DEFAULT_YAML = Path(__file__).resolve().parent / "speculative_decoding.yaml"  # the committed, compiled pipeline
+# The oldest Kubeflow Pipelines backend the compiled pipeline runs on: its node selector and tolerations are pipeline
+# parameters, which reach KFP's driver as JSON placeholders that backends before 2.5.0 do not resolve (kfp-kubernetes'
+# add_toleration_json / add_node_selector_json). `spectrain compile` writes it at the top of the YAML and
+# `spectrain submit` / `schedule` compare it with the version the server reports.
+MIN_KFP_BACKEND = "2.5.0"
+REQUIRES = "# Requires: Kubeflow Pipelines backend >= {version} (spectrain submit and schedule check the server's)\n"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ One function for both worlds: `spectrain run` executes it with kfp.local on this
 `spectrain compile` writes speculative_decoding.yaml for Kubeflow Pipelines on Kubernetes.
 """
 
+from pathlib import Path
 from typing import Any
 
 from kfp import dsl, kubernetes
@@ -14,8 +15,8 @@ from spectrain.components.regenerate.component import regenerate
 from spectrain.components.register.component import register
 from spectrain.components.serve.component import serve_base_model, stop_server
 from spectrain.components.train_heads.component import train_heads
-from spectrain.pipelines.parameters import default
-from spectrain.pipelines.settings import CompileSettings
+from spectrain.pipelines.parameters import declared, default
+from spectrain.pipelines.settings import MIN_KFP_BACKEND, REQUIRES, CompileSettings
 from spectrain.pipelines.summary import summarize
 from spectrain import devices, images, paths, secrets
 
@@ -311,3 +312,20 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
 
 
 speculative_decoding = build_pipeline()  # the default settings: what pipelines/speculative_decoding.yaml holds
+
+
+def parameters() -> dict[str, dict]:
+    """The pipeline's parameters (name -> {type, default, help}) in its signature's order: `spectrain run`'s flags."""
+    from google.protobuf import json_format
+
+    found = declared(json_format.MessageToDict(speculative_decoding.pipeline_spec)["root"])
+    return {name: found[name] for name in speculative_decoding.component_spec.inputs}
+
+
+def compile_to(path: Path, settings: CompileSettings | None = None) -> None:
+    """The pipeline compiled with ``settings`` as KFP YAML at ``path``, the backend release it needs on top."""
+    from kfp import compiler
+
+    pipeline = speculative_decoding if settings is None else build_pipeline(settings)
+    compiler.Compiler().compile(pipeline, str(path))
+    path.write_text(REQUIRES.format(version=MIN_KFP_BACKEND) + path.read_text())

@@ -9,11 +9,11 @@ def spectrain(*args, env=None):
 
 
 def test_run_help_lists_every_pipeline_parameter_with_its_meaning():
-    from spectrain.pipelines.parameters import of_pipeline
+    from spectrain.pipelines.speculative_decoding import parameters as pipeline_parameters
 
     result = spectrain("run", "--help")
     assert result.returncode == 0
-    for name in of_pipeline():
+    for name in pipeline_parameters():
         assert "--" + name.replace("_", "-") in result.stdout
     assert "acceptance length" in result.stdout and "laptop preset" in result.stdout
 

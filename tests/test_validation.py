@@ -15,9 +15,9 @@ from spectrain.pipelines import parameters
 from spectrain import checks
 from spectrain import config as configs
 from spectrain.errors import SpectrainError
-from spectrain.pipelines.parameters import of_pipeline
+from spectrain.pipelines.speculative_decoding import parameters as pipeline_parameters
 
-PARAMETERS = of_pipeline()
+PARAMETERS = pipeline_parameters()
 
 
 def problems(**arguments) -> str:

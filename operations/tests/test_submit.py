@@ -291,3 +291,18 @@ def test_a_package_whose_own_default_cannot_cross_pods_is_refused(fake, tmp_path
     with pytest.raises(SpectrainError, match="serve_mode = 'local'") as error:
         cli(fake, "submit", "--package", str(old))
     assert "compile it again" in error.value.fix and fake.requests == []
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--name", "nightly", "--cron", "0 0 3 * * *"]])
+def test_a_kfp_server_older_than_the_package_needs_is_refused_before_anything_is_created(fake, command):
+    """The compiled package says the backend it needs (`spectrain compile` writes it at the top); the server says
+    its own release in healthz's tag_name (which kfp's model of that answer drops, so it is read raw)."""
+    assert PACKAGE.read_text().startswith("# Requires: Kubeflow Pipelines backend >= 2.5.0")
+    fake.release = "2.4.1"
+    with pytest.raises(
+        SpectrainError, match="runs Kubeflow Pipelines 2.4.1, but speculative_decoding.yaml needs 2.5.0"
+    ):
+        cli(fake, *command)
+    assert fake.writes() == []
+    fake.release = "2.5.0"
+    assert cli(fake, *command) == 0

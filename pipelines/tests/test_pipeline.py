@@ -6,16 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kfp import compiler
 
-from spectrain.pipelines.speculative_decoding import speculative_decoding
+from spectrain.pipelines.speculative_decoding import compile_to
 
 COMMITTED = Path(__file__).resolve().parents[1] / "speculative_decoding.yaml"
 
 
 def compiled(tmp_path) -> tuple[str, list[dict]]:
     path = tmp_path / "pipeline.yaml"
-    compiler.Compiler().compile(speculative_decoding, str(path))
+    compile_to(path)
     text = path.read_text()
     return text, list(yaml.safe_load_all(text))
 

@@ -46,8 +46,9 @@ class ApiError(Exception):
 class FakeKfpServer:
     """In-memory fake KFP v2beta1 API server; use as a context manager, or start() / stop()."""
 
-    def __init__(self, multi_user: bool = False):
+    def __init__(self, multi_user: bool = False, release: str = "2.17.0"):
         self.multi_user = multi_user
+        self.release = release  # healthz's tag_name, as the real server reports its build
         self.requests: list[Request] = []
         self.objects: dict[str, dict[str, dict]] = {name: {} for name in COLLECTIONS}
         self._clock = itertools.count(1)
@@ -104,7 +105,7 @@ class FakeKfpServer:
             raise ApiError(404, f"fake KFP: no route {method} {path}")
         parts = path[len(API) + 1 :].split("/")
         if parts == ["healthz"] and method == "GET":
-            return 200, {"multi_user": self.multi_user, "pipeline_store": "database"}
+            return 200, {"multi_user": self.multi_user, "pipeline_store": "database", "tag_name": self.release}
         collection = parts[0]
         if collection not in COLLECTIONS or len(parts) > 2:
             raise ApiError(404, f"fake KFP: no route {method} {path}")
