@@ -38,8 +38,8 @@ def test_killed_training_resumes_from_the_last_checkpoint_on_s3(tiny_data, tmp_p
             str(output_dir),
             "--max-steps",
             "6",
-            "--save-steps",
-            "2",
+            "--training-arguments",
+            '{"save_steps": 2}',
             "--batch-size",
             "2",
             "--max-length",
@@ -95,12 +95,13 @@ def test_a_checkpoint_holds_the_draft_only_and_resuming_from_it_ends_where_an_un
         batch_size=2,
         max_length=64,
         lr=1e-2,
+        training_arguments={"warmup_steps": 0, "save_steps": 1},  # the same schedule for both runs
         **{"medusa": {"medusa_num_heads": 2}, "eagle3": {"draft_vocab_size": 512}, "dflash": {"dflash_block_size": 4}}[
             mode
         ],
     )
     unbroken = tmp_path / "unbroken"
-    run(TrainHeadsConfig(output_dir=str(unbroken), training_arguments={"warmup_steps": 0, "save_steps": 1}, **settings))
+    run(TrainHeadsConfig(output_dir=str(unbroken), **settings))
     checkpoint = unbroken / "checkpoint-1"
     assert not (checkpoint / "model.safetensors").exists(), "the frozen base does not belong in a checkpoint"
     final = load_file(str(unbroken / DRAFT_WEIGHTS))  # the artifact: the draft only
