@@ -203,6 +203,12 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             )
             reads_cluster_config(regenerated)
 
+            # 2b. release the server: only regenerate needs it, so its GPUs are free before training asks for
+            # them (a run holds max(serving, training) GPUs at a time, not their sum; on a one-GPU cluster the
+            # train pod would otherwise never schedule). The exit handler still stops it after a failure.
+            released = stop_server(run_id=RUN_ID, serve_mode=serve_mode).after(regenerated)
+            in_image(released).set_caching_options(False).set_display_name("release-server")
+
             with dsl.ParallelFor(modes, parallelism=settings.mode_parallelism) as mode:
                 # 3. train: heads on the frozen base
                 trained = train_heads(
@@ -224,7 +230,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 # Cached (as evaluate, export, engine): pure functions of their inputs, so a hit is always
                 # correct. Each run brings a new regenerated artifact (and run id), so hits come from the
                 # same run (a task re-executed after a failure elsewhere), never from yesterday's data.
-                in_image(trained).set_caching_options(True)
+                in_image(trained).set_caching_options(True).after(released)
                 on_cluster(trained, gpus=settings.train_gpus, secrets=HF_SECRET, **gpu)
                 reads_cluster_config(trained)
 

@@ -115,11 +115,29 @@ def run_in_cluster(config: ServeConfig, started: float) -> dict:
 
 
 def stop(config: StopServerConfig) -> dict:
+    """Stop the run's server and keep its log at ``log_copy``. A stop that finds nothing (the exit handler after the
+    stop that follows regeneration, a server that never started, external mode) says so in the log artifact it
+    writes, instead of leaving an artifact with no file behind (KFP's launcher only warns about that one)."""
     if config.mode == "cluster":
         from spectrain.components.serve import cluster
 
         api = cluster.connect()
-        return cluster.stop(config.run_id, cluster.own_namespace(config.namespace), api, config.log_copy or None)
+        result = cluster.stop(config.run_id, cluster.own_namespace(config.namespace), api, config.log_copy or None)
+    else:
+        result = _stop_local(config)
+    if config.log_copy and not Path(config.log_copy).exists():
+        Path(config.log_copy).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.log_copy).write_text(NOTHING_RUNNING.format(run_id=config.run_id, mode=config.mode))
+    return result
+
+
+NOTHING_RUNNING = (
+    "no {mode} vLLM server of run '{run_id}' was running when this step ran: it never started, or an earlier "
+    "stop-server step of the run stopped it and kept its log\n"
+)
+
+
+def _stop_local(config: StopServerConfig) -> dict:
     state = state_dir(config.run_id)
     info_path = state / "server.json"
     if not info_path.exists():

@@ -30,7 +30,7 @@ def test_dag_reads_like_the_workflow(tmp_path):
     root = spec["root"]["dag"]["tasks"]
     assert root["stop-server"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # runs after failure
     handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert {"serve-base-model", "regenerate", "for-loop-2", "summarize"} <= set(handler)
+    assert {"serve-base-model", "regenerate", "stop-server-2", "for-loop-2", "summarize"} <= set(handler)
     loop = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
     assert set(loop) == {"train-heads", "evaluate", "export", "condition-3", "condition-4", "register"}
     crosscheck = spec["components"]["comp-condition-3"]["dag"]["tasks"]["vllm-crosscheck"]
@@ -44,6 +44,25 @@ def test_dag_reads_like_the_workflow(tmp_path):
         handler["regenerate"]["inputs"]["parameters"]["endpoint"]["taskOutputParameter"]["producerTask"]
         == "serve-base-model"
     )
+
+
+def test_the_server_is_released_when_regeneration_ends_and_before_any_training(tmp_path):
+    """Only regenerate needs vLLM: a stop after it frees the server's GPUs before the train pods ask for theirs,
+    so a run holds max(serving, training) GPUs at a time (on a one-GPU cluster a train pod waiting for the
+    server's GPU, which the exit handler frees only at the end, never schedules). The exit handler's stop stays
+    for a run that fails earlier."""
+    _, (spec, _) = compiled(tmp_path)
+    handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    release = handler["stop-server-2"]
+    assert release["taskInfo"]["name"] == "release-server"
+    executors = spec["deploymentSpec"]["executors"]
+    assert executors["exec-stop-server-2"] == executors["exec-stop-server"]  # the same step as the exit handler's
+    assert release["dependentTasks"] == ["regenerate"]
+    assert "stop-server-2" in handler["for-loop-2"]["dependentTasks"]  # every mode's training waits for it
+    loop = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    assert loop["train-heads"].get("dependentTasks", []) == []  # (within the loop: after the release, outside it)
+    mode = release["inputs"]["parameters"]["serve_mode"]["componentInputParameter"]
+    assert mode == handler["serve-base-model"]["inputs"]["parameters"]["serve_mode"]["componentInputParameter"]
 
 
 def test_kubernetes_settings_are_compiled_in(tmp_path):
@@ -91,7 +110,7 @@ def test_caching_and_retries_are_chosen_per_step(tmp_path):
         for name, task in component.get("dag", {}).get("tasks", {}).items()
     }
     tasks.update(spec["root"]["dag"]["tasks"])
-    never = {"serve-base-model", "stop-server", "regenerate", "register", "summarize"}  # side effects, moving data
+    never = {"serve-base-model", "stop-server", "stop-server-2", "regenerate", "register", "summarize"}  # side effects
     for name in never:
         assert tasks[name]["cachingOptions"] == {}, name
     for name in ("train-heads", "evaluate", "export", "vllm-crosscheck", "build-trtllm-engine"):  # pure functions

@@ -296,7 +296,7 @@ def test_unknown_modes_name_all_three():
             configs.from_dict(cls, {"mode": "kubernetes"})
 
 
-def test_server_wiring_stops_by_mode_and_cleans_up_when_the_endpoint_check_fails(fake, api, monkeypatch):
+def test_server_wiring_stops_by_mode_and_cleans_up_when_the_endpoint_check_fails(fake, api, monkeypatch, tmp_path):
     monkeypatch.setattr(cluster, "connect", lambda: api)
 
     def unreachable(url, key, timeout_s, *rest):  # stands in for /v1/models through the Service
@@ -312,3 +312,7 @@ def test_server_wiring_stops_by_mode_and_cleans_up_when_the_endpoint_check_fails
     fake.add("deployments", NS, cluster.deployment_manifest(serve_config(), HUB_MODEL))
     result = server.stop(StopServerConfig(run_id=RUN, mode="cluster", namespace=NS))
     assert result == {"stopped": True, "deleted": [f"deployment/{NAME}"]}
+    # The exit handler's stop after the one that followed regeneration: nothing left, and a log artifact saying so.
+    log = tmp_path / "server_log"
+    assert server.stop(StopServerConfig(run_id=RUN, mode="cluster", namespace=NS, log_copy=str(log)))["deleted"] == []
+    assert f"no cluster vLLM server of run '{RUN}' was running" in log.read_text()

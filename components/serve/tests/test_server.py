@@ -57,9 +57,14 @@ def test_an_unreachable_endpoint_times_out_with_a_clear_error():
         wait_until_ready("http://127.0.0.1:9/v1", "key", timeout_s=2)
 
 
-def test_stopping_an_unknown_run_is_harmless(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["local", "external"])
+def test_stopping_an_unknown_run_is_harmless_and_still_writes_its_log_artifact(tmp_path, monkeypatch, mode):
+    """The exit handler's stop runs after the stop that follows regeneration (or after a serve step that never
+    started, or in external mode): its server_log artifact says why it holds no log."""
     monkeypatch.setenv("SPECTRAIN_STATE_DIR", str(tmp_path))
-    assert stop(StopServerConfig(run_id="never-started")) == {"stopped": False}
+    log = tmp_path / "outputs" / "server_log"
+    assert stop(StopServerConfig(run_id="never-started", mode=mode, log_copy=str(log))) == {"stopped": False}
+    assert "no " + mode + " vLLM server of run 'never-started' was running" in log.read_text()
 
 
 @pytest.mark.slow
