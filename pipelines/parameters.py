@@ -98,14 +98,26 @@ def default(name: str) -> Any:
 # parameters that feed no single field: their own rule (None: the type is all there is to check)
 OWN_RULES: dict[str, checks.Rule | None] = {
     "modes": checks.each_one_of(*MODES, retired=RETIRED_MODES),
-    "regenerate_options": None,  # checked field by field against RegenerateConfig below
+    "serve_options": None,  # checked field by field against ServeConfig below
+    "regenerate_options": None,  # against RegenerateConfig
     "train_options": None,  # against TrainHeadsConfig
     "eval_vllm_crosscheck": None,
     "export_trtllm_engine": None,
 }
-OPTIONS = {"regenerate_options": RegenerateConfig, "train_options": TrainHeadsConfig}
+OPTIONS = {"serve_options": ServeConfig, "regenerate_options": RegenerateConfig, "train_options": TrainHeadsConfig}
 # Fields of an *_options mapping the pipeline sets itself, from other parameters or its own artifacts.
 SET_BY_PIPELINE = {
+    "serve_options": {
+        "base_model",
+        "run_id",
+        "image",
+        "node_selector",
+        "tolerations",
+        "model_cache_pvc",
+        "host",
+        "port",
+        "api_key",  # the spectrain-vllm Secret's VLLM_API_KEY
+    },
     "regenerate_options": {"endpoint", "output", "checkpoint_uri"},
     "train_options": {"base_model", "data", "output_dir", "mode", "checkpoint_uri", "resume_from_checkpoint"},
 }

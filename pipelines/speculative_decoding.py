@@ -43,6 +43,10 @@ def on_cluster(
         task.set_accelerator_type(accelerator_type).set_accelerator_limit(gpus)
         for name, value in devices.gpu_env(gpus).items():
             task.set_env_variable(name, value)
+        # NCCL's shared-memory transport between ranks (and DataLoader workers) use /dev/shm, of which a container
+        # gets 64 MiB unless a memory-backed volume is mounted there: several ranks would fail or fall back to
+        # sockets.
+        kubernetes.empty_dir_mount(task, volume_name="shm", mount_path="/dev/shm", medium="Memory")
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
     kubernetes.mount_pvc(task, pvc_name=model_cache_pvc, mount_path=MODEL_CACHE_PATH)
@@ -95,6 +99,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         serve_endpoint_url: str = default("serve_endpoint_url"),
         serve_replicas: int = default("serve_replicas"),
         serve_max_model_len: int = default("serve_max_model_len"),
+        serve_options: dict = {},
         regenerate_max_tokens: int = default("regenerate_max_tokens"),
         regenerate_concurrency: int = default("regenerate_concurrency"),
         regenerate_limit: int = default("regenerate_limit"),
@@ -133,6 +138,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             serve_endpoint_url: external mode: OpenAI-compatible base URL of a running server.
             serve_replicas: cluster mode: vLLM pods behind the Service (data-parallel regeneration).
             serve_max_model_len: context length vLLM allocates for.
+            serve_options: any other serve setting, e.g. {"tensor_parallel_size": 4, "gpus": 4, "gpu_memory_utilization": 0.92, "dtype": "bfloat16", "quantization": "fp8", "ready_timeout_s": 1800, "extra_args": ["--enable-prefix-caching"]}; eager mode is off on GPUs unless "enforce_eager": true; see `spectrain step serve --help`.
             regenerate_max_tokens: max new tokens per regenerated assistant turn.
             regenerate_concurrency: conversations in flight against the server.
             regenerate_limit: regenerate only the first N conversations (0 = all).
@@ -175,6 +181,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 max_model_len=serve_max_model_len,
                 replicas=serve_replicas,
                 image=settings.image("serve"),
+                options=serve_options,
                 **placement,
             )
             in_image(server)

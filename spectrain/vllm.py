@@ -46,6 +46,7 @@ def serve_arguments(
     enforce_eager: bool = True,
     tensor_parallel_size: int = 1,
     quantization: str = "",
+    gpu_memory_utilization: float | None = None,
     extra: tuple | list = (),
 ) -> list[str]:
     """``vllm serve`` arguments, spelled in one place for the serve step, its cluster Deployment and the
@@ -72,7 +73,53 @@ def serve_arguments(
         arguments.append("--enforce-eager")
     if quantization:
         arguments += ["--quantization", quantization]
+    if gpu_memory_utilization is not None:
+        arguments += ["--gpu-memory-utilization", str(gpu_memory_utilization)]
     return arguments + [str(a) for a in extra]
+
+
+# `vllm serve` flags spectrain sets from its own settings (serve_arguments): extra arguments may not repeat them.
+OWNED_FLAGS = {
+    "--host": "host",
+    "--port": "port",
+    "--served-model-name": "served_model_name",
+    "--max-model-len": "max_model_len",
+    "--dtype": "dtype",
+    "--tensor-parallel-size": "tensor_parallel_size",
+    "-tp": "tensor_parallel_size",
+    "--seed": "seed",
+    "--enforce-eager": "enforce_eager",
+    "--no-enforce-eager": "enforce_eager",
+    "--quantization": "quantization",
+    "-q": "quantization",
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+    "--api-key": "the VLLM_API_KEY environment variable (the spectrain-vllm Secret)",
+}
+
+
+def owned_flag(argument: str) -> str | None:
+    """The setting that owns ``argument`` (a `vllm serve` flag, with '_' or '-', '=value' or not), if any."""
+    name = argument.split("=", 1)[0]
+    if name.startswith("--"):
+        name = "--" + name[2:].replace("_", "-")
+    return OWNED_FLAGS.get(name)
+
+
+def argument_problem(arguments: list[str]) -> str | None:
+    """What vLLM's own `vllm serve` parser says of ``arguments`` (after "serve"), or None when it takes them.
+    Needs vLLM (the serve image); imports it only here (~5 s)."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    class Parser(FlexibleArgumentParser):
+        def error(self, message: str):  # type: ignore[override]  # argparse would print and exit
+            raise ValueError(message)
+
+    try:
+        validate_parsed_serve_args(make_arg_parser(Parser(prog="vllm serve")).parse_args(arguments))
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
 
 
 def cpu_settings(kv_cache_gib: int = CPU_KV_CACHE_GIB) -> dict[str, str]:

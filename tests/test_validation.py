@@ -103,6 +103,31 @@ def test_an_options_key_with_a_parameter_of_its_own_is_refused_naming_that_param
     assert """'seed' is a field of transformers.TrainingArguments: pass it inside training_arguments""" in message
 
 
+def test_serve_options_size_vllm_and_are_checked_before_any_work():
+    """vLLM's sizing for a real base (tensor parallelism, GPUs per replica, memory share, dtype, quantization,
+    eager mode, readiness window, extra flags) reaches the serve step through serve_options, checked like the
+    step's own config; flags spectrain sets itself are refused in extra_args too."""
+    parameters.validate(
+        {
+            "serve_options": {
+                "tensor_parallel_size": 4,
+                "gpus": 4,
+                "gpu_memory_utilization": 0.92,
+                "enforce_eager": False,
+                "quantization": "fp8",
+                "ready_timeout_s": 1800,
+                "extra_args": ["--enable-prefix-caching"],
+            }
+        },
+        PARAMETERS,
+        where="x",
+    )
+    message = problems(serve_options={"max_model_len": 4096, "api_key": "k", "gpu_memory_utilization": 1.5})
+    assert "--serve-options: 'max_model_len' has a parameter of its own: set --serve-max-model-len" in message
+    assert "--serve-options: 'api_key' is set by the pipeline itself" in message
+    assert "--serve-options: gpu_memory_utilization = 1.5 is not allowed" in message
+
+
 def test_a_bad_run_argument_exits_2_within_seconds_before_any_server_starts(tmp_path):
     started = time.monotonic()
     result = spectrain("run", "--workdir", str(tmp_path), "--modes", "eagle2", "--train-lr", "-1")

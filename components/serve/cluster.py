@@ -153,7 +153,7 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
         "name": "vllm",
         "image": config.image,
         "command": ["vllm"],
-        "args": dataclasses.replace(config, host="0.0.0.0").vllm_arguments(model, PORT),
+        "args": dataclasses.replace(config, host="0.0.0.0").vllm_arguments(model, PORT, on_gpu=config.gpus > 0),
         "ports": [{"name": "http", "containerPort": PORT}],
         "env": [
             {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": API_KEY_SECRET, "key": "VLLM_API_KEY"}}},

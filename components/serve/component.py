@@ -18,20 +18,24 @@ def serve_base_model(
     tolerations: list,
     model_cache_pvc: str,
     image: str,
+    options: dict,
     result: Output[Artifact],
 ) -> str:
     """Start vLLM on the base model (here, or as a Deployment in cluster mode; or check an external endpoint).
 
-    Returns the OpenAI base URL.
+    ``options`` holds any other ServeConfig field (tensor parallelism, GPUs, dtype, quantization, eager mode,
+    extra vLLM flags, readiness window). Returns the OpenAI base URL.
     """
     import json
 
     from spectrain.steps import run_step
     from spectrain.components.serve import SERVE
 
+    # `options` first: a parameter of its own wins (spectrain run/submit refuse such overlaps up front).
     outcome = run_step(
         SERVE,
         {
+            **options,
             "base_model": base_model,
             "run_id": run_id,
             "mode": serve_mode,

@@ -49,18 +49,35 @@ class ServeConfig:
         "on a CPU bfloat16 where it runs natively (AMX / AVX512-BF16), else float32",
         check=checks.one_of("auto", "bfloat16", "float16", "float32"),
     )
-    enforce_eager: bool = field(
-        True, "skip graph compilation: ~45 s start instead of ~140 s on CPU, ~35% slower decode"
+    enforce_eager: bool | None = field(
+        None,
+        "skip CUDA graphs and compilation: unset, eager on a CPU (~45 s start instead of ~140 s, ~35% slower "
+        "decode) and compiled on a GPU, where CUDA graphs are most of vLLM's decode speed; true or false to choose",
     )
-    tensor_parallel_size: int = field(1, "GPUs per server (vLLM --tensor-parallel-size)", check=checks.at_least(1))
+    tensor_parallel_size: int = field(
+        1, "GPUs one server shards the model over (vLLM --tensor-parallel-size)", check=checks.at_least(1)
+    )
+    gpu_memory_utilization: float = field(
+        0.9,
+        "on a GPU: the share of its memory vLLM takes for weights, activations and KV cache "
+        "(--gpu-memory-utilization); lower it when something else shares the GPU",
+        check=checks.between(0.05, 1.0, 0.9),
+    )
     quantization: str = field("", "vLLM --quantization, e.g. 'modelopt' for modelopt-quantized checkpoints")
     seed: int = field(0, "server-wide sampling seed (vLLM-CPU crashes on per-request seeds)")
     kv_cache_gib: int = field(
         vllm.CPU_KV_CACHE_GIB, "CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)", check=checks.at_least(1, 2)
     )
-    extra_args: list = field([], "more `vllm serve` flags, passed through verbatim")
+    extra_args: list = field(
+        [],
+        'more `vllm serve` flags, e.g. ["--enable-prefix-caching", "--max-num-seqs", "128"]; checked by '
+        "vLLM's own parser before the server starts",
+    )
     ready_timeout_s: float = field(
-        600.0, "give up if the server is not ready after this many seconds", check=checks.above(0, 600)
+        600.0,
+        "give up if the server is not ready after this many seconds; on a cluster it also covers pulling the "
+        "image and downloading the base (raise it for a 70B base on a cold node)",
+        check=checks.above(0, 600),
     )
     namespace: str = field("", "cluster mode: namespace of the vLLM Deployment; empty: this pod's own namespace")
     image: str = field(images.SERVE, "cluster mode: container image of the vLLM pods (needs `vllm` on its PATH)")
@@ -79,8 +96,9 @@ class ServeConfig:
         "cluster mode: PVC mounted at /models in the vLLM pods (HF_HOME in it); base_model paths must be on it",
     )
 
-    def vllm_arguments(self, model_path: str, port: int) -> list[str]:
-        """`vllm serve` arguments of this config: the same for a local process and a Deployment's pods."""
+    def vllm_arguments(self, model_path: str, port: int, on_gpu: bool) -> list[str]:
+        """`vllm serve` arguments of this config on a GPU or a CPU: the same for a local process and a
+        Deployment's pods."""
         from spectrain.vllm import serve_arguments
 
         return serve_arguments(
@@ -91,13 +109,23 @@ class ServeConfig:
             max_model_len=self.max_model_len,
             dtype=self.dtype,
             seed=self.seed,
-            enforce_eager=self.enforce_eager,
+            enforce_eager=(not on_gpu) if self.enforce_eager is None else self.enforce_eager,
             tensor_parallel_size=self.tensor_parallel_size,
             quantization=self.quantization,
+            gpu_memory_utilization=self.gpu_memory_utilization if on_gpu else None,
             extra=self.extra_args,
         )
 
     def validate(self) -> None:
+        from spectrain.vllm import owned_flag
+
+        for argument in map(str, self.extra_args):
+            if owner := owned_flag(argument):
+                raise SpectrainError(
+                    f"extra_args repeats {argument.split('=', 1)[0]}, which spectrain sets from {owner}",
+                    where="serve.extra_args",
+                    fix=f"remove it from extra_args and set {owner} instead",
+                )
         if self.mode == "external" and not self.endpoint_url:
             raise SpectrainError(
                 "external mode needs endpoint_url",

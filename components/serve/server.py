@@ -31,6 +31,8 @@ def api_key(config: ServeConfig) -> str:
 
 def run(config: ServeConfig) -> dict:
     started = time.monotonic()
+    if config.extra_args and config.mode != "external":
+        check_extra_args(config)
     if config.mode == "external":
         url = config.endpoint_url.rstrip("/")
         models = vllm.wait_until_ready(url, api_key(config), config.ready_timeout_s)
@@ -62,7 +64,7 @@ def run(config: ServeConfig) -> dict:
     port = config.port or vllm.free_port(config.host)
     log = state / "vllm.log"
     process = vllm.start(
-        config.vllm_arguments(model_path, port),
+        config.vllm_arguments(model_path, port, on_gpu=has_nvidia_gpu()),
         log,
         vllm.cpu_env(api_key(config), config.kv_cache_gib),
     )
@@ -83,6 +85,24 @@ def run(config: ServeConfig) -> dict:
         "dtype": config.dtype,
         "seconds": seconds,
     }
+
+
+def check_extra_args(config: ServeConfig) -> None:
+    """extra_args as vLLM itself reads them, before a server (or a Deployment) starts: a typo fails here, naming
+    the flag, instead of as a crash-looping pod or a log line minutes later."""
+    arguments = config.vllm_arguments("model", 8000, on_gpu=config.mode == "cluster" and config.gpus > 0)[1:]
+    if problem := vllm.argument_problem(arguments):
+        raise SpectrainError(
+            f"vLLM {vllm_version()} does not take extra_args {config.extra_args}: {problem}",
+            where="serve.extra_args",
+            fix="correct the flag (`vllm serve --help=all` lists them) or remove it",
+        )
+
+
+def vllm_version() -> str:
+    import importlib
+
+    return importlib.import_module("vllm").__version__
 
 
 def local_dtype(dtype: str) -> str:

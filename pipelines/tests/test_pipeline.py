@@ -89,6 +89,7 @@ def test_kubernetes_settings_are_compiled_in(tmp_path):
             assert "accelerator" not in resources and "SPECTRAIN_GPUS" not in env, name
             continue
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert config["emptyDirMounts"] == [{"volumeName": "shm", "mountPath": "/dev/shm", "medium": "Memory"}], name
         assert int(resources["accelerator"]["resourceCount"]) >= 1
         # the step knows how many it was given, and refuses to fall back to the CPU (spectrain.devices)
         assert env["SPECTRAIN_GPUS"] == resources["accelerator"]["resourceCount"], name

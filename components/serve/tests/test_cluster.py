@@ -101,6 +101,10 @@ def test_the_deployment_sent_runs_vllm_with_gpus_cache_secrets_probes_and_placem
     arguments = " ".join(container["args"])
     for flag in ("--host 0.0.0.0", "--port 8000", "--served-model-name base", "--tensor-parallel-size 2"):
         assert flag in arguments
+    # GPU pods: CUDA graphs on (eager mode is a CPU default), vLLM's share of the GPU memory set
+    assert "--enforce-eager" not in container["args"] and "--gpu-memory-utilization 0.9" in arguments
+    shm = {"name": "shm", "emptyDir": {"medium": "Memory"}}  # tensor parallelism's shared-memory segments (NCCL)
+    assert shm in pod["volumes"] and {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     env = {e["name"]: e for e in container["env"]}
     assert env["VLLM_API_KEY"] == {
         "name": "VLLM_API_KEY",

@@ -22,7 +22,7 @@ def test_command_carries_the_seed_flags_and_never_the_api_key():
         extra_args=["--max-num-seqs", "64"],
         api_key="do-not-leak",
     )
-    command = config.vllm_arguments("/models/base", 8000)
+    command = config.vllm_arguments("/models/base", 8000, on_gpu=False)
     text = " ".join(command)
     for flag in (
         "--tensor-parallel-size 2",
@@ -35,6 +35,40 @@ def test_command_carries_the_seed_flags_and_never_the_api_key():
     ):
         assert flag in text
     assert "do-not-leak" not in text  # the key goes through VLLM_API_KEY, not the process list
+
+
+@pytest.mark.parametrize(
+    "enforce_eager, on_gpu, eager",
+    [(None, False, True), (None, True, False), (True, True, True), (False, False, False)],
+)
+def test_eager_mode_is_the_cpu_default_and_cuda_graphs_the_gpu_one(enforce_eager, on_gpu, eager):
+    """A server started eagerly on a GPU loses most of its decode speed (no CUDA graphs); on a CPU compiling takes
+    minutes. Unset, each device gets its own; the GPU's memory share is only passed where there is a GPU."""
+    arguments = ServeConfig(enforce_eager=enforce_eager).vllm_arguments("/m", 8000, on_gpu=on_gpu)
+    assert ("--enforce-eager" in arguments) == eager
+    assert ("--gpu-memory-utilization" in arguments) == on_gpu
+
+
+@pytest.mark.parametrize(
+    "argument, owner", [("--port=9000", "port"), ("--max_model_len", "max_model_len"), ("-tp", "tensor_parallel_size")]
+)
+def test_extra_args_may_not_repeat_a_flag_spectrain_sets(argument, owner):
+    with pytest.raises(SpectrainError, match=f"repeats .* sets from {owner}") as raised:
+        configs.from_dict(ServeConfig, {"extra_args": [argument, "2"]})
+    assert raised.value.where == "serve.extra_args"
+
+
+def test_extra_args_are_read_by_vllms_own_parser_before_a_server_starts():
+    """A misspelt flag fails the step at once, naming it, instead of as a server (or a crash-looping pod) that
+    never becomes ready; flags vLLM knows pass (vllm.entrypoints.launchers.cli_args, the parser of `vllm serve`)."""
+    from spectrain.components.serve.server import check_extra_args
+
+    check_extra_args(ServeConfig(extra_args=["--enable-prefix-caching", "--max-num-seqs", "64"]))
+    with pytest.raises(SpectrainError, match="unrecognized arguments: --max-num-seqz") as raised:
+        check_extra_args(ServeConfig(extra_args=["--max-num-seqz", "64"]))
+    assert raised.value.where == "serve.extra_args" and "0.32.0" in str(raised.value)
+    with pytest.raises(SpectrainError, match="invalid int value: 'many'"):
+        check_extra_args(ServeConfig(extra_args=["--max-num-seqs", "many"]))
 
 
 def test_external_mode_needs_a_url():
