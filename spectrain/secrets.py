@@ -1,5 +1,6 @@
 """The Kubernetes Secrets spectrain reads, and the keys each holds: one list for the pipeline, the serve
-step's vLLM Deployment and the manifests' tests (manifests/base/secrets.yaml creates them)."""
+step's vLLM Deployment and the manifests' tests (manifests/base/secrets.yaml holds templates of the required
+ones; the optional tokens are created only by a user who has one)."""
 
 VLLM = "spectrain-vllm"  # required by serve_mode cluster: the server never runs without an API key
 HF = "spectrain-hf"  # optional: public models need no token
@@ -12,6 +13,10 @@ KEYS: dict[str, tuple[str, ...]] = {
     S3: ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
     MLFLOW: ("MLFLOW_TRACKING_TOKEN",),
 }
+
+
+# Secrets the manifests never ship as templates: a token whose value is a placeholder is still sent as a token.
+OPTIONAL = (HF, MLFLOW)
 
 
 def as_env(*names: str) -> dict[str, dict[str, str]]:

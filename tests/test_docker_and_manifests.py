@@ -74,7 +74,9 @@ WATCH_GRANTS = {
     ("pipelines.kubeflow.org", "experiments"): {"create", "get", "list"},
 }
 PLACEHOLDER = re.compile(r"REPLACE_ME|change-me")
-EXPECTED_SECRETS = {name: set(keys) for name, keys in secrets.KEYS.items()}  # what the pipeline and serve read
+EXPECTED_SECRETS = {  # what the pipeline and serve read and cannot do without
+    name: set(keys) for name, keys in secrets.KEYS.items() if name not in secrets.OPTIONAL
+}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 
 
@@ -456,6 +458,55 @@ def test_secrets_hold_placeholders_only(overlay):
             assert PLACEHOLDER.fullmatch(str(value).strip()), (
                 f"Secret {name}.{key} holds a value that is not a placeholder (REPLACE_ME / change-me)"
             )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_optional_tokens_ship_no_placeholder_and_every_reader_takes_them_as_optional(overlay):
+    """A placeholder token is sent as a real one (HF_TOKEN=REPLACE_ME makes the Hugging Face Hub refuse even a
+    public model): the optional Secrets are not shipped, and every pod that reads them (the pipeline's steps, the
+    vLLM Deployment, the watch) runs without them."""
+    docs = build(f"overlays/{overlay}")
+    shipped = {s["metadata"]["name"] for s in of_kind(docs, "Secret")}
+    assert not shipped & set(secrets.OPTIONAL)
+    references = [
+        reference
+        for reference in _secret_references(docs)
+        if reference.get("name", reference.get("secretName")) in secrets.OPTIONAL
+    ]
+    assert references, "the watch reads the MLflow token"
+    assert all(reference.get("optional") is True for reference in references), references
+
+    compiled = yaml.safe_load_all((Path(__file__).resolve().parents[1] / "pipelines/speculative_decoding.yaml").open())
+    executors = list(compiled)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    uses = [use for e in executors.values() for use in e.get("secretAsEnv", []) if use["secretName"] in secrets.OPTIONAL]
+    assert uses and all(use["optional"] is True for use in uses)
+
+    from spectrain.components.serve.cluster import deployment_manifest
+    from spectrain.components.serve.config import ServeConfig
+
+    container = deployment_manifest(ServeConfig(mode="cluster", run_id="r"), "/models/base")["spec"]["template"]
+    for env in container["spec"]["containers"][0]["env"]:
+        reference = env.get("valueFrom", {}).get("secretKeyRef", {})
+        if reference.get("name") in secrets.OPTIONAL:
+            assert reference["optional"] is True, env
+
+
+def _secret_references(docs):
+    """Every secretRef (envFrom) and secretKeyRef (env) in the manifests' pod templates."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("secretRef", "secretKeyRef") and isinstance(value, dict):
+                    found.append(value)
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+
+    walk(docs)
+    return found
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
