@@ -5,10 +5,11 @@ Light on purpose (no kfp import): the `spectrain` command builds its flags from 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from spectrain import images
+from spectrain import checks, images
 
 DEFAULT_YAML = Path(__file__).resolve().parent / "speculative_decoding.yaml"  # the committed, compiled pipeline
 # The oldest Kubeflow Pipelines backend the compiled pipeline runs on: its node selector and tolerations are pipeline
@@ -17,6 +18,27 @@ DEFAULT_YAML = Path(__file__).resolve().parent / "speculative_decoding.yaml"  # 
 # `spectrain submit` / `schedule` compare it with the version the server reports.
 MIN_KFP_BACKEND = "2.5.0"
 REQUIRES = "# Requires: Kubeflow Pipelines backend >= {version} (spectrain submit and schedule check the server's)\n"
+
+
+# CPU cores requested and memory requested (also the limit: a pod over it is OOM-killed at a known size, not evicted
+# first under node pressure as a pod without requests is) by each step's pod, per size of the base the pipeline is
+# compiled for: bfloat16 weights of ~6 GB (small, up to ~3B parameters), ~16 GB (8b: 7-14B) or ~140 GB (70b).
+# The base-holding steps load the checkpoint through host memory; train also keeps the hidden-state cache there
+# (hidden_state_cache_max_gb, 20 GB by default); export restores the draft onto the base without its decoder
+# layers; the others hold no model. No CPU limits: they throttle without protecting anyone.
+BASE_SIZES = ("small", "8b", "70b")
+STEP_RESOURCES: dict[str, dict[str, tuple[str, str]]] = {
+    "train-heads": {"small": ("8", "32Gi"), "8b": ("16", "80Gi"), "70b": ("32", "400Gi")},
+    "evaluate": {"small": ("4", "16Gi"), "8b": ("8", "48Gi"), "70b": ("16", "200Gi")},
+    "vllm-crosscheck": {"small": ("4", "16Gi"), "8b": ("8", "48Gi"), "70b": ("16", "200Gi")},
+    "build-trtllm-engine": {"small": ("4", "32Gi"), "8b": ("8", "64Gi"), "70b": ("16", "256Gi")},
+    "export": {"small": ("2", "8Gi"), "8b": ("4", "16Gi"), "70b": ("4", "32Gi")},
+    "regenerate": {size: ("2", "4Gi") for size in BASE_SIZES},
+    "register": {"small": ("1", "4Gi"), "8b": ("1", "4Gi"), "70b": ("1", "8Gi")},
+    "serve-base-model": {size: ("500m", "1Gi") for size in BASE_SIZES},
+    "stop-server": {size: ("250m", "512Mi") for size in BASE_SIZES},
+    "summarize": {size: ("250m", "512Mi") for size in BASE_SIZES},
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +59,10 @@ class CompileSettings:
     # cluster-mode vLLM pods run the serve image.
     registry: str = images.REGISTRY
     image_tag: str = images.TAG
+    # What each step's pod requests (STEP_RESOURCES), for the size of base the pipeline will train drafts for, and
+    # any step's {"cpu": .., "memory": ..} set over it (JSON).
+    base_size: str = "8b"
+    resources: str = ""
 
     HELP = {
         "accelerator_type": "Kubernetes accelerator resource of the GPU steps",
@@ -46,7 +72,16 @@ class CompileSettings:
         "mode_parallelism": "draft modes trained at once (0: all)",
         "registry": "registry (and path) of the spectrain-<family> images the steps run",
         "image_tag": "tag of those images",
+        "base_size": f"size of the base the pipeline is compiled for, which sizes every step's CPU and memory "
+        f"requests: {', '.join(BASE_SIZES)} (up to ~3B parameters, 7-14B, 70B)",
+        "resources": 'JSON of steps whose requests differ from base_size\'s, e.g. \'{"train-heads": {"cpu": "32", '
+        '"memory": "160Gi"}}\' (memory is also the limit)',
     }
+
+    def resources_of(self, step: str) -> dict[str, str]:
+        """{"cpu": .., "memory": ..} of ``step``'s pod: the base size's, with this step's override over it."""
+        cpu, memory = STEP_RESOURCES[step][self.base_size]
+        return {"cpu": cpu, "memory": memory, **json.loads(self.resources or "{}").get(step, {})}
 
     def image(self, family: str) -> str:
         """The image of a step family (serve, train, trtllm, orchestrate)."""
@@ -70,4 +105,26 @@ class CompileSettings:
             found.append(
                 f"image_tag {self.image_tag!r} is not an image tag (letters, digits, '_', '.', '-'; at most 128)"
             )
+        if self.base_size not in BASE_SIZES:
+            found.append(f"base_size {self.base_size!r} is not one of {', '.join(BASE_SIZES)}")
+        found += self._resources_problems()
+        return found
+
+    def _resources_problems(self) -> list[str]:
+        try:
+            overrides = json.loads(self.resources or "{}")
+        except json.JSONDecodeError as exc:
+            return [f"resources is not JSON ({exc.msg} at column {exc.colno}): {self.resources!r}"]
+        if not isinstance(overrides, dict):
+            return [f"resources must be a JSON object of steps, got {self.resources!r}"]
+        found = []
+        for step, given in overrides.items():
+            if step not in STEP_RESOURCES:
+                found.append(f"resources: unknown step {step!r}; the steps are {', '.join(STEP_RESOURCES)}")
+            elif not isinstance(given, dict) or not set(given) <= {"cpu", "memory"}:
+                found.append(f'resources: {step} takes {{"cpu": .., "memory": ..}}, got {json.dumps(given)}')
+            elif not checks.CPU_QUANTITY.fullmatch(str(given.get("cpu", "1"))):
+                found.append(f"resources: {step} cpu {given['cpu']!r} is not a CPU quantity (e.g. 8, 0.5, 500m)")
+            elif not checks.MEMORY_QUANTITY.fullmatch(str(given.get("memory", "1Gi"))):
+                found.append(f"resources: {step} memory {given['memory']!r} is not a memory quantity (e.g. 64Gi)")
         return found

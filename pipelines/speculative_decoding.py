@@ -81,7 +81,10 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
     default_to_family = {images.image(family): family for family in images.FAMILIES}
 
     def in_image(task):
-        """Run ``task`` in its family's image from ``settings`` (components declare the default registry's)."""
+        """Run ``task`` in its family's image from ``settings`` (components declare the default registry's), with
+        the CPU and memory its step needs for the base size it is compiled for."""
+        wanted = settings.resources_of(task.component_spec.name)
+        task.set_cpu_request(wanted["cpu"]).set_memory_request(wanted["memory"]).set_memory_limit(wanted["memory"])
         return task.set_container_image(settings.image(default_to_family[task.container_spec.image]))
 
     @dsl.pipeline(
@@ -170,7 +173,10 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         gpu: dict[str, Any] = dict(
             placement, accelerator_type=settings.accelerator_type
         )  # on_cluster's settings of a GPU step
+        # Steps without GPUs tolerate what the GPU steps do (with no node selector: any node will do), so that
+        # a cluster whose every node is tainted for GPU work still runs them.
         teardown = in_image(stop_server(run_id=RUN_ID, serve_mode=serve_mode)).set_caching_options(False)
+        kubernetes.add_toleration_json(teardown, tolerations)
         with dsl.ExitHandler(teardown):
             # 1. serve: vLLM on the frozen base model
             server = serve_base_model(
@@ -209,12 +215,14 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                 regenerated, secret_name=secrets.VLLM, secret_key_to_env=VLLM_SECRET[secrets.VLLM], optional=True
             )
             reads_cluster_config(regenerated)
+            kubernetes.add_toleration_json(regenerated, tolerations)
 
             # 2b. release the server: only regenerate needs it, so its GPUs are free before training asks for
             # them (a run holds max(serving, training) GPUs at a time, not their sum; on a one-GPU cluster the
             # train pod would otherwise never schedule). The exit handler still stops it after a failure.
             released = stop_server(run_id=RUN_ID, serve_mode=serve_mode).after(regenerated)
             in_image(released).set_caching_options(False).set_display_name("release-server")
+            kubernetes.add_toleration_json(released, tolerations)
 
             with dsl.ParallelFor(modes, parallelism=settings.mode_parallelism) as mode:
                 # 3. train: heads on the frozen base
@@ -317,9 +325,11 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     optional=True,
                 )
                 reads_cluster_config(registered)
+                kubernetes.add_toleration_json(registered, tolerations)
 
             # Not cached: it reports this run's registrations.
-            in_image(summarize(register_results=dsl.Collected(registered.outputs["result"]))).set_caching_options(False)
+            summary = summarize(register_results=dsl.Collected(registered.outputs["result"]))
+            kubernetes.add_toleration_json(in_image(summary).set_caching_options(False), tolerations)
 
     return speculative_decoding
 

@@ -69,6 +69,19 @@ def between(low: float, high: float, example: Any) -> Rule:
     return Rule(f"a number from {low} to {high}", str(example), lambda v: None if low <= v <= high else "")
 
 
+# Kubernetes quantities as KFP's PipelineTask.set_cpu_request / set_memory_request take them (and Kubernetes does).
+CPU_QUANTITY = re.compile(r"([0-9]*[.])?[0-9]+m?")
+MEMORY_QUANTITY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
+
+
+def cpu_quantity(example: str) -> Rule:
+    return Rule("CPU cores (8, 0.5 or 500m)", example, lambda v: None if CPU_QUANTITY.fullmatch(str(v)) else "")
+
+
+def memory_quantity(example: str) -> Rule:
+    return Rule("a memory size (64Gi, 512Mi)", example, lambda v: None if MEMORY_QUANTITY.fullmatch(str(v)) else "")
+
+
 def one_of(*choices: str, retired: dict[str, str] | None = None) -> Rule:
     """One of ``choices``; a value in ``retired`` (value -> why it went) is refused with its reason."""
     retired = retired or {}

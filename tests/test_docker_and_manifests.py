@@ -478,7 +478,9 @@ def test_optional_tokens_ship_no_placeholder_and_every_reader_takes_them_as_opti
 
     compiled = yaml.safe_load_all((Path(__file__).resolve().parents[1] / "pipelines/speculative_decoding.yaml").open())
     executors = list(compiled)[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    uses = [use for e in executors.values() for use in e.get("secretAsEnv", []) if use["secretName"] in secrets.OPTIONAL]
+    uses = [
+        use for e in executors.values() for use in e.get("secretAsEnv", []) if use["secretName"] in secrets.OPTIONAL
+    ]
     assert uses and all(use["optional"] is True for use in uses)
 
     from spectrain.components.serve.cluster import deployment_manifest

@@ -163,7 +163,10 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
             },
             {"name": "HF_HOME", "value": paths.IMAGE_CACHE_ENV["HF_HOME"]},
         ],
-        "resources": {"limits": {GPU_RESOURCE: config.gpus}},
+        "resources": {
+            "requests": {"cpu": config.cpu, "memory": config.memory},
+            "limits": {GPU_RESOURCE: config.gpus, "memory": config.memory},
+        },
         "volumeMounts": [
             {"name": "model-cache", "mountPath": MODEL_CACHE_PATH},
             {"name": "shm", "mountPath": "/dev/shm"},

@@ -84,6 +84,13 @@ class ServeConfig:
     gpus: int = field(
         1, "cluster mode: nvidia.com/gpu limit of each vLLM pod (>= tensor_parallel_size)", check=checks.at_least(0, 1)
     )
+    cpu: str = field("8", "cluster mode: CPU cores each vLLM pod requests", check=checks.cpu_quantity("8"))
+    memory: str = field(
+        "32Gi",
+        "cluster mode: memory each vLLM pod requests, also its limit (the base passes through host memory while "
+        "loading: ~2x its bfloat16 size is safe, e.g. 320Gi for a 70B base)",
+        check=checks.memory_quantity("32Gi"),
+    )
     replicas: int = field(
         1, "cluster mode: vLLM pods behind the Service (data-parallel regeneration)", check=checks.at_least(1)
     )

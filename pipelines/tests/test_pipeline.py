@@ -177,6 +177,10 @@ def test_compile_settings_are_arguments_not_environment_read_at_import(tmp_path)
             "registry.example.com:5000/team",
             "--image-tag",
             "1.2",
+            "--base-size",
+            "70b",
+            "--resources",
+            '{"train-heads": {"memory": "640Gi"}, "regenerate": {"cpu": "4"}}',
         ],
         capture_output=True,
         text=True,
@@ -201,6 +205,38 @@ def test_compile_settings_are_arguments_not_environment_read_at_import(tmp_path)
         "parallelismLimit": 1
     }
     assert "train_gpus 4" in result.stdout
+    # requests for a 70B base, two of them set by hand over those
+    requested = {
+        name.removeprefix("exec-"): (r.get("resourceCpuRequest"), r.get("resourceMemoryRequest"))
+        for name, e in executors.items()
+        for r in [e["container"]["resources"]]
+    }
+    assert requested["train-heads"] == ("32", "640Gi") and requested["regenerate"] == ("4", "4Gi")
+    assert requested["evaluate"] == ("16", "200Gi") and requested["register"] == ("1", "8Gi")
+
+
+def test_every_pod_requests_cpu_and_memory_and_tolerates_what_the_gpu_steps_tolerate(tmp_path):
+    """Pods without requests are the first evicted under memory pressure, and a namespace LimitRange's defaults
+    (often 512Mi) kill a step that loads an 8B base. Every step asks for what it needs at the compiled base size
+    (memory also as the limit: an OOM kill at a known size); CPU steps tolerate the tolerations parameter too, so
+    that a cluster whose every node is tainted for GPU work still runs them (they keep no node selector)."""
+    from spectrain.pipelines.settings import STEP_RESOURCES
+
+    _, (spec, platform) = compiled(tmp_path)
+    executors = spec["deploymentSpec"]["executors"]
+    assert {name.removeprefix("exec-").removesuffix("-2") for name in executors} == set(STEP_RESOURCES)
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        cpu, memory = STEP_RESOURCES[name.removeprefix("exec-").removesuffix("-2")]["8b"]
+        assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) == (cpu, memory), name
+        assert resources["resourceMemoryLimit"] == memory and "resourceCpuLimit" not in resources, name
+    assert executors["exec-train-heads"]["container"]["resources"]["resourceMemoryRequest"] == "80Gi"
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(kubernetes) == set(executors)
+    for name, config in kubernetes.items():
+        assert config["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("tolerations"), name
+    cpu_steps = {"exec-regenerate", "exec-register", "exec-summarize", "exec-stop-server", "exec-stop-server-2"}
+    assert not any("nodeSelector" in kubernetes[name] for name in cpu_steps)
 
 
 @pytest.mark.parametrize(
@@ -209,6 +245,10 @@ def test_compile_settings_are_arguments_not_environment_read_at_import(tmp_path)
         (["--registry", "Registry.Example.com/team "], "registry"),
         (["--image-tag", "1.2:latest"], "image_tag"),
         (["--train-gpus", "-1"], "train_gpus is -1"),
+        (["--base-size", "13b"], "base_size '13b' is not one of small, 8b, 70b"),
+        (["--resources", '{"train": {"cpu": "8"}}'], "unknown step 'train'"),
+        (["--resources", '{"evaluate": {"memory": "48GB"}}'], "memory '48GB' is not a memory quantity"),
+        (["--resources", '{"evaluate": {"cpu": 8,}}'], "resources is not JSON"),
     ],
 )
 def test_bad_compile_settings_are_refused_before_compiling(tmp_path, flags, message):

@@ -95,7 +95,10 @@ def test_the_deployment_sent_runs_vllm_with_gpus_cache_secrets_probes_and_placem
     assert pod["tolerations"] == [toleration]
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "my-cache"}} in pod["volumes"]
     [container] = pod["containers"]
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert container["resources"] == {  # requested, so that its node has room for a base on its way to the GPU
+        "requests": {"cpu": "8", "memory": "32Gi"},
+        "limits": {"nvidia.com/gpu": 2, "memory": "32Gi"},
+    }
     assert {"name": "model-cache", "mountPath": "/models"} in container["volumeMounts"]
     assert container["command"] == ["vllm"] and container["args"][:2] == ["serve", HUB_MODEL]
     arguments = " ".join(container["args"])
@@ -122,7 +125,7 @@ def test_the_deployment_sent_runs_vllm_with_gpus_cache_secrets_probes_and_placem
 def test_without_placement_the_pod_spec_has_no_node_selector_or_tolerations():
     pod = cluster.deployment_manifest(serve_config(), HUB_MODEL)["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
-    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1, "memory": "32Gi"}
 
 
 def test_the_service_selects_the_vllm_pods_on_port_8000(fake, api):
