@@ -26,6 +26,7 @@ from spectrain.operations.kfp_client import (
     CRON_EXAMPLE,
     DEFAULT_EXPERIMENT,
     DEFAULT_SERVICE_ACCOUNT,
+    STANDALONE_NAMESPACE,
     api_errors,
     check_cron,
     make_client,
@@ -43,9 +44,12 @@ from spectrain.operations.kfp_client import (
 
 
 def _connection(args: argparse.Namespace) -> tuple[str | None, str]:
-    return args.host or os.environ.get("KFP_HOST") or None, args.namespace or os.environ.get(
-        "KFP_NAMESPACE"
-    ) or "kubeflow"
+    return args.host or os.environ.get("KFP_HOST") or None, _chosen_namespace(args) or STANDALONE_NAMESPACE
+
+
+def _chosen_namespace(args: argparse.Namespace) -> str | None:
+    """The namespace the user named (--namespace, else $KFP_NAMESPACE), or None."""
+    return args.namespace or os.environ.get("KFP_NAMESPACE") or None
 
 
 def submit_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -147,7 +151,9 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--namespace",
         default=None,
-        help="Kubernetes namespace of a multi-user deployment (default: $KFP_NAMESPACE or kubeflow)",
+        help="multi-user Kubeflow: the profile namespace the run goes to, where spectrain's manifests are "
+        "applied (default: $KFP_NAMESPACE); standalone Kubeflow Pipelines runs every pipeline in its own "
+        "namespace, so leave it out there",
     )
     group.add_argument(
         "--experiment",
@@ -164,6 +170,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, str | None]:
     return {
         "pipeline_root": args.pipeline_root or os.environ.get("SPECTRAIN_PIPELINE_ROOT") or None,
         "service_account": account or None,
+        "namespace": _chosen_namespace(args),
     }
 
 

@@ -216,27 +216,57 @@ def release(text: str) -> tuple[int, ...] | None:
     return tuple(int(part or 0) for part in match.groups()) if match else None
 
 
-def check_backend(client: kfp.Client, package: Path) -> None:
-    """Refuse a server older than the package needs (its `# Requires:` line, written by `spectrain compile`), before
-    anything is created. The release is `tag_name` of the server's healthz answer, read raw: kfp's own model of that
-    answer drops it."""
+STANDALONE_NAMESPACE = "kubeflow"  # where standalone Kubeflow Pipelines runs every pipeline (its own namespace)
+
+
+def check_server(client: kfp.Client, package: Path, namespace: str | None = None) -> None:
+    """What the server says of itself (healthz, read raw: kfp's model of that answer drops tag_name), checked before
+    anything is created: its release against the package's `# Requires:` line (written by `spectrain compile`), and
+    its kind against ``namespace``, the namespace the user chose (None: not chosen).
+
+    Multi-user Kubeflow runs a pipeline in the profile namespace it is submitted to, as that profile's
+    default-editor unless another account is named; standalone Kubeflow Pipelines runs every pipeline in its own
+    namespace and ignores the one a client names. Either way the run's account, the model-cache PVC and the Secrets
+    must be where the pods run, so a namespace that cannot be that place is refused."""
+    answer = json.loads(client._healthz_api.healthz_service_get_healthz(_preload_content=False).data or b"{}")
+    where = f"{client._get_url_prefix()} (GET /apis/v2beta1/healthz)"
+    _check_release(str(answer.get("tag_name") or ""), package, where)
+    if answer.get("multi_user") and (namespace or STANDALONE_NAMESPACE) == STANDALONE_NAMESPACE:
+        raise SpectrainError(
+            f"this is multi-user Kubeflow, which runs a pipeline in the profile namespace it is submitted to; "
+            f"{namespace or 'no namespace'!r} is not a profile",
+            where="--namespace / $KFP_NAMESPACE",
+            fix="pass --namespace <your profile's namespace>, where spectrain's manifests are applied (its runs use "
+            "spectrain-pipeline-runner there, or --service-account default-editor, the profile's own); nothing was "
+            "submitted",
+        )
+    if answer.get("multi_user") is False and namespace and namespace != STANDALONE_NAMESPACE:
+        raise SpectrainError(
+            f"this is standalone Kubeflow Pipelines, which runs every pipeline in its own namespace and ignores "
+            f"--namespace {namespace}: the run's pods would not find spectrain's account, model-cache PVC and "
+            f"Secrets of namespace {namespace!r}",
+            where="--namespace / $KFP_NAMESPACE",
+            fix="apply spectrain's manifests in KFP's namespace (an overlay of manifests/overlays/<name> with "
+            f"`namespace: {STANDALONE_NAMESPACE}`) and drop --namespace; nothing was submitted",
+        )
+
+
+def _check_release(reported: str, package: Path, where: str) -> None:
     required = REQUIRED_BACKEND.search(package.read_text()[:2000])
     if required is None:
         return  # compiled elsewhere: no minimum known
-    answer = json.loads(client._healthz_api.healthz_service_get_healthz(_preload_content=False).data or b"{}")
-    reported = str(answer.get("tag_name") or "")
     found, needed = release(reported), release(required["version"])
     if found is None:
         warnings.warn(
             f"the KFP server does not report its release (healthz tag_name {reported!r}); this pipeline needs "
             f"{required['version']} or later",
-            stacklevel=2,
+            stacklevel=3,
         )
     elif needed is not None and found < needed:
         raise SpectrainError(
             f"the KFP server runs Kubeflow Pipelines {reported}, but {package.name} needs {required['version']} or "
             "later (tolerations and node selectors as pipeline parameters)",
-            where=f"{client._get_url_prefix()} (GET /apis/v2beta1/healthz)",
+            where=where,
             fix=f"upgrade Kubeflow Pipelines to {required['version']} or later; nothing was submitted",
         )
 
@@ -274,12 +304,14 @@ def submit_run(
     force: bool = False,
     pipeline_root: str | None = None,
     service_account: str | None = None,
+    namespace: str | None = None,
 ) -> tuple[Any, bool]:
     """Create a run of `package` in `experiment` (created if missing), unless one named `run_name` exists.
+    ``namespace``: the one the user chose for the client (None: none), checked against the server's kind.
 
     Returns (run, created).
     """
-    check_backend(client, package)
+    check_server(client, package, namespace)
     experiment_id = client.create_experiment(name=experiment).experiment_id
     if not force:
         existing = client.list_runs(experiment_id=experiment_id, page_size=1, filter=display_name_filter(run_name)).runs
@@ -327,6 +359,7 @@ def schedule_recurring_run(
     experiment: str,
     pipeline_root: str | None = None,
     service_account: str | None = None,
+    namespace: str | None = None,
 ) -> tuple[Any, str]:
     """Create-or-replace the recurring run `name`: one run at a time, no backfill of missed runs.
 
@@ -334,7 +367,7 @@ def schedule_recurring_run(
     A replaced recurring run keeps its enabled/disabled mode.
     """
     cron = check_cron(cron)
-    check_backend(client, package)
+    check_server(client, package, namespace)
     experiment_id = client.create_experiment(name=experiment).experiment_id
     description = fingerprint(package, params, pipeline_root, service_account)
     existing = find_recurring_runs(client, experiment_id, name)

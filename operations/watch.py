@@ -396,6 +396,7 @@ def start_retraining(champion_version: Any, client: Any, config: WatchConfig, no
             params=parameters,
             run_name=f"retrain-{config.deployment or config.registered_model}-{stamp}",
             experiment="spectrain",
+            namespace=config.kfp_namespace or None,
         )
     return {"how": "submit", "id": run.run_id, "started": now, "parameters": parameters}
 

@@ -306,3 +306,31 @@ def test_a_kfp_server_older_than_the_package_needs_is_refused_before_anything_is
     assert fake.writes() == []
     fake.release = "2.5.0"
     assert cli(fake, *command) == 0
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "--name", "nightly", "--cron", "0 0 3 * * *"]])
+def test_namespace_and_installation_kind_are_chosen_together_or_refused_before_anything_is_created(
+    fake, command, monkeypatch
+):
+    """Multi-user Kubeflow runs a pipeline in the profile namespace it is submitted to (as default-editor, or the
+    account named); standalone KFP runs every pipeline in its own namespace and ignores a client's. The server says
+    which it is in healthz's multi_user. A namespace where the run cannot find spectrain's account, PVC and
+    Secrets is refused, naming what to do, before any request that creates something."""
+    fake.multi_user = True
+    with pytest.raises(SpectrainError, match="multi-user Kubeflow.*'no namespace' is not a profile") as error:
+        cli(fake, *command)
+    assert "--namespace <your profile's namespace>" in error.value.fix and "default-editor" in error.value.fix
+    with pytest.raises(SpectrainError, match="'kubeflow' is not a profile"):
+        cli(fake, *command[:1], "--namespace", "kubeflow", *command[1:])
+    assert fake.writes() == []
+    assert cli(fake, *command[:1], "--namespace", "team-a", "--service-account", "default-editor", *command[1:]) == 0
+    assert fake.writes()[-1].body["service_account"] == "default-editor"
+
+    fake.multi_user = False
+    before = len(fake.writes())
+    monkeypatch.setenv("KFP_NAMESPACE", "spectrain")
+    with pytest.raises(SpectrainError, match="standalone Kubeflow Pipelines.* ignores --namespace spectrain") as error:
+        cli(fake, *command)
+    assert "drop --namespace" in error.value.fix and len(fake.writes()) == before
+    monkeypatch.delenv("KFP_NAMESPACE")
+    assert cli(fake, *command) == 0  # standalone, no namespace named: the run goes where KFP runs it
