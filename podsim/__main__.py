@@ -28,12 +28,21 @@ def enter_pod_boundaries(stack: contextlib.ExitStack, run_dir: Path) -> str:
     images = functools.partial(image_environment, shims=run_dir / "images")
     node = vllm.cpu_settings()  # the simulated node is this CPU
     cluster = stack.enter_context(pods.SimulatedCluster(network, images, api_key=api_key, node_env=node))
-    stack.enter_context(pods.kfp_tasks_in_pods(network))
+    stack.enter_context(pods.kfp_tasks_in_pods(network, pods.granted_variables(platform_spec())))
     return (
         f"  pod boundaries: each step in a network namespace of its own on {pods.BRIDGE} (this machine is "
         f"{pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at {paths.PVC_MODEL_CACHE}; simulated "
         f"Kubernetes API at {cluster.api.host}"
     )
+
+
+def platform_spec() -> dict:
+    """The Kubernetes settings of the pipeline as compiled (which Secrets and ConfigMaps each step's pod gets)."""
+    from google.protobuf import json_format
+
+    from spectrain.pipelines.speculative_decoding import speculative_decoding
+
+    return json_format.MessageToDict(speculative_decoding.platform_spec)
 
 
 def image_environment(image: str, shims: Path) -> str:

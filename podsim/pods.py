@@ -23,7 +23,13 @@ pipeline that only works because its steps share a machine fails here, not first
 The node is this machine's CPU: a container asking for GPUs runs without them, with the node_env given (for
 vLLM: the CPU settings local mode uses, spectrain.vllm.cpu_settings).
 
-Not simulated: CPU, memory and GPU limits, image contents, container restarts, RBAC, node selection.
+- Each pod's environment holds, of the variables a cluster hands out through Secrets and ConfigMaps (S3 keys and
+  endpoint, MLflow URL and token, HF_TOKEN), only those the compiled pipeline gives its step (granted_variables):
+  a step that needs a credential it is not given fails here as on a cluster.
+
+Not simulated: CPU, memory and GPU requests and limits, the memory-backed /dev/shm, image contents, container
+restarts, RBAC, node selection and tolerations, KFP's launcher moving artifacts to the pipeline root's S3 (here
+kfp.local's shared filesystem is the store, so the kfp-launcher ConfigMap is not read).
 """
 
 from __future__ import annotations
@@ -265,22 +271,47 @@ def task_name(full_command: list[str]) -> str:
     return "task"
 
 
+def granted_variables(platform_spec: dict) -> dict[str, set[str]]:
+    """Component name -> the environment variables its pod gets from Secrets and ConfigMaps, read from a compiled
+    pipeline's platform spec (kfp-kubernetes' secretAsEnv / configMapAsEnv of each executor)."""
+    executors = platform_spec.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
+    granted: dict[str, set[str]] = {}
+    for label, config in executors.items():
+        name = re.sub(r"-\d+$", "", label.removeprefix("exec-"))  # exec-stop-server-2: the same component
+        for use in [*config.get("secretAsEnv", []), *config.get("configMapAsEnv", [])]:
+            granted.setdefault(name, set()).update(k["envVar"] for k in use.get("keyToEnv", []))
+        granted.setdefault(name, set())
+    return granted
+
+
+def pod_environment(name: str, environment: dict[str, str], granted: dict[str, set[str]] | None) -> dict[str, str]:
+    """``environment`` as the pod of component ``name`` would have it: without the variables a cluster gives only
+    through Secrets and ConfigMaps (any of ``granted``'s) that its own pod is not given, so a step that needs a
+    credential the compiled pipeline does not hand it fails here too. ``granted`` None: everything passes."""
+    if granted is None:
+        return dict(environment)
+    withheld = set().union(*granted.values()) - granted.get(name, set())
+    return {key: value for key, value in environment.items() if key not in withheld}
+
+
 @contextlib.contextmanager
-def kfp_tasks_in_pods(network: PodNetwork) -> Iterator[None]:
+def kfp_tasks_in_pods(network: PodNetwork, granted: dict[str, set[str]] | None = None) -> Iterator[None]:
     """Run every kfp.local SubprocessRunner task as a pod of ``network``.
 
     kfp.local starts each task's command through ``subprocess_task_handler.run_local_subprocess`` (kfp 2.17,
     pinned; tests/test_pods.py checks the seam is still there): this swaps it for one that runs the command
     in a fresh pod and deletes the pod, and whatever the task left running in it, when the command returns
-    (when it raises, as on Ctrl-C, the pod is left to PodNetwork's exit).
+    (when it raises, as on Ctrl-C, the pod is left to PodNetwork's exit). ``granted``
+    (:func:`granted_variables`): each pod gets only its own Secrets' and ConfigMaps' variables.
     """
     from kfp.local import subprocess_task_handler as handler
 
     original = handler.run_local_subprocess
 
     def run_in_pod(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
-        pod = network.create_pod(task_name(full_command))
-        env = {**os.environ, **(env_vars or {}), **network.env, **pod.env}
+        name = task_name(full_command)
+        pod = network.create_pod(name)
+        env = {**pod_environment(name, {**os.environ, **(env_vars or {})}, granted), **network.env, **pod.env}
         return_code = original(full_command=pod.command(full_command), env_vars=env)
         pod.delete()
         return return_code
