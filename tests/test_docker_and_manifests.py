@@ -511,6 +511,80 @@ def _secret_references(docs):
     return found
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions In/NotIn/Exists/DoesNotExist) selects
+    ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        if not {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]:
+            return False
+    return True
+
+
+def admitted(policy: dict, labels: dict, port: int, same_namespace: bool = True) -> bool:
+    """Whether an ingress NetworkPolicy lets a pod with ``labels`` connect on ``port``."""
+    for rule in policy["spec"]["ingress"]:
+        if port not in [p["port"] for p in rule.get("ports", [])]:
+            continue
+        for peer in rule["from"]:
+            namespace_ok = same_namespace if "namespaceSelector" not in peer else True
+            if namespace_ok and selects(peer.get("podSelector", {}), labels):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_let_in_only_who_needs_each_server(overlay):
+    """Only the pipeline decides what production serves, so only its pods (and the watch) reach the registry, only
+    MLflow its database, only the run's steps the run's vLLM server, only the namespace MinIO. Each policy is
+    checked against the labels the pods really carry: the vLLM pods the serve step creates, KFP's run pods
+    (pipeline/runid, read by KFP's launcher from its own pod), the manifests' own pod templates."""
+    from spectrain.components.serve import cluster
+
+    docs = build(f"overlays/{overlay}")
+    policies = {p["metadata"]["name"]: p for p in of_kind(docs, "NetworkPolicy")}
+    templates = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in of_kind(docs, "Deployment")
+    }
+    templates["mlflow-postgres"] = one(docs, "StatefulSet", "mlflow-postgres")["spec"]["template"]["metadata"]["labels"]
+    watch = one(docs, "CronJob", "spectrain-watch")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    vllm = cluster.labels("run-1")
+    step = {"pipeline/runid": "run-1", "workflows.argoproj.io/workflow": "speculative-decoding-x"}
+    stranger = {"app": "something-else"}
+
+    assert selects(policies["spectrain-vllm"]["spec"]["podSelector"], vllm)
+    assert admitted(policies["spectrain-vllm"], step, 8000)
+    assert not admitted(policies["spectrain-vllm"], stranger, 8000) and not admitted(
+        policies["spectrain-vllm"], watch, 8000
+    )
+
+    mlflow = policies["mlflow"]
+    assert selects(mlflow["spec"]["podSelector"], templates["mlflow"])
+    assert admitted(mlflow, step, 5000) and admitted(mlflow, watch, 5000)
+    assert admitted(mlflow, {"spectrain.dev/mlflow-client": "true"}, 5000, same_namespace=False)
+    assert not admitted(mlflow, stranger, 5000) and not admitted(mlflow, step, 5000, same_namespace=False)
+
+    postgres = policies["mlflow-postgres"]
+    assert selects(postgres["spec"]["podSelector"], templates["mlflow-postgres"])
+    assert admitted(postgres, templates["mlflow"], 5432)
+    assert not admitted(postgres, step, 5432) and not admitted(postgres, watch, 5432)
+
+    if overlay == "local-minio":
+        assert selects(policies["minio"]["spec"]["podSelector"], templates["minio"])
+        assert admitted(policies["minio"], stranger, 9000)  # any pod of the namespace
+        assert not admitted(policies["minio"], stranger, 9000, same_namespace=False)
+        assert not admitted(policies["minio"], stranger, 9001)  # the console stays closed
+    else:
+        assert "minio" not in policies
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_and_model_cache(overlay):
     docs = build(f"overlays/{overlay}")
