@@ -32,6 +32,21 @@ TINY = [
 ]
 
 
+# Recognisable credentials for every kind the run holds (moto takes any S3 keys, the local MLflow store and vLLM any
+# token, the hub is never asked for the embedded base): none may surface anywhere the run writes or prints.
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEe2e7f3a9",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-e2e-7f3a9",
+    "MLFLOW_TRACKING_TOKEN": "mlflow-token-e2e-7f3a9",
+    "VLLM_API_KEY": "vllm-key-e2e-7f3a9",
+    "HF_TOKEN": "hf_token_e2e_7f3a9",
+}
+
+
+def leaks(text: str) -> list[str]:
+    return [name for name, secret in CREDENTIALS.items() if secret in text]
+
+
 @pytest.mark.slow
 def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_readable_console(tmp_path, s3_endpoint):
     import boto3
@@ -66,7 +81,7 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
         capture_output=True,
         text=True,
         timeout=1500,
-        env={**env, **fresh},
+        env={**env, **fresh, **CREDENTIALS},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| eagle3 |" in result.stdout and "| medusa |" in result.stdout  # the summary table
@@ -113,6 +128,19 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
     assert "was running when this step ran" in (run_dir / "stop-server" / "server_log").read_text()
     serve = json.loads((run_dir / "serve-base-model" / "result").read_text())
     assert not Path(f"/proc/{serve['pid']}").exists(), "vLLM left running"
+
+    # Secrets stay secret: not on the console, in a step log, an artifact or result of the run, nor in what MLflow
+    # recorded (params, tags, the registered versions' tags)
+    assert not leaks(result.stdout + result.stderr)
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert not leaks(path.read_bytes().decode("utf-8", "replace")), path
+    for outcome in registered:
+        run = client.get_run(outcome["run_id"])
+        assert not leaks(json.dumps([run.data.params, run.data.tags])), outcome["mode"]
+        version = client.get_model_version(outcome["registered_model"], outcome["version"])
+        assert not leaks(json.dumps(version.tags))
+    assert not leaks((Path(__file__).resolve().parents[1] / "pipelines" / "speculative_decoding.yaml").read_text())
 
     # checkpoint_root: progress went to S3 under the run id (moto server), where a retried step would find it
     regenerate = json.loads((run_dir / "regenerate" / "result").read_text())
