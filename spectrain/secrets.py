@@ -5,13 +5,13 @@ ones; the optional tokens are created only by a user who has one)."""
 VLLM = "spectrain-vllm"  # required by serve_mode cluster: the server never runs without an API key
 HF = "spectrain-hf"  # optional: public models need no token
 S3 = "spectrain-s3"  # optional: only for s3:// data, checkpoints and MLflow artifacts
-MLFLOW = "spectrain-mlflow"  # optional: a tracking server that wants a token
+MLFLOW = "spectrain-mlflow"  # a tracking server's sign-in: the pipeline's user (manifests/mlflow), or a token
 
 KEYS: dict[str, tuple[str, ...]] = {
     VLLM: ("VLLM_API_KEY",),
     HF: ("HF_TOKEN",),
     S3: ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
-    MLFLOW: ("MLFLOW_TRACKING_TOKEN",),
+    MLFLOW: ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"),
 }
 
 

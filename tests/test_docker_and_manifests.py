@@ -468,9 +468,11 @@ def test_optional_tokens_ship_no_placeholder_and_every_reader_takes_them_as_opti
     docs = build(f"overlays/{overlay}")
     shipped = {s["metadata"]["name"] for s in of_kind(docs, "Secret")}
     assert not shipped & set(secrets.OPTIONAL)
+    # (the mlflow-users Job exists to create the pipeline's MLflow user from spectrain-mlflow: it waits for it)
+    pods = [d for d in docs if not (d["kind"] == "Job" and d["metadata"]["name"] == "mlflow-users")]
     references = [
         reference
-        for reference in _secret_references(docs)
+        for reference in _secret_references(pods)
         if reference.get("name", reference.get("secretName")) in secrets.OPTIONAL
     ]
     assert references, "the watch reads the MLflow token"
@@ -567,7 +569,8 @@ def test_network_policies_let_in_only_who_needs_each_server(overlay):
 
     mlflow = policies["mlflow"]
     assert selects(mlflow["spec"]["podSelector"], templates["mlflow"])
-    assert admitted(mlflow, step, 5000) and admitted(mlflow, watch, 5000)
+    users_job = one(docs, "Job", "mlflow-users")["spec"]["template"]["metadata"]["labels"]
+    assert admitted(mlflow, step, 5000) and admitted(mlflow, watch, 5000) and admitted(mlflow, users_job, 5000)
     assert admitted(mlflow, {"spectrain.dev/mlflow-client": "true"}, 5000, same_namespace=False)
     assert not admitted(mlflow, stranger, 5000) and not admitted(mlflow, step, 5000, same_namespace=False)
 
@@ -604,11 +607,15 @@ def test_mlflow_stack(overlay):
     mlflow = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]
     server = mlflow["containers"][0]
     assert server["image"] == "ghcr.io/mlflow/mlflow:v3.17.2"
-    assert "--default-artifact-root=s3://spectrain-mlflow/" in server["command"]
-    assert any(
-        a.startswith("--backend-store-uri=postgresql://") and "@mlflow-postgres:5432/" in a for a in server["command"]
+    script = server["command"][2]  # sh -c: refuses the placeholder secrets, writes the auth config, starts MLflow
+    assert (
+        "--default-artifact-root=s3://spectrain-mlflow/" in script and '--backend-store-uri="$DATABASE_URI"' in script
     )
     env = {e["name"]: e for e in server["env"]}
+    assert (
+        env["DATABASE_URI"]["value"].startswith("postgresql://")
+        and "@mlflow-postgres:5432/" in env["DATABASE_URI"]["value"]
+    )
     assert env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "spectrain-config"
     assert {"secretRef": {"name": "spectrain-s3"}} in server["envFrom"]
     one(docs, "Service", "mlflow")

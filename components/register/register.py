@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -156,6 +159,47 @@ def own_run(client: MlflowClient, experiment: str, pipeline_run_id: str, mode: s
     return runs[0] if runs else None
 
 
+DESCRIPTION = "spectrain draft heads (speculative decoding)"
+REFUSED = re.compile(r"error code (401|403)\b")  # how MLflow's client reports a refusal of its auth layer
+
+
+@contextlib.contextmanager
+def registry_access(uri: str, doing: str) -> Iterator[None]:
+    """A tracking server's refusal (MLflow's basic-auth: 401 without valid credentials, 403 without the
+    permission) as one clear error naming who asked and what to set."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as exc:
+        refused = REFUSED.search(str(exc))
+        if refused is None:
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user {user!r}" if user else "a request without credentials"
+        why = "is not signed in (HTTP 401)" if refused[1] == "401" else "lacks the permission (HTTP 403)"
+        raise SpectrainError(
+            f"the MLflow server refused to {doing}: {who} {why}",
+            where=uri,
+            fix="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user who may write this experiment "
+            "and registered model (on the cluster: the spectrain-mlflow Secret, the pipeline's own user); "
+            "readers may only read",
+        ) from None
+
+
+def check_can_write(client: MlflowClient, experiment: str, name: str) -> None:
+    """Before anything is logged: write access to the experiment (a tag rewritten on it) and to the registered
+    model (created, or its description written again), so that a user who may only read is refused here, with
+    nothing half-registered behind."""
+    client.set_experiment_tag(experiment, "spectrain", "draft training runs")
+    try:
+        model = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if REFUSED.search(str(exc)):
+            raise
+        client.create_registered_model(name, description=DESCRIPTION)
+        return
+    client.update_registered_model(name, description=model.description or DESCRIPTION)
+
+
 def alias_version(client: MlflowClient, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
@@ -265,7 +309,11 @@ def settle(
 def rollback(name: str, tracking_uri_: str = "") -> dict:
     """`spectrain promote --rollback`: champion goes back to previous_champion (and the two swap)."""
     uri = tracking_uri(RegisterConfig(tracking_uri=tracking_uri_))
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with registry_access(uri, f"move the {CHAMPION} alias of '{name}'"):
+        return _rollback(MlflowClient(tracking_uri=uri, registry_uri=uri), name, uri)
+
+
+def _rollback(client: MlflowClient, name: str, uri: str) -> dict:
     previous, champion = alias_version(client, name, PREVIOUS), alias_version(client, name, CHAMPION)
     if previous is None or champion is None:
         raise SpectrainError(
@@ -299,7 +347,11 @@ def fetch_draft(client: MlflowClient, version, dest: Path) -> Path:
 def fetch(name: str, alias: str, dest: str, tracking_uri_: str = "") -> dict:
     """`spectrain fetch-champion`: the draft the alias points at, downloaded and verified, ready to serve."""
     uri = tracking_uri(RegisterConfig(tracking_uri=tracking_uri_))
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with registry_access(uri, f"read '{name}'"):
+        return _fetch(MlflowClient(tracking_uri=uri, registry_uri=uri), name, alias, dest, uri)
+
+
+def _fetch(client: MlflowClient, name: str, alias: str, dest: str, uri: str) -> dict:
     version = alias_version(client, name, alias)
     if version is None:
         raise SpectrainError(
@@ -326,10 +378,18 @@ def run(config: RegisterConfig) -> dict:
     mode = evaluation.get("mode") or results.get("train", {}).get("mode", "draft")
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
+    name = config.registered_model_name or f"spectrain-{model_slug(config.base_model)}-{mode}"
+    with registry_access(uri, f"register a version of '{name}'"):
+        return _register(config, results, evaluation, mode, uri, name, started)
+
+
+def _register(
+    config: RegisterConfig, results: dict, evaluation: dict, mode: str, uri: str, name: str, started: float
+) -> dict:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = experiment_id(client, config.experiment)
+    check_can_write(client, experiment, name)
     mlflow.set_experiment(experiment_id=experiment)
-    name = config.registered_model_name or f"spectrain-{model_slug(config.base_model)}-{mode}"
     # A retry (same pipeline run, same mode) finds the MLflow run and model version its first attempt made.
     previous = own_run(client, experiment, config.pipeline_run_id, mode)
     with mlflow.start_run(
@@ -355,7 +415,7 @@ def run(config: RegisterConfig) -> dict:
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description="spectrain draft heads (speculative decoding)")
+        client.create_registered_model(name, description=DESCRIPTION)
     tags = {
         "mode": mode,
         "pipeline_run_id": config.pipeline_run_id,

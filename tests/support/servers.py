@@ -85,11 +85,23 @@ def moto_s3(host: str = "127.0.0.1") -> Iterator[int]:
         server.stop()
 
 
+MLFLOW_ADMIN = ("admin", "admin-password-of-the-test-server")
+
+
 @contextlib.contextmanager
-def mlflow_server(directory: Path, s3_endpoint: str, *, host: str = "127.0.0.1", serve_artifacts: bool = False):
+def mlflow_server(
+    directory: Path,
+    s3_endpoint: str,
+    *,
+    host: str = "127.0.0.1",
+    serve_artifacts: bool = False,
+    users: dict[str, str] | None = None,
+):
     """A real `mlflow server` (sqlite store in ``directory``, artifacts in the S3 bucket ``mlflow``, which must
     exist) on ``host``; yields its port. ``serve_artifacts=False`` is how manifests/mlflow deploys it: clients
-    write artifacts to S3 themselves (they need MLFLOW_S3_ENDPOINT_URL)."""
+    write artifacts to S3 themselves (they need MLFLOW_S3_ENDPOINT_URL). ``users`` (name -> password): MLflow's own
+    authentication (`--app-name basic-auth`, as manifests/mlflow runs it: everyone authenticated reads, a
+    resource's creator manages it), with these users created by the admin (MLFLOW_ADMIN)."""
     port = free_port()
     artifacts = (
         ["--artifacts-destination", "s3://mlflow/artifacts", "--serve-artifacts"]
@@ -99,12 +111,27 @@ def mlflow_server(directory: Path, s3_endpoint: str, *, host: str = "127.0.0.1",
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{directory / 'server.db'}", *artifacts]
     directory.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        env.pop(name, None)
+    if users is not None:
+        config = directory / "basic_auth.ini"
+        config.write_text(
+            f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{directory / 'auth.db'}\n"
+            f"admin_username = {MLFLOW_ADMIN[0]}\n"
+        )
+        command += ["--app-name", "basic-auth"]
+        env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(config),
+            MLFLOW_AUTH_ADMIN_PASSWORD=MLFLOW_ADMIN[1],
+            MLFLOW_FLASK_SERVER_SECRET_KEY="flask-secret-of-the-test-server",
+        )
     with open(directory / "mlflow.log", "w") as log:
         server = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
+            env=env,
             start_new_session=True,
         )
         try:
@@ -117,10 +144,27 @@ def mlflow_server(directory: Path, s3_endpoint: str, *, host: str = "127.0.0.1",
                     assert server.poll() is None, (directory / "mlflow.log").read_text()[-2000:]
                     assert time.monotonic() < deadline, "mlflow server did not come up"
                     time.sleep(0.5)
+            for user, password in (users or {}).items():
+                create_mlflow_user(f"http://127.0.0.1:{port}", user, password)
             yield port
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+
+
+def create_mlflow_user(url: str, user: str, password: str) -> None:
+    """A user of a basic-auth MLflow server, created by its admin through the REST API."""
+    import base64
+
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/users/create",
+        data=json.dumps({"username": user, "password": password}).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(":".join(MLFLOW_ADMIN).encode()).decode(),
+        },
+    )
+    urllib.request.urlopen(request, timeout=30).read()
 
 
 def write_greedy_replies(path: Path, prompts: list[str], max_new_tokens: int, python: str = sys.executable) -> Path:
