@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from spectrain.components.train_heads import launch
 from spectrain.draft_checkpoint import DRAFT_WEIGHTS
+from tests.support.gloo import run_ranks
 
 # Imported by every rank's interpreter (PYTHONPATH): rank 1 builds its Trainer seconds after rank 0, as a rank whose
 # node loads the base more slowly does. Nothing in the product knows about it.
@@ -62,7 +62,7 @@ def test_process_count_defaults_to_one_per_gpu(monkeypatch):
 )
 def test_two_gloo_ranks_split_the_data_and_rank_zero_reports(tiny_data, tmp_path, mode, extra):
     output = tmp_path / "checkpoint"
-    completed = subprocess.run(
+    completed = run_ranks(
         [
             sys.executable,
             "-m",
@@ -89,8 +89,6 @@ def test_two_gloo_ranks_split_the_data_and_rank_zero_reports(tiny_data, tmp_path
             str(tmp_path / "result.json"),
             *extra,
         ],
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -113,7 +111,7 @@ def test_ranks_stop_at_the_same_step_when_one_starts_late(tiny_data, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_RANK)
-    completed = subprocess.run(
+    completed = run_ranks(
         [
             sys.executable,
             "-m",
@@ -145,8 +143,6 @@ def test_ranks_stop_at_the_same_step_when_one_starts_late(tiny_data, tmp_path):
             "--result",
             str(tmp_path / "result.json"),
         ],
-        capture_output=True,
-        text=True,
         timeout=420,  # a rank left behind waits for the collective's timeout (hours): this test would fail here
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))},
     )

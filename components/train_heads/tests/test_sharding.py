@@ -9,7 +9,6 @@ resumable checkpoint hold); whole tensors loaded back into the shards (what a re
 checksum over each rank's shards.
 """
 
-import subprocess
 import sys
 
 import pytest
@@ -20,6 +19,7 @@ from spectrain.components.train_heads.config import TrainHeadsConfig
 from spectrain.components.train_heads.draft import convert, draft_module
 from spectrain import devices
 from spectrain.models import load_base, resolve_base_model
+from tests.support.gloo import run_ranks
 
 STEPS, TOKENS = 2, 32
 SETTINGS = dict(data="x", mode="eagle3", draft_vocab_size=0, max_length=TOKENS)
@@ -71,7 +71,7 @@ def test_a_draft_trained_over_a_sharded_base_equals_one_trained_by_one_process_o
     batches = torch.randint(0, 1000, (STEPS, 2, TOKENS), generator=torch.Generator().manual_seed(1))
     torch.save(batches, tmp_path / "batches.pt")
     (tmp_path / "worker.py").write_text(WORKER.format(settings=SETTINGS))
-    completed = subprocess.run(
+    completed = run_ranks(
         [
             sys.executable,
             "-m",
@@ -83,8 +83,6 @@ def test_a_draft_trained_over_a_sharded_base_equals_one_trained_by_one_process_o
             str(tmp_path / "batches.pt"),
             str(tmp_path / "draft"),
         ],
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
