@@ -589,6 +589,22 @@ def test_network_policies_let_in_only_who_needs_each_server(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_model_cache_is_made_writable_for_the_images_user(overlay):
+    """Every image runs as uid 1000 (docker/*/Dockerfile USER) and KFP sets no fsGroup on a step's pod, so the
+    manifests hand the cache volume's root directory to that user once."""
+    docs = build(f"overlays/{overlay}")
+    job = one(docs, "Job", "model-cache-permissions")["spec"]["template"]["spec"]
+    (container,) = job["containers"]
+    assert "chown 1000:1000 /models" in container["command"][2]
+    assert container["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models"}]
+    assert job["volumes"][0]["persistentVolumeClaim"]["claimName"] == "spectrain-model-cache"
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+    for image in ("serve", "train", "orchestrate"):
+        dockerfile = (Path(__file__).resolve().parents[1] / "docker" / image / "Dockerfile").read_text()
+        assert re.search(r"^USER (1000|spectrain)", dockerfile, re.MULTILINE), image
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_and_model_cache(overlay):
     docs = build(f"overlays/{overlay}")
     config = one(docs, "ConfigMap", "spectrain-config")["data"]

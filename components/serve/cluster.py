@@ -183,6 +183,8 @@ def deployment_manifest(config: ServeConfig, model: str) -> dict[str, Any]:
             {"name": "shm", "emptyDir": {"medium": "Memory"}},
         ],  # tensor parallelism shares memory here
         "automountServiceAccountToken": False,  # vLLM needs no Kubernetes API access
+        # the serve image's user; fsGroup makes a volume that supports it (block storage) writable for it
+        "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": True},
         "enableServiceLinks": False,  # a Service named `vllm` would inject VLLM_PORT=tcp://..., which vLLM reads
     }
     if config.node_selector:

@@ -94,6 +94,8 @@ def test_the_deployment_sent_runs_vllm_with_gpus_cache_secrets_probes_and_placem
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [toleration]
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "my-cache"}} in pod["volumes"]
+    # the serve image's uid 1000, and the model cache writable for it where the volume supports fsGroup
+    assert pod["securityContext"] == {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000, "runAsNonRoot": True}
     [container] = pod["containers"]
     assert container["resources"] == {  # requested, so that its node has room for a base on its way to the GPU
         "requests": {"cpu": "8", "memory": "32Gi"},
