@@ -284,13 +284,18 @@ def granted_variables(platform_spec: dict) -> dict[str, set[str]]:
     return granted
 
 
-def pod_environment(name: str, environment: dict[str, str], granted: dict[str, set[str]] | None) -> dict[str, str]:
-    """``environment`` as the pod of component ``name`` would have it: without the variables a cluster gives only
-    through Secrets and ConfigMaps (any of ``granted``'s) that its own pod is not given, so a step that needs a
-    credential the compiled pipeline does not hand it fails here too. ``granted`` None: everything passes."""
+def withheld_variables(name: str, granted: dict[str, set[str]] | None) -> set[str]:
+    """The variables a cluster gives only through Secrets and ConfigMaps (any of ``granted``'s) that the pod of
+    component ``name`` is not given, so a step that needs a credential the compiled pipeline does not hand it fails
+    here too. ``granted`` None: none."""
     if granted is None:
-        return dict(environment)
-    withheld = set().union(*granted.values()) - granted.get(name, set())
+        return set()
+    return set().union(*granted.values()) - granted.get(name, set())
+
+
+def pod_environment(name: str, environment: dict[str, str], granted: dict[str, set[str]] | None) -> dict[str, str]:
+    """``environment`` without what the pod of component ``name`` is not given (:func:`withheld_variables`)."""
+    withheld = withheld_variables(name, granted)
     return {key: value for key, value in environment.items() if key not in withheld}
 
 
@@ -312,7 +317,10 @@ def kfp_tasks_in_pods(network: PodNetwork, granted: dict[str, set[str]] | None =
         name = task_name(full_command)
         pod = network.create_pod(name)
         env = {**pod_environment(name, {**os.environ, **(env_vars or {})}, granted), **network.env, **pod.env}
-        return_code = original(full_command=pod.command(full_command), env_vars=env)
+        # kfp.local lays env_vars over this process's own environment: unset the withheld inside the pod too
+        unset = [f"--unset={variable}" for variable in sorted(withheld_variables(name, granted))]
+        command = ["env", *unset, *full_command] if unset else full_command
+        return_code = original(full_command=pod.command(command), env_vars=env)
         pod.delete()
         return return_code
 

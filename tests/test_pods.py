@@ -140,7 +140,9 @@ def test_kfp_local_still_starts_every_task_through_the_function_pods_replace():
     assert list(inspect.signature(handler.run_local_subprocess).parameters) == ["full_command", "env_vars"]
 
 
-def test_a_pod_gets_only_the_secrets_and_config_its_step_is_given_in_the_compiled_pipeline(network, tmp_path):
+def test_a_pod_gets_only_the_secrets_and_config_its_step_is_given_in_the_compiled_pipeline(
+    network, tmp_path, monkeypatch
+):
     """On a cluster a step sees the S3 keys, MLflow URL or HF token only through the Secrets and ConfigMaps its
     executor lists; here too, so a step that needs one it is not given fails in the simulation first."""
     from podsim.__main__ import platform_spec
@@ -153,7 +155,8 @@ def test_a_pod_gets_only_the_secrets_and_config_its_step_is_given_in_the_compile
     assert pods.pod_environment("register", environment, granted) == environment
     assert pods.pod_environment("export", environment, None) == environment
 
-    # and in a pod started the way kfp.local starts a task
+    # and in a pod started the way kfp.local starts a task (which lays its variables over this process's own)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
     out = tmp_path / "env.json"
     script = f"import json, os; json.dump(dict(os.environ), open({str(out)!r}, 'w'))"
     with pods.kfp_tasks_in_pods(network, granted):
@@ -162,7 +165,7 @@ def test_a_pod_gets_only_the_secrets_and_config_its_step_is_given_in_the_compile
         command = [PYTHON, "-c", script, "--function_to_execute", "export"]
         assert handler.run_local_subprocess(full_command=command, env_vars={"AWS_ACCESS_KEY_ID": "key"}) == 0
     seen = json.loads(out.read_text())
-    assert "AWS_ACCESS_KEY_ID" not in seen and "HOME" in seen
+    assert "AWS_ACCESS_KEY_ID" not in seen and "AWS_SECRET_ACCESS_KEY" not in seen and "HOME" in seen
 
 
 # -- the simulated cluster: Deployments run as pods -------------------------------------------------------
