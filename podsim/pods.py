@@ -106,11 +106,10 @@ class Pod:
 
     def create(self) -> None:
         host_side = f"sp{self.address.split('.')[-1]}h"  # interface names: 15 characters at most
-        # An earlier pod of this address whose namespace is gone can leave its veth behind while one of its
-        # processes still holds the namespace open (its lease was freed with the mount): removing one end of a
-        # veth pair removes both.
-        if subprocess.run(["ip", "link", "show", "dev", host_side], capture_output=True).returncode == 0:
-            _ip("link", "del", host_side)
+        # An earlier pod of this address whose namespace is gone can leave its veth behind: the kernel frees a
+        # deleted namespace, and the veth in it, asynchronously (or not while a process still holds it), though
+        # the lease went with the mount. Removing one end of a veth pair removes both; it may vanish meanwhile.
+        subprocess.run(["ip", "link", "del", host_side], capture_output=True, check=False)
         _ip("netns", "add", self.netns)
         _ip("link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
         _ip("link", "set", host_side, "master", BRIDGE, "up")
