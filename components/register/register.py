@@ -412,11 +412,7 @@ def _register(
                 }
             )
         run_id, artifact_uri = active.info.run_id, active.info.artifact_uri
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description=DESCRIPTION)
-    tags = {
+    tags = {  # (check_can_write made sure the registered model exists)
         "mode": mode,
         "pipeline_run_id": config.pipeline_run_id,
         "git_commit": git_commit(),
