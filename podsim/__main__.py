@@ -7,8 +7,11 @@ import contextlib
 import functools
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
+
+import yaml
 
 from podsim import pods
 from spectrain import cli, paths, vllm
@@ -17,18 +20,23 @@ from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
 
 COMMAND = "python -m podsim run"
+# The NetworkPolicies of the namespace the pipeline's pods and vLLM run in (manifests/base): the simulated node
+# enforces them between pods (podsim/pods.py)
+NETWORK_POLICIES = [Path(__file__).resolve().parents[1] / "manifests" / "base" / "network-policies.yaml"]
 
 
 def enter_pod_boundaries(stack: contextlib.ExitStack, run_dir: Path) -> str:
     """Pods for kfp.local's tasks and a simulated Kubernetes API (podsim/pods.py), until
     ``stack`` closes — after the run stopped its processes, so that no interrupt cuts the cleanup short.
     Returns what to tell the user."""
-    network = stack.enter_context(pods.PodNetwork(run_dir / "pods", pvc=paths.model_cache()))
+    serve_image_env()  # a wrong PODSIM_SERVE_IMAGE_ENV stops the run here, before any pod
+    policies = [d for f in NETWORK_POLICIES for d in yaml.safe_load_all(f.read_text()) if d]
+    network = stack.enter_context(pods.PodNetwork(run_dir / "pods", pvc=paths.model_cache(), policies=policies))
     api_key = os.environ.get("VLLM_API_KEY", "")
     images = functools.partial(image_environment, shims=run_dir / "images")
     node = vllm.cpu_settings()  # the simulated node is this CPU
     cluster = stack.enter_context(pods.SimulatedCluster(network, images, api_key=api_key, node_env=node))
-    stack.enter_context(pods.kfp_tasks_in_pods(network, pods.granted_variables(platform_spec())))
+    stack.enter_context(pods.kfp_tasks_in_pods(network, pods.granted_variables(platform_spec()), run_dir.name))
     return (
         f"  pod boundaries: each step in a network namespace of its own on {pods.BRIDGE} (this machine is "
         f"{pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at {paths.PVC_MODEL_CACHE}; simulated "
@@ -60,9 +68,24 @@ def image_environment(image: str, shims: Path) -> str:
     commands.mkdir(parents=True, exist_ok=True)
     if match[1] == "serve":
         vllm = commands / "vllm"
-        vllm.write_text(f'#!/bin/sh\nexec "{python}" -m spectrain.vllm_launcher "$@"\n')
+        vllm.write_text(f'#!/bin/sh\nexec {serve_image_env()}"{python}" -m spectrain.vllm_launcher "$@"\n')
         vllm.chmod(0o755)
     return f"{commands}:{python.parent}"
+
+
+def serve_image_env() -> str:
+    """What PODSIM_SERVE_IMAGE_ENV ('NAME=VALUE ...') adds to the serve image's environment for `vllm`, as an
+    image's ENV lines would: how the test suite gives the vLLM pod its stand-in vLLM (PYTHONPATH) where vLLM itself
+    is not the subject. A container gets the image's environment only, never this shell's."""
+    words = shlex.split(os.environ.get("PODSIM_SERVE_IMAGE_ENV", ""))
+    wrong = [word for word in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", word)]
+    if wrong:
+        raise SpectrainError(
+            f"PODSIM_SERVE_IMAGE_ENV holds {wrong[0]!r}, not NAME=VALUE",
+            where="PODSIM_SERVE_IMAGE_ENV",
+            fix="give space-separated NAME=VALUE assignments, e.g. PODSIM_SERVE_IMAGE_ENV='PYTHONPATH=/some/dir'",
+        )
+    return "env " + " ".join(shlex.quote(word) for word in words) + " " if words else ""
 
 
 BOUNDARIES = local.Boundaries(

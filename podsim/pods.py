@@ -23,6 +23,11 @@ pipeline that only works because its steps share a machine fails here, not first
 The node is this machine's CPU: a container asking for GPUs runs without them, with the node_env given (for
 vLLM: the CPU settings local mode uses, spectrain.vllm.cpu_settings).
 
+- NetworkPolicies (ingress, by pod labels): a pod that no policy selecting another pod admits cannot connect to
+  that pod at all (a `prohibit` route to its address in the source pod's namespace: connect() fails at once).
+  Task pods carry KFP's `pipeline/runid` label, Deployment pods their template's labels. Ports, namespace
+  selectors with labels and ipBlocks are not simulated (an admitted pod reaches every port); the host, where
+  MLflow, S3 and the kubelet's probes are, is not a pod and is never refused.
 - Each pod's environment holds, of the variables a cluster hands out through Secrets and ConfigMaps (S3 keys and
   endpoint, MLflow URL and token, HF_TOKEN), only those the compiled pipeline gives its step (granted_variables):
   a step that needs a credential it is not given fails here as on a cluster.
@@ -91,8 +96,10 @@ def unavailable() -> str | None:
 class Pod:
     """One pod: a network namespace with an address on the bridge, a scratch directory and the PVC mount."""
 
-    def __init__(self, network: PodNetwork, name: str, address: str) -> None:
+    def __init__(self, network: PodNetwork, name: str, address: str, labels: dict[str, str] | None = None) -> None:
         self.network, self.name, self.address = network, name, address
+        self.labels = dict(labels or {})
+        self.refused: set[str] = set()  # addresses this pod may not connect to (NetworkPolicies)
         self.netns = f"spectrain-{address.replace('.', '-')}"
         self.scratch = SCRATCH / self.netns  # short: vLLM binds IPC sockets under TMPDIR (107-byte paths)
         self.etc = Path("/etc/netns") / self.netns  # `ip netns exec` mounts these files over /etc's
@@ -173,9 +180,12 @@ class PodNetwork:
     """The bridge and the pods of one run; ``root`` holds the run's pod files (kubeconfig), ``pvc`` is the model
     cache mounted in every pod."""
 
-    def __init__(self, root: Path, pvc: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, pvc: Path, env: dict[str, str] | None = None, policies: list[dict] | None = None
+    ) -> None:
         self.root, self.pvc = root, pvc
         self.env = dict(env or {})  # what every pod gets besides its own (KUBECONFIG, secrets)
+        self.policies = [p for p in policies or [] if p.get("kind") == "NetworkPolicy"]
         self.pods: list[Pod] = []
         self._names: dict[str, str] = {}
         self._lock = threading.RLock()
@@ -215,7 +225,7 @@ class PodNetwork:
 
     # -- pods -----------------------------------------------------------------------------------------
 
-    def create_pod(self, name: str) -> Pod:
+    def create_pod(self, name: str, labels: dict[str, str] | None = None) -> Pod:
         with self._leases() as leases:
             existing = set(_ip("netns", "list").split())
             for lease in leases.iterdir():  # left by a run that was killed: its namespace is gone
@@ -225,12 +235,13 @@ class PodNetwork:
             address = next((str(a) for a in NETWORK.hosts() if str(a) not in taken), None)
             if address is None:
                 raise SpectrainError(f"no free pod address left in {NETWORK}", where="python -m podsim run")
-            pod = Pod(self, re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "pod", address)
+            pod = Pod(self, re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:40] or "pod", address, labels)
             (leases / address).write_text(pod.netns)
         with self._lock:
             self.pods.append(pod)
         try:
             pod.create()
+            self.enforce_policies()
         except BaseException:
             pod.delete(grace_s=0)
             raise
@@ -242,10 +253,49 @@ class PodNetwork:
                 self.pods.remove(pod)
         with self._leases() as leases:
             (leases / pod.address).unlink(missing_ok=True)
+        self.enforce_policies()  # the address may go to a pod the policies treat otherwise
+
+    # -- NetworkPolicies ------------------------------------------------------------------------------
+
+    def admits(self, source: Pod, target: Pod) -> bool:
+        """Whether the NetworkPolicies let ``source`` connect to ``target`` (ingress only; see the module doc)."""
+        selecting = [
+            policy
+            for policy in self.policies
+            if "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])
+            and selects(policy["spec"].get("podSelector", {}), target.labels)
+        ]
+        if not selecting:
+            return True  # a pod no policy selects accepts everything
+        for policy in selecting:
+            for rule in policy["spec"].get("ingress") or []:
+                peers = rule.get("from")
+                if not peers:
+                    return True  # a rule without `from` admits every source
+                for peer in peers:
+                    if "ipBlock" in peer or peer.get("namespaceSelector", {}) != {}:
+                        continue  # not simulated: only pods of this one namespace, by their labels
+                    if selects(peer.get("podSelector", {}), source.labels):
+                        return True
+        return False
+
+    def enforce_policies(self) -> None:
+        """Each pod's `prohibit` routes: to exactly the addresses of the pods the policies do not admit it to."""
+        with self._lock:
+            current = list(self.pods)
+        for source in current:
+            refused = {t.address for t in current if t is not source and not self.admits(source, t)}
+            for address in refused - source.refused:
+                with contextlib.suppress(SpectrainError):  # a pod being deleted meanwhile
+                    _ip("-n", source.netns, "route", "replace", "prohibit", f"{address}/32")
+            for address in source.refused - refused:
+                with contextlib.suppress(SpectrainError):
+                    _ip("-n", source.netns, "route", "del", "prohibit", f"{address}/32")
+            source.refused = refused
 
     @contextlib.contextmanager
-    def pod(self, name: str) -> Iterator[Pod]:
-        pod = self.create_pod(name)
+    def pod(self, name: str, labels: dict[str, str] | None = None) -> Iterator[Pod]:
+        pod = self.create_pod(name, labels)
         try:
             yield pod
         finally:
@@ -263,6 +313,25 @@ class PodNetwork:
             self._names = dict(names)
             for pod in self.pods:
                 pod.write_hosts(self._names)
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) selects ``labels``; {} selects all."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }.get(operator)
+        if matched is None:
+            raise SpectrainError(f"unknown label selector operator {operator!r}", where=f"matchExpressions: {key}")
+        if not matched:
+            return False
+    return True
 
 
 # -- kfp.local tasks as pods -----------------------------------------------------------------------------
@@ -304,14 +373,18 @@ def pod_environment(name: str, environment: dict[str, str], granted: dict[str, s
 
 
 @contextlib.contextmanager
-def kfp_tasks_in_pods(network: PodNetwork, granted: dict[str, set[str]] | None = None) -> Iterator[None]:
+def kfp_tasks_in_pods(
+    network: PodNetwork, granted: dict[str, set[str]] | None = None, run_id: str = "local"
+) -> Iterator[None]:
     """Run every kfp.local SubprocessRunner task as a pod of ``network``.
 
     kfp.local starts each task's command through ``subprocess_task_handler.run_local_subprocess`` (kfp 2.17,
     pinned; tests/test_pods.py checks the seam is still there): this swaps it for one that runs the command
     in a fresh pod and deletes the pod, and whatever the task left running in it, when the command returns
     (when it raises, as on Ctrl-C, the pod is left to PodNetwork's exit). ``granted``
-    (:func:`granted_variables`): each pod gets only its own Secrets' and ConfigMaps' variables.
+    (:func:`granted_variables`): each pod gets only its own Secrets' and ConfigMaps' variables. Each pod is labelled
+    `pipeline/runid: run_id`, as KFP labels a run's pods (kubeflow/pipelines' API server serves a run's logs only
+    from pods whose pipeline/runid label is that run's: backend/src/apiserver, TestReadRunLog_PodNotFromRun).
     """
     from kfp.local import subprocess_task_handler as handler
 
@@ -319,7 +392,7 @@ def kfp_tasks_in_pods(network: PodNetwork, granted: dict[str, set[str]] | None =
 
     def run_in_pod(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
         name = task_name(full_command)
-        pod = network.create_pod(name)
+        pod = network.create_pod(name, labels={"pipeline/runid": run_id})
         env = {**pod_environment(name, {**os.environ, **(env_vars or {})}, granted), **network.env, **pod.env}
         # kfp.local lays env_vars over this process's own environment: unset the withheld inside the pod too
         unset = [f"--unset={variable}" for variable in sorted(withheld_variables(name, granted))]
@@ -416,7 +489,7 @@ class SimulatedCluster:
             except SpectrainError as exc:  # the kubelet's word for an image it cannot use
                 self._set_waiting(obj, container, "InvalidImageName", exc.what)
                 continue
-            pod = self.network.create_pod(pod_name)
+            pod = self.network.create_pod(pod_name, labels=dict(template["metadata"].get("labels") or {}))
             log = pod.scratch / "container.log"
             with open(log, "wb") as handle:
                 process = subprocess.Popen(

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
 from podsim import pods
@@ -110,6 +111,40 @@ def test_a_pod_reaches_this_machine_only_through_the_bridge_and_never_another_po
     finally:
         loopback_only.shutdown(), everywhere.shutdown()
     assert server.wait(timeout=20) is not None  # the first pod's server ended with its pod
+
+
+def test_the_network_policies_of_the_manifests_let_only_the_runs_pods_reach_its_vllm_pod(tmp_path):
+    """manifests/base/network-policies.yaml, as `python -m podsim run` enforces them: the vLLM pod (the labels the
+    serve step gives it) admits the pods of pipeline runs (KFP's pipeline/runid label) and no other pod, and the
+    rule follows the pods, not their addresses: a refused pod's address, reused by a run's pod, reaches it."""
+    from podsim.__main__ import NETWORK_POLICIES
+    from spectrain.components.serve import cluster
+
+    policies = [d for f in NETWORK_POLICIES for d in yaml.safe_load_all(f.read_text()) if d]
+    (tmp_path / "pvc").mkdir()
+    with pods.PodNetwork(tmp_path / "pods", pvc=tmp_path / "pvc", policies=policies) as network:
+        with network.pod("spectrain-vllm-run1-0", labels=cluster.labels("run1")) as vllm_pod:
+            server = subprocess.Popen(
+                vllm_pod.command([PYTHON, "-m", "http.server", "8000"]),
+                env={**os.environ, **vllm_pod.env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            url = f"http://{vllm_pod.address}:8000/"
+            with network.pod("regenerate", labels={"pipeline/runid": "run1"}) as step:
+                deadline = time.monotonic() + 20
+                while fetch_from(step, url) != "reached":
+                    assert time.monotonic() < deadline, "the run's pod never reached the vLLM pod"
+                    time.sleep(0.3)
+                with network.pod("some-other-app", labels={"app": "curious"}) as other:
+                    refused = fetch_from(other, url)
+                    assert refused.startswith("unreachable") and "ermission denied" in refused, refused
+                    refused_address = other.address
+                with network.pod("evaluate", labels={"pipeline/runid": "run1"}) as later:
+                    assert later.address == refused_address  # the refused pod's address, now a run's pod's
+                    assert fetch_from(later, url) == "reached"
+                assert fetch_from(step, url) == "reached"
+        assert server.wait(timeout=20) is not None
 
 
 def test_a_veth_left_by_an_earlier_pod_of_the_same_address_does_not_stop_a_new_pod(network):
@@ -292,6 +327,22 @@ def test_the_simulated_kubelet_reports_a_missing_secret_a_crash_and_an_unknown_i
         apps.delete_namespaced_deployment(name, pods.CLUSTER_NAMESPACE)
 
 
+def test_the_serve_image_gets_the_environment_podsim_is_told_to_add_and_nothing_unreadable(tmp_path, monkeypatch):
+    """PODSIM_SERVE_IMAGE_ENV is how the suite's stand-in vLLM reaches the vLLM pod (tests/test_interrupt.py): the
+    image's `vllm` runs with those assignments; anything but NAME=VALUE is refused before a pod exists."""
+    from podsim.__main__ import image_environment
+
+    monkeypatch.setenv("PODSIM_SERVE_IMAGE_ENV", "PYTHONPATH='/a dir' STANDIN_VLLM_REPLY_SECONDS=5")
+    path = image_environment("registry.example/spectrain-serve:1", tmp_path)
+    shim = (tmp_path / "serve" / "vllm").read_text()
+    assert path.startswith(f"{tmp_path / 'serve'}:")
+    assert "exec env 'PYTHONPATH=/a dir' STANDIN_VLLM_REPLY_SECONDS=5 " in shim, shim
+    monkeypatch.setenv("PODSIM_SERVE_IMAGE_ENV", "PYTHONPATH")
+    with pytest.raises(SpectrainError, match="'PYTHONPATH', not NAME=VALUE") as refused:
+        image_environment("registry.example/spectrain-serve:1", tmp_path)
+    assert refused.value.where == "PODSIM_SERVE_IMAGE_ENV"
+
+
 def test_pods_cannot_be_made_without_root_and_say_so(tmp_path, monkeypatch):
     monkeypatch.setattr(pods.os, "geteuid", lambda: 1000)
     with pytest.raises(SpectrainError, match="network namespaces need root") as caught:
@@ -360,3 +411,21 @@ def test_the_old_local_default_fails_across_pods_with_a_message_that_names_the_c
     message = regenerated.stderr
     assert f"cannot reach {endpoint}" in message and "only reaches a server in this same pod or machine" in message
     assert "serve with serve_mode 'cluster'" in message and "Traceback" not in message
+
+
+def test_label_selectors_match_as_kubernetes_matches_them():
+    labels = {"app": "vllm", "tier": "serve"}
+    assert pods.selects({}, labels) and pods.selects({}, {})  # {} selects every pod
+    assert pods.selects({"matchLabels": {"app": "vllm"}}, labels)
+    assert not pods.selects({"matchLabels": {"app": "vllm", "tier": "train"}}, labels)
+    expressions = [
+        ({"key": "tier", "operator": "In", "values": ["serve", "train"]}, True),
+        ({"key": "tier", "operator": "NotIn", "values": ["serve"]}, False),
+        ({"key": "zone", "operator": "NotIn", "values": ["a"]}, True),  # a missing key is not in any set
+        ({"key": "app", "operator": "Exists"}, True),
+        ({"key": "app", "operator": "DoesNotExist"}, False),
+    ]
+    for expression, expected in expressions:
+        assert pods.selects({"matchExpressions": [expression]}, labels) is expected, expression
+    with pytest.raises(SpectrainError, match="unknown label selector operator 'Gt'"):
+        pods.selects({"matchExpressions": [{"key": "app", "operator": "Gt", "values": ["1"]}]}, labels)
