@@ -2,8 +2,9 @@
 
 Their subject is the process tree, not vLLM: the local runs serve the STAND-IN vLLM of tests/support/standin_vllm
 (an OpenAI server with an engine child in its own session, ready in a second); real vLLM's start, serving and
-stop are what tests/test_end_to_end.py and components/serve/tests run. The pod-boundary run keeps real vLLM: its
-pod is started by the simulated kubelet, which gives a container the image's environment only.
+stop are what tests/test_end_to_end.py and components/serve/tests run. In the pod-boundary run the simulated
+kubelet gives the vLLM pod the serve image's environment only, so the stand-in reaches it as an image's ENV would
+(PODSIM_SERVE_IMAGE_ENV).
 """
 
 import json
@@ -18,7 +19,7 @@ import pytest
 
 from spectrain.processes import descendants
 from spectrain.vllm import alive
-from tests.support.standin import with_standin_vllm
+from tests.support.standin import STANDIN_VLLM, with_standin_vllm
 
 TINY = [
     "--modes",
@@ -95,7 +96,12 @@ def test_ctrl_c_with_pod_boundaries_stops_the_vllm_pod_and_removes_every_namespa
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            # replies take 5 s each: regenerate is still running when the interrupt comes
+            "PODSIM_SERVE_IMAGE_ENV": f"PYTHONPATH={STANDIN_VLLM} STANDIN_VLLM_REPLY_SECONDS=5",
+        },
         cwd=Path(__file__).resolve().parents[1],  # podsim runs from the project's checkout
         start_new_session=True,
     )
@@ -103,6 +109,8 @@ def test_ctrl_c_with_pod_boundaries_stops_the_vllm_pod_and_removes_every_namespa
         wait_for_line(run, "regenerate: started", timeout_s=900)
         started = descendants(run.pid)
         assert spectrain_namespaces(), "no pod while regenerate runs"  # the vLLM pod and regenerate's
+        served = "".join(p.read_text() for p in pods.SCRATCH.glob("*/container.log"))  # the vLLM pod's output
+        assert "stand-in vLLM" in served, served[-2000:]
         os.killpg(run.pid, signal.SIGINT)
         rest, _ = run.communicate(timeout=180)
     finally:

@@ -373,12 +373,13 @@ def chat(url: str, prompt: str, max_tokens: int = 48) -> None:
 
 
 @pytest.mark.slow
-def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restart_no_false_alarm(
+def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_quiet_minute_no_false_alarm(
     registry, kfp, tmp_path, monkeypatch, memorised
 ):
     """The draft remembers the base's replies to three prompts: on them vLLM accepts its tokens, on other
-    prompts it does not. The watch reads the real /metrics through a restart (counters back to 0: no verdict,
-    not an alarm) and a switch of the traffic to the other prompts (τ drops: one retraining)."""
+    prompts it does not. The watch reads the real /metrics through a quiet minute (no drafts in the window: no
+    verdict, not an alarm) and a switch of the traffic to the other prompts (τ drops: one retraining). A restart
+    (counters back to 0) is the subject of the two tests above, on vLLM's metric lines served on cue."""
     import json
 
     from spectrain.pipelines.settings import DEFAULT_YAML
@@ -438,9 +439,7 @@ def test_a_real_server_whose_traffic_drifts_triggers_one_retraining_and_a_restar
         traffic(PROMPTS * 2)  # the prompts it remembers
         counted = watch.scrape(url, "watch-key")  # vLLM follows the exported schedule: k tokens per draft at batch 1
         readings.append(watch.reading(settings, client, now=start + 60))
-        run_step(STOP_SERVER, {"run_id": "watch-test"})  # a restart: the new server counts from 0
-        run_step(SERVE, with_draft)
-        readings.append(watch.reading(settings, client, now=start + 120))
+        readings.append(watch.reading(settings, client, now=start + 120))  # a minute without traffic
         for now in (180, 240, 300):  # the traffic moves to prompts the draft never saw
             traffic(UNSEEN)
             readings.append(watch.reading(settings, client, now=start + now))
