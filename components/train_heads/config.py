@@ -202,7 +202,7 @@ class TrainHeadsConfig:
         True,
         "run the frozen base once over the data, store its hidden states "
         "(sharded safetensors) and train every epoch from them (skipped, with "
-        "a warning, above hidden_state_cache_max_gb)",
+        "a warning, above hidden_state_cache_max_gb or 90% of its disk's free space)",
     )
     hidden_state_cache_dir: str = field(
         "",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from spectrain.console import Progress, warn
 
@@ -222,14 +223,38 @@ def cache_bytes_per_token(config: TrainHeadsConfig, base_config) -> int:
     return values * DTYPES[config.hidden_state_cache_dtype].itemsize + 5  # + token id and mask
 
 
-def cache_fits(config: TrainHeadsConfig, base_config, examples: list[dict]) -> bool:
-    """Whether the cache stays under hidden_state_cache_max_gb; if not, say so (training then runs online)."""
+def cache_fits(config: TrainHeadsConfig, base_config, examples: list[dict], directory: Path) -> bool:
+    """Whether the cache stays under hidden_state_cache_max_gb and fits on the disk of ``directory``; if not, say so
+    (training then runs online). A pod's filesystem is where a cluster step writes it (Kubeflow Pipelines cannot
+    request ephemeral storage for a step: a full disk there gets the pod evicted, not a clear error)."""
     tokens = sum(len(e["input_ids"]) for e in examples)
     size = tokens * cache_bytes_per_token(config, base_config)
-    if size <= config.hidden_state_cache_max_gb * 1e9:
-        return True
-    warn(
-        f"the hidden-state cache would take {size / 1e9:.1f} GB for {tokens} tokens, over hidden_state_cache_max_gb "
-        f"= {config.hidden_state_cache_max_gb:g}: training online instead (raise the limit to cache)"
-    )
-    return False
+    if size > config.hidden_state_cache_max_gb * 1e9:
+        warn(
+            f"the hidden-state cache would take {size / 1e9:.1f} GB for {tokens} tokens, over "
+            f"hidden_state_cache_max_gb = {config.hidden_state_cache_max_gb:g}: training online instead (raise the "
+            "limit to cache)"
+        )
+        return False
+    room = free_bytes(directory)
+    if size > room * DISK_SHARE:
+        warn(
+            f"the hidden-state cache would take {tqdm.format_sizeof(size, 'B')} for {tokens} tokens, but {directory} "
+            f"has {tqdm.format_sizeof(room, 'B')} free (the cache may fill {DISK_SHARE:.0%} of it): training online "
+            "instead (set hidden_state_cache_dir to a larger disk to cache)"
+        )
+        return False
+    return True
+
+
+DISK_SHARE = 0.9  # of the free space the cache may take: the checkpoints and the artifact need the rest
+
+
+def free_bytes(directory: Path) -> int:
+    """Free space for a cache in ``directory``: its disk's free bytes plus what a cache already there holds (a
+    rebuild replaces it). The directory need not exist yet: its nearest existing parent's disk counts."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    held = sum(f.stat().st_size for f in directory.glob("*") if f.is_file()) if directory.is_dir() else 0
+    return shutil.disk_usage(existing).free + held

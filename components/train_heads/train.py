@@ -37,6 +37,7 @@ from spectrain.components.train_heads.trainer import (
     ProgressEvents,
     TrainingClock,
     WallClockBudget,
+    rank_zero_says,
     training_arguments,
 )
 from spectrain import bases, devices, draft_checkpoint
@@ -194,10 +195,13 @@ def run(config: TrainHeadsConfig) -> dict:
     d2t = reduced_vocabulary(config, base.vocab_size, examples)
     mask_token_id = dflash_mask_token_id(config, tokenizer, examples) if config.mode == "dflash" else None
     cache_manifest = None
-    if config.hidden_state_cache and not cache_fits(config, model.config, examples):
-        config = dataclasses.replace(config, hidden_state_cache=False)
+    cache = Path(config.hidden_state_cache_dir or output_dir / "hidden-state-cache")
     if config.hidden_state_cache:
-        cache = Path(config.hidden_state_cache_dir or output_dir / "hidden-state-cache")
+        # rank 0 decides, for every rank: the free space the others see changes while rank 0 builds the cache
+        fits = args.process_index == 0 and cache_fits(config, model.config, examples, cache)
+        if not rank_zero_says(fits, args):
+            config = dataclasses.replace(config, hidden_state_cache=False)
+    if config.hidden_state_cache:
         aux = feature_layer_ids(config, base.num_layers)
         draft_ids = None if d2t is None else torch.arange(len(d2t)) + d2t
         key = hidden_cache.cache_key(examples, model_path, aux, config.hidden_state_cache_dtype, draft_ids)

@@ -191,6 +191,17 @@ class TrainingClock:
         return spent
 
 
+def rank_zero_says(answer: bool, args: transformers.TrainingArguments) -> bool:
+    """Rank 0's ``answer`` on every rank (a collective where several ranks run): for a decision all must share
+    though each rank's own view of it may differ."""
+    device = args.device  # (sets up the process group where the launcher started several ranks)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        reading = torch.tensor([1.0 if answer else 0.0], device=device)
+        torch.distributed.broadcast(reading, src=0)
+        return bool(reading.item())
+    return answer
+
+
 class WallClockBudget(transformers.TrainerCallback):
     """Stop training (and save) once ``clock`` says the budget is spent, at the same step on every rank."""
 

@@ -1,6 +1,7 @@
 """Offline hidden-state cache: training from it follows the online loss curve, and the checkpoint is complete."""
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -126,6 +127,33 @@ def test_the_cache_size_is_estimated_before_it_is_built():
     assert cache_bytes_per_token(medusa, base) == 576 * 4 + 5
     dflash = TrainHeadsConfig(data="x", mode="dflash", dflash_num_layers=2, draft_vocab_size=4096)
     assert cache_bytes_per_token(dflash, base) == 3 * 576 * 2 + 5  # final + 2 target layers; no draft vocabulary
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs: the suite runs as root, as pod boundaries need)."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_it_is_built(small_disk, capsys):
+    """On a cluster the cache goes to the pod's filesystem, for which Kubeflow Pipelines can request no space: a
+    cache that fills it gets the pod evicted mid-build. Too big for the disk: training runs online, saying why."""
+    base = transformers.AutoConfig.from_pretrained(resolve_base_model("embedded"))
+    medusa = TrainHeadsConfig(data="x", mode="medusa")  # 576 bfloat16 values + 5 bytes a token: 1,157 bytes
+    examples = [{"input_ids": [1] * 100}] * 3  # 347 KB: more than the disk holds
+    assert not hidden_cache.cache_fits(medusa, base, examples, small_disk / "cache")
+    warning = capsys.readouterr().err
+    assert f"would take 347kB for 300 tokens, but {small_disk / 'cache'} has 262kB free" in warning
+    assert "training online instead (set hidden_state_cache_dir to a larger disk" in warning
+    assert hidden_cache.cache_fits(medusa, base, examples[:1], small_disk / "cache")  # 116 KB: it fits
+    # a cache already there is replaced by a rebuild: its space counts as free
+    (small_disk / "cache").mkdir()
+    (small_disk / "cache" / "shard-00000.safetensors").write_bytes(b"0" * 200_000)
+    assert hidden_cache.free_bytes(small_disk / "cache") >= 200_000 + hidden_cache.shutil.disk_usage(small_disk).free
 
 
 @pytest.mark.slow
