@@ -280,18 +280,18 @@ class PodNetwork:
         return False
 
     def enforce_policies(self) -> None:
-        """Each pod's `prohibit` routes: to exactly the addresses of the pods the policies do not admit it to."""
+        """Each pod's `prohibit` routes: to exactly the addresses of the pods the policies do not admit it to. (One
+        thread at a time: the simulated cluster creates pods from its API server's thread.)"""
         with self._lock:
-            current = list(self.pods)
-        for source in current:
-            refused = {t.address for t in current if t is not source and not self.admits(source, t)}
-            for address in refused - source.refused:
-                with contextlib.suppress(SpectrainError):  # a pod being deleted meanwhile
-                    _ip("-n", source.netns, "route", "replace", "prohibit", f"{address}/32")
-            for address in source.refused - refused:
-                with contextlib.suppress(SpectrainError):
-                    _ip("-n", source.netns, "route", "del", "prohibit", f"{address}/32")
-            source.refused = refused
+            for source in self.pods:
+                refused = {t.address for t in self.pods if t is not source and not self.admits(source, t)}
+                for address in refused - source.refused:
+                    with contextlib.suppress(SpectrainError):  # a pod being deleted meanwhile
+                        _ip("-n", source.netns, "route", "replace", "prohibit", f"{address}/32")
+                for address in source.refused - refused:
+                    with contextlib.suppress(SpectrainError):
+                        _ip("-n", source.netns, "route", "del", "prohibit", f"{address}/32")
+                source.refused = refused
 
     @contextlib.contextmanager
     def pod(self, name: str, labels: dict[str, str] | None = None) -> Iterator[Pod]:
