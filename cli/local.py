@@ -19,6 +19,7 @@ from pathlib import Path
 from spectrain.pipelines.settings import DEFAULT_YAML
 from spectrain import paths, processes
 from spectrain.console import EVENTS_ENV, RunConsole, duration
+from spectrain.config import argparse_help
 from spectrain.errors import SpectrainError
 from spectrain.steps import ENVIRONMENTS
 
@@ -81,7 +82,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             dest=name,
             default=None,
             metavar=metavar,
-            help=f"{parameter['help']} (default: {shown!r})",
+            help=argparse_help(f"{parameter['help']} (default: {shown!r})"),
         )
 
 

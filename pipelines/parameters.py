@@ -101,10 +101,16 @@ OWN_RULES: dict[str, checks.Rule | None] = {
     "serve_options": None,  # checked field by field against ServeConfig below
     "regenerate_options": None,  # against RegenerateConfig
     "train_options": None,  # against TrainHeadsConfig
+    "eval_options": None,  # against EvaluateConfig
     "eval_vllm_crosscheck": None,
     "export_trtllm_engine": None,
 }
-OPTIONS = {"serve_options": ServeConfig, "regenerate_options": RegenerateConfig, "train_options": TrainHeadsConfig}
+OPTIONS = {
+    "serve_options": ServeConfig,
+    "regenerate_options": RegenerateConfig,
+    "train_options": TrainHeadsConfig,
+    "eval_options": EvaluateConfig,
+}
 # Fields of an *_options mapping the pipeline sets itself, from other parameters or its own artifacts.
 SET_BY_PIPELINE = {
     "serve_options": {
@@ -120,6 +126,7 @@ SET_BY_PIPELINE = {
     },
     "regenerate_options": {"endpoint", "output", "checkpoint_uri"},
     "train_options": {"base_model", "data", "output_dir", "mode", "checkpoint_uri", "resume_from_checkpoint"},
+    "eval_options": {"base_model", "checkpoint", "mode", "output_dir"},
 }
 
 

@@ -119,6 +119,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         num_draft_tokens: int = default("num_draft_tokens"),
         eval_num_prompts: int = default("eval_num_prompts"),
         eval_max_new_tokens: int = default("eval_max_new_tokens"),
+        eval_options: dict = {},
         eval_vllm_crosscheck: bool = False,
         export_trtllm_engine: bool = False,
         export_dtype: str = default("export_dtype"),
@@ -158,6 +159,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             num_draft_tokens: k at which τ is measured, compared and gated (the vLLM cross-check too); the served k is measured: evaluate times draft and verification steps for k = 1..5 and export writes the fastest into the draft's vllm_speculative_config.json.
             eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
             eval_max_new_tokens: greedy tokens generated per evaluation prompt.
+            eval_options: any other evaluate setting, e.g. {"cost_batch_sizes": [1, 8, 32], "max_k": 7, "cost_repeats": 3, "untrained_baseline": false}: the batch sizes to time should be those production serves at; see `spectrain step evaluate --help`.
             eval_vllm_crosscheck: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
             export_trtllm_engine: also build the TensorRT-LLM engine of Medusa drafts, in the trtllm image on a GPU (EAGLE-3 drafts need none: TensorRT-LLM's PyTorch backend loads the exported directory).
             export_dtype: dtype of the exported draft weights.
@@ -258,6 +260,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     num_prompts=eval_num_prompts,
                     num_draft_tokens=num_draft_tokens,
                     max_new_tokens=eval_max_new_tokens,
+                    options=eval_options,
                 )
                 in_image(evaluated).set_caching_options(True)
                 on_cluster(evaluated, gpus=settings.eval_gpus, secrets=HF_SECRET, **gpu)

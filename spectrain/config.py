@@ -208,6 +208,11 @@ def load_file(cls: type[C], path: str | Path) -> C:
     return from_dict(cls, read_json(path), where=str(path))
 
 
+def argparse_help(text: str) -> str:
+    """``text`` as argparse's help: argparse %-formats it (for %(default)s), so a literal percent sign is doubled."""
+    return text.replace("%", "%%")
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One ``--flag`` per field, with the field's help and default."""
     for f in dataclasses.fields(cls):
@@ -221,11 +226,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{text} (default: {default})",
+                help=argparse_help(f"{text} (default: {default})"),
             )
         else:
             metavar = {int: "INT", float: "FLOAT", list: "A,B,..", dict: "JSON"}.get(kind, "TEXT")
-            parser.add_argument(flag, dest=f.name, default=None, metavar=metavar, help=f"{text} (default: {default!r})")
+            parser.add_argument(
+                flag, dest=f.name, default=None, metavar=metavar, help=argparse_help(f"{text} (default: {default!r})")
+            )
 
 
 def from_args(cls: type[C], args: argparse.Namespace, base: dict[str, Any] | None = None) -> C:

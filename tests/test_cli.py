@@ -22,6 +22,20 @@ def test_step_help_comes_from_the_config_dataclass():
     result = spectrain("step", "train-heads", "--help")
     assert result.returncode == 0
     assert "--medusa-num-heads" in result.stdout and "resume" in result.stdout
+    assert "90% of its disk's free space" in " ".join(result.stdout.split())  # a literal % in a field's help
+
+
+def test_every_steps_help_formats():
+    """argparse %-formats help texts: a field's help with a bare % once broke `spectrain step train-heads --help`."""
+    import argparse
+
+    from spectrain.cli.steps import STEPS
+    from spectrain.config import add_arguments
+
+    for step in STEPS.values():
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, step.config)
+        assert "--" in parser.format_help(), step.name
 
 
 def test_a_bad_flag_value_is_one_clear_line_not_a_traceback():

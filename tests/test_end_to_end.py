@@ -29,6 +29,9 @@ TINY = [
     "3",
     "--eval-max-new-tokens",
     "12",
+    # what the step times for the k schedule: batch size 1, one round (the default times 1, 4 and 16, five rounds)
+    "--eval-options",
+    '{"cost_batch_sizes": [1], "cost_repeats": 1}',
 ]
 
 
@@ -105,6 +108,8 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
 
     registered = [json.loads(p.read_text()) for p in run_dir.glob("for-loop-2-iteration-*/register/result")]
     assert sorted(r["mode"] for r in registered) == ["eagle3", "medusa"]
+    evaluated = [json.loads(p.read_text()) for p in run_dir.glob("for-loop-2-iteration-*/evaluate/result")]
+    assert [[row["batch"] for row in e["step_costs"]] for e in evaluated] == [[1], [1]]  # --eval-options reached it
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the registry of the current directory
     for outcome in registered:

@@ -103,6 +103,21 @@ def test_an_options_key_with_a_parameter_of_its_own_is_refused_naming_that_param
     assert """'seed' is a field of transformers.TrainingArguments: pass it inside training_arguments""" in message
 
 
+def test_eval_options_reach_evaluate_and_are_checked_before_any_work():
+    """The batch sizes evaluate times (and so the per-batch-size k schedule export writes) should be those
+    production serves at: eval_options sets them, checked like the step's own config."""
+    parameters.validate(
+        {"eval_options": {"cost_batch_sizes": [1, 8, 32], "max_k": 7, "untrained_baseline": False}},
+        PARAMETERS,
+        where="x",
+    )
+    message = problems(eval_options={"cost_batch_sizes": [4, 1], "num_prompts": 3, "checkpoint": "c", "max_kk": 2})
+    assert "--eval-options: 'num_prompts' has a parameter of its own: set --eval-num-prompts instead" in message
+    assert "--eval-options: 'checkpoint' is set by the pipeline itself" in message
+    assert "--eval-options: unknown key 'max_kk'" in message
+    assert "cost_batch_sizes" in message  # not increasing
+
+
 def test_serve_options_size_vllm_and_are_checked_before_any_work():
     """vLLM's sizing for a real base (tensor parallelism, GPUs per replica, memory share, dtype, quantization,
     eager mode, readiness window, extra flags) reaches the serve step through serve_options, checked like the

@@ -15,20 +15,24 @@ def evaluate(
     num_prompts: int,
     num_draft_tokens: int,
     max_new_tokens: int,
+    options: dict,
     metrics: Output[Metrics],
     evaluation: Output[Artifact],
     result: Output[Artifact],
 ) -> float:
     """Exact acceptance length τ of the draft on held-out prompts; returns τ by vLLM's definition (1 + accepted /
-    drafts), the figure the vLLM cross-check compares with its counters."""
+    drafts), the figure the vLLM cross-check compares with its counters. ``options`` holds any other EvaluateConfig
+    field (the k curve's max_k, the batch sizes and repeats of the step timings, the untrained baseline, ...)."""
     import json
 
     from spectrain.steps import run_step
     from spectrain.components.evaluate import EVALUATE
 
+    # `options` first: a parameter of its own wins (spectrain run/submit refuse such overlaps up front).
     outcome = run_step(
         EVALUATE,
         {
+            **options,
             "base_model": base_model,
             "checkpoint": draft_checkpoint.path,
             "mode": mode,
