@@ -30,7 +30,7 @@ def enter_pod_boundaries(stack: contextlib.ExitStack, run_dir: Path) -> str:
     ``stack`` closes — after the run stopped its processes, so that no interrupt cuts the cleanup short.
     Returns what to tell the user."""
     serve_image_env()  # a wrong PODSIM_SERVE_IMAGE_ENV stops the run here, before any pod
-    policies = [d for f in NETWORK_POLICIES for d in yaml.safe_load_all(f.read_text()) if d]
+    policies = network_policies()
     network = stack.enter_context(pods.PodNetwork(run_dir / "pods", pvc=paths.model_cache(), policies=policies))
     api_key = os.environ.get("VLLM_API_KEY", "")
     images = functools.partial(image_environment, shims=run_dir / "images")
@@ -42,6 +42,11 @@ def enter_pod_boundaries(stack: contextlib.ExitStack, run_dir: Path) -> str:
         f"{pods.HOST_ADDRESS}), the model cache {network.pvc} mounted at {paths.PVC_MODEL_CACHE}; simulated "
         f"Kubernetes API at {cluster.api.host}"
     )
+
+
+def network_policies() -> list[dict]:
+    """The documents of NETWORK_POLICIES (PodNetwork keeps the NetworkPolicies among them)."""
+    return [document for path in NETWORK_POLICIES for document in yaml.safe_load_all(path.read_text()) if document]
 
 
 def platform_spec() -> dict:

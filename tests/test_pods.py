@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
 from podsim import pods
@@ -117,12 +116,11 @@ def test_the_network_policies_of_the_manifests_let_only_the_runs_pods_reach_its_
     """manifests/base/network-policies.yaml, as `python -m podsim run` enforces them: the vLLM pod (the labels the
     serve step gives it) admits the pods of pipeline runs (KFP's pipeline/runid label) and no other pod, and the
     rule follows the pods, not their addresses: a refused pod's address, reused by a run's pod, reaches it."""
-    from podsim.__main__ import NETWORK_POLICIES
+    from podsim.__main__ import network_policies
     from spectrain.components.serve import cluster
 
-    policies = [d for f in NETWORK_POLICIES for d in yaml.safe_load_all(f.read_text()) if d]
     (tmp_path / "pvc").mkdir()
-    with pods.PodNetwork(tmp_path / "pods", pvc=tmp_path / "pvc", policies=policies) as network:
+    with pods.PodNetwork(tmp_path / "pods", pvc=tmp_path / "pvc", policies=network_policies()) as network:
         with network.pod("spectrain-vllm-run1-0", labels=cluster.labels("run1")) as vllm_pod:
             server = subprocess.Popen(
                 vllm_pod.command([PYTHON, "-m", "http.server", "8000"]),

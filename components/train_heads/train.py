@@ -37,7 +37,7 @@ from spectrain.components.train_heads.trainer import (
     ProgressEvents,
     TrainingClock,
     WallClockBudget,
-    rank_zero_says,
+    from_rank_zero,
     training_arguments,
 )
 from spectrain import bases, devices, draft_checkpoint
@@ -199,7 +199,7 @@ def run(config: TrainHeadsConfig) -> dict:
     if config.hidden_state_cache:
         # rank 0 decides, for every rank: the free space the others see changes while rank 0 builds the cache
         fits = args.process_index == 0 and cache_fits(config, model.config, examples, cache)
-        if not rank_zero_says(fits, args):
+        if not from_rank_zero(float(fits), args.device):  # (args.device sets up the ranks' process group)
             config = dataclasses.replace(config, hidden_state_cache=False)
     if config.hidden_state_cache:
         aux = feature_layer_ids(config, base.num_layers)

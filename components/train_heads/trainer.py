@@ -182,24 +182,18 @@ class TrainingClock:
     def tick(self, device) -> float:
         """Every rank calls it once per step (a collective): rank 0's spent fraction, everywhere."""
         elapsed = time.monotonic() - (self.started if self.started is not None else time.monotonic())
-        spent = elapsed / self.seconds if self.seconds else 0.0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            reading = torch.tensor([spent], dtype=torch.float64, device=device)
-            torch.distributed.broadcast(reading, src=0)
-            spent = float(reading.item())
-        self.spent = spent
-        return spent
+        self.spent = from_rank_zero(elapsed / self.seconds if self.seconds else 0.0, device)
+        return self.spent
 
 
-def rank_zero_says(answer: bool, args: transformers.TrainingArguments) -> bool:
-    """Rank 0's ``answer`` on every rank (a collective where several ranks run): for a decision all must share
-    though each rank's own view of it may differ."""
-    device = args.device  # (sets up the process group where the launcher started several ranks)
+def from_rank_zero(value: float, device) -> float:
+    """Rank 0's ``value`` on every rank (a collective where several ranks run): for a number or decision all must
+    share though each rank's own view of it may differ."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        reading = torch.tensor([1.0 if answer else 0.0], device=device)
+        reading = torch.tensor([value], dtype=torch.float64, device=device)
         torch.distributed.broadcast(reading, src=0)
-        return bool(reading.item())
-    return answer
+        return float(reading.item())
+    return value
 
 
 class WallClockBudget(transformers.TrainerCallback):
