@@ -30,6 +30,7 @@ from spectrain.operations.kfp_client import (
     api_errors,
     check_cron,
     make_client,
+    pipeline_parameters,
     read_params,
     recent_runs,
     runs_table,
@@ -108,6 +109,10 @@ def schedule_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     cron = check_cron(args.cron)
     package = Path(args.package)
     params = read_params(Path(args.params) if args.params else None, package)
+    if "warm_start" not in params and "warm_start" in pipeline_parameters(package):  # (an older package: none)
+        # a retraining continues what it retrains, unless the params say otherwise
+        params["warm_start"] = "champion"
+        print("each run continues its mode's champion at the time it runs (warm_start: '' in --params: new drafts)")
     with api_errors(host):
         client = make_client(host, namespace)
         recurring, outcome = schedule_recurring_run(

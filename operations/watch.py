@@ -106,6 +106,11 @@ class WatchConfig:
     dataset: str = field(
         "", "the retraining run's dataset (fresh traffic, e.g. an s3:// prefix); empty: the champion's"
     )
+    warm_start: bool = field(
+        True,
+        "the retraining continues the champion's draft (its registered version) on the new data with its own "
+        "budget, instead of training a new draft; the gate is the same (it must beat the champion and n-gram)",
+    )
     kfp_host: str = field("", "retrain submit: KFP API URL (empty: in-cluster)", check=checks.url())
     kfp_namespace: str = field("", "retrain submit: KFP namespace (multi-user installations)")
     package: str = field("", "retrain submit: compiled pipeline YAML (default: pipelines/speculative_decoding.yaml)")
@@ -362,14 +367,17 @@ def retraining_in_flight(state: State, config: WatchConfig) -> bool:
 
 def start_retraining(champion_version: Any, client: Any, config: WatchConfig, now: float) -> dict:
     """Start one retraining run like the champion's: a KFP run with its pipeline run's parameters, or a local
-    `spectrain run` for its base model and mode. ``dataset`` replaces the dataset either way."""
+    `spectrain run` for its base model and mode. ``dataset`` replaces the dataset either way; with ``warm_start``
+    the run continues the champion's version."""
     stamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     source = client.get_run(champion_version.run_id)
     mode = champion_version.tags.get("mode") or source.data.tags.get("mode", "")
+    parent = f"models:/{champion_version.name}/{champion_version.version}" if config.warm_start else ""
     if config.retrain == "local":
         base = source.data.params.get("register.base_model", "embedded")
         command = [sys.executable, "-m", "spectrain.cli", "run", "--modes", mode, "--base-model", base]
         command += ["--dataset", config.dataset] if config.dataset else []
+        command += ["--warm-start", parent] if parent else []
         log = paths.home() / "watch" / f"retrain-{stamp}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as handle:
@@ -390,6 +398,8 @@ def start_retraining(champion_version: Any, client: Any, config: WatchConfig, no
         parameters = dict(kfp.get_run(pipeline_run).runtime_config.parameters or {})
         if config.dataset:
             parameters["dataset"] = config.dataset
+        if parent:
+            parameters["warm_start"] = parent
         run, _ = kfp_client.submit_run(
             kfp,
             package=Path(config.package) if config.package else DEFAULT_YAML,

@@ -13,7 +13,7 @@ from typing import Any
 from spectrain.components.evaluate.config import EvaluateConfig
 from spectrain.components.export.config import ExportConfig
 from spectrain.components.regenerate.config import RegenerateConfig
-from spectrain.components.register.config import RegisterConfig
+from spectrain.components.register.config import RegisterConfig, WarmStartConfig
 from spectrain.components.serve.config import ServeConfig
 from spectrain.components.train_heads.config import TrainHeadsConfig, training_argument_names
 from spectrain import checks
@@ -52,6 +52,7 @@ FEEDS: dict[str, tuple[type, str]] = {
     "tolerations": (ServeConfig, "tolerations"),
     "model_cache_pvc": (ServeConfig, "model_cache_pvc"),
     "checkpoint_root": (TrainHeadsConfig, "checkpoint_uri"),
+    "warm_start": (WarmStartConfig, "source"),
 }
 
 # A parameter of one step is named with that step's prefix; these few describe the run as a whole
@@ -74,6 +75,7 @@ SHARED = {
     "tolerations",
     "model_cache_pvc",
     "checkpoint_root",
+    "warm_start",
 }
 
 
@@ -125,7 +127,15 @@ SET_BY_PIPELINE = {
         "api_key",  # the spectrain-vllm Secret's VLLM_API_KEY
     },
     "regenerate_options": {"endpoint", "output", "checkpoint_uri"},
-    "train_options": {"base_model", "data", "output_dir", "mode", "checkpoint_uri", "resume_from_checkpoint"},
+    "train_options": {
+        "base_model",
+        "data",
+        "output_dir",
+        "mode",
+        "checkpoint_uri",
+        "resume_from_checkpoint",
+        "warm_start",  # the warm_start parameter, fetched by its own step
+    },
     "eval_options": {"base_model", "checkpoint", "mode", "output_dir"},
 }
 

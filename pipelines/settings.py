@@ -35,6 +35,7 @@ STEP_RESOURCES: dict[str, dict[str, tuple[str, str]]] = {
     "export": {"small": ("2", "8Gi"), "8b": ("4", "16Gi"), "70b": ("4", "32Gi")},
     "regenerate": {size: ("2", "4Gi") for size in BASE_SIZES},
     "register": {"small": ("1", "4Gi"), "8b": ("1", "4Gi"), "70b": ("1", "8Gi")},
+    "warm-start-draft": {"small": ("1", "2Gi"), "8b": ("1", "4Gi"), "70b": ("1", "8Gi")},
     "serve-base-model": {size: ("500m", "1Gi") for size in BASE_SIZES},
     "stop-server": {size: ("250m", "512Mi") for size in BASE_SIZES},
     "summarize": {size: ("250m", "512Mi") for size in BASE_SIZES},

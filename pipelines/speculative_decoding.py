@@ -12,7 +12,7 @@ from kfp import dsl, kubernetes
 from spectrain.components.evaluate.component import evaluate, vllm_crosscheck
 from spectrain.components.export.component import build_trtllm_engine, export
 from spectrain.components.regenerate.component import regenerate
-from spectrain.components.register.component import register
+from spectrain.components.register.component import register, warm_start_draft
 from spectrain.components.serve.component import serve_base_model, stop_server
 from spectrain.components.train_heads.component import train_heads
 from spectrain.pipelines.parameters import declared, default
@@ -130,6 +130,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         tolerations: list = default("tolerations"),
         model_cache_pvc: str = default("model_cache_pvc"),
         checkpoint_root: str = default("checkpoint_root"),
+        warm_start: str = default("warm_start"),
     ):
         """Speculative-decoding draft training.
 
@@ -169,6 +170,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             node_selector: Kubernetes nodeSelector for GPU steps, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
             tolerations: Kubernetes tolerations for GPU steps (list of toleration objects).
             model_cache_pvc: PVC holding the model cache, mounted at /models.
+            warm_start: continue a trained draft instead of training a new one: 'champion' (each mode's registered champion, fetched when the run runs: a schedule continues that night's), another alias, models:/NAME@ALIAS or models:/NAME/VERSION, or an earlier run's train_heads output (s3:// or a folder); it must be the same mode, base model and draft shape; '' trains new drafts.
             checkpoint_root: s3://bucket/prefix/ where regenerate and train copy their progress (finished conversations, training checkpoints) under the run id, so a retried step, a new pod, resumes instead of starting over; empty: progress stays on the pod's disk.
         """
         placement = dict(node_selector=node_selector, tolerations=tolerations, model_cache_pvc=model_cache_pvc)
@@ -227,10 +229,26 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             kubernetes.add_toleration_json(released, tolerations)
 
             with dsl.ParallelFor(modes, parallelism=settings.mode_parallelism) as mode:
+                # 3a. the draft this mode continues (empty when warm_start is ''), fetched when the run runs
+                parent = warm_start_draft(
+                    source=warm_start,
+                    base_model=base_model,
+                    mode=mode,
+                    registered_model_name=register_model_name,
+                    mlflow_tracking_uri=mlflow_tracking_uri,
+                )
+                in_image(parent).set_caching_options(False)  # the champion it names moves
+                kubernetes.use_secret_as_env(
+                    parent, secret_name=secrets.MLFLOW, secret_key_to_env=MLFLOW_SECRET[secrets.MLFLOW], optional=True
+                )
+                reads_cluster_config(parent)  # an s3:// source
+                kubernetes.add_toleration_json(parent, tolerations)
+
                 # 3. train: heads on the frozen base
                 trained = train_heads(
                     base_model=base_model,
                     regenerated_conversations=regenerated.outputs["regenerated_conversations"],
+                    parent=parent.outputs["parent"],
                     mode=mode,
                     max_steps=train_max_steps,
                     max_minutes=train_max_minutes,
@@ -306,6 +324,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     base_model=base_model,
                     mode=mode,
                     draft=exported.outputs["draft"],
+                    draft_checkpoint=trained.outputs["draft_checkpoint"],
                     serve_result=server.outputs["result"],
                     regenerate_result=regenerated.outputs["result"],
                     train_result=trained.outputs["result"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 from spectrain.drafts import TRAIN_RESULT
@@ -20,8 +21,32 @@ from spectrain.errors import SpectrainError
 
 MODELOPT_STATE = "modelopt_state.pth"
 DRAFT_WEIGHTS = "draft_weights.safetensors"
-HEAD_PREFIXES = ("eagle_module", "medusa_heads", "dflash_module")
+# Where modelopt puts each mode's draft in the converted model; its tensors are named under these prefixes.
+DRAFT_MODULES = {"eagle3": "eagle_module", "medusa": "medusa_heads", "dflash": "dflash_module"}
+HEAD_PREFIXES = tuple(DRAFT_MODULES.values())
+FILES = (MODELOPT_STATE, DRAFT_WEIGHTS, TRAIN_RESULT)  # the draft as an artifact: what register logs, warm starts read
+LINEAGE = "lineage.json"  # beside a draft fetched from the registry to warm-start from: which version it is
 OFFLINE_FLAGS = ("eagle_offline", "dflash_offline")  # modelopt's "the base has no decoder layers" switches
+
+
+def fetch_files(source: str, destination: Path) -> list[str]:
+    """The draft's files (and the lineage of one fetched from the registry) from the folder or s3:// prefix
+    ``source`` into ``destination``, not the Trainer's checkpoint-N folders beside them; the names fetched."""
+    from spectrain import s3
+
+    destination.mkdir(parents=True, exist_ok=True)
+    wanted = (*FILES, LINEAGE)
+    if s3.is_s3(source):
+        prefix = source.rstrip("/") + "/"
+        there = {o["key"][len(s3.S3Uri.parse(prefix).key) :] for o in s3.list_objects(prefix)}  # keys below it
+        names = [name for name in wanted if name in there]
+        for name in names:
+            s3.download(prefix + name, destination)
+        return names
+    names = [name for name in wanted if (Path(source) / name).is_file()]
+    for name in names:
+        shutil.copy2(Path(source) / name, destination / name)
+    return names
 
 
 def draft_state_dict(model) -> dict:

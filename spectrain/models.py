@@ -131,6 +131,12 @@ def model_slug(spec: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
+def registered_model_name(prefix: str, base_model: str, mode: str) -> str:
+    """The registry name of ``mode``'s drafts: ``prefix-mode`` (the pipeline's register_model_name is a prefix, so
+    that each mode has its own champion), else derived from the base model."""
+    return f"{prefix}-{mode}" if prefix else f"spectrain-{model_slug(base_model)}-{mode}"
+
+
 SAMPLES_PER_FILE, SAMPLE_BYTES = 16, 1 << 16
 
 

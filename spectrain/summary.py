@@ -33,7 +33,7 @@ def summary_table(register_results: list[dict]) -> str:
             f"| {result['mode']} | {m['acceptance_length']:.3f} | "
             f"{'-' if untrained is None else f'{untrained:.3f}'} | {m['ngram_acceptance_length']:.3f} | "
             f"{m['acceptance_length'] / m['ngram_acceptance_length']:.2f}× | "
-            f"{per_position} | {served(m)} | {result['registered_model']} v{result['version']} | "
+            f"{per_position} | {served(m)} | {result['registered_model']} v{result['version']}{lineage(result)} | "
             f"{result['alias'] or '-'} ({result['promotion']}) |"
         )
     return "\n".join(lines) + "\n"
@@ -47,3 +47,12 @@ def served(metrics: dict) -> str:
     speedup = metrics.get(f"expected_speedup_k{int(k)}", metrics["expected_speedup"])
     ngram = f"n-gram k = {int(metrics['ngram_best_num_draft_tokens'])}: {metrics['ngram_expected_speedup']:.2f}×"
     return f"k = {int(k)}: {speedup:.2f}× ({ngram})"
+
+
+def lineage(result: dict) -> str:
+    """' ← v3': the registered version a warm-started draft continued ('' for a new draft)."""
+    parent = result.get("warm_started_from")
+    if not parent:
+        return ""
+    same_model = parent.startswith(f"{result['registered_model']} v")
+    return f" ← {parent.rsplit(' ', 1)[1] if same_model else parent}"

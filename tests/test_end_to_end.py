@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from spectrain import draft_checkpoint
+
 TINY = [
     "--regenerate-limit",
     "6",
@@ -80,6 +82,8 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
             *TINY,
             "--checkpoint-root",
             "s3://e2e/checkpoints/",
+            "--warm-start",  # on a fresh machine there is no champion yet: each mode trains a new draft
+            "champion",
         ],
         capture_output=True,
         text=True,
@@ -124,9 +128,14 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
         assert version.tags["mode"] == outcome["mode"]
         files = {a.path for a in client.list_artifacts(outcome["run_id"], "draft")}
         assert "draft/config.json" in files and "draft/model.safetensors" in files
+        # the trained draft, for a later run to continue; this one continued nothing (no champion yet)
+        trained = {a.path for a in client.list_artifacts(outcome["run_id"], "checkpoint")}
+        assert trained == {f"checkpoint/{name}" for name in draft_checkpoint.FILES}, trained
+        assert outcome["warm_started_from"] == "" and "parent_version" not in version.tags
         # plots travel as KFP artifacts of the register task (on a cluster, other steps' paths are other pods')
         plots = {a.path for a in client.list_artifacts(outcome["run_id"], "plots")}
         assert plots == {"plots/acceptance.png", "plots/speedup.png", "plots/training_curves.png"}, plots
+    assert "no spectrain-smollm2-135m-instruct-eagle3@champion: a new draft is trained" in result.stdout + result.stderr
 
     # the server was released when regeneration ended (its log kept there); the exit handler found nothing left
     assert "Application startup complete" in (run_dir / "stop-server-2" / "server_log").read_text()
@@ -159,14 +168,15 @@ def test_spectrain_run_goes_from_a_fresh_machine_to_registered_drafts_with_a_rea
 
 @pytest.mark.slow
 def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_cache(
-    tmp_path, monkeypatch, embedded_model
+    tmp_path, monkeypatch, embedded_model, memorised
 ):
     """Every step in a pod of its own (podsim/pods.py: network namespaces, a SIMULATION of a Kubernetes node).
 
     The serve step creates its vLLM Deployment through the simulated Kubernetes API, which runs it as a pod of
     its own; regenerate reaches it by its Service name. MLflow (`--no-serve-artifacts`, as manifests/mlflow
     deploys it) and S3 are this machine's servers, reached at the bridge address as a pod reaches cluster
-    services; nothing on this machine's loopback is reachable from a step.
+    services; nothing on this machine's loopback is reachable from a step. The run continues a trained EAGLE-3
+    draft (the memorised one, of the same shape: --warm-start with an earlier run's train output).
     """
     import boto3
 
@@ -174,6 +184,7 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
     from tests.support.servers import mlflow_server, moto_s3
 
     assert pods.unavailable() is None, f"pod boundaries cannot run here: {pods.unavailable()}"
+    parent = memorised("eagle3").checkpoint
     shutil.copytree(embedded_model, tmp_path / "pvc" / embedded_model.name)  # the model cache PVC, already filled
     credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     for variable, value in credentials.items():  # for this test's own clients
@@ -192,7 +203,8 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
             }
             result = subprocess.run(
                 [sys.executable, "-m", "podsim", "run", "--workdir", str(tmp_path)]
-                + [*TINY, "--modes", "eagle3", "--checkpoint-root", "s3://e2e/checkpoints/"],
+                + [*TINY, "--modes", "eagle3", "--checkpoint-root", "s3://e2e/checkpoints/"]
+                + ["--warm-start", str(parent)],
                 capture_output=True,
                 text=True,
                 timeout=1500,
@@ -213,6 +225,7 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
             (registered,) = client.search_registered_models()
             (version,) = client.search_model_versions(f"name='{registered.name}'")
             files = {a.path for a in client.list_artifacts(version.run_id, "draft")}
+            continued = client.get_model_version(registered.name, version.version).tags
         keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="mlflow")["Contents"]]
         checkpoints = s3_client.list_objects_v2(Bucket="e2e", Prefix="checkpoints/")["KeyCount"]
 
@@ -235,6 +248,11 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
 
     # MLflow and S3 reached at the host's bridge address: the draft in the registry, its files in S3 via the client
     assert "draft/config.json" in files and any(k.endswith("/artifacts/draft/config.json") for k in keys)
+    # the draft it continued, fetched by the warm-start step's pod and trained on by the train step's
+    assert continued["warm_started_from"] == str(parent)
+    trained = json.loads((run_dir / "for-loop-2-iteration-0" / "train-heads" / "result").read_text())
+    assert trained["warm_start"]["from"] == str(parent) and trained["resolved"]["draft_vocab_size"] == 1024
+    assert any(k.endswith("/artifacts/checkpoint/draft_weights.safetensors") for k in keys)  # for the next run
     assert checkpoints > 0
 
     # every pod is gone: no namespace, no bridge, no scratch directory, no process

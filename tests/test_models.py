@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from spectrain.models import base_model_identity
+from spectrain.models import base_model_identity, registered_model_name
 
 
 def test_the_identity_changes_with_the_weights_and_the_chat_template_and_names_a_hub_commit(tmp_path):
@@ -26,3 +26,9 @@ def test_the_identity_changes_with_the_weights_and_the_chat_template_and_names_a
     snapshot.mkdir(parents=True)
     assert base_model_identity(str(snapshot))["base_model_revision"] == "hub:c0ffee" + "0" * 34
     assert base_model_identity(str(snapshot))["chat_template_sha256"] == ""  # none: recorded as absent
+
+
+def test_each_mode_has_its_own_registered_model_with_or_without_a_prefix():
+    assert registered_model_name("team-drafts", "embedded", "eagle3") == "team-drafts-eagle3"
+    assert registered_model_name("team-drafts", "embedded", "medusa") == "team-drafts-medusa"
+    assert registered_model_name("", "embedded", "dflash") == "spectrain-smollm2-135m-instruct-dflash"

@@ -6,19 +6,28 @@ from dataclasses import dataclass
 
 from spectrain import checks
 from spectrain.config import field
+from spectrain.drafts import MODES
+
+
+def tracking_uri_field():
+    return field(
+        "",
+        "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else a sqlite store in $SPECTRAIN_HOME",
+        check=checks.url(schemes=("http", "https", "file", "sqlite", "databricks")),
+    )
+
+
+def registered_model_name_field():
+    return field("", "registry name; empty: spectrain-<base model>-<mode>")
 
 
 @dataclass
 class RegisterConfig:
     """Log a pipeline run's results to MLflow, register its draft, promote it if it beats the champion."""
 
-    tracking_uri: str = field(
-        "",
-        "MLflow tracking URI; empty: MLFLOW_TRACKING_URI, else a sqlite store in $SPECTRAIN_HOME",
-        check=checks.url(schemes=("http", "https", "file", "sqlite", "databricks")),
-    )
+    tracking_uri: str = tracking_uri_field()
     experiment: str = field("spectrain", "MLflow experiment name")
-    registered_model_name: str = field("", "registry name; empty: spectrain-<base model>-<mode>")
+    registered_model_name: str = registered_model_name_field()
     run_name: str = field("", "MLflow run name; empty: <mode>-<pipeline run id>")
     pipeline_run_id: str = field(
         "",
@@ -27,6 +36,11 @@ class RegisterConfig:
     )
     base_model: str = field("embedded", "base model spec the draft was trained for")
     draft_dir: str = field("", "exported draft directory (export step output)")
+    checkpoint_dir: str = field(
+        "",
+        "the train step's output: its draft (weights, modelopt state, train_result.json) is logged under checkpoint/, "
+        "which a later run continues (warm start) from the registered version",
+    )
     step_results: dict = field({}, "step name -> result JSON file of that step (train, evaluate, export, ...)")
     plots: list = field([], "image files logged under the run's plots/ (evaluate's acceptance plot, training curves)")
     params: dict = field(
@@ -45,3 +59,20 @@ class RegisterConfig:
     margin: float = field(
         0.0, "promote only when τ beats the champion's by more than this", check=checks.at_least(0.0, 0.05)
     )
+
+
+@dataclass
+class WarmStartConfig:
+    """Bring the draft a run continues into a folder the train step reads (empty when the run starts afresh)."""
+
+    source: str = field(
+        "",
+        "the draft to continue: '' (none: a new draft), an alias of this base and mode's registered model "
+        "('champion', 'previous_champion'), models:/NAME@ALIAS or models:/NAME/VERSION, or an earlier run's "
+        "train_heads output (a folder or its s3:// copy)",
+    )
+    base_model: str = field("embedded", "the base model of the run: with the mode, it names the registered model")
+    mode: str = field("eagle3", "the draft mode of the run", check=checks.one_of(*MODES))
+    registered_model_name: str = registered_model_name_field()
+    tracking_uri: str = tracking_uri_field()
+    output_dir: str = field("warm-start", "where the draft is put (created empty when source is '')")

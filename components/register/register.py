@@ -15,12 +15,13 @@ import mlflow
 from mlflow import MlflowClient
 
 from spectrain.components.register.config import RegisterConfig
-from spectrain import integrity, paths
+from spectrain import draft_checkpoint, integrity, paths
 from spectrain.config import is_secret, to_dict
 from spectrain.errors import SpectrainError
-from spectrain.models import model_slug
+from spectrain.models import registered_model_name
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
+CHECKPOINT = "checkpoint"  # the run's artifact folder of the trained draft, what a warm start fetches
 LOGGED = "spectrain.logged"  # run tag set once everything is logged
 # evaluate's measured serving figures, logged as metrics (the curve adds expected_speedup_k<k>)
 SERVING_METRICS = (
@@ -84,6 +85,18 @@ def recipe_tags(train: dict) -> dict[str, str]:
     return tags
 
 
+def lineage_tags(train: dict) -> dict[str, str]:
+    """Which registered version a warm-started draft continued ({} for a draft trained from scratch)."""
+    parent = train.get("warm_start") or {}
+    if not parent:
+        return {}
+    tags = {"warm_started_from": parent.get("from", "")}
+    if parent.get("version"):
+        tags["warm_started_from"] = f"{parent['registered_model']} v{parent['version']}"
+        tags["parent_version"] = str(parent["version"])
+    return tags
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -143,6 +156,9 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str, logged:
         mlflow.log_dict({k: v for k, v in result.items() if k != "history"}, f"results/{step}.json")
     for plot in config.plots:  # this task's own files (KFP artifacts), never paths a result names in another pod
         mlflow.log_artifact(plot, "plots")
+    if config.checkpoint_dir:  # the draft as it trained (not the Trainer's checkpoint-N folders): a warm start's
+        for name in draft_checkpoint.FILES:
+            mlflow.log_artifact(str(Path(config.checkpoint_dir) / name), CHECKPOINT)
     if config.draft_dir:
         mlflow.log_artifacts(config.draft_dir, "draft")
         mlflow.log_text(integrity.manifest(Path(config.draft_dir)), integrity.MANIFEST)  # its digest: a version tag
@@ -378,7 +394,7 @@ def run(config: RegisterConfig) -> dict:
     mode = evaluation.get("mode") or results.get("train", {}).get("mode", "draft")
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
-    name = config.registered_model_name or f"spectrain-{model_slug(config.base_model)}-{mode}"
+    name = config.registered_model_name or registered_model_name("", config.base_model, mode)
     with registry_access(uri, f"register a version of '{name}'"):
         return _register(config, results, evaluation, mode, uri, name, started)
 
@@ -423,6 +439,7 @@ def _register(
         "served_acceptance_length": served_tau(evaluation, results.get("export", {}).get("num_speculative_tokens")),
         "expected_speedup": str(evaluation.get("expected_speedup", "")),
         **recipe_tags(results.get("train", {})),
+        **lineage_tags(results.get("train", {})),
         **protocol(evaluation, config.base_model),
     }
     if config.draft_dir:  # what every download checks the draft's files against (spectrain.integrity)
@@ -446,6 +463,7 @@ def _register(
         "tracking_uri": uri,
         "metrics": metrics,
         "mode": mode,
+        "warm_started_from": lineage_tags(results.get("train", {})).get("warm_started_from", ""),
         "step_seconds": {step: r.get("seconds") for step, r in results.items()},
         "seconds": time.monotonic() - started,
     }

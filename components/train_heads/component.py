@@ -10,6 +10,7 @@ from spectrain import images
 def train_heads(
     base_model: str,
     regenerated_conversations: Input[Dataset],
+    parent: Input[Model],
     mode: str,
     max_steps: int,
     max_minutes: float,
@@ -28,13 +29,15 @@ def train_heads(
 ):
     """Train an EAGLE-3, Medusa or DFlash draft on the frozen base model with modelopt + the HF Trainer.
 
-    Always resumes from the newest checkpoint it can find; with ``checkpoint_root`` checkpoints are
+    Continues ``parent`` when the warm-start step put a draft there. Always resumes from the newest checkpoint it
+    can find; with ``checkpoint_root`` checkpoints are
     copied under <root>/<run_id>/train/<mode>/, so a retry of this step (a new pod) finds them.
     """
     import json
     import os
     import shutil
 
+    from spectrain.draft_checkpoint import is_draft_checkpoint
     from spectrain.s3 import run_prefix
     from spectrain.steps import run_step
     from spectrain.components.train_heads import TRAIN_HEADS
@@ -49,6 +52,7 @@ def train_heads(
             **checkpoint,
             "base_model": base_model,
             "data": regenerated_conversations.path,
+            "warm_start": parent.path if is_draft_checkpoint(parent.path) else "",  # the warm-start step's draft
             "output_dir": draft_checkpoint.path,
             "mode": mode,
             "max_steps": max_steps,

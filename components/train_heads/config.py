@@ -266,6 +266,13 @@ class TrainHeadsConfig:
     resume_from_checkpoint: str = field(
         "", "'' to start fresh, 'auto' for the newest checkpoint in output_dir, or a path"
     )
+    warm_start: str = field(
+        "",
+        "continue a trained draft instead of starting a new one: an earlier run's train_heads output folder, or its "
+        "s3:// copy (`spectrain run --warm-start champion` fetches the registered champion's); it must be the same "
+        "mode, base model revision, chat template and draft shape (refused otherwise, naming the difference), and "
+        "trains on this run's data with this run's budget; '' starts from scratch",
+    )
     num_processes: int = field(
         0,
         "training processes (DDP through torchrun, this same command relaunched): 0 = "

@@ -14,6 +14,7 @@ import transformers
 
 from spectrain.components.train_heads.config import TrainHeadsConfig
 from spectrain import bases
+from spectrain.draft_checkpoint import DRAFT_MODULES
 from spectrain.errors import SpectrainError
 
 
@@ -304,7 +305,7 @@ def trainable_parameters(model) -> int:
 
 def draft_module(model, mode: str) -> torch.nn.Module:
     """The trained part of a converted model: its EAGLE, Medusa or DFlash module."""
-    return getattr(model, {"medusa": "medusa_heads", "dflash": "dflash_module"}.get(mode, "eagle_module"))
+    return getattr(model, DRAFT_MODULES[mode])
 
 
 def meta_draft_parameters(base_config, config: TrainHeadsConfig) -> int:

@@ -14,7 +14,7 @@ import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
-from spectrain.components.train_heads import hidden_cache, launch
+from spectrain.components.train_heads import hidden_cache, launch, warm_start
 from spectrain.components.train_heads.checkpoints import CheckpointsToS3, restore_from_s3
 from spectrain.components.train_heads.config import TrainHeadsConfig, chosen_training_arguments
 from spectrain.components.train_heads.datasets import CachedDataset, ConversationDataset
@@ -129,9 +129,10 @@ def with_recipe(config: TrainHeadsConfig, base: bases.BaseFacts) -> tuple[TrainH
     return resolved, {**chosen, "why": recipe["why"]} if chosen else {}
 
 
-def prepare(config: TrainHeadsConfig) -> tuple[TrainHeadsConfig, str, bases.BaseFacts, dict]:
+def prepare(config: TrainHeadsConfig) -> tuple[TrainHeadsConfig, str, bases.BaseFacts, dict, warm_start.Parent | None]:
     """Everything decided from the base's config alone, before any weight is loaded or any rank started: the
-    mode is one this base can serve, and the settings left to the base are chosen."""
+    mode is one this base can serve, the settings left to the base are chosen, and a draft to continue is one
+    this run can continue (then its local folder replaces an s3:// warm_start, for the ranks to read)."""
     model_path = resolve_base_model(config.base_model)
     base = bases.facts_of(model_path)
     problem = bases.mode_problem(base, config.mode)
@@ -140,13 +141,19 @@ def prepare(config: TrainHeadsConfig) -> tuple[TrainHeadsConfig, str, bases.Base
     caution = bases.mode_warning(base, config.mode)
     if caution and launch.is_main_process():
         warn(caution)
+    parent = warm_start.parent_of(config) if config.warm_start else None
+    if parent:
+        config = dataclasses.replace(warm_start.inherit(config, parent), warm_start=str(parent.directory))
     config, chosen = with_recipe(config, base)
-    return config, model_path, base, chosen
+    if parent:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)  # its chat template formats the data
+        warm_start.check(parent, config, base_model_identity(model_path, tokenizer))
+    return config, model_path, base, chosen, parent
 
 
 def run(config: TrainHeadsConfig) -> dict:
     started = time.monotonic()
-    config, model_path, base, chosen = prepare(config)
+    config, model_path, base, chosen, parent = prepare(config)
     placement = devices.resolve(config.precision, config.base_dtype, base.dtype)
     processes = launch.processes_wanted(config.num_processes)
     base_config = bases.load_config(model_path)
@@ -192,8 +199,12 @@ def run(config: TrainHeadsConfig) -> dict:
     # sharded: loaded on the host (the first process only; the others on the meta device) and sharded onto the GPUs
     # when the Trainer prepares the model
     model = load_base(model_path, dataclasses.replace(placement, device="cpu") if shard else placement)
-    d2t = reduced_vocabulary(config, base.vocab_size, examples)
-    mask_token_id = dflash_mask_token_id(config, tokenizer, examples) if config.mode == "dflash" else None
+    if parent:  # the vocabulary and mask token the parent's weights were trained for
+        d2t, mask_token_id = parent.d2t(), parent.mask_token_id
+        print(f"[train] warm start from {parent.directory} ({parent.result.get('steps')} steps)", flush=True)
+    else:
+        d2t = reduced_vocabulary(config, base.vocab_size, examples)
+        mask_token_id = dflash_mask_token_id(config, tokenizer, examples) if config.mode == "dflash" else None
     cache_manifest = None
     cache = Path(config.hidden_state_cache_dir or output_dir / "hidden-state-cache")
     if config.hidden_state_cache:
@@ -220,6 +231,8 @@ def run(config: TrainHeadsConfig) -> dict:
     transformers.set_seed(chosen_training_arguments(config)["seed"])  # the same head init with or without the cache
     with args.main_process_first(desc="draft vocabulary"):
         convert(model, config, d2t, output_dir, mask_token_id=mask_token_id)
+    if parent:
+        warm_start.load_weights(model, parent, config.mode)
     online_state = mto.modelopt_state(model)  # what evaluate and export restore onto the base
     draft_module(model, config.mode).float()  # master weights in float32; autocast computes in `precision`
     if cache_manifest:
@@ -301,6 +314,8 @@ def run(config: TrainHeadsConfig) -> dict:
         "chosen_for_base": chosen,
         # the settings that ran, those chosen from the base included (register logs them as train_heads.<name>)
         "resolved": {name: getattr(config, name) for name in ("draft_vocab_size", "max_length", "lr")},
+        "draft_architecture": warm_start.architecture(config),  # what a warm start from this draft must match
+        "warm_start": parent.describe() if parent else None,
         "placement": placement.as_dict(),
         "memory_plan": memory.as_dict(),
         "sharded_base": frozen.sharded,  # what training ran with, not what was asked

@@ -32,7 +32,15 @@ def test_dag_reads_like_the_workflow(tmp_path):
     handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert {"serve-base-model", "regenerate", "stop-server-2", "for-loop-2", "summarize"} <= set(handler)
     loop = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
-    assert set(loop) == {"train-heads", "evaluate", "export", "condition-3", "condition-4", "register"}
+    assert set(loop) == {
+        "warm-start-draft",
+        "train-heads",
+        "evaluate",
+        "export",
+        "condition-3",
+        "condition-4",
+        "register",
+    }
     crosscheck = spec["components"]["comp-condition-3"]["dag"]["tasks"]["vllm-crosscheck"]
     assert (
         crosscheck["inputs"]["parameters"]["expected_acceptance_length"]["componentInputParameter"]
@@ -40,6 +48,12 @@ def test_dag_reads_like_the_workflow(tmp_path):
     )  # our τ, handed to vLLM's check
     assert loop["evaluate"]["dependentTasks"] == ["train-heads"]
     assert loop["register"]["inputs"]["artifacts"]["draft"]["taskOutputArtifact"]["producerTask"] == "export"
+    # the draft a mode continues is fetched when the run runs, and register logs the trained one for the next
+    fetched = loop["train-heads"]["inputs"]["artifacts"]["parent"]["taskOutputArtifact"]
+    assert fetched == {"outputArtifactKey": "parent", "producerTask": "warm-start-draft"}
+    assert loop["warm-start-draft"]["inputs"]["parameters"]["source"]["componentInputParameter"].endswith("warm_start")
+    logged = loop["register"]["inputs"]["artifacts"]["draft_checkpoint"]["taskOutputArtifact"]
+    assert logged == {"outputArtifactKey": "draft_checkpoint", "producerTask": "train-heads"}
     assert (
         handler["regenerate"]["inputs"]["parameters"]["endpoint"]["taskOutputParameter"]["producerTask"]
         == "serve-base-model"
@@ -60,7 +74,8 @@ def test_the_server_is_released_when_regeneration_ends_and_before_any_training(t
     assert release["dependentTasks"] == ["regenerate"]
     assert "stop-server-2" in handler["for-loop-2"]["dependentTasks"]  # every mode's training waits for it
     loop = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
-    assert loop["train-heads"].get("dependentTasks", []) == []  # (within the loop: after the release, outside it)
+    # (within the loop it waits only for the draft it continues: the release is outside the loop)
+    assert loop["train-heads"].get("dependentTasks", []) == ["warm-start-draft"]
     mode = release["inputs"]["parameters"]["serve_mode"]["componentInputParameter"]
     assert mode == handler["serve-base-model"]["inputs"]["parameters"]["serve_mode"]["componentInputParameter"]
 
