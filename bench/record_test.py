@@ -3,7 +3,8 @@
     make test 2>&1 | tee test.log; python bench/record_test.py test.log --total-seconds 1273 --commit abc1234
     make test-fast 2>&1 | tee fast.log; python bench/record_test.py fast.log --command "make test-fast" --total-seconds 282
 
-Reads each environment's pytest summary (tests/run_all.sh prints `=== [env] pytest ...` before each).
+Reads each pytest run's summary (tests/run_all.sh prints `=== [env] pytest ...` or `=== [env:part] pytest ...`
+before each; with two lanes at once their seconds add up to more than the total).
 `make fresh-check` (scripts/fresh-check.sh) keeps each command's log in its scratch directory (2.log is
 `make test`'s) and prints its time. A note in --command's parentheses says how it ran and is not part of the
 result's name, e.g. --command "make test (fresh clone, empty home and caches, after make run created the environments)".
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import results  # noqa: E402
 
-SECTION = re.compile(r"=== \[(\w+)\] pytest.*?\n(.*?)(?==== \[|\Z)", re.S)
+SECTION = re.compile(r"=== \[([\w:-]+)\] pytest.*?\n(.*?)(?==== \[|\Z)", re.S)  # [env] or [env:part]
 SUMMARY = re.compile(r"(?:(\d+) failed, )?(\d+) passed.* in ([\d.]+)s")
 
 

@@ -116,13 +116,14 @@ def make_run_table(record: dict) -> str:
 
 
 def make_test_table(record: dict) -> str:
-    """docs/results.md's `make test` line: total time and each environment's share."""
+    """docs/results.md's `make test` line: total time and each pytest run's (environment, or part of one)."""
     figures = record["figures"]
     parts = ", ".join(
         f"{env} env {row['tests']} tests in {row['seconds'] / 60:.1f} min"
         for env, row in figures["environments"].items()
     )
-    return f"{provenance(record, flags=False)}: {figures['total_seconds'] / 60:.1f} minutes ({parts}).\n"
+    lanes = " (two lanes at once: the runs overlap)" if any(":" in env for env in figures["environments"]) else ""
+    return f"{provenance(record, flags=False)}: {figures['total_seconds'] / 60:.1f} minutes{lanes} ({parts}).\n"
 
 
 def ablation_table(record: dict) -> str:

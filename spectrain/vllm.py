@@ -124,9 +124,11 @@ def argument_problem(arguments: list[str]) -> str | None:
 
 def cpu_settings(kv_cache_gib: int = CPU_KV_CACHE_GIB) -> dict[str, str]:
     """vLLM's settings on a CPU: a KV cache of fixed size (unset, vLLM reserves 92% of the machine's memory and
-    refuses to start when less is free) and every core (by default vLLM leaves one idle)."""
-    cpus = os.cpu_count() or 1
-    return {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": f"0-{cpus - 1}"}
+    refuses to start when less is free) and every core this process may run on (by default vLLM leaves one idle):
+    its affinity, which a container's cpuset or a taskset narrows, not the machine's count (vLLM pins its threads
+    to these ids, and an id outside a cpuset is refused)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
 
 
 def cpu_env(api_key: str, kv_cache_gib: int) -> dict[str, str]:
