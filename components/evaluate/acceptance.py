@@ -66,7 +66,7 @@ def run(config: EvaluateConfig) -> dict:
     proposer.k = max_k = max(k, draft_limit(model, config.mode, config.max_k))  # the curve's chains: k = 1..max_k
     ks = list(range(1, max_k + 1))
 
-    curve, by_category = evaluate_proposer(
+    curve, groups = evaluate_proposer(
         lambda s: proposer.for_sequence(torch.tensor([s], device=device)),
         prompts,
         sequences,
@@ -74,8 +74,8 @@ def run(config: EvaluateConfig) -> dict:
         f"{config.mode}, k = 1..{max_k}",
         k,
     )
-    ngram_curve, _ = evaluate_proposer(
-        lambda s: ngram_proposer(s, max_k, config.ngram_max), prompts, sequences, ks, "n-gram"
+    ngram_curve, ngram_groups = evaluate_proposer(
+        lambda s: ngram_proposer(s, max_k, config.ngram_max), prompts, sequences, ks, "n-gram", k
     )
     candidate, ngram = curve[k], ngram_curve[k]
     results = {
@@ -104,7 +104,17 @@ def run(config: EvaluateConfig) -> dict:
         "ngram_acceptance_length": ngram.summary()["acceptance_length"],
         "untrained_acceptance_length": results.get(f"untrained {config.mode}", {}).get("acceptance_length"),
         "ratio_to_ngram": candidate.summary()["acceptance_length"] / ngram.summary()["acceptance_length"],
-        "by_category": {name: t.summary()["acceptance_length"] for name, t in sorted(by_category.items())},
+        "by_category": {name: t.summary()["acceptance_length"] for name, t in sorted(groups["category"].items())},
+        # τ on each file of the eval set, next to n-gram's on the same prompts: a continued draft must not forget
+        # the prompts of earlier sources while it learns the new ones
+        "by_source": {
+            name: {
+                "acceptance_length": tally.summary()["acceptance_length"],
+                "ngram_acceptance_length": ngram_groups["source"][name].summary()["acceptance_length"],
+                "prompts": sum(1 for prompt in prompts if prompt["source"] == name),
+            }
+            for name, tally in sorted(groups["source"].items())
+        },
         "num_prompts": len(prompts),
         "num_draft_tokens": k,
         "max_new_tokens": config.max_new_tokens,

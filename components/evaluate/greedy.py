@@ -24,10 +24,17 @@ def load_prompts(config: EvaluateConfig, tokenizer) -> list[dict]:
             {
                 "id": conversation.conversation_id,
                 "category": conversation.category or "all",
+                # the file it came from (an eval set of several files: the old prompt sources and the new)
+                "source": source_name(conversation.source),
                 "input_ids": tokenizer(text, add_special_tokens=False)["input_ids"],
             }
         )
     return prompts
+
+
+def source_name(source: str) -> str:
+    """'heldout.jsonl' of 'path/to/heldout.jsonl:12' (or of s3://bucket/new/heldout.jsonl:12)."""
+    return source.rsplit(":", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "all"
 
 
 @torch.no_grad()

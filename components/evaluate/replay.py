@@ -78,18 +78,23 @@ def replay_curve(sequence: list[int], prompt_length: int, propose, ks: list[int]
     return tallies
 
 
+GROUPS = ("category", "source")  # what the held-out prompts are also told apart by: their category, their file
+
+
 def evaluate_proposer(
-    make_propose, prompts, sequences, ks: list[int], name: str = "draft", category_k: int = 0
-) -> tuple[dict[int, Tally], dict[str, Tally]]:
-    """Tallies for every chain length in ``ks`` (one replay each, drafts shared), and per prompt category at
-    ``category_k`` (default: the longest)."""
-    category_k = category_k or max(ks)
-    totals, by_category = {k: Tally(k) for k in ks}, dict[str, Tally]()
+    make_propose, prompts, sequences, ks: list[int], name: str = "draft", group_k: int = 0
+) -> tuple[dict[int, Tally], dict[str, dict[str, Tally]]]:
+    """Tallies for every chain length in ``ks`` (one replay each, drafts shared), and at ``group_k`` (default: the
+    longest) per prompt category and per source file (``{"category": {name: Tally}, "source": ...}``)."""
+    group_k = group_k or max(ks)
+    totals = {k: Tally(k) for k in ks}
+    groups: dict[str, dict[str, Tally]] = {group: {} for group in GROUPS}
     with Progress(len(prompts), f"replay: {name}", "prompt") as progress:
         for prompt, sequence in zip(prompts, sequences):
             tallies = replay_curve(sequence, len(prompt["input_ids"]), make_propose(sequence), ks)
             for k, tally in tallies.items():
                 totals[k].merge(tally)
-            by_category.setdefault(prompt["category"], Tally(category_k)).merge(tallies[category_k])
+            for group, tallies_of in groups.items():
+                tallies_of.setdefault(prompt[group], Tally(group_k)).merge(tallies[group_k])
             progress.update()
-    return totals, by_category
+    return totals, groups

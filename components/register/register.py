@@ -135,6 +135,10 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str, logged:
                 metrics[key] = evaluation[key]
         for point in evaluation.get("k_curve", []):
             metrics[f"expected_speedup_k{point['k']}"] = point["expected_speedup"]
+        sources = evaluation.get("by_source", {})
+        for name, measured in sources.items() if len(sources) > 1 else ():  # an eval set of several files
+            metrics[f"acceptance_length.{name}"] = measured["acceptance_length"]
+            metrics[f"ngram_acceptance_length.{name}"] = measured["ngram_acceptance_length"]
     if results.get("export", {}).get("num_speculative_tokens"):
         metrics["served_num_draft_tokens"] = results["export"]["num_speculative_tokens"]
     if train:

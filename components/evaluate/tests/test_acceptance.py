@@ -5,7 +5,8 @@ import torch
 import transformers
 
 from spectrain.components.evaluate.proposers import DFlashProposer, EagleProposer, MedusaProposer, ngram_proposer
-from spectrain.components.evaluate.replay import replay, replay_curve
+from spectrain.components.evaluate.greedy import source_name
+from spectrain.components.evaluate.replay import evaluate_proposer, replay, replay_curve
 from spectrain import devices, draft_checkpoint
 from spectrain.models import resolve_base_model
 
@@ -214,6 +215,24 @@ def test_the_curve_replays_every_k_exactly_as_alone_asking_each_position_once_in
         assert (curve[k].steps, curve[k].tokens, curve[k].accepted_at) == (alone.steps, alone.tokens, alone.accepted_at)
     assert asked == sorted(set(asked))  # once per position, increasing: an EAGLE cache only ever grows
     assert curve[1].summary()["acceptance_length"] != curve[5].summary()["acceptance_length"]
+
+
+def test_tau_is_told_apart_per_source_file_so_a_continued_draft_that_forgets_old_prompts_shows_it():
+    """An eval set of two files (the old prompt source and the new): the draft knows the new prompts' replies by
+    heart and none of the old ones, and τ per source says so where the overall τ averages it away."""
+    sequences = [list(range(100, 120)), list(range(200, 220)), list(range(300, 320)), list(range(400, 420))]
+    sources = ["old.jsonl", "old.jsonl", "new.jsonl", "new.jsonl"]
+    prompts = [{"input_ids": s[:5], "category": "all", "source": f} for s, f in zip(sequences, sources)]
+    knows = {tuple(s) for s, f in zip(sequences, sources) if f == "new.jsonl"}  # the replies it learnt
+
+    def make_propose(sequence):
+        return lambda n: sequence[n + 1 : n + 3] if tuple(sequence) in knows else [0, 0]
+
+    totals, groups = evaluate_proposer(make_propose, prompts, sequences, [1, 2], "draft", 2)
+    by_source = {name: tally.summary()["acceptance_length"] for name, tally in groups["source"].items()}
+    assert by_source == {"old.jsonl": 1.0, "new.jsonl": 3.0}  # none accepted, every pair of drafts accepted
+    assert 1.0 < totals[2].summary()["acceptance_length"] < 3.0 and set(groups["category"]) == {"all"}
+    assert source_name("s3://traffic/2026-12-07/heldout.jsonl:12") == "heldout.jsonl"
 
 
 @pytest.mark.slow

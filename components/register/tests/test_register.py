@@ -63,6 +63,11 @@ def results(tmp_path, tau: float, name: str, eval_fingerprint="sha256:heldout", 
             "ngram_best_num_draft_tokens": 2,
             "ngram_expected_speedup": 1.09,
             "draft_step_cost_ratio": 0.03,
+            # an eval set of two files: the prompt source the champion learnt and the new one
+            "by_source": {
+                "old.jsonl": {"acceptance_length": tau - 0.1, "ngram_acceptance_length": 1.2, "prompts": 20},
+                "new.jsonl": {"acceptance_length": tau + 0.1, "ngram_acceptance_length": 1.2, "prompts": 20},
+            },
             **protocol,
         },
         "export": {"mode": "medusa", "num_speculative_tokens": 2, "seconds": 1.0},
@@ -105,6 +110,8 @@ def test_first_draft_above_the_gate_becomes_champion_and_is_fully_logged(store):
     assert version.tags["dataset_fingerprint"] == "sha256:regenerated" and version.tags["git_commit"]
     mlflow_run = client.get_run(outcome["run_id"])
     assert mlflow_run.data.metrics["acceptance_length"] == pytest.approx(1.30)
+    assert mlflow_run.data.metrics["acceptance_length.old.jsonl"] == pytest.approx(1.20)  # τ per source file
+    assert mlflow_run.data.metrics["ngram_acceptance_length.new.jsonl"] == pytest.approx(1.2)
     assert mlflow_run.data.params["lr"] == "0.001"
     assert not {"hf_token", "api_key"} & set(mlflow_run.data.params)  # secrets never become params
     assert [m.value for m in client.get_metric_history(outcome["run_id"], "train_loss")] == [5.0, 4.0]
