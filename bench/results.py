@@ -122,8 +122,10 @@ def make_test_table(record: dict) -> str:
         f"{env} env {row['tests']} tests in {row['seconds'] / 60:.1f} min"
         for env, row in figures["environments"].items()
     )
-    lanes = " (two lanes at once: the runs overlap)" if any(":" in env for env in figures["environments"]) else ""
-    return f"{provenance(record, flags=False)}: {figures['total_seconds'] / 60:.1f} minutes{lanes} ({parts}).\n"
+    total = f"{provenance(record, flags=False)}: {figures['total_seconds'] / 60:.1f} minutes"
+    if any(":" in env for env in figures["environments"]):  # tests/run_all.sh's two lanes
+        return f"{total}; two lanes at once, whose pytest runs overlap: {parts}.\n"
+    return f"{total} ({parts}).\n"
 
 
 def ablation_table(record: dict) -> str:
