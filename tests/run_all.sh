@@ -45,8 +45,9 @@ lane() {  # lane NAME CPUS STEP... : the steps in turn on CPUS (all: ''), each r
   local name=$1 cpus=$2 status=0; shift 2
   trap 'exit 130' INT  # pytest ends on a Ctrl-C by itself (exit 2): the lane's next environment must not start
   # Pinned to its share of the cores: two lanes whose torch and vLLM threads each spin on every core thrash
-  # (measured: the suite took as long as one lane after the other); on its own cores each lane runs as on a
-  # smaller machine, and vLLM binds to what the lane has (spectrain.vllm.cpu_settings reads the affinity).
+  # (measured: 97% busy, yet no further after 17 minutes than one lane after the other); on its own cores each lane
+  # runs as on a smaller machine, and vLLM binds to what the lane has (spectrain.vllm.cpu_settings reads the
+  # affinity).
   [ -z "$cpus" ] || taskset -cp "$cpus" "$BASHPID" >/dev/null
   # vLLM's own cache, shared by the servers of a lane as by every server of a user's machine: a start after the
   # first skips inspecting the model classes again (a subprocess per architecture, ~15 s on 2 cores); one per
