@@ -51,8 +51,9 @@ def served(metrics: dict) -> str:
 
 def lineage(result: dict) -> str:
     """' ← v3': the registered version a warm-started draft continued ('' for a new draft)."""
-    parent = result.get("warm_started_from")
+    parent = result.get("parent") or {}
     if not parent:
         return ""
-    same_model = parent.startswith(f"{result['registered_model']} v")
-    return f" ← {parent.rsplit(' ', 1)[1] if same_model else parent}"
+    if parent.get("registered_model") == result["registered_model"]:
+        return f" ← v{parent['version']}"
+    return f" ← {result['warm_started_from']}"

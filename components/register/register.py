@@ -88,13 +88,12 @@ def recipe_tags(train: dict) -> dict[str, str]:
 def lineage_tags(train: dict) -> dict[str, str]:
     """Which registered version a warm-started draft continued ({} for a draft trained from scratch)."""
     parent = train.get("warm_start") or {}
-    if not parent:
-        return {}
-    tags = {"warm_started_from": parent.get("from", "")}
     if parent.get("version"):
-        tags["warm_started_from"] = f"{parent['registered_model']} v{parent['version']}"
-        tags["parent_version"] = str(parent["version"])
-    return tags
+        return {
+            "warm_started_from": f"{parent['registered_model']} v{parent['version']}",
+            "parent_version": parent["version"],
+        }
+    return {"warm_started_from": parent["from"]} if parent else {}
 
 
 def git_commit() -> str:
@@ -467,7 +466,8 @@ def _register(
         "tracking_uri": uri,
         "metrics": metrics,
         "mode": mode,
-        "warm_started_from": lineage_tags(results.get("train", {})).get("warm_started_from", ""),
+        "warm_started_from": tags.get("warm_started_from", ""),
+        "parent": results.get("train", {}).get("warm_start"),  # its lineage, as the summary shows it
         "step_seconds": {step: r.get("seconds") for step, r in results.items()},
         "seconds": time.monotonic() - started,
     }
