@@ -102,7 +102,7 @@ def make_run_table(record: dict) -> str:
     lines += [
         "",
         "| draft | τ | n-gram τ | τ / n-gram | per-position acceptance | untrained τ | "
-        "served k: expected speed-up (n-gram's best) | registry alias |",
+        "served k: speed-up at batch 1 (n-gram's) | registry alias |",
         "|---|---:|---:|---:|---|---:|---|---|",
     ]
     for draft in figures["drafts"]:

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from typing import Any
 
-from spectrain.components.evaluate.config import EvaluateConfig
+from spectrain.components.evaluate.config import EvaluateConfig, VllmCrosscheckConfig
 from spectrain.components.export.config import ExportConfig
 from spectrain.components.regenerate.config import RegenerateConfig
 from spectrain.components.register.config import RegisterConfig, WarmStartConfig
@@ -105,6 +105,7 @@ OWN_RULES: dict[str, checks.Rule | None] = {
     "train_options": None,  # against TrainHeadsConfig
     "eval_options": None,  # against EvaluateConfig
     "eval_vllm_crosscheck": None,
+    "eval_vllm_crosscheck_options": None,  # against VllmCrosscheckConfig
     "export_trtllm_engine": None,
 }
 OPTIONS = {
@@ -112,6 +113,7 @@ OPTIONS = {
     "regenerate_options": RegenerateConfig,
     "train_options": TrainHeadsConfig,
     "eval_options": EvaluateConfig,
+    "eval_vllm_crosscheck_options": VllmCrosscheckConfig,
 }
 # Fields of an *_options mapping the pipeline sets itself, from other parameters or its own artifacts.
 SET_BY_PIPELINE = {
@@ -137,6 +139,17 @@ SET_BY_PIPELINE = {
         "warm_start",  # the warm_start parameter, fetched by its own step
     },
     "eval_options": {"base_model", "checkpoint", "mode", "output_dir"},
+    "eval_vllm_crosscheck_options": {
+        "base_model",
+        "draft_dir",
+        "mode",
+        "dataset",
+        "num_prompts",
+        "num_draft_tokens",
+        "max_new_tokens",
+        "expected_acceptance_length",
+        "output",
+    },
 }
 
 

@@ -39,6 +39,7 @@ STEP_RESOURCES: dict[str, dict[str, tuple[str, str]]] = {
     "serve-base-model": {size: ("500m", "1Gi") for size in BASE_SIZES},
     "stop-server": {size: ("250m", "512Mi") for size in BASE_SIZES},
     "summarize": {size: ("250m", "512Mi") for size in BASE_SIZES},
+    "no-served-speed": {size: ("100m", "128Mi") for size in BASE_SIZES},
 }
 
 

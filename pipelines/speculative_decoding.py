@@ -9,7 +9,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from spectrain.components.evaluate.component import evaluate, vllm_crosscheck
+from spectrain.components.evaluate.component import evaluate, no_served_speed, vllm_crosscheck
 from spectrain.components.export.component import build_trtllm_engine, export
 from spectrain.components.regenerate.component import regenerate
 from spectrain.components.register.component import register, warm_start_draft
@@ -121,6 +121,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
         eval_max_new_tokens: int = default("eval_max_new_tokens"),
         eval_options: dict = {},
         eval_vllm_crosscheck: bool = False,
+        eval_vllm_crosscheck_options: dict = {},
         export_trtllm_engine: bool = False,
         export_dtype: str = default("export_dtype"),
         register_model_name: str = default("register_model_name"),
@@ -161,7 +162,8 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
             eval_num_prompts: evaluate on the first N held-out prompts (0 = all).
             eval_max_new_tokens: greedy tokens generated per evaluation prompt.
             eval_options: any other evaluate setting, e.g. {"cost_batch_sizes": [1, 8, 32], "max_k": 7, "cost_repeats": 3, "untrained_baseline": false}: the batch sizes to time should be those production serves at; see `spectrain step evaluate --help`.
-            eval_vllm_crosscheck: also serve the base with each exported draft in vLLM and measure τ from vLLM's counters.
+            eval_vllm_crosscheck: also serve the base with each exported draft in vLLM: τ from vLLM's counters, and decode speed as served (the base alone, the draft at k = 1..3, n-gram at k = 1..3, at 1 and 4 requests in flight, one server each); the registered draft is then served with the k measured fastest and must beat n-gram's served speed to become champion.
+            eval_vllm_crosscheck_options: any other cross-check setting, e.g. {"served_speed": false, "speed_ks": [2, 3], "speed_concurrency": [1, 8, 32], "speed_num_prompts": 32}; see `spectrain step vllm-crosscheck --help`.
             export_trtllm_engine: also build the TensorRT-LLM engine of Medusa drafts, in the trtllm image on a GPU (EAGLE-3 drafts need none: TensorRT-LLM's PyTorch backend loads the exported directory).
             export_dtype: dtype of the exported draft weights.
             register_model_name: registry name prefix (the mode is appended); empty derives it from the base model.
@@ -308,9 +310,17 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                         num_draft_tokens=num_draft_tokens,
                         max_new_tokens=eval_max_new_tokens,
                         expected_acceptance_length=evaluated.outputs["Output"],
+                        options=eval_vllm_crosscheck_options,
                     )
-                    on_cluster(in_image(checked), gpus=settings.eval_gpus, secrets=HF_SECRET, **gpu)
+                    # Cached: the same draft, settings and node type (accelerator_type) measure alike; a retried run
+                    # need not start its servers again. Its served speed goes to register.
+                    on_cluster(
+                        in_image(checked).set_caching_options(True), gpus=settings.eval_gpus, secrets=HF_SECRET, **gpu
+                    )
                     reads_cluster_config(checked)
+                with dsl.Else():  # no served speed: register keeps the export's k (the torch cost model's)
+                    unchecked = in_image(no_served_speed()).set_caching_options(True)
+                    kubernetes.add_toleration_json(unchecked, tolerations)
 
                 with dsl.If(export_trtllm_engine == True):  # noqa: E712
                     with dsl.If(mode == "medusa"):
@@ -336,6 +346,9 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     mlflow_tracking_uri=mlflow_tracking_uri,
                     min_acceptance_length=register_min_acceptance_length,
                     pipeline_run_id=RUN_ID,
+                    # KFP's backend resolves a OneOf of parameters from the branch that ran (driver/resolve.go:
+                    # ValueFromOneof); kfp.local too (orchestrator_utils.get_dag_output_parameters)
+                    served=dsl.OneOf(checked.outputs["Output"], unchecked.output),
                 )
                 # Not cached: registering is a side effect on the registry (and champion depends on its state).
                 # Retried: a registry outage should not throw away the trained draft.

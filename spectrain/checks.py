@@ -107,21 +107,23 @@ def each_one_of(*choices: str, retired: dict[str, str] | None = None) -> Rule:
     return Rule(f"a non-empty list of distinct values from {', '.join(choices)}", ",".join(choices[:2]), test)
 
 
-def increasing_sizes(example: str) -> Rule:
-    """A non-empty list of integers ≥ 1, strictly increasing, starting at 1 (batch sizes)."""
+def increasing_sizes(example: str, from_one: bool = True) -> Rule:
+    """A non-empty list of integers ≥ 1, strictly increasing, starting at 1 (batch sizes) unless not ``from_one``."""
 
     def test(values: list) -> str | None:
         try:
             sizes = [int(v) for v in values]
         except (TypeError, ValueError):
             return "not all integers"
-        if not sizes or sizes[0] != 1:
-            return "the list must start at 1"
+        if not sizes:
+            return "the list is empty"
+        if sizes[0] != 1 if from_one else sizes[0] < 1:
+            return "the list must start at 1" if from_one else "the values must be at least 1"
         if any(b <= a for a, b in zip(sizes, sizes[1:])):
             return "the sizes must increase"
         return None
 
-    return Rule("increasing integers starting at 1", example, test)
+    return Rule("increasing integers " + ("starting at 1" if from_one else "≥ 1"), example, test)
 
 
 def url(*, schemes: tuple[str, ...] = ("http", "https"), optional: bool = True, several: bool = False) -> Rule:

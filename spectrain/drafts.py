@@ -59,6 +59,22 @@ def vllm_speculative_config(draft_dir: str | Path) -> dict:
     return {**config, "model": str(Path(draft_dir).resolve())}
 
 
+def served_speculative_config(speculative: Mapping[str, Any], served: Mapping[str, Any]) -> dict:
+    """A draft's serving config with the k the vLLM cross-check measured fastest (its ``served`` result) in place of
+    the torch cost model's: EAGLE-3 with its per-concurrency schedule (num_speculative_tokens: the largest k that
+    schedule uses), DFlash with the fastest k at batch 1; Medusa's k is its number of heads whatever was timed."""
+    if speculative["method"] == "medusa":
+        return dict(speculative)
+    chosen = {k: v for k, v in speculative.items() if k != "num_speculative_tokens_per_batch_size"}
+    schedule = served.get("num_speculative_tokens_per_batch_size")
+    if speculative["method"] == "eagle3" and schedule:
+        chosen["num_speculative_tokens"] = max(k for _, _, k in schedule)
+        chosen["num_speculative_tokens_per_batch_size"] = schedule
+    else:
+        chosen["num_speculative_tokens"] = served["draft_k"]
+    return chosen
+
+
 def check_draft_checkpoint(checkpoint: str, mode: str, step: str, num_draft_tokens: int | None = None) -> None:
     """Refuse a checkpoint trained as another mode, or a k the draft cannot propose, before any work starts.
 

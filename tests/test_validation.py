@@ -118,6 +118,23 @@ def test_eval_options_reach_evaluate_and_are_checked_before_any_work():
     assert "cost_batch_sizes" in message  # not increasing
 
 
+def test_crosscheck_options_size_the_served_speed_measurement_and_are_checked_before_any_work():
+    """The concurrencies the served k schedule is timed at should be those production serves at (and start at 1,
+    as vLLM's schedule must); the k's timed need not start at 1."""
+    parameters.validate(
+        {"eval_vllm_crosscheck_options": {"speed_ks": [2, 3], "speed_concurrency": [1, 8, 32], "served_speed": True}},
+        PARAMETERS,
+        where="x",
+    )
+    message = problems(
+        eval_vllm_crosscheck_options={"speed_concurrency": [4, 16], "speed_ks": [0, 2], "draft_dir": "d", "speed": 1}
+    )
+    assert "--eval-vllm-crosscheck-options: 'draft_dir' is set by the pipeline itself" in message
+    assert "--eval-vllm-crosscheck-options: unknown key 'speed'" in message
+    assert "speed_concurrency" in message and "the list must start at 1" in message
+    assert "speed_ks" in message and "the values must be at least 1" in message
+
+
 def test_serve_options_size_vllm_and_are_checked_before_any_work():
     """vLLM's sizing for a real base (tensor parallelism, GPUs per replica, memory share, dtype, quantization,
     eager mode, readiness window, extra flags) reaches the serve step through serve_options, checked like the

@@ -62,15 +62,19 @@ def vllm_crosscheck(
     num_draft_tokens: int,
     max_new_tokens: int,
     expected_acceptance_length: float,
+    options: dict,
     crosscheck: Output[Artifact],
-) -> float:
-    """Serve the base in vLLM with the exported draft; returns vLLM's measured τ (and checks it against ours)."""
+) -> dict:
+    """Serve the base in vLLM with the exported draft: vLLM's measured τ (checked against ours) in ``crosscheck``;
+    with ``served_speed`` (on unless ``options`` turn it off) also the base, the draft at each k and n-gram timed as
+    served. Returns that served-speed result (what register serves the draft with and gates on), or {}."""
     from spectrain.steps import run_step
     from spectrain.components.evaluate import VLLM_CROSSCHECK
 
     outcome = run_step(
         VLLM_CROSSCHECK,
         {
+            **options,
             "base_model": base_model,
             "draft_dir": draft.path,
             "mode": mode,
@@ -82,4 +86,10 @@ def vllm_crosscheck(
             "output": crosscheck.path,
         },
     )
-    return outcome["acceptance_length_per_draft"]
+    return outcome.get("served", {})
+
+
+@dsl.component(base_image=images.ORCHESTRATE, install_kfp_package=False)
+def no_served_speed() -> dict:
+    """The cross-check's result when it does not run: no served speed, so register keeps the export's k."""
+    return {}

@@ -87,6 +87,31 @@ class VllmCrosscheckConfig:
     )
     output: str = field("vllm_crosscheck.json", "where the counters and the verdict are written")
     ready_timeout_s: float = field(600.0, "give up if vLLM is not ready after this many seconds")
+    served_speed: bool = field(
+        True,
+        "also measure decode throughput in vLLM: the base alone, with the draft at each speed_ks, with n-gram at "
+        "each speed_ks, at each speed_concurrency (one server per setting, started in turn); the registered draft "
+        "is then served with the k found fastest, and must beat n-gram's served speed to become champion",
+    )
+    speed_ks: list = field(
+        [1, 2, 3],
+        "k's timed for the draft and for n-gram (Medusa: its number of heads only; DFlash: at most block size - 1)",
+        check=checks.increasing_sizes("2,3", from_one=False),
+    )
+    speed_concurrency: list = field(
+        [1, 4],
+        "requests in flight at which every setting is timed: the batch sizes of the served k schedule",
+        check=checks.increasing_sizes("1,4"),
+    )
+    speed_num_prompts: int = field(
+        16, "held-out chats sent per setting and concurrency (0: all)", check=checks.at_least(0, 16)
+    )
+    speed_max_new_tokens: int = field(64, "greedy tokens generated per timed request", check=checks.at_least(1, 64))
+    speed_dtype: str = field("auto", "vLLM --dtype of the timed servers: what production serves (the base's own)")
+    speed_enforce_eager: bool | None = field(
+        None, "timed servers without compilation and graphs: unset, eager on a CPU and graphs on a GPU (as served)"
+    )
+    ngram_max: int = field(3, "n-gram setting: longest suffix matched in the context", check=checks.at_least(1, 3))
 
     def validate(self) -> None:
         if not self.draft_dir:

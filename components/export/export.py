@@ -173,7 +173,9 @@ def serving_config(config: ExportConfig, model, evaluation: dict) -> tuple[dict,
     why = f"k = {measured} measured fastest at batch 1 ({evaluation['expected_speedup']:.2f}x expected)"
     schedule = evaluation.get("num_speculative_tokens_per_batch_size")
     if schedule and config.mode == "eagle3":  # the schedule vLLM is proven to follow (operations/tests/test_watch.py)
-        speculative["num_speculative_tokens"] = max(measured, *(k for _, _, k in schedule))
+        # vLLM caps each range's k at num_speculative_tokens and falls back to it where the schedule is off (data
+        # parallel): the largest k the schedule uses, not a k (the best at batch 1) that it never does
+        speculative["num_speculative_tokens"] = max(k for _, _, k in schedule)
         speculative["num_speculative_tokens_per_batch_size"] = schedule
         why += ", by batch size " + ", ".join(f"{a}-{b}: {k}" for a, b, k in schedule)
     return speculative, why

@@ -23,9 +23,11 @@ def register(
     mlflow_tracking_uri: str,
     min_acceptance_length: float,
     pipeline_run_id: str,
+    served: dict,
     result: Output[Artifact],
 ):
-    """Log everything to MLflow, register the draft, and promote it to `champion` if it wins."""
+    """Log everything to MLflow, register the draft, and promote it to `champion` if it wins. ``served``: the vLLM
+    cross-check's served speed ({} when it did not run): the k to serve with, and a gate against n-gram's speed."""
     import json
 
     from spectrain.models import registered_model_name as name_of
@@ -42,6 +44,7 @@ def register(
             "registered_model_name": name,
             "tracking_uri": mlflow_tracking_uri,
             "min_acceptance_length": min_acceptance_length,
+            "served": served,
             "pipeline_run_id": pipeline_run_id,  # MLflow params: every step's resolved config, from its result
             # everything it logs arrives as an artifact of this task: paths into other pods mean nothing here
             "plots": [

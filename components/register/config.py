@@ -59,6 +59,12 @@ class RegisterConfig:
     margin: float = field(
         0.0, "promote only when τ beats the champion's by more than this", check=checks.at_least(0.0, 0.05)
     )
+    served: dict = field(
+        {},
+        "the vLLM cross-check's served speed (its result's `served`): when given, the registered draft is served "
+        "with the k measured fastest there (not the torch cost model's), and with must_beat_ngram it must also "
+        "decode faster than n-gram served on the same prompts and machine to become champion",
+    )
 
 
 @dataclass

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +20,14 @@ from mlflow import MlflowClient
 from spectrain.components.register.config import RegisterConfig
 from spectrain import draft_checkpoint, integrity, paths
 from spectrain.config import is_secret, to_dict
+from spectrain.drafts import SERVING_CONFIG, served_speculative_config
 from spectrain.errors import SpectrainError
 from spectrain.models import registered_model_name
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 CHECKPOINT = "checkpoint"  # the run's artifact folder of the trained draft, what a warm start fetches
 LOGGED = "spectrain.logged"  # run tag set once everything is logged
+BEATS_NGRAM_SERVED = "beats_ngram_served"  # version tag: 'true'/'false' when served speed was measured, else ''
 # evaluate's measured serving figures, logged as metrics (the curve adds expected_speedup_k<k>)
 SERVING_METRICS = (
     "recommended_num_draft_tokens",
@@ -31,6 +36,8 @@ SERVING_METRICS = (
     "ngram_expected_speedup",
     "draft_step_cost_ratio",
 )
+# the vLLM cross-check's served speeds at batch 1, logged as served_<key>
+SERVED_METRICS = ("speedup", "ngram_speedup", "draft_tokens_per_s", "ngram_tokens_per_s", "base_tokens_per_s")
 # How a τ was measured (the evaluate step's result): two versions are compared only when all of these agree.
 PROTOCOL = (
     "base_model",
@@ -64,7 +71,9 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter's value
 def run_params(config: RegisterConfig, results: dict[str, dict]) -> dict[str, str]:
     """Every setting the run used, from each step's resolved config (``<step>.<field>``), this step's own
     included, plus ``config.params``; names that say they hold a secret are left out."""
-    own = {k: v for k, v in to_dict(config).items() if k not in ("params", "step_results")}
+    own = {
+        k: v for k, v in to_dict(config).items() if k not in ("params", "step_results", "served")
+    }  # served: a result
     params = {**config.params, **{f"register.{k}": v for k, v in own.items()}}
     for step, result in results.items():
         params.update({f"{step}.{k}": v for k, v in result.get("config", {}).items()})
@@ -140,6 +149,10 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str, logged:
             metrics[f"ngram_acceptance_length.{name}"] = measured["ngram_acceptance_length"]
     if results.get("export", {}).get("num_speculative_tokens"):
         metrics["served_num_draft_tokens"] = results["export"]["num_speculative_tokens"]
+    served = results.get("served", {})
+    for key in SERVED_METRICS:  # the draft, the base alone and n-gram as vLLM served them (batch 1)
+        if served.get(key) is not None:
+            metrics[f"served_{key}"] = served[key]
     if train:
         metrics.update(
             {
@@ -282,6 +295,9 @@ def promote(client: MlflowClient, name: str, version: str, candidate: dict, conf
         return CHALLENGER, (
             f"τ {tau:.3f} does not beat the free n-gram baseline (τ {ngram:.3f} on the same prompts; must_beat_ngram)"
         )
+    slower = served_refusal(config.served) if config.must_beat_ngram else ""
+    if slower:
+        return CHALLENGER, slower
     champion = alias_version(client, name, CHAMPION)
     if champion is None:
         set_alias(client, name, CHAMPION, version)
@@ -305,6 +321,18 @@ def promote(client: MlflowClient, name: str, version: str, candidate: dict, conf
     )
 
 
+def served_refusal(served: dict) -> str:
+    """Why a draft that vLLM served slower than the n-gram lookup is not worth serving ('' when it was faster, or
+    served speed was not measured)."""
+    if served.get("beats_ngram") is not False:
+        return ""
+    return (
+        f"served at {served['draft_tokens_per_s']:.1f} tokens/s (k = {served['draft_k']}), not faster than the free "
+        f"n-gram lookup's {served['ngram_tokens_per_s']:.1f} tokens/s (k = {served['ngram_k']}) on the same prompts "
+        "and machine (must_beat_ngram)"
+    )
+
+
 def settle(
     client: MlflowClient, name: str, version: str, candidate: dict, config: RegisterConfig, reason: str
 ) -> tuple[str, str]:
@@ -316,7 +344,9 @@ def settle(
     eligible = [
         v
         for v in client.search_model_versions(f"name='{name}'")
-        if not comparable(v, protocol(candidate, config.base_model)) and tau_of(v) > config.min_acceptance_length
+        if not comparable(v, protocol(candidate, config.base_model))
+        and tau_of(v) > config.min_acceptance_length
+        and v.tags.get(BEATS_NGRAM_SERVED) != "false"  # refused by the gate on served speed
     ]
     best = max(eligible, key=lambda v: (tau_of(v), -int(v.version)))
     if str(best.version) != str(version) and tau_of(best) > candidate.get("acceptance_length", 0.0):
@@ -398,8 +428,32 @@ def run(config: RegisterConfig) -> dict:
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     name = config.registered_model_name or registered_model_name("", config.base_model, mode)
-    with registry_access(uri, f"register a version of '{name}'"):
+    with registry_access(uri, f"register a version of '{name}'"), tempfile.TemporaryDirectory() as scratch:
+        if config.served:
+            config = with_served_k(config, results, Path(scratch))
         return _register(config, results, evaluation, mode, uri, name, started)
+
+
+def with_served_k(config: RegisterConfig, results: dict, scratch: Path) -> RegisterConfig:
+    """The draft to register, served with the k the vLLM cross-check measured fastest: a copy of the export's
+    folder (a step's input stays as it came) whose serving config says so; the export's own choice (the torch cost
+    model's) stays in the export result, as ``cost_model_vllm_speculative_config``."""
+    export = results.setdefault("export", {})
+    draft = scratch / "draft"
+    shutil.copytree(config.draft_dir, draft)
+    current = json.loads((draft / SERVING_CONFIG).read_text())
+    chosen = served_speculative_config(current, config.served)
+    (draft / SERVING_CONFIG).write_text(json.dumps(chosen, indent=2))
+    export["cost_model_vllm_speculative_config"] = current
+    export["vllm_speculative_config"] = chosen
+    export["num_speculative_tokens"] = chosen["num_speculative_tokens"]
+    results["served"] = config.served
+    print(
+        f"[register] served with k = {chosen['num_speculative_tokens']}, as measured in vLLM "
+        f"(the cost model said {current['num_speculative_tokens']})",
+        flush=True,
+    )
+    return dataclasses.replace(config, draft_dir=str(draft))
 
 
 def _register(
@@ -437,10 +491,13 @@ def _register(
         "git_commit": git_commit(),
         "dataset_fingerprint": str(results.get("train", {}).get("data_fingerprint", "")),
         "acceptance_length": str(evaluation.get("acceptance_length", "")),
-        # how to serve it: the k export wrote into the draft's serving config, and what evaluate expects of it
+        # how to serve it: the k of the registered draft's serving config (measured in vLLM, else export's), and what
+        # evaluate expects of it
         "num_speculative_tokens": str(results.get("export", {}).get("num_speculative_tokens", "")),
         "served_acceptance_length": served_tau(evaluation, results.get("export", {}).get("num_speculative_tokens")),
         "expected_speedup": str(evaluation.get("expected_speedup", "")),
+        "k_chosen_by": "served" if results.get("served") else "cost_model",
+        BEATS_NGRAM_SERVED: str(results.get("served", {}).get("beats_ngram", "")).lower(),
         **recipe_tags(results.get("train", {})),
         **lineage_tags(results.get("train", {})),
         **protocol(evaluation, config.base_model),
@@ -468,6 +525,7 @@ def _register(
         "mode": mode,
         "warm_started_from": tags.get("warm_started_from", ""),
         "parent": results.get("train", {}).get("warm_start"),  # its lineage, as the summary shows it
+        "k_chosen_by": tags["k_chosen_by"],
         "step_seconds": {step: r.get("seconds") for step, r in results.items()},
         "seconds": time.monotonic() - started,
     }

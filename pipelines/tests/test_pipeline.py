@@ -37,15 +37,28 @@ def test_dag_reads_like_the_workflow(tmp_path):
         "train-heads",
         "evaluate",
         "export",
-        "condition-3",
-        "condition-4",
+        "condition-branches-3",
+        "condition-6",
         "register",
     }
-    crosscheck = spec["components"]["comp-condition-3"]["dag"]["tasks"]["vllm-crosscheck"]
+    crosscheck = spec["components"]["comp-condition-4"]["dag"]["tasks"]["vllm-crosscheck"]
     assert (
         crosscheck["inputs"]["parameters"]["expected_acceptance_length"]["componentInputParameter"]
         == "pipelinechannel--evaluate-Output"
     )  # our τ, handed to vLLM's check
+    # register serves the draft with the k the cross-check timed fastest, or the export's when it did not run:
+    # a OneOf of the two branches (its ValueFromOneof, which KFP's driver resolves from the branch that ran)
+    branches = spec["components"]["comp-condition-branches-3"]["dag"]
+    assert set(branches["tasks"]) == {"condition-4", "condition-5"}
+    assert set(spec["components"]["comp-condition-5"]["dag"]["tasks"]) == {"no-served-speed"}
+    (oneof,) = branches["outputs"]["parameters"].values()
+    assert [s["producerSubtask"] for s in oneof["valueFromOneof"]["parameterSelectors"]] == [
+        "condition-4",
+        "condition-5",
+    ]
+    assert loop["register"]["inputs"]["parameters"]["served"]["taskOutputParameter"]["producerTask"] == (
+        "condition-branches-3"
+    )
     assert loop["evaluate"]["dependentTasks"] == ["train-heads"]
     assert loop["register"]["inputs"]["artifacts"]["draft"]["taskOutputArtifact"]["producerTask"] == "export"
     # the draft a mode continues is fetched when the run runs, and register logs the trained one for the next
@@ -150,16 +163,16 @@ def test_checkpoint_root_reaches_the_resumable_steps(tmp_path):
 def test_trtllm_engine_is_built_for_medusa_only_and_only_when_asked(tmp_path):
     _, (spec, _) = compiled(tmp_path)
     assert spec["root"]["inputDefinitions"]["parameters"]["export_trtllm_engine"]["defaultValue"] is False
-    outer = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["condition-4"]
+    outer = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["condition-6"]
     assert (
         outer["triggerPolicy"]["condition"]
         == "inputs.parameter_values['pipelinechannel--export_trtllm_engine'] == true"
     )
-    inner = spec["components"]["comp-condition-4"]["dag"]["tasks"]["condition-5"]
+    inner = spec["components"]["comp-condition-6"]["dag"]["tasks"]["condition-7"]
     assert (
         inner["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--modes-loop-item'] == 'medusa'"
     )
-    build = spec["components"]["comp-condition-5"]["dag"]["tasks"]["build-trtllm-engine"]
+    build = spec["components"]["comp-condition-7"]["dag"]["tasks"]["build-trtllm-engine"]
     assert build["inputs"]["artifacts"]["draft"]["componentInputArtifact"] == "pipelinechannel--export-draft"
     executor = spec["deploymentSpec"]["executors"]["exec-build-trtllm-engine"]["container"]
     assert executor["image"].startswith("ghcr.io/spectrain/spectrain-trtllm:")

@@ -13,7 +13,7 @@ from tests.support.memorised import EVAL_TOKENS
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["medusa", "eagle3", "dflash"])
+@pytest.mark.parametrize("mode", ["medusa", "dflash"])  # EAGLE-3's: below, with its served speed
 def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode, memorised):
     """A draft trained on the base's own greedy replies to the eval prompts must be accepted, in torch and in vLLM.
 
@@ -31,6 +31,7 @@ def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode, me
             max_new_tokens=EVAL_TOKENS,
             output=str(tmp_path / "vllm.json"),
             expected_acceptance_length=ours["acceptance_length_per_draft"],
+            served_speed=False,
         )
     )
     measured = {
@@ -43,3 +44,47 @@ def test_vllm_loads_the_trained_draft_and_agrees_with_our_tau(tmp_path, mode, me
     assert measured["ours"] > measured["untrained (ours)"] + 0.2, measured
     assert measured["vllm"] > measured["untrained (ours)"] + 0.2, measured  # vLLM runs the trained weights
     assert theirs["agrees"], measured
+
+
+@pytest.mark.slow
+def test_served_speed_is_measured_in_vllm_and_chooses_k(tmp_path, memorised):
+    """vLLM serves the base alone, with the memorised EAGLE-3 draft and with n-gram, each its own server on the same
+    prompts: a draft accepted almost always must make the server faster than the base alone (the speed-up is
+    real, measured as a client sees it), and what is chosen follows from the rows (k where it paid).
+
+    The draft at k = 3 is timed on the τ check's own server (same dtype, eager): three servers in all. The τ check
+    of the test above holds for this draft too.
+    """
+    draft = memorised("eagle3")
+    ours = draft.evaluation
+    result = run(
+        VllmCrosscheckConfig(
+            draft_dir=str(draft.draft),
+            mode="eagle3",
+            dataset=str(draft.replies),
+            max_new_tokens=EVAL_TOKENS,
+            output=str(tmp_path / "vllm.json"),
+            speed_ks=[3],
+            speed_concurrency=[1, 2],
+            speed_max_new_tokens=EVAL_TOKENS,
+            expected_acceptance_length=ours["acceptance_length_per_draft"],
+            speed_dtype="float32",  # the τ check's dtype: its server is reused for the draft's timing
+        )
+    )
+    assert result["acceptance_length"] > ours["untrained_acceptance_length"] + 0.2, result  # the trained weights
+    assert result["agrees"], (result["acceptance_length"], ours["acceptance_length_per_draft"])
+    served = result["served"]
+    rows = {(r["setting"], r["concurrency"]): r for r in served["rows"]}
+    print(f"[served] { {key: round(r['output_tokens_per_s'], 1) for key, r in rows.items()} }")
+    assert set(rows) == {(s, c) for s in ("base", "eagle3 k=3", "ngram k=3") for c in (1, 2)}
+    assert all(r["output_tokens"] > 0 and r["requests"] == 3 for r in rows.values())
+    # greedy: every server wrote the same replies, so their throughputs compare like for like
+    assert len({r["output_tokens"] for r in rows.values() if r["concurrency"] == 1}) == 1, rows
+    assert served["speedup"] > 1.2, served  # τ ≈ 3.5 tokens per base step on text the draft knows by heart
+    assert served["k_chosen_by"] == "served" and served["draft_k"] == 3
+    assert served["num_speculative_tokens"] == 3
+    schedule = served["num_speculative_tokens_per_batch_size"]
+    assert schedule[0][0] == 1 and schedule[-1][1] == 2, schedule  # vLLM's ranges: batch 1 to the largest timed
+    assert {k for _, _, k in schedule} <= {0, 3} and 3 in {k for _, _, k in schedule}
+    assert served["beats_ngram"] == (served["draft_tokens_per_s"] > served["ngram_tokens_per_s"])
+    assert (tmp_path / "vllm.base.vllm.log").is_file() and (tmp_path / "vllm.ngram-k=3.vllm.log").is_file()

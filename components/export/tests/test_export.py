@@ -241,6 +241,22 @@ def test_the_served_k_and_its_batch_size_schedule_come_from_the_evaluation(tiny_
     assert "max_draft_len: 2" in (draft / "trtllm" / "config.yaml").read_text()  # TensorRT-LLM serves the same k
 
 
+def test_the_exported_k_is_the_largest_the_schedule_uses_not_the_best_at_batch_1():
+    """The schedule of the issue's `make run` champion: no speculation at batches 1-3 (k = 0), one draft token at
+    4-15. vLLM caps every range's k at num_speculative_tokens and serves that k where it turns the schedule off
+    (data parallel), so the exported config must say 1, not the batch-1 best of 3 the schedule never uses."""
+    from spectrain.components.export.export import serving_config
+
+    schedule = [[1, 3, 0], [4, 15, 1], [16, 16, 0]]
+    speculative, why = serving_config(ExportConfig(mode="eagle3"), None, measured("eagle3", 3, schedule))
+    assert speculative == {
+        "method": "eagle3",
+        "num_speculative_tokens": 1,
+        "num_speculative_tokens_per_batch_size": schedule,
+    }
+    assert "1-3: 0, 4-15: 1, 16-16: 0" in why
+
+
 @pytest.mark.slow
 def test_medusa_serves_one_token_per_head_and_says_how_many_heads_the_measurements_want(tiny_checkpoints, tmp_path):
     checkpoint, _ = tiny_checkpoints["medusa"]  # 2 heads

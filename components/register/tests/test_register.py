@@ -1,6 +1,7 @@
 """Register step against a real MLflow sqlite store: runs, versions, champion promotion, no secrets logged."""
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -147,7 +148,7 @@ def test_every_field_of_every_step_config_reaches_mlflow_and_no_secret_does(stor
         fields = {
             f"{step}.{name}"
             for name in to_dict(cls(**({"data": "x"} if cls is TrainHeadsConfig else {})))
-            if not any(word in name for word in ("key", "token")) and name not in ("params", "step_results")
+            if not any(word in name for word in ("key", "token")) and name not in ("params", "step_results", "served")
         }
         assert fields <= set(params), f"{step}: {sorted(fields - set(params))} not logged"
     assert params["train.lr"] == "0.002" and params["train.draft_vocab_size"] == "4096"
@@ -363,7 +364,73 @@ def test_the_served_k_and_its_expected_speedup_reach_the_registry_the_metrics_an
     assert (metrics["expected_speedup_k1"], metrics["expected_speedup_k2"]) == (1.21, 1.12)
     assert metrics["served_num_draft_tokens"] == 2 and metrics["ngram_expected_speedup"] == 1.09
     row = summary_table([outcome]).splitlines()[-1]
-    assert "| k = 2: 1.12× (n-gram k = 2: 1.09×) |" in row  # the served k's own speed-up, not the best k's
+    assert "| k = 2: 1.12× expected (n-gram k = 2: 1.09×) |" in row  # the served k's own speed-up, not the best k's
+
+
+def served_speed(beats_ngram: bool) -> dict:
+    """The vLLM cross-check's `served` result (components/evaluate/served.py): k = 3 paid at batch 1, k = 1 at 4."""
+    return {
+        "num_speculative_tokens": 3,
+        "num_speculative_tokens_per_batch_size": [[1, 3, 3], [4, 4, 1]],
+        "speculation_pays": True,
+        "concurrency": 1,
+        "base_tokens_per_s": 57.2,
+        "draft_k": 3,
+        "draft_tokens_per_s": 61.8 if not beats_ngram else 80.0,
+        "speedup": (61.8 if not beats_ngram else 80.0) / 57.2,
+        "ngram_k": 3,
+        "ngram_tokens_per_s": 72.8,
+        "ngram_speedup": 72.8 / 57.2,
+        "beats_ngram": beats_ngram,
+        "k_chosen_by": "served",
+        "rows": [],
+    }
+
+
+def with_serving_config(files: dict) -> dict:
+    """An EAGLE-3 draft's serving config as export writes it: the cost model's k and schedule."""
+    config = {"method": "eagle3", "num_speculative_tokens": 1, "num_speculative_tokens_per_batch_size": [[1, 16, 1]]}
+    (Path(files["draft_dir"]) / "vllm_speculative_config.json").write_text(json.dumps(config))
+    return files
+
+
+def test_the_k_measured_in_vllm_is_what_the_registered_draft_serves_with(store, tmp_path):
+    """With the cross-check's served speed, the registered draft's serving config carries the k and schedule vLLM
+    found fastest, not the cost model's; the export's own folder is left as it came (a step's input)."""
+    from spectrain.summary import summary_table
+
+    files = with_serving_config(results(store, 1.30, "run-1"))
+    outcome = run(RegisterConfig(pipeline_run_id="run-1", served=served_speed(beats_ngram=True), **files))
+    assert outcome["alias"] == "champion" and outcome["k_chosen_by"] == "served"
+    client = MlflowClient(tracking_uri=outcome["tracking_uri"], registry_uri=outcome["tracking_uri"])
+    version = client.get_model_version(outcome["registered_model"], outcome["version"])
+    assert (version.tags["k_chosen_by"], version.tags["num_speculative_tokens"]) == ("served", "3")
+    assert version.tags["beats_ngram_served"] == "true"
+    registered = client.download_artifacts(outcome["run_id"], "draft/vllm_speculative_config.json", str(tmp_path))
+    assert json.loads(Path(registered).read_text()) == {
+        "method": "eagle3",
+        "num_speculative_tokens": 3,
+        "num_speculative_tokens_per_batch_size": [[1, 3, 3], [4, 4, 1]],
+    }
+    exported = json.loads((Path(files["draft_dir"]) / "vllm_speculative_config.json").read_text())
+    assert exported["num_speculative_tokens"] == 1  # untouched
+    metrics = client.get_run(outcome["run_id"]).data.metrics
+    assert metrics["served_num_draft_tokens"] == 3 and metrics["served_speedup"] == pytest.approx(80.0 / 57.2)
+    row = summary_table([outcome]).splitlines()[-1]
+    # the curve evaluate measured ends at k = 2: the cost model's figure beside it is its best (k = 1's 1.21)
+    assert "| k = 3: 1.40× served (n-gram 1.27×; cost model 1.21×) |" in row
+
+
+def test_a_draft_served_slower_than_ngram_is_never_champion_whatever_its_tau(store):
+    """The issue's measurement: the trained draft's τ beat n-gram's (1.43 vs 1.36) but vLLM served it at 61.8
+    tokens/s against n-gram's 72.8: users pay for time, so it stays challenger — also when a concurrent run's
+    settle hands `champion` to the best τ."""
+    files = with_serving_config(results(store, 1.30, "run-1"))  # τ 1.30 beats n-gram's 1.2
+    outcome = run(RegisterConfig(pipeline_run_id="run-1", served=served_speed(beats_ngram=False), **files))
+    assert outcome["alias"] == "challenger"
+    assert "served at 61.8 tokens/s (k = 3), not faster than the free n-gram lookup's 72.8" in outcome["promotion"]
+    later = register(store, 1.25, "run-2")  # no served speed measured: the τ gate alone
+    assert later["alias"] == "champion" and aliases(later)["champion"] == later["version"]
 
 
 def test_a_draft_changed_in_the_artifact_store_is_refused_on_download_naming_the_file(store, tmp_path):
