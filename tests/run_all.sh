@@ -79,12 +79,12 @@ stop() {  # stop SIGNAL STATUS: hand the signal on to every process of the lanes
 trap 'stop INT 130' INT
 trap 'stop TERM 143' TERM
 set -m
-lane train-serve "$first" train serve matrix >"$logs/train-serve.log" 2>&1 &
+lane train-serve "$first" train serve >"$logs/train-serve.log" 2>&1 &
 lanes[$!]=train-serve
-lane orchestrate "$second" orchestrate >"$logs/orchestrate.log" 2>&1 &
-lanes[$!]=orchestrate
+lane orchestrate-matrix "$second" orchestrate matrix >"$logs/orchestrate-matrix.log" 2>&1 &
+lanes[$!]=orchestrate-matrix
 set +m
-echo "=== two lanes at once: train, serve and the model matrix on CPUs $first, orchestrate on CPUs $second;" \
+echo "=== two lanes at once: train and serve on CPUs $first, orchestrate and the model matrix on CPUs $second;" \
   "each lane's log follows when it ends"
 status=0
 while [ ${#lanes[@]} -gt 0 ]; do
