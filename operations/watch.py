@@ -111,6 +111,12 @@ class WatchConfig:
         "the retraining continues the champion's draft (its registered version) on the new data with its own "
         "budget, instead of training a new draft; the gate is the same (it must beat the champion and n-gram)",
     )
+    heldout: int = field(
+        20,
+        "with a new dataset: the retraining holds out this many of its conversations (never trained on) and "
+        "reports τ on them beside τ on the champion's eval set, per source (0: none)",
+        check=checks.at_least(0, 20),
+    )
     kfp_host: str = field("", "retrain submit: KFP API URL (empty: in-cluster)", check=checks.url())
     kfp_namespace: str = field("", "retrain submit: KFP namespace (multi-user installations)")
     package: str = field("", "retrain submit: compiled pipeline YAML (default: pipelines/speculative_decoding.yaml)")
@@ -367,8 +373,8 @@ def retraining_in_flight(state: State, config: WatchConfig) -> bool:
 
 def start_retraining(champion_version: Any, client: Any, config: WatchConfig, now: float) -> dict:
     """Start one retraining run like the champion's: a KFP run with its pipeline run's parameters, or a local
-    `spectrain run` for its base model and mode. ``dataset`` replaces the dataset either way; with ``warm_start``
-    the run continues the champion's version."""
+    `spectrain run` for its base model and mode. ``dataset`` replaces the dataset either way (and ``heldout`` of its
+    conversations are kept out for evaluation); with ``warm_start`` the run continues the champion's version."""
     stamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     source = client.get_run(champion_version.run_id)
     mode = champion_version.tags.get("mode") or source.data.tags.get("mode", "")
@@ -377,6 +383,8 @@ def start_retraining(champion_version: Any, client: Any, config: WatchConfig, no
         base = source.data.params.get("register.base_model", "embedded")
         command = [sys.executable, "-m", "spectrain.cli", "run", "--modes", mode, "--base-model", base]
         command += ["--dataset", config.dataset] if config.dataset else []
+        if config.dataset and config.heldout:
+            command += ["--regenerate-options", json.dumps({"heldout": config.heldout})]
         command += ["--warm-start", parent] if parent else []
         log = paths.home() / "watch" / f"retrain-{stamp}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -398,6 +406,11 @@ def start_retraining(champion_version: Any, client: Any, config: WatchConfig, no
         parameters = dict(kfp.get_run(pipeline_run).runtime_config.parameters or {})
         if config.dataset:
             parameters["dataset"] = config.dataset
+            if config.heldout:  # the new data's own held-out prompts, beside the champion's eval set
+                parameters["regenerate_options"] = {
+                    **(parameters.get("regenerate_options") or {}),
+                    "heldout": config.heldout,
+                }
         if parent:
             parameters["warm_start"] = parent
         run, _ = kfp_client.submit_run(

@@ -128,7 +128,7 @@ SET_BY_PIPELINE = {
         "port",
         "api_key",  # the spectrain-vllm Secret's VLLM_API_KEY
     },
-    "regenerate_options": {"endpoint", "output", "checkpoint_uri"},
+    "regenerate_options": {"endpoint", "output", "checkpoint_uri", "heldout_output"},
     "train_options": {
         "base_model",
         "data",
@@ -138,7 +138,7 @@ SET_BY_PIPELINE = {
         "resume_from_checkpoint",
         "warm_start",  # the warm_start parameter, fetched by its own step
     },
-    "eval_options": {"base_model", "checkpoint", "mode", "output_dir"},
+    "eval_options": {"base_model", "checkpoint", "mode", "output_dir", "extra_dataset"},
     "eval_vllm_crosscheck_options": {
         "base_model",
         "draft_dir",

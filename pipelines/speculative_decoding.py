@@ -277,6 +277,7 @@ def build_pipeline(settings: CompileSettings = CompileSettings()):
                     draft_checkpoint=trained.outputs["draft_checkpoint"],
                     mode=mode,
                     eval_dataset=eval_dataset,
+                    extra_eval_dataset=regenerated.outputs["heldout_conversations"],  # new data's held out
                     num_prompts=eval_num_prompts,
                     num_draft_tokens=num_draft_tokens,
                     max_new_tokens=eval_max_new_tokens,

@@ -9,6 +9,7 @@ greedy sequence is accepted, and the step emits accepted + 1 tokens. τ is token
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -46,6 +47,32 @@ def plot_acceptance(results: dict[str, dict], path: Path) -> None:
         axis.legend()
 
 
+def extra_sources(config: EvaluateConfig, tokenizer, base, model_path, proposer, device, k: int) -> dict:
+    """τ and n-gram τ at k on each source of ``extra_dataset``, reported beside τ and not counted in it
+    ({} without one, or when it holds no prompt: regenerate writes an empty file when it holds none out)."""
+    path = Path(config.extra_dataset) if config.extra_dataset else None
+    if path is None or (path.is_file() and not path.read_text().strip()):
+        return {}
+    prompts = load_prompts(dataclasses.replace(config, dataset=config.extra_dataset, num_prompts=0), tokenizer)
+    sequences = greedy_sequences(base, prompts, config, model_path)
+    proposer.k = k
+    _, drafted = evaluate_proposer(
+        lambda s: proposer.for_sequence(torch.tensor([s], device=device)), prompts, sequences, [k], "beside τ", k
+    )
+    _, looked_up = evaluate_proposer(
+        lambda s: ngram_proposer(s, k, config.ngram_max), prompts, sequences, [k], "n-gram beside τ", k
+    )
+    return {
+        name: {
+            "acceptance_length": tally.summary()["acceptance_length"],
+            "ngram_acceptance_length": looked_up["source"][name].summary()["acceptance_length"],
+            "prompts": sum(1 for prompt in prompts if prompt["source"] == name),
+            "in_tau": False,
+        }
+        for name, tally in sorted(drafted["source"].items())
+    }
+
+
 def run(config: EvaluateConfig) -> dict:
     started = time.monotonic()
     check_draft_checkpoint(config.checkpoint, config.mode, "evaluate", config.num_draft_tokens)
@@ -78,6 +105,7 @@ def run(config: EvaluateConfig) -> dict:
         lambda s: ngram_proposer(s, max_k, config.ngram_max), prompts, sequences, ks, "n-gram", k
     )
     candidate, ngram = curve[k], ngram_curve[k]
+    beside = extra_sources(config, tokenizer, base, model_path, proposer, device, k)  # before any head is reset
     results = {
         config.mode: candidate.summary(),
         "ngram": ngram.summary(),
@@ -114,7 +142,8 @@ def run(config: EvaluateConfig) -> dict:
                 "prompts": sum(1 for prompt in prompts if prompt["source"] == name),
             }
             for name, tally in sorted(groups["source"].items())
-        },
+        }
+        | beside,
         "num_prompts": len(prompts),
         "num_draft_tokens": k,
         "max_new_tokens": config.max_new_tokens,

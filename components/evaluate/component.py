@@ -1,7 +1,7 @@
 """KFP component of the evaluate step."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from spectrain import images
 
@@ -12,6 +12,7 @@ def evaluate(
     draft_checkpoint: Input[Model],
     mode: str,
     eval_dataset: str,
+    extra_eval_dataset: Input[Dataset],
     num_prompts: int,
     num_draft_tokens: int,
     max_new_tokens: int,
@@ -21,8 +22,10 @@ def evaluate(
     result: Output[Artifact],
 ) -> float:
     """Exact acceptance length τ of the draft on held-out prompts; returns τ by vLLM's definition (1 + accepted /
-    drafts), the figure the vLLM cross-check compares with its counters. ``options`` holds any other EvaluateConfig
-    field (the k curve's max_k, the batch sizes and repeats of the step timings, the untrained baseline, ...)."""
+    drafts), the figure the vLLM cross-check compares with its counters. ``extra_eval_dataset``: regenerate's
+    held-out conversations of the run's data (empty unless it held some out), reported per source beside τ.
+    ``options`` holds any other EvaluateConfig field (the k curve's max_k, the batch sizes and repeats of the step
+    timings, the untrained baseline, ...)."""
     import json
 
     from spectrain.steps import run_step
@@ -37,6 +40,7 @@ def evaluate(
             "checkpoint": draft_checkpoint.path,
             "mode": mode,
             "dataset": eval_dataset,
+            "extra_dataset": extra_eval_dataset.path,
             "num_prompts": num_prompts,
             "num_draft_tokens": num_draft_tokens,
             "max_new_tokens": max_new_tokens,

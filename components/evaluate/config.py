@@ -27,6 +27,12 @@ class EvaluateConfig:
         "embedded", "held-out prompts (jsonl); 'embedded' is the shipped held-out split", check=checks.data_source()
     )
     num_prompts: int = field(0, "evaluate on the first N prompts (0: all)", check=checks.at_least(0, 20))
+    extra_dataset: str = field(
+        "",
+        "more held-out prompts (jsonl; e.g. regenerate's heldout of new data) reported per source beside τ, not "
+        "counted in it: τ, which the gate compares with the champion's, stays measured on `dataset` alone",
+        check=checks.existing_path(optional=True),
+    )
     num_draft_tokens: int = field(3, "k: draft chain length proposed per base step", check=checks.at_least(1, 3))
     max_new_tokens: int = field(64, "greedy tokens generated per prompt", check=checks.at_least(1, 64))
     generation_batch_size: int = field(

@@ -17,11 +17,13 @@ def regenerate(
     checkpoint_root: str,
     run_id: str,
     regenerated_conversations: Output[Dataset],
+    heldout_conversations: Output[Dataset],
     result: Output[Artifact],
 ):
     """Rewrite every assistant turn of ``dataset`` with the served base model.
 
-    ``options`` holds any other RegenerateConfig field (sampling, system prompt, sample, dedupe, ...).
+    ``options`` holds any other RegenerateConfig field (sampling, system prompt, sample, dedupe, heldout, ...);
+    held-out conversations (``heldout``) go to ``heldout_conversations``, which evaluate reports on beside τ.
     With ``checkpoint_root`` finished conversations are copied under <root>/<run_id>/regenerate/ as
     they finish, and a retry of this step (a new pod) resumes from there.
     """
@@ -44,6 +46,7 @@ def regenerate(
             "concurrency": concurrency,
             "limit": limit,
             "output": regenerated_conversations.path,
+            "heldout_output": heldout_conversations.path,  # empty unless options hold some out (heldout)
         },
     )
     with open(result.path, "w") as handle:

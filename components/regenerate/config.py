@@ -51,6 +51,16 @@ class RegenerateConfig:
         check=checks.at_least(0, 1000),
     )
     seed: int = field(0, "seed of the random sample and of the synthesized prompts")
+    heldout: int = field(
+        0,
+        "hold out the last N conversations of the dataset (after dedupe and sample, before limit): never "
+        "regenerated nor trained on, written to heldout_output for evaluate's per-source report, so a draft "
+        "continued on new data is also measured on prompts of that data (0: none)",
+        check=checks.at_least(0, 20),
+    )
+    heldout_output: str = field(
+        "", "where the held-out conversations go (jsonl); empty: beside output, as <output name>.heldout.jsonl"
+    )
     synthesize: int = field(
         0,
         "also have the served base write N new user prompts and answer them like the "

@@ -226,8 +226,11 @@ async def _regenerate_all(
     return counts
 
 
-def select(conversations: list[Conversation], config: RegenerateConfig) -> list[Conversation]:
-    """Dedupe identical prompts, then draw the random sample, then take the first N."""
+def select(
+    conversations: list[Conversation], config: RegenerateConfig
+) -> tuple[list[Conversation], list[Conversation]]:
+    """Dedupe identical prompts, then draw the random sample, then hold out the last ``heldout``, then take the
+    first N of the rest: (to regenerate, held out)."""
     if config.dedupe:
         seen, unique = set(), []
         for conversation in conversations:
@@ -243,7 +246,30 @@ def select(conversations: list[Conversation], config: RegenerateConfig) -> list[
         conversations = unique
     if config.sample and config.sample < len(conversations):
         conversations = random.Random(config.seed).sample(conversations, config.sample)
-    return conversations[: config.limit] if config.limit else conversations
+    held: list[Conversation] = []
+    if config.heldout:
+        if config.heldout >= len(conversations):
+            raise SpectrainError(
+                f"regenerate.heldout = {config.heldout} holds out every conversation: the dataset has "
+                f"{len(conversations)} usable ones",
+                where=config.dataset,
+                fix="hold out fewer (a tenth of the data, say), or pass a larger dataset",
+            )
+        conversations, held = conversations[: -config.heldout], conversations[-config.heldout :]
+    return (conversations[: config.limit] if config.limit else conversations), held
+
+
+def write_heldout(held: list[Conversation], config: RegenerateConfig) -> Path | None:
+    """The held-out conversations as read (their prompts: evaluate has the base answer them), or nothing to do."""
+    output = Path(config.output)
+    path = Path(config.heldout_output) if config.heldout_output else output.with_name(output.stem + ".heldout.jsonl")
+    if not held and not config.heldout_output:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(c.to_record(), ensure_ascii=False) + "\n" for c in held), encoding="utf-8")
+    if held:
+        print(f"[regenerate] held out {len(held)} conversations for evaluation: {path}", flush=True)
+    return path
 
 
 def run(config: RegenerateConfig) -> dict:
@@ -258,9 +284,10 @@ def run(config: RegenerateConfig) -> dict:
             f"{len(skipped)} input record(s) skipped, first {skipped[0].where}: {skipped[0].reason} "
             "(every one is in this step's log)"
         )
-    conversations = select(conversations, config)
+    conversations, held = select(conversations, config)
     if not conversations:
         raise SpectrainError("no usable conversations", where=config.dataset, fix="check the file's format")
+    heldout = write_heldout(held, config)
     conversations += synthesized(config)
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -290,6 +317,8 @@ def run(config: RegenerateConfig) -> dict:
         "resumed": len(conversations) - len(todo),
         "skipped_input_lines": len(skipped),
         "total": len(conversations),
+        "heldout": len(held),
+        "heldout_output": str(heldout) if heldout else None,
         "output": str(output),
         "inputs": inputs,
         "seconds": seconds,

@@ -214,6 +214,7 @@ def test_readings_across_a_restart_and_a_drop_start_exactly_one_retraining_with_
     parameters = runs[0]["runtime_config"]["parameters"]
     assert parameters["dataset"] == "s3://traffic/latest/" and parameters["train_lr"] == 0.002
     assert parameters["warm_start"] == f"models:/{MODEL}/1"  # it continues the version it watched
+    assert parameters["regenerate_options"]["heldout"] == 20  # and is measured on held-out prompts of that data
 
     kfp.objects["runs"][started["id"]]["state"] = "SUCCEEDED"  # done, and τ still low: still this drop's
     assert at(720, 1.1)["status"] == "handled"
@@ -327,6 +328,8 @@ def test_a_local_retraining_is_a_real_spectrain_run_in_flight_until_it_ends(regi
         "embedded",
         "--dataset",
         "embedded",
+        "--regenerate-options",  # the new data's own held-out prompts, reported beside the eval set's τ
+        '{"heldout": 20}',
         "--warm-start",  # it continues the version it watched
         f"models:/{MODEL}/1",
         "",

@@ -261,3 +261,58 @@ def test_a_timed_draft_step_for_a_batch_computes_what_the_replay_proposes(base, 
         torch.cat([torch.as_tensor(t).reshape(3, -1) for t in drafted], dim=1) if isinstance(drafted, list) else drafted
     )
     assert rows.reshape(3, k).tolist() == [expected] * 3
+
+
+@pytest.mark.slow
+def test_held_out_prompts_of_new_data_are_reported_beside_tau_and_leave_it_as_the_gate_compares_it(tmp_path, memorised):
+    """A draft continued on new data is measured on that data's held-out prompts too (regenerate's heldout), per
+    source: the memorised draft is accepted on the replies it learnt, hardly on prompts it never saw; τ, which
+    the gate compares with the champion's, is the eval set's alone, as without the extra prompts."""
+    import json
+
+    from spectrain.components.evaluate.acceptance import run
+    from spectrain.components.evaluate.config import EvaluateConfig
+    from tests.support.memorised import EVALUATION_FOR
+
+    draft = memorised("eagle3")
+    new = tmp_path / "new-traffic.heldout.jsonl"
+    new.write_text(
+        "".join(
+            json.dumps({"conversation_id": f"n{i}", "conversations": [{"from": "User", "value": q}]}) + "\n"
+            for i, q in enumerate(["Write a limerick about a cat.", "How do tides work?"])
+        )
+    )
+    settings = {k: v for k, v in EVALUATION_FOR["eagle3"].items() if k != "cost_repeats"}
+    result = run(
+        EvaluateConfig(
+            checkpoint=str(draft.checkpoint),
+            mode="eagle3",
+            dataset=str(draft.replies),
+            extra_dataset=str(new),
+            output_dir=str(tmp_path / "eval"),
+            untrained_baseline=False,
+            cost_repeats=1,
+            **settings,
+        )
+    )
+    learnt, beside = result["by_source"][draft.replies.name], result["by_source"][new.name]
+    assert result["acceptance_length"] == pytest.approx(draft.evaluation["acceptance_length"])  # as without them
+    assert result["num_prompts"] == 3 and beside["prompts"] == 2 and beside["in_tau"] is False
+    assert learnt["acceptance_length"] == pytest.approx(result["acceptance_length"])
+    assert beside["acceptance_length"] < learnt["acceptance_length"] - 1.0, result["by_source"]
+    assert beside["ngram_acceptance_length"] >= 1.0
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")  # regenerate holding nothing out
+    quiet = run(
+        EvaluateConfig(
+            checkpoint=str(draft.checkpoint),
+            mode="eagle3",
+            dataset=str(draft.replies),
+            extra_dataset=str(empty),
+            output_dir=str(tmp_path / "eval2"),
+            untrained_baseline=False,
+            cost_repeats=1,
+            **settings,
+        )
+    )
+    assert list(quiet["by_source"]) == [draft.replies.name]

@@ -106,10 +106,46 @@ def test_selection_dedupes_prompts_then_samples_then_takes_the_first_n(tmp_path)
     path = tmp_path / "many.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     conversations = list(read_conversations(str(path)))
-    assert [c.conversation_id for c in select(conversations, RegenerateConfig())] == ["c0", "c1", "c2", "c3", "c4"]
+
+    def ids(config) -> tuple[list[str], list[str]]:
+        kept, held = select(conversations, config)
+        return [c.conversation_id for c in kept], [c.conversation_id for c in held]
+
+    assert ids(RegenerateConfig()) == (["c0", "c1", "c2", "c3", "c4"], [])
     sampled = select(conversations, RegenerateConfig(sample=3, seed=7))
-    assert len(sampled) == 3 and sampled == select(conversations, RegenerateConfig(sample=3, seed=7))
-    assert select(conversations, RegenerateConfig(dedupe=False, limit=7))[-1].conversation_id == "c6"
+    assert len(sampled[0]) == 3 and sampled == select(conversations, RegenerateConfig(sample=3, seed=7))
+    assert ids(RegenerateConfig(dedupe=False, limit=7))[0][-1] == "c6"
+    # held out: the last of the deduped (and sampled) data, before the limit; never regenerated
+    assert ids(RegenerateConfig(heldout=2, limit=2)) == (["c0", "c1"], ["c3", "c4"])
+    with pytest.raises(SpectrainError, match="regenerate.heldout = 5 holds out every conversation: the dataset has 5"):
+        select(conversations, RegenerateConfig(heldout=5))
+
+
+def test_held_out_conversations_are_written_for_evaluate_and_an_asked_file_is_written_even_empty(tmp_path):
+    from spectrain.components.regenerate.regenerate import select, write_heldout
+    from spectrain.data import read_conversations
+
+    path = tmp_path / "new.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"c{i}",
+                    "conversations": [{"from": "User", "value": f"q{i}"}, {"from": "Assistant", "value": "a"}],
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
+    config = RegenerateConfig(dataset=str(path), heldout=1, output=str(tmp_path / "out" / "regenerated.jsonl"))
+    _, held = select(list(read_conversations(str(path))), config)
+    written = write_heldout(held, config)
+    assert written == tmp_path / "out" / "regenerated.heldout.jsonl"
+    assert [c.prompts for c in read_conversations(str(written))] == [["q3"]]  # what evaluate has the base answer
+    assert write_heldout([], RegenerateConfig(output=str(tmp_path / "x.jsonl"))) is None  # nothing asked
+    asked = RegenerateConfig(output=str(tmp_path / "x.jsonl"), heldout_output=str(tmp_path / "artifact"))
+    assert write_heldout([], asked).read_text() == ""  # a pipeline's output artifact exists either way
 
 
 @pytest.mark.slow
