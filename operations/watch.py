@@ -208,6 +208,7 @@ def measured_on_prompts(config: WatchConfig, version: Any, client: Any) -> Count
                 "num_draft_tokens": int(version.tags.get("num_speculative_tokens") or 3),
                 "max_new_tokens": config.max_new_tokens,
                 "output": str(Path(tmp) / "measured.json"),
+                "served_speed": False,  # τ is the reading; timing every k would start six more servers each time
             },
         )
     drafts = measured["drafts"]
