@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import results  # noqa: E402  (bench/results.py: figures as JSON under bench/results/)
-from heads import train, use_local_envs  # noqa: E402
+from heads import add_vicuna_argument, train, use_local_envs  # noqa: E402
 from spectrain.data import embedded_path, read_conversations  # noqa: E402
 from spectrain.steps import run_step  # noqa: E402
 from spectrain.components.evaluate import EVALUATE  # noqa: E402
@@ -119,15 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128, help="max new tokens per regenerated reply")
     parser.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts to evaluate on (0: all 40)")
     parser.add_argument("--eval-max-new-tokens", type=int, default=64, help="greedy tokens per held-out prompt")
-    parser.add_argument(
-        "--vicuna",
-        default=str(ROOT / "bench" / "data" / "vicuna_bench_question.jsonl"),
-        help="the 80 vicuna questions, evaluated like the held-out split ('' to skip)",
-    )
+    add_vicuna_argument(parser)
     parser.add_argument("--workdir", default=str(ROOT / "bench" / ".work" / "continual"), help="data and drafts")
     args = parser.parse_args(argv)
-    if args.vicuna and not Path(args.vicuna).is_file():
-        parser.error(f"--vicuna {args.vicuna}: no such file (bench/data/ ships the 80 questions; '' skips them)")
     use_local_envs()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

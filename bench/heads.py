@@ -56,6 +56,22 @@ def use_local_envs() -> None:
             os.environ.setdefault(f"SPECTRAIN_PYTHON_{env.upper()}", str(python))
 
 
+def add_vicuna_argument(parser: argparse.ArgumentParser) -> None:
+    """--vicuna: EAGLE's and MT-Bench's 80 vicuna questions (shipped in bench/data), a second prompt set."""
+    parser.add_argument(
+        "--vicuna",
+        type=vicuna_file,
+        default=str(ROOT / "bench" / "data" / "vicuna_bench_question.jsonl"),
+        help="a second prompt set evaluated like the held-out split ('' to skip)",
+    )
+
+
+def vicuna_file(value: str) -> str:
+    if value and not Path(value).is_file():
+        raise argparse.ArgumentTypeError(f"{value}: no such file (bench/data/ ships the 80 questions; '' skips them)")
+    return value
+
+
 def regenerated_data(workdir: Path, args, synthesize: int = 0) -> tuple[Path, dict]:
     """The shipped train prompts, answered by the served base model (resumes; reused when complete).
 
@@ -145,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         default="heads",
         help="results file bench/results/NAME-DATE.json (another name keeps a side study from replacing the table)",
     )
-    parser.add_argument(
-        "--vicuna",
-        default=str(ROOT / "bench" / "data" / "vicuna_bench_question.jsonl"),
-        help="a second prompt set evaluated like the held-out split ('' to skip)",
-    )
+    add_vicuna_argument(parser)
     parser.add_argument("--workdir", default=str(ROOT / "bench" / ".work" / "heads"), help="data, checkpoints, results")
     args = parser.parse_args(argv)
     use_local_envs()
@@ -163,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     specs = args.modes.split(",")
     for spec in specs:
         mode_and_settings(spec)  # every --modes entry checked before any work
-    if args.vicuna and not Path(args.vicuna).is_file():
-        parser.error(f"--vicuna {args.vicuna}: no such file (bench/data/ ships the 80 questions; '' skips them)")
     for spec in specs:
         mode = mode_and_settings(spec)[0]
         trained = train(

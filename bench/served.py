@@ -33,9 +33,9 @@ from spectrain.drafts import SERVING_CONFIG  # noqa: E402
 def drafts(run_dir: Path) -> list[tuple[str, Path, dict]]:
     """(mode, exported draft folder, the run's evaluation of it) for every draft the run exported."""
     found = []
+    evaluations = [json.loads(p.read_text()) for p in run_dir.rglob("evaluation.json")]
     for config in sorted(run_dir.rglob(SERVING_CONFIG)):
         mode = json.loads(config.read_text())["method"]
-        evaluations = [json.loads(p.read_text()) for p in run_dir.rglob("evaluation.json")]
         evaluation = next((e for e in evaluations if e.get("mode") == mode), {})
         found.append((mode, config.parent, evaluation))
     if not found:

@@ -283,18 +283,22 @@ def test_held_out_prompts_of_new_data_are_reported_beside_tau_and_leave_it_as_th
         )
     )
     settings = {k: v for k, v in EVALUATION_FOR["eagle3"].items() if k != "cost_repeats"}
-    result = run(
-        EvaluateConfig(
-            checkpoint=str(draft.checkpoint),
-            mode="eagle3",
-            dataset=str(draft.replies),
-            extra_dataset=str(new),
-            output_dir=str(tmp_path / "eval"),
-            untrained_baseline=False,
-            cost_repeats=1,
-            **settings,
+
+    def evaluated(extra) -> dict:
+        return run(
+            EvaluateConfig(
+                checkpoint=str(draft.checkpoint),
+                mode="eagle3",
+                dataset=str(draft.replies),
+                extra_dataset=str(extra),
+                output_dir=str(tmp_path / f"eval-{extra.stem}"),
+                untrained_baseline=False,
+                cost_repeats=1,
+                **settings,
+            )
         )
-    )
+
+    result = evaluated(new)
     learnt, beside = result["by_source"][draft.replies.name], result["by_source"][new.name]
     assert result["acceptance_length"] == pytest.approx(draft.evaluation["acceptance_length"])  # as without them
     assert result["num_prompts"] == 3 and beside["prompts"] == 2 and beside["in_tau"] is False
@@ -303,16 +307,4 @@ def test_held_out_prompts_of_new_data_are_reported_beside_tau_and_leave_it_as_th
     assert beside["ngram_acceptance_length"] >= 1.0
     empty = tmp_path / "none.jsonl"
     empty.write_text("")  # regenerate holding nothing out
-    quiet = run(
-        EvaluateConfig(
-            checkpoint=str(draft.checkpoint),
-            mode="eagle3",
-            dataset=str(draft.replies),
-            extra_dataset=str(empty),
-            output_dir=str(tmp_path / "eval2"),
-            untrained_baseline=False,
-            cost_repeats=1,
-            **settings,
-        )
-    )
-    assert list(quiet["by_source"]) == [draft.replies.name]
+    assert list(evaluated(empty)["by_source"]) == [draft.replies.name]
