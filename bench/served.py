@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a `spectrain run` output (spectrain-runs/runs/<id>)")
     parser.add_argument("--num-prompts", type=int, default=16, help="held-out chats per setting and concurrency")
+    parser.add_argument("--rounds", type=int, default=1, help="timings per setting and concurrency (median kept)")
     args = parser.parse_args(argv)
     use_local_envs()
-    report: dict = {"prompts": args.num_prompts, "drafts": {}}
+    report: dict = {"prompts": args.num_prompts, "rounds": args.rounds, "drafts": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for mode, draft, evaluation in drafts(args.run_dir):
             exported = json.loads((draft / SERVING_CONFIG).read_text())
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     "mode": mode,
                     "num_draft_tokens": k,
                     "speed_num_prompts": args.num_prompts,
+                    "speed_rounds": args.rounds,
                     "output": str(Path(scratch) / f"{mode}.json"),
                 },
                 label=mode,
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = measured["served"]
         print(
             f"  {mode:7} served with {chosen['num_speculative_tokens_per_batch_size'] or 'no speculation'}; "
-            f"beats n-gram at batch 1: {chosen.get('beats_ngram')}"
+            f"against n-gram at batch 1: {chosen.get('versus_ngram', '-')} (noise ±{chosen.get('noise', 0):.0%})"
         )
     command = "python bench/served.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"written: {results.write('served', command.strip(), report)}")

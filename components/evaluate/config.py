@@ -113,6 +113,18 @@ class VllmCrosscheckConfig:
         16, "held-out chats sent per setting and concurrency (0: all)", check=checks.at_least(0, 16)
     )
     speed_max_new_tokens: int = field(64, "greedy tokens generated per timed request", check=checks.at_least(1, 64))
+    speed_rounds: int = field(
+        1,
+        "times every setting is timed at each concurrency on its server: the median round counts, and the rounds' "
+        "spread widens speed_margin (raise it on a shared or noisy machine)",
+        check=checks.at_least(1, 3),
+    )
+    speed_margin: float = field(
+        0.05,
+        "timing noise: a draft within this fraction of n-gram's served speed (or within the rounds' spread, if "
+        "larger) is neither faster nor slower, and only a draft measured slower than that is refused champion",
+        check=checks.between(0.0, 0.5, 0.05),
+    )
     speed_dtype: str = field("auto", "vLLM --dtype of the timed servers: what production serves (the base's own)")
     speed_enforce_eager: bool | None = field(
         None, "timed servers without compilation and graphs: unset, eager on a CPU and graphs on a GPU (as served)"

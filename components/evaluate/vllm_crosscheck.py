@@ -55,7 +55,8 @@ def speed_ks(config: VllmCrosscheckConfig) -> list[int]:
 
 
 def timed_rows(base_url: str, setting: served.Setting, chats: list, config: VllmCrosscheckConfig) -> list[dict]:
-    """``setting``'s server timed at every concurrency, after one untimed request (the first pays for warm-up)."""
+    """``setting``'s server timed at every concurrency (speed_rounds times: the median round counts), after one
+    untimed request (the first pays for warm-up)."""
     served.post(
         f"{base_url}/v1/chat/completions",
         {"model": "base", "messages": chats[0], "max_tokens": 8, "temperature": 0},
@@ -63,11 +64,21 @@ def timed_rows(base_url: str, setting: served.Setting, chats: list, config: Vllm
     )
     rows = []
     for concurrency in config.speed_concurrency:
-        row = served.measure(base_url, API_KEY, chats, int(concurrency), config.speed_max_new_tokens)
+        row = served.median_round(
+            [
+                served.measure(base_url, API_KEY, chats, int(concurrency), config.speed_max_new_tokens)
+                for _ in range(config.speed_rounds)
+            ]
+        )
         rows.append({"setting": setting.label, "method": setting.method, "k": setting.k, **row})
         print(
             f"[vllm-crosscheck] {setting.label}, concurrency {concurrency}: "
-            f"{row['output_tokens_per_s']:.1f} output tokens/s, {row['ms_per_output_token']:.1f} ms per token",
+            f"{row['output_tokens_per_s']:.1f} output tokens/s, {row['ms_per_output_token']:.1f} ms per token"
+            + (
+                f" (median of {config.speed_rounds} rounds, spread {row['spread']:.0%})"
+                if config.speed_rounds > 1
+                else ""
+            ),
             flush=True,
         )
     return rows
@@ -146,7 +157,7 @@ def run(config: VllmCrosscheckConfig) -> dict:
                 config.ready_timeout_s,
             ) as base_url:
                 rows += timed_rows(base_url, setting, speed_chats, config)
-        chosen = served.choose(rows, method, [int(c) for c in config.speed_concurrency])
+        chosen = served.choose(rows, method, [int(c) for c in config.speed_concurrency], config.speed_margin)
         result["served"] = {
             **chosen,
             "k_chosen_by": "served",
@@ -154,6 +165,7 @@ def run(config: VllmCrosscheckConfig) -> dict:
             "enforce_eager": eager,
             "prompts": len(speed_chats),
             "max_new_tokens": config.speed_max_new_tokens,
+            "rounds": config.speed_rounds,
             "rows": served.with_speedups(rows),
         }
         print(f"[vllm-crosscheck] {config.mode}: {served.line(config.mode, chosen)}", flush=True)

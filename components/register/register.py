@@ -27,7 +27,9 @@ from spectrain.models import registered_model_name
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 CHECKPOINT = "checkpoint"  # the run's artifact folder of the trained draft, what a warm start fetches
 LOGGED = "spectrain.logged"  # run tag set once everything is logged
-BEATS_NGRAM_SERVED = "beats_ngram_served"  # version tag: 'true'/'false' when served speed was measured, else ''
+# version tag, when served speed was measured: 'true' (faster than n-gram beyond the timing noise), 'false' (slower
+# beyond it: refused champion), 'within noise'; '' when not measured
+BEATS_NGRAM_SERVED = "beats_ngram_served"
 # evaluate's measured serving figures, logged as metrics (the curve adds expected_speedup_k<k>)
 SERVING_METRICS = (
     "recommended_num_draft_tokens",
@@ -321,15 +323,31 @@ def promote(client: MlflowClient, name: str, version: str, candidate: dict, conf
     )
 
 
+def versus_ngram(served: dict) -> str:
+    """The draft's served speed against n-gram's: 'faster', 'slower', 'within noise' (components/evaluate/served.py),
+    '' when not measured. A result from before the verdict had only the strict comparison, beats_ngram."""
+    if "versus_ngram" in served:
+        return served["versus_ngram"]
+    if "beats_ngram" in served:
+        return "faster" if served["beats_ngram"] else "slower"
+    return ""
+
+
+def served_tag(served: dict) -> str:
+    """The BEATS_NGRAM_SERVED tag of a version: 'true', 'false', 'within noise' or ''."""
+    verdict = versus_ngram(served)
+    return {"faster": "true", "slower": "false"}.get(verdict, verdict)
+
+
 def served_refusal(served: dict) -> str:
-    """Why a draft that vLLM served slower than the n-gram lookup is not worth serving ('' when it was faster, or
-    served speed was not measured)."""
-    if served.get("beats_ngram") is not False:
+    """Why a draft that vLLM served slower than the n-gram lookup, beyond the timing noise, is not worth serving (''
+    when it was faster, within the noise, or served speed was not measured)."""
+    if versus_ngram(served) != "slower":
         return ""
     return (
-        f"served at {served['draft_tokens_per_s']:.1f} tokens/s (k = {served['draft_k']}), not faster than the free "
+        f"served at {served['draft_tokens_per_s']:.1f} tokens/s (k = {served['draft_k']}), slower than the free "
         f"n-gram lookup's {served['ngram_tokens_per_s']:.1f} tokens/s (k = {served['ngram_k']}) on the same prompts "
-        "and machine (must_beat_ngram)"
+        f"and machine, beyond the timing noise (±{served.get('noise', 0.0):.0%}; must_beat_ngram)"
     )
 
 
@@ -497,7 +515,7 @@ def _register(
         "served_acceptance_length": served_tau(evaluation, results.get("export", {}).get("num_speculative_tokens")),
         "expected_speedup": str(evaluation.get("expected_speedup", "")),
         "k_chosen_by": "served" if results.get("served") else "cost_model",
-        BEATS_NGRAM_SERVED: str(results.get("served", {}).get("beats_ngram", "")).lower(),
+        BEATS_NGRAM_SERVED: served_tag(results.get("served", {})),
         **recipe_tags(results.get("train", {})),
         **lineage_tags(results.get("train", {})),
         **protocol(evaluation, config.base_model),

@@ -1,6 +1,6 @@
 """What the served speeds choose: k per concurrency, vLLM's schedule, the draft against n-gram (no server: rows)."""
 
-from spectrain.components.evaluate.served import NGRAM, Setting, choose, settings, with_speedups
+from spectrain.components.evaluate.served import NGRAM, Setting, choose, median_round, settings, with_speedups
 from spectrain.drafts import served_speculative_config
 
 
@@ -38,7 +38,32 @@ def test_a_draft_slower_than_served_ngram_says_so_although_it_is_faster_than_the
     chosen = choose(ISSUE, "eagle3", [1])
     assert chosen["speculation_pays"] and chosen["num_speculative_tokens_per_batch_size"] == [[1, 1, 3]]
     assert chosen["beats_ngram"] is False
+    assert chosen["versus_ngram"] == "slower"  # 15 % behind: beyond the default 5 % of timing noise
     assert round(chosen["speedup"], 2) == 1.08 and round(chosen["ngram_speedup"], 2) == 1.27
+
+
+def test_a_difference_inside_the_timing_noise_is_no_verdict_and_repeated_rounds_can_widen_it():
+    """The measured case: the make-run champion 35.3 tokens/s, n-gram 35.7, on a machine where one setting measured
+    35.7 and 32.1 on two servers. 1 % apart is within noise; 10 % apart is slower under a 5 % margin, but not when
+    the rounds themselves spread by 12 %."""
+    close = [row("", 0, 1, 30.8), row("eagle3", 1, 1, 35.3), row(NGRAM, 3, 1, 35.7)]
+    chosen = choose(close, "eagle3", [1], margin=0.05)
+    assert chosen["beats_ngram"] is False and chosen["versus_ngram"] == "within noise"
+    assert choose(close, "eagle3", [1], margin=0.0)["versus_ngram"] == "slower"
+    assert (
+        choose([row("", 0, 1, 30.0), row("eagle3", 1, 1, 40.0), row(NGRAM, 1, 1, 36.0)], "eagle3", [1], 0.05)[
+            "versus_ngram"
+        ]
+        == "faster"
+    )
+    ngram = median_round([row(NGRAM, 3, 1, s) for s in (36.0, 32.1, 35.7)])
+    assert ngram["output_tokens_per_s"] == 35.7 and ngram["rounds_tokens_per_s"] == [36.0, 32.1, 35.7]
+    assert round(ngram["spread"], 3) == round((36.0 - 32.1) / 35.7, 3)
+    draft = median_round([row("eagle3", 1, 1, s) for s in (32.0, 32.3)])  # the lower of two: the median round
+    assert draft["output_tokens_per_s"] == 32.0
+    slower = [row("", 0, 1, 30.8), draft, ngram]
+    assert choose(slower, "eagle3", [1], margin=0.05)["versus_ngram"] == "within noise"  # 10 % < the 11 % spread
+    assert choose(slower, "eagle3", [1], margin=0.05)["noise"] == ngram["spread"]
 
 
 def test_when_speculation_never_pays_there_is_no_schedule_and_the_best_k_is_kept():
