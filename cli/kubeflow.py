@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spectrain.components.regenerate.config import RETRAINING_HELDOUT
 from spectrain.pipelines.settings import DEFAULT_YAML
 from spectrain.errors import SpectrainError
 
@@ -113,6 +114,14 @@ def schedule_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         # a retraining continues what it retrains, unless the params say otherwise
         params["warm_start"] = "champion"
         print("each run continues its mode's champion at the time it runs (warm_start: '' in --params: new drafts)")
+    options = params.get("regenerate_options") or {}
+    if params.get("warm_start") and "heldout" not in options and "regenerate_options" in pipeline_parameters(package):
+        # the guard against forgetting, as the watch's retraining has it: τ on the new data's own prompts too
+        params["regenerate_options"] = {**options, "heldout": RETRAINING_HELDOUT}
+        print(
+            f"each run holds out {RETRAINING_HELDOUT} of its dataset's conversations and reports τ on them beside the "
+            'eval set, per source (regenerate_options {"heldout": 0} in --params: none)'
+        )
     with api_errors(host):
         client = make_client(host, namespace)
         recurring, outcome = schedule_recurring_run(

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from spectrain import checks, paths
+from spectrain.components.regenerate.config import RETRAINING_HELDOUT
 from spectrain.config import field
 from spectrain.errors import SpectrainError
 from spectrain.specdecode import Counters, increase, parse
@@ -112,7 +113,7 @@ class WatchConfig:
         "budget, instead of training a new draft; the gate is the same (it must beat the champion and n-gram)",
     )
     heldout: int = field(
-        20,
+        RETRAINING_HELDOUT,
         "with a new dataset: the retraining holds out this many of its conversations (never trained on) and "
         "reports τ on them beside τ on the champion's eval set, per source (0: none)",
         check=checks.at_least(0, 20),

@@ -679,6 +679,11 @@ def test_recurring_run_example():
     assert int(run["max_concurrency"]) == 1
     assert run["no_catchup"] is True
     assert "speculative-decoding" in path.read_text()
+    from spectrain.components.regenerate.config import RETRAINING_HELDOUT
+
+    parameters = run["runtime_config"]["parameters"]  # as `spectrain schedule` would send them
+    assert parameters["warm_start"] == "champion"
+    assert parameters["regenerate_options"] == {"heldout": RETRAINING_HELDOUT}
     # A KFP API object, not a Kubernetes resource: no kustomization may pull it in.
     for kustomization in MANIFESTS.rglob("kustomization.yaml"):
         assert "recurring-run" not in kustomization.read_text(), kustomization

@@ -8,6 +8,10 @@ from spectrain import checks
 from spectrain.config import field
 from spectrain.data import FORMATS
 
+# What a retraining (`spectrain watch`, `spectrain schedule`) that continues the champion on new data holds out of
+# it by default: a draft continued on new prompts is then also measured on prompts of that data, per source.
+RETRAINING_HELDOUT = 20
+
 
 @dataclass
 class RegenerateConfig:

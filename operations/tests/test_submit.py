@@ -131,6 +131,9 @@ def test_a_param_outside_its_domain_is_refused_before_the_server_is_asked(fake, 
     assert fake.requests == []
 
 
+HELD_OUT = {"regenerate_options": {"heldout": 20}}  # what a retraining holds out of its data unless told
+
+
 def schedule(fake: FakeKfpServer, *extra: str) -> int:
     return cli(fake, "schedule", "--name", "nightly", *extra)
 
@@ -143,8 +146,9 @@ def test_schedule_creates_recurring_run_with_cron_one_at_a_time_no_catchup(fake,
     assert body["display_name"] == "nightly"
     assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
     assert body["max_concurrency"] == 1 and body["no_catchup"] is True and body["mode"] == "ENABLE"
-    # a nightly retraining continues each mode's champion unless its params say otherwise
-    assert body["runtime_config"]["parameters"] == {**params, "warm_start": "champion"}
+    # a nightly retraining continues each mode's champion unless its params say otherwise, and holds out some of
+    # its data to measure the continued draft on (the guard against forgetting)
+    assert body["runtime_config"]["parameters"] == {**params, "warm_start": "champion", **HELD_OUT}
     assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "speculative-decoding"
     assert created.authorization == "Bearer t0ken"
 
@@ -152,6 +156,12 @@ def test_schedule_creates_recurring_run_with_cron_one_at_a_time_no_catchup(fake,
 def test_a_schedule_whose_params_say_new_drafts_trains_new_drafts(fake, tmp_path):
     assert schedule(fake, "--cron", "0 0 3 * * *", "--params", params_file(tmp_path, {"warm_start": ""})) == 0
     assert fake.recurring_runs[0]["runtime_config"]["parameters"] == {"warm_start": ""}
+
+
+def test_a_schedule_whose_params_choose_the_held_out_share_keeps_their_choice(fake, tmp_path):
+    options = {"regenerate_options": {"heldout": 0, "top_p": 0.95}}
+    assert schedule(fake, "--cron", "0 0 3 * * *", "--params", params_file(tmp_path, options)) == 0
+    assert fake.recurring_runs[0]["runtime_config"]["parameters"] == {**options, "warm_start": "champion"}
 
 
 def test_schedule_again_identically_changes_nothing(fake, tmp_path, capsys):
@@ -177,7 +187,7 @@ def test_schedule_with_a_change_replaces_it(fake, tmp_path, change):
     (current,) = fake.recurring_runs
     assert current["recurring_run_id"] != old_id
     assert current["trigger"]["cron_schedule"]["cron"] == cron
-    assert current["runtime_config"]["parameters"] == {"train_max_steps": steps, "warm_start": "champion"}
+    assert current["runtime_config"]["parameters"] == {"train_max_steps": steps, "warm_start": "champion", **HELD_OUT}
 
 
 def test_disable_and_enable_toggle_the_existing_recurring_run(fake, capsys):
