@@ -251,6 +251,40 @@ def model_matrix_table(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def continual_table(record: dict) -> str:
+    """docs/results.md's continual table: τ after each run of the warm-started chain and of cold starts."""
+    figures = record["figures"]
+    sets = [name for name in ("heldout", "vicuna") if name in figures["rows"][0]["warm"]]
+    titles = {"heldout": "held-out split", "vicuna": "vicuna questions"}
+    lines = [
+        f"{provenance(record)}: {figures['runs']} runs of {figures['minutes_per_run']:g} minutes of EAGLE-3 training "
+        f"each, run i on slice i ({figures['slice']} shipped prompts + {figures['synthesize']} the base wrote), "
+        f"k = 3, greedy; {figures['seconds'] / 60:.0f} minutes in all.",
+        "",
+        "| run | steps warm / cold | "
+        + " | ".join(f"{titles[n]}: τ warm | τ cold | n-gram τ | warm / n-gram" for n in sets)
+        + " |",
+        "|---:|---|" + "---:|---:|---:|---:|" * len(sets),
+    ]
+    for row in figures["rows"]:
+        cells = [f"{row['run']}", f"{row['warm']['steps']} / {row['cold']['steps']}"]
+        for name in sets:
+            warm, cold = row["warm"][name], row["cold"][name]
+            cells += [
+                f"{warm['acceptance_length']:.3f}",
+                f"{cold['acceptance_length']:.3f}",
+                f"{warm['ngram_acceptance_length']:.3f}",
+                f"{warm['ratio_to_ngram']:.2f}×",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"After {figures['runs']} runs the warm-started draft's τ is {figures['warm_over_ngram_after_last_run']:.2f}× "
+        f"n-gram's on the held-out split (target ≥ {figures['target']}: {'met' if figures['met'] else 'missed'}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 TABLES = {
     "make-run": make_run_table,
     "make-test": make_test_table,
@@ -260,6 +294,7 @@ TABLES = {
     "heads-dflash": heads_table,
     "regenerate-concurrency": regenerate_table,
     "model-matrix": model_matrix_table,
+    "continual": continual_table,
 }
 
 

@@ -50,7 +50,11 @@ def served(metrics: dict) -> str:
     if "served_speedup" in metrics:
         ngram = metrics.get("served_ngram_speedup")
         versus = f"n-gram {ngram:.2f}×; " if ngram is not None else ""
-        return f"k = {int(k)}: {metrics['served_speedup']:.2f}× served ({versus}cost model {expected:.2f}×)"
+        if f"expected_speedup_k{int(k)}" in metrics or "recommended_num_draft_tokens" not in metrics:
+            model = f"cost model {expected:.2f}×"
+        else:  # vLLM's k lies beyond the k's evaluate modelled: its best, with its own k
+            model = f"cost model {expected:.2f}× at k = {int(metrics['recommended_num_draft_tokens'])}"
+        return f"k = {int(k)}: {metrics['served_speedup']:.2f}× served ({versus}{model})"
     ngram = f"n-gram k = {int(metrics['ngram_best_num_draft_tokens'])}: {metrics['ngram_expected_speedup']:.2f}×"
     return f"k = {int(k)}: {expected:.2f}× expected ({ngram})"
 

@@ -155,6 +155,9 @@ def log_run(config: RegisterConfig, results: dict[str, dict], mode: str, logged:
     for key in SERVED_METRICS:  # the draft, the base alone and n-gram as vLLM served them (batch 1)
         if served.get(key) is not None:
             metrics[f"served_{key}"] = served[key]
+    modelled = f"expected_speedup_k{served.get('draft_k')}"
+    if served.get("speedup") and modelled in metrics:  # how far the torch cost model was off, at the k vLLM timed
+        metrics["cost_model_over_served_speedup"] = metrics[modelled] / served["speedup"]
     if train:
         metrics.update(
             {
