@@ -89,7 +89,15 @@ class VllmCrosscheckConfig:
     expected_acceptance_length: float = field(0.0, "our τ from the evaluate step, to compare with (0: no check)")
     tolerance: float = field(0.15, "largest |τ_vLLM - τ_ours| that counts as agreement")
     dtype: str = field(
-        "float32", "vLLM --dtype; float32 matches the evaluate step, so both replay the same greedy text"
+        "",
+        "vLLM --dtype of the τ check; empty: the evaluate step's arithmetic (float32 on a CPU, the base's own dtype "
+        "on a GPU), so both replay the same greedy text",
+    )
+    tensor_parallel_size: int = field(
+        0,
+        "GPUs each vLLM server is sharded over; 0: every GPU the step was given (SPECTRAIN_GPUS; a 70B base needs "
+        "several), 1 without GPUs",
+        check=checks.at_least(0, 4),
     )
     output: str = field("vllm_crosscheck.json", "where the counters and the verdict are written")
     ready_timeout_s: float = field(600.0, "give up if vLLM is not ready after this many seconds")

@@ -15,11 +15,12 @@ import contextlib
 import json
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from spectrain.components.evaluate import served
 from spectrain.components.evaluate.config import SPEC_METHODS, VllmCrosscheckConfig
-from spectrain import specdecode, vllm
+from spectrain import bases, devices, specdecode, vllm
 from spectrain.data import heldout_chats
 from spectrain.errors import SpectrainError
 from spectrain.hardware import has_nvidia_gpu
@@ -28,16 +29,42 @@ from spectrain.models import resolve_base_model
 API_KEY = "spectrain-crosscheck"
 
 
+@dataclass(frozen=True)
+class Servers:
+    """What every server of the cross-check shares: the base, its GPUs, how long to wait for it."""
+
+    model_path: str
+    tensor_parallel_size: int
+    timeout_s: float
+
+
+def servers(config: VllmCrosscheckConfig) -> tuple[Servers, str]:
+    """The servers' shared settings and the τ check's dtype, resolved for this machine: the evaluate step's
+    arithmetic (spectrain.devices.resolve, as components/evaluate/acceptance.py places the base: float32 on a CPU,
+    the base's own bf16/fp16 on a GPU) and every GPU the step was given (a 70B base does not fit one)."""
+    model_path = str(resolve_base_model(config.base_model))
+    dtype = config.dtype or devices.resolve(model_dtype=bases.facts_of(model_path).dtype).base_dtype
+    gpus = config.tensor_parallel_size or max(devices.expected_gpus(), 1)
+    return Servers(model_path, gpus, config.ready_timeout_s), dtype
+
+
 @contextlib.contextmanager
-def server(model_path, speculative: dict | None, dtype: str, eager: bool, log: Path, timeout_s: float):
+def server(shared: Servers, speculative: dict | None, dtype: str, eager: bool, log: Path):
     """A vLLM server of the base with ``speculative`` (None: none) for the duration of the block: its URL."""
     port = vllm.free_port()
     extra = ["--speculative-config", json.dumps(speculative)] if speculative else []
-    arguments = vllm.serve_arguments(model_path, port, dtype=dtype, enforce_eager=eager, extra=extra)
+    arguments = vllm.serve_arguments(
+        shared.model_path,
+        port,
+        dtype=dtype,
+        enforce_eager=eager,
+        tensor_parallel_size=shared.tensor_parallel_size,
+        extra=extra,
+    )
     process = vllm.start(arguments, log, vllm.cpu_env(API_KEY, 1))
     base_url = f"http://127.0.0.1:{port}"
     try:
-        vllm.wait_until_ready(f"{base_url}/v1", API_KEY, timeout_s, process, log)
+        vllm.wait_until_ready(f"{base_url}/v1", API_KEY, shared.timeout_s, process, log)
         yield base_url
     finally:
         vllm.terminate(process.pid)
@@ -92,7 +119,7 @@ def run(config: VllmCrosscheckConfig) -> dict:
             where=config.draft_dir,
             fix="pass the export step's output directory",
         )
-    model_path = resolve_base_model(config.base_model)
+    shared, dtype = servers(config)
     output = Path(config.output)
     log = output.with_suffix(".vllm.log")
     draft_dir = str(Path(config.draft_dir).resolve())
@@ -100,11 +127,11 @@ def run(config: VllmCrosscheckConfig) -> dict:
     speculative = {"method": method, "model": draft_dir, "num_speculative_tokens": config.num_draft_tokens}
     eager = not has_nvidia_gpu() if config.speed_enforce_eager is None else config.speed_enforce_eager
     # The τ check's server (float32, eager) is also timed when the timed servers would be the same.
-    same_server = config.served_speed and config.speed_dtype == config.dtype and eager
+    same_server = config.served_speed and config.speed_dtype == dtype and eager
     chats = [messages for _, messages in heldout_chats(config.dataset, config.num_prompts)]  # evaluate's
     speed_chats = [m for _, m in heldout_chats(config.dataset, config.speed_num_prompts)]
     rows: list[dict] = []
-    with server(model_path, speculative, config.dtype, True, log, config.ready_timeout_s) as base_url:
+    with server(shared, speculative, dtype, True, log) as base_url:
         completion_tokens = 0
         for messages in chats:  # one at a time: the counters then describe plain decoding steps
             reply = served.post(
@@ -121,6 +148,8 @@ def run(config: VllmCrosscheckConfig) -> dict:
     result = {
         "mode": config.mode,
         "speculative_config": speculative,
+        "dtype": dtype,
+        "tensor_parallel_size": shared.tensor_parallel_size,
         "prompts": len(chats),
         "completion_tokens": completion_tokens,
         **counters,
@@ -149,12 +178,7 @@ def run(config: VllmCrosscheckConfig) -> dict:
                 continue
             setting_log = output.with_name(f"{output.stem}.{setting.label.replace(' ', '-')}.vllm.log")
             with server(
-                model_path,
-                setting.speculative_config(draft_dir, config.ngram_max),
-                config.speed_dtype,
-                eager,
-                setting_log,
-                config.ready_timeout_s,
+                shared, setting.speculative_config(draft_dir, config.ngram_max), config.speed_dtype, eager, setting_log
             ) as base_url:
                 rows += timed_rows(base_url, setting, speed_chats, config)
         chosen = served.choose(rows, method, [int(c) for c in config.speed_concurrency], config.speed_margin)

@@ -92,3 +92,32 @@ def test_served_speed_is_measured_in_vllm_and_chooses_k(tmp_path, memorised):
     # n-gram finds few matches in replies it has not seen: the draft's lead (~2x, not ~1.1x) is beyond any noise
     assert served["versus_ngram"] == "faster" and served["noise"] >= 0.05, served
     assert (tmp_path / "vllm.base.vllm.log").is_file() and (tmp_path / "vllm.ngram-k=3.vllm.log").is_file()
+
+
+def test_the_servers_replay_in_the_evaluate_steps_arithmetic_on_every_gpu_the_step_was_given(
+    monkeypatch, embedded_model
+):
+    """On this CPU: float32, one process, as evaluate's torch replay (its τ is what vLLM's must agree with). On a GPU
+    node — SIMULATED here: no GPU on this machine, spectrain.devices.resolve and the step's GPU count stand in — the
+    base's own dtype (a 70B base in float32 would need twice the memory and replay other text than evaluate's bf16)
+    and tensor parallelism over the step's GPUs (eval_gpus: a 70B base fits no single card)."""
+    from spectrain import devices
+    from spectrain.components.evaluate import vllm_crosscheck
+
+    shared, dtype = vllm_crosscheck.servers(VllmCrosscheckConfig(draft_dir="d"))
+    assert (dtype, shared.tensor_parallel_size) == ("float32", 1)
+    asked = {}
+
+    def on_a_gpu(model_dtype=None, **_):
+        asked["model_dtype"] = model_dtype
+        return devices.Placement(device="cuda:0", base_dtype=model_dtype, precision="bf16", accelerator="GPU", gpus=4)
+
+    monkeypatch.setattr(devices, "resolve", on_a_gpu)
+    monkeypatch.setenv(devices.GPUS_ENV, "4")
+    shared, dtype = vllm_crosscheck.servers(VllmCrosscheckConfig(draft_dir="d"))
+    assert (dtype, shared.tensor_parallel_size) == ("bfloat16", 4)  # the embedded base declares bfloat16
+    assert asked["model_dtype"] == "bfloat16"
+    shared, dtype = vllm_crosscheck.servers(
+        VllmCrosscheckConfig(draft_dir="d", dtype="float16", tensor_parallel_size=2)
+    )
+    assert (dtype, shared.tensor_parallel_size) == ("float16", 2)  # asked for by name: kept
