@@ -50,6 +50,7 @@ def test_a_result_is_written_without_the_paths_of_the_machine_that_wrote_it(monk
         ("heads-dflash", "components/evaluate/README.md"),
         ("regenerate-concurrency", "components/regenerate/README.md"),
         ("model-matrix", "docs/bases.md"),
+        ("continual", "docs/results.md"),
     ],
 )
 def test_the_readme_table_is_the_one_made_from_the_newest_result(name, readme):
