@@ -62,16 +62,21 @@ def vllm_speculative_config(draft_dir: str | Path) -> dict:
 def served_speculative_config(speculative: Mapping[str, Any], served: Mapping[str, Any]) -> dict:
     """A draft's serving config with the k the vLLM cross-check measured fastest (its ``served`` result) in place of
     the torch cost model's: EAGLE-3 with its per-concurrency schedule (num_speculative_tokens: the largest k that
-    schedule uses), DFlash with the fastest k at batch 1; Medusa's k is its number of heads whatever was timed."""
+    schedule uses), DFlash with the fastest k at batch 1; Medusa's k is its number of heads whatever was timed.
+
+    Whole numbers whatever ``served`` holds: a dict that crossed a pipeline comes back with floats (a KFP dict
+    parameter is a protobuf Struct, whose numbers are doubles: 3 arrives as 3.0), and vLLM's config takes ints."""
     if speculative["method"] == "medusa":
         return dict(speculative)
     chosen = {k: v for k, v in speculative.items() if k != "num_speculative_tokens_per_batch_size"}
-    schedule = served.get("num_speculative_tokens_per_batch_size")
+    schedule = [
+        [int(low), int(high), int(k)] for low, high, k in served.get("num_speculative_tokens_per_batch_size") or []
+    ]
     if speculative["method"] == "eagle3" and schedule:
         chosen["num_speculative_tokens"] = max(k for _, _, k in schedule)
         chosen["num_speculative_tokens_per_batch_size"] = schedule
     else:
-        chosen["num_speculative_tokens"] = served["draft_k"]
+        chosen["num_speculative_tokens"] = int(served["draft_k"])
     return chosen
 
 

@@ -37,6 +37,17 @@ TINY = [
 ]
 
 
+# The vLLM cross-check at its cheapest: the τ check's server (float32) also times the draft at k = 3, then the base
+# alone and n-gram at k = 3, two chats of 8 tokens at batch 1
+CROSSCHECK = {
+    "speed_ks": [3],
+    "speed_concurrency": [1],
+    "speed_num_prompts": 2,
+    "speed_max_new_tokens": 8,
+    "speed_dtype": "float32",
+}
+
+
 # Recognisable credentials for every kind the run holds (moto takes any S3 keys, the local MLflow store and vLLM any
 # token, the hub is never asked for the embedded base): none may surface anywhere the run writes or prints.
 CREDENTIALS = {
@@ -204,7 +215,8 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
             result = subprocess.run(
                 [sys.executable, "-m", "podsim", "run", "--workdir", str(tmp_path)]
                 + [*TINY, "--modes", "eagle3", "--checkpoint-root", "s3://e2e/checkpoints/"]
-                + ["--warm-start", str(parent)],
+                + ["--warm-start", str(parent)]
+                + ["--eval-vllm-crosscheck", "true", "--eval-vllm-crosscheck-options", json.dumps(CROSSCHECK)],
                 capture_output=True,
                 text=True,
                 timeout=1500,
@@ -250,6 +262,14 @@ def test_with_pod_boundaries_the_cluster_default_works_across_pods_on_one_model_
     assert "draft/config.json" in files and any(k.endswith("/artifacts/draft/config.json") for k in keys)
     # the draft it continued, fetched by the warm-start step's pod and trained on by the train step's
     assert continued["warm_started_from"] == str(parent)
+    # the cross-check's branch ran (dsl.If) and register took its served speed through dsl.OneOf (the Else branch
+    # returns {}: the tag would say cost_model)
+    (crosscheck,) = run_dir.rglob("vllm-crosscheck/crosscheck")
+    rows = json.loads(crosscheck.read_text())["served"]["rows"]
+    assert {r["setting"] for r in rows} == {"base", "eagle3 k=3", "ngram k=3"}
+    assert continued["k_chosen_by"] == "served" and continued["num_speculative_tokens"] == "3"
+    assert continued["beats_ngram_served"] in ("true", "false", "within noise")
+    assert "draft/vllm_speculative_config.json" in files
     trained = json.loads((run_dir / "for-loop-2-iteration-0" / "train-heads" / "result").read_text())
     assert trained["warm_start"]["from"] == str(parent) and trained["resolved"]["draft_vocab_size"] == 1024
     assert any(k.endswith("/artifacts/checkpoint/draft_weights.safetensors") for k in keys)  # for the next run

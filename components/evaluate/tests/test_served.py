@@ -1,7 +1,18 @@
 """What the served speeds choose: k per concurrency, vLLM's schedule, the draft against n-gram (no server: rows)."""
 
+import json
+
 from spectrain.components.evaluate.served import NGRAM, Setting, choose, median_round, settings, with_speedups
 from spectrain.drafts import served_speculative_config
+
+
+def as_struct(value):
+    """``value`` as a KFP dict parameter comes back (google.protobuf.Struct): every number a double."""
+    if isinstance(value, dict):
+        return {key: as_struct(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_struct(item) for item in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def row(method: str, k: int, concurrency: int, tokens_per_s: float) -> dict:
@@ -103,6 +114,12 @@ def test_the_registered_serving_config_takes_the_served_k():
         "num_speculative_tokens": 3,
         "num_speculative_tokens_per_batch_size": [[1, 1, 3]],
     }
+    # the same result after a pipeline carried it (a KFP dict parameter is a protobuf Struct: numbers are doubles)
+    through = as_struct(served)
+    assert json.dumps(through["num_speculative_tokens_per_batch_size"]) == "[[1.0, 1.0, 3.0]]"
+    assert json.dumps(served_speculative_config(exported, through)) == json.dumps(
+        served_speculative_config(exported, served)
+    )  # 3, not 3.0: vLLM's config takes whole numbers
     never = choose([row("", 0, 1, 60.0), row("eagle3", 2, 1, 50.0)], "eagle3", [1])
     assert served_speculative_config(exported, never) == {"method": "eagle3", "num_speculative_tokens": 2}
     medusa = {"method": "medusa", "num_speculative_tokens": 3}
