@@ -102,6 +102,7 @@ class RunConsole(io.TextIOBase):
         self.current_log: TextIO | None = None
         self.failed: dict[str, dict] = {}  # label -> its end event
         self.bar: Any = None  # tqdm while a step reports progress
+        self.bar_of: tuple = ()  # (description, total) of that bar
         self.pending = ""
         self.lock = threading.RLock()
         self.started = time.monotonic()
@@ -200,8 +201,10 @@ class RunConsole(io.TextIOBase):
         from tqdm import tqdm
 
         desc = f"  {event.get('desc', '')}"
-        if self.bar is None or self.bar.desc != desc or self.bar.total != event.get("total"):
+        # which bar this is, kept here: a disabled tqdm (no terminal) has no .desc to compare with
+        if self.bar is None or self.bar_of != (desc, event.get("total")):
             self._close_bar()
+            self.bar_of = (desc, event.get("total"))
             self.bar = tqdm(
                 total=event.get("total"),
                 desc=desc,

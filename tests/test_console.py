@@ -16,6 +16,7 @@ def test_steps_become_one_line_each_and_their_output_goes_to_their_own_log(tmp_p
     console.write('\x1b[32mExecuting task\x1b[0m serve-base-model\n{"executorInput": 1}\n')
     console.write(event(event="start", step="serve", label=""))
     console.write("    [vllm] starting\n" + event(event="progress", desc="load", done=1, total=2, unit="x"))
+    console.write(event(event="progress", desc="load", done=2, total=2, unit="x"))  # the same bar, moved on
     console.write(event(event="end", step="serve", label="", seconds=61.2, status="ok", note="serving at http://h"))
     console.write(event(event="start", step="train-heads", label="eagle3"))
     console.write("    Traceback (most recent call last):\n    boom\n")
@@ -33,6 +34,7 @@ def test_steps_become_one_line_each_and_their_output_goes_to_their_own_log(tmp_p
     pipeline = (logs / "pipeline.log").read_text()
     assert "executorInput" in pipeline and "Executing task serve-base-model" in pipeline  # colours stripped
     assert '"progress"' not in pipeline  # progress is for the terminal only
+    assert "could not show" not in pipeline  # (a bar without a terminal is a disabled tqdm: it has no .desc)
     assert console.failed.keys() == {"train-heads eagle3"}
 
 

@@ -90,7 +90,9 @@ def vllm_crosscheck(
             "output": crosscheck.path,
         },
     )
-    return outcome.get("served", {})
+    from spectrain.components.evaluate.served import for_pipeline
+
+    return for_pipeline(outcome.get("served", {}))
 
 
 @dsl.component(base_image=images.ORCHESTRATE, install_kfp_package=False)

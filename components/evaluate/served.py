@@ -173,6 +173,16 @@ def choose(rows: list[dict], method: str, concurrencies: list[int], margin: floa
     return chosen
 
 
+def for_pipeline(value):
+    """``value`` without its None entries, as a KFP dict parameter can carry it (kfp.local refuses a None; a
+    consumer reads a missing key as None): 'no schedule' is no num_speculative_tokens_per_batch_size."""
+    if isinstance(value, dict):
+        return {key: for_pipeline(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [for_pipeline(item) for item in value if item is not None]
+    return value
+
+
 def with_speedups(rows: list[dict]) -> list[dict]:
     """Each row with its speed-up over the base alone at the same concurrency."""
     base = {r["concurrency"]: r["output_tokens_per_s"] for r in rows if not r["method"]}

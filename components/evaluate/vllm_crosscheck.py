@@ -99,7 +99,7 @@ def timed_rows(base_url: str, setting: served.Setting, chats: list, config: Vllm
         )
         rows.append({"setting": setting.label, "method": setting.method, "k": setting.k, **row})
         print(
-            f"[vllm-crosscheck] {setting.label}, concurrency {concurrency}: "
+            f"[vllm-crosscheck] {setting.label}, concurrency {int(concurrency)}: "
             f"{row['output_tokens_per_s']:.1f} output tokens/s, {row['ms_per_output_token']:.1f} ms per token"
             + (
                 f" (median of {config.speed_rounds} rounds, spread {row['spread']:.0%})"

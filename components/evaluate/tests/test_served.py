@@ -2,7 +2,15 @@
 
 import json
 
-from spectrain.components.evaluate.served import NGRAM, Setting, choose, median_round, settings, with_speedups
+from spectrain.components.evaluate.served import (
+    NGRAM,
+    Setting,
+    choose,
+    for_pipeline,
+    median_round,
+    settings,
+    with_speedups,
+)
 from spectrain.drafts import served_speculative_config
 
 
@@ -81,6 +89,12 @@ def test_when_speculation_never_pays_there_is_no_schedule_and_the_best_k_is_kept
     chosen = choose([row("", 0, 1, 60.0), row("dflash", 1, 1, 40.0), row("dflash", 2, 1, 50.0)], "dflash", [1])
     assert chosen["num_speculative_tokens_per_batch_size"] is None and not chosen["speculation_pays"]
     assert chosen["num_speculative_tokens"] == 2
+    # what the pipeline carries to register: no None (kfp.local refuses one: kfp/compiler/pipeline_spec_builder.py
+    # to_protobuf_value), the same serving config from it
+    carried = for_pipeline({**chosen, "rows": [{"ms_per_output_token": None, "k": 1}]})
+    assert "num_speculative_tokens_per_batch_size" not in carried and carried["rows"] == [{"k": 1}]
+    speculative = {"method": "dflash", "num_speculative_tokens": 3}
+    assert served_speculative_config(speculative, carried) == served_speculative_config(speculative, chosen)
 
 
 def test_every_setting_is_a_server_of_its_own_and_speedups_are_against_the_base_at_the_same_concurrency():
