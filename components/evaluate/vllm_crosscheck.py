@@ -126,7 +126,7 @@ def run(config: VllmCrosscheckConfig) -> dict:
     method = SPEC_METHODS[config.mode]
     speculative = {"method": method, "model": draft_dir, "num_speculative_tokens": config.num_draft_tokens}
     eager = not has_nvidia_gpu() if config.speed_enforce_eager is None else config.speed_enforce_eager
-    # The τ check's server (float32, eager) is also timed when the timed servers would be the same.
+    # The τ check's server (evaluate's dtype, eager) is also timed when the timed servers would be the same.
     same_server = config.served_speed and config.speed_dtype == dtype and eager
     chats = [messages for _, messages in heldout_chats(config.dataset, config.num_prompts)]  # evaluate's
     speed_chats = [m for _, m in heldout_chats(config.dataset, config.speed_num_prompts)]
