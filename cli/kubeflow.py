@@ -110,12 +110,13 @@ def schedule_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     cron = check_cron(args.cron)
     package = Path(args.package)
     params = read_params(Path(args.params) if args.params else None, package)
-    if "warm_start" not in params and "warm_start" in pipeline_parameters(package):  # (an older package: none)
+    accepted = pipeline_parameters(package)
+    if "warm_start" not in params and "warm_start" in accepted:  # (an older package: none)
         # a retraining continues what it retrains, unless the params say otherwise
         params["warm_start"] = "champion"
         print("each run continues its mode's champion at the time it runs (warm_start: '' in --params: new drafts)")
     options = params.get("regenerate_options") or {}
-    if params.get("warm_start") and "heldout" not in options and "regenerate_options" in pipeline_parameters(package):
+    if params.get("warm_start") and "heldout" not in options and "regenerate_options" in accepted:
         # the guard against forgetting, as the watch's retraining has it: τ on the new data's own prompts too
         params["regenerate_options"] = {**options, "heldout": RETRAINING_HELDOUT}
         print(
